@@ -1,1 +1,76 @@
-fn main() {}
+//! The `scry` binary: argument parsing and presentation only. The work is done by
+//! `scry-daemon` (and the crates below it); this crate turns arguments into calls and results
+//! into text or JSON.
+
+mod cli;
+mod client;
+mod commands;
+mod error;
+mod printer;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use error::{CliError, ExitStatus};
+use printer::Printer;
+use scry_daemon::Home;
+
+fn init_logging(default: &str) {
+    let spec =
+        scry_daemon::env::var(scry_daemon::env::SCRY_LOG).unwrap_or_else(|| default.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
+fn json_flag(cmd: &Command) -> bool {
+    match cmd {
+        Command::Serve(a) => a.output.json,
+        Command::Stop(o) | Command::Status(o) => o.json,
+        Command::Ps(a) => a.output.json,
+        Command::Wake(a) | Command::Sleep(a) => a.output.json,
+        Command::Demo(a) => a.output.json,
+    }
+}
+
+fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
+    let home = Home::from_env();
+    if let Command::Serve(args) = &cli.command {
+        init_logging("info");
+        return commands::serve::serve(&home, args, printer);
+    }
+    init_logging("warn");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Serve(_) => unreachable!("handled above"),
+            Command::Stop(o) => commands::serve::stop(&home, o, printer).await,
+            Command::Status(_) => commands::status::status(&home, printer).await,
+            Command::Ps(a) => commands::ps::ps(&home, a, printer).await,
+            Command::Wake(a) => commands::wake::wake(&home, a, printer).await,
+            Command::Sleep(a) => commands::wake::sleep(&home, a, printer).await,
+            Command::Demo(a) => commands::demo::demo(&home, a, printer).await,
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut printer = Printer::stdio(json_flag(&cli.command));
+    match run(cli, &mut printer) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(e) if e.message.contains("Broken pipe") => ExitCode::SUCCESS,
+        Err(e) => {
+            printer.note(e.render());
+            ExitCode::from(e.status as u8)
+        }
+    }
+}

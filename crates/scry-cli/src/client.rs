@@ -1,0 +1,239 @@
+//! Talking to the daemon: finding it, starting it when it is not running, and calling its HTTP
+//! API with errors that say what to do.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use scry_daemon::{env, DaemonFile, Home};
+use serde_json::Value;
+
+use crate::error::CliError;
+use crate::printer::Printer;
+
+/// Where the daemon is and how to reach it.
+pub struct DaemonClient {
+    /// Base URL, e.g. `http://127.0.0.1:7390`.
+    pub base: String,
+    /// Whether the address came from `SCRY_DAEMON` (then the CLI never starts a daemon itself).
+    pub explicit: bool,
+    home: Home,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl DaemonClient {
+    /// Resolves the daemon's address: `SCRY_DAEMON`, else what the running daemon wrote under
+    /// `$SCRY_HOME`, else the default.
+    pub fn locate(home: &Home) -> Result<DaemonClient, CliError> {
+        let (base, explicit) = match env::var(env::SCRY_DAEMON) {
+            Some(url) => (url.trim_end_matches('/').to_owned(), true),
+            None => {
+                let addr = read_daemon_file(home)
+                    .map(|f| f.http)
+                    .unwrap_or_else(|| scry_daemon::config::DEFAULT_HTTP_ADDR.to_owned());
+                (format!("http://{addr}"), false)
+            }
+        };
+        if !base.starts_with("http://") {
+            return Err(
+                CliError::new(format!("SCRY_DAEMON must be an http:// URL, not `{base}`"))
+                    .hint("e.g. SCRY_DAEMON=http://127.0.0.1:7390"),
+            );
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| CliError::new(format!("cannot create an HTTP client: {e}")))?;
+        let token = scry_daemon::auth::load_token(home, false).ok().flatten();
+        Ok(DaemonClient {
+            base,
+            explicit,
+            home: home.clone(),
+            http,
+            token,
+        })
+    }
+
+    /// Re-reads the address after a daemon was started.
+    fn refresh(&mut self) {
+        if !self.explicit {
+            if let Some(f) = read_daemon_file(&self.home) {
+                self.base = format!("http://{}", f.http);
+            }
+        }
+    }
+
+    /// Whether a daemon answers at the address.
+    pub async fn is_up(&self) -> bool {
+        let req = self
+            .http
+            .get(format!("{}/api/v1/health", self.base))
+            .timeout(Duration::from_secs(2));
+        matches!(req.send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// Makes sure a daemon runs, starting one in the background (and saying so) if needed.
+    pub async fn ensure_running(&mut self, printer: &mut Printer) -> Result<(), CliError> {
+        if self.is_up().await {
+            return Ok(());
+        }
+        if self.explicit {
+            return Err(
+                CliError::new(format!("no scry daemon answers at {}", self.base)).hint(
+                    "start it there with `scry serve`, or unset SCRY_DAEMON to use a local one",
+                ),
+            );
+        }
+        let info = start_daemon(&self.home, &[])?;
+        self.refresh();
+        printer.note(format!(
+            "scry: started the daemon in the background (pid {}, http://{}, log {})",
+            info.pid,
+            info.http,
+            self.home.log_file().display()
+        ));
+        Ok(())
+    }
+
+    /// GET a JSON document.
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call(self.http.get(self.url(path))).await
+    }
+
+    /// POST a JSON body and read the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.call(self.http.post(self.url(path)).json(body)).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn call(&self, mut req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| {
+                CliError::new(format!(
+                    "cannot reach the scry daemon at {}: {}",
+                    self.base,
+                    root_cause(&e)
+                ))
+                .hint("is it running? `scry status` tells; `scry serve --daemon` starts it")
+            })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("the daemon answered HTTP {status}"));
+        let mut err = CliError::new(message);
+        if let Some(h) = body.pointer("/error/hint").and_then(Value::as_str) {
+            err = err.hint(h);
+        }
+        Err(err)
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// What the running daemon wrote about itself, if that daemon is still alive.
+pub fn read_daemon_file(home: &Home) -> Option<DaemonFile> {
+    let text = std::fs::read_to_string(home.daemon_file()).ok()?;
+    let info: DaemonFile = serde_json::from_str(&text).ok()?;
+    scry_proc::alive(info.pid, None).then_some(info)
+}
+
+/// Starts `scry serve` detached from this terminal (its own session, reparented away from us
+/// so it is never our zombie), logging to `$SCRY_HOME/daemon.log`, and waits until it serves.
+pub fn start_daemon(home: &Home, extra_args: &[String]) -> Result<DaemonFile, CliError> {
+    home.ensure().map_err(CliError::from_daemon)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("cannot find the scry executable: {e}")))?;
+    let log_path = home.log_file();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| CliError::new(format!("cannot open {}: {e}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| CliError::new(format!("cannot open {}: {e}", log_path.display())))?;
+    let previous = std::fs::read_to_string(home.daemon_file()).ok();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("serve")
+        .args(extra_args)
+        .env(env::SCRY_HOME, home.root())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    spawn_detached(&mut cmd)
+        .map_err(|e| CliError::new(format!("cannot start `{} serve`: {e}", exe.display())))?;
+    wait_until_serving(home, previous.as_deref(), Duration::from_secs(15))
+}
+
+fn wait_until_serving(
+    home: &Home,
+    previous: Option<&str>,
+    timeout: Duration,
+) -> Result<DaemonFile, CliError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(home.daemon_file()).ok();
+        if text.is_some() && text.as_deref() != previous {
+            if let Some(info) = read_daemon_file(home) {
+                return Ok(info);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(CliError::new("the daemon did not start within 15 s")
+        .hint(format!("its log may say why: {}", tail(&home.log_file()))))
+}
+
+/// The last lines of a file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    let mut out = format!("{}", path.display());
+    for l in lines.into_iter().rev() {
+        out.push_str("\n  ");
+        out.push_str(l);
+    }
+    out
+}
+
+/// Starts `cmd` in its own session, detached: it is forked once more and the middle process
+/// exits at once (and is reaped here), so the program is adopted by init or a subreaper and is
+/// never left as this process's zombie.
+pub fn spawn_detached(cmd: &mut Command) -> std::io::Result<()> {
+    // SAFETY: only async-signal-safe calls (setsid, fork, _exit) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            match nix::unistd::fork().map_err(std::io::Error::from)? {
+                nix::unistd::ForkResult::Parent { .. } => nix::libc::_exit(0),
+                nix::unistd::ForkResult::Child => Ok(()),
+            }
+        });
+    }
+    let mut middle = cmd.spawn()?;
+    middle.wait()?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `scry serve` and `scry stop`.
+
+use std::time::{Duration, Instant};
+
+use scry_daemon::{Home, ServeOptions};
+use serde_json::json;
+
+use super::{emit, CmdResult};
+use crate::cli::{Output, ServeArgs};
+use crate::client::{self, DaemonClient};
+use crate::error::{CliError, ExitStatus};
+use crate::printer::Printer;
+
+/// Runs the daemon in the foreground, or starts it detached with `--daemon`.
+pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult {
+    let http = args
+        .http
+        .clone()
+        .or_else(|| args.port.map(|p| format!("127.0.0.1:{p}")));
+    if args.daemon {
+        if let Some(info) = client::read_daemon_file(home) {
+            return Err(CliError::new(format!(
+                "a scry daemon is already running (pid {}, http://{})",
+                info.pid, info.http
+            ))
+            .hint("use it as it is, or stop it first with `scry stop`"));
+        }
+        let mut extra = Vec::new();
+        if let Some(h) = &http {
+            extra.extend(["--http".to_owned(), h.clone()]);
+        }
+        if let Some(t) = &args.agent_tcp {
+            extra.extend(["--agent-tcp".to_owned(), t.clone()]);
+        }
+        let info = client::start_daemon(home, &extra)?;
+        let value = serde_json::to_value(&info).unwrap_or_default();
+        return emit(printer, &value, |p| {
+            p.line(format!(
+                "scry daemon started (pid {}) on http://{}; agents: {}; log: {}",
+                info.pid,
+                info.http,
+                info.agent_socket,
+                home.log_file().display()
+            ))
+        });
+    }
+    let opts = ServeOptions {
+        http_addr: http,
+        agent_tcp: args.agent_tcp.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
+    let json = printer.json;
+    let result = runtime.block_on(scry_daemon::serve(home.clone(), opts, |info| {
+        if json {
+            let _ = printer.json_value(info);
+        } else {
+            printer.note(format!(
+                "scry daemon {} listening on http://{} (agents: {})",
+                info.version, info.http, info.agent_socket
+            ));
+        }
+    }));
+    // Do not wait for stray blocking tasks (e.g. a follower's long poll) at exit.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result.map_err(CliError::from_daemon)?;
+    Ok(ExitStatus::Success)
+}
+
+/// Asks the daemon to stop and waits until it has.
+pub async fn stop(home: &Home, out: &Output, printer: &mut Printer) -> CmdResult {
+    let client = DaemonClient::locate(home)?;
+    if !client.is_up().await {
+        let value = json!({"stopped": false, "running": false});
+        return emit(printer, &value, |p| p.line("no scry daemon is running"));
+    }
+    let answer = client.post("/api/v1/shutdown", &json!({})).await?;
+    let pid = answer["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid.is_some_and(|p| scry_proc::alive(p, None)) {
+        if Instant::now() > deadline {
+            return Err(
+                CliError::new("the daemon did not stop within 10 s").hint(format!(
+                    "it may be busy; its log is {}",
+                    home.log_file().display()
+                )),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = out;
+    let value = json!({"stopped": true, "pid": pid});
+    emit(printer, &value, |p| {
+        p.line(format!(
+            "scry daemon stopped (pid {})",
+            pid.unwrap_or_default()
+        ))
+    })
+}

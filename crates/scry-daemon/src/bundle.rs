@@ -1,0 +1,57 @@
+//! The Python agent shipped inside the binary, and unpacking it where a process can import it.
+
+use std::path::{Path, PathBuf};
+
+use crate::{DaemonError, Home};
+
+include!(concat!(env!("OUT_DIR"), "/agent_files.rs"));
+
+/// Writes the agent package under `dir` (as `dir/scry/...`) unless the same files are already
+/// there, and returns `dir`: the directory to put on `sys.path`/`PYTHONPATH`.
+pub fn unpack_to(dir: &Path) -> Result<PathBuf, DaemonError> {
+    for (rel, contents) in AGENT_FILES {
+        let path = dir.join(rel);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == *contents) {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| DaemonError::Io {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        // Write to a temporary name, then rename: a process importing concurrently never
+        // sees half a file.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, contents)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|source| DaemonError::Io {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(dir.to_owned())
+}
+
+/// Unpacks the agent into `$SCRY_HOME/agent/<version>/`.
+pub fn unpack(home: &Home) -> Result<PathBuf, DaemonError> {
+    unpack_to(&home.agent_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_holds_the_package_and_unpacks() {
+        assert!(
+            AGENT_FILES.iter().any(|(p, _)| *p == "scry/__init__.py"),
+            "the agent package is embedded"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = unpack_to(dir.path()).expect("unpack");
+        assert!(root.join("scry/__init__.py").is_file());
+        // Idempotent.
+        unpack_to(dir.path()).expect("unpack again");
+    }
+}

@@ -1,0 +1,235 @@
+//! The daemon's configuration: `$SCRY_HOME/config.toml` (written with commented defaults on the
+//! first start), overridden by command-line flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::DaemonError;
+
+/// Default HTTP address of the daemon.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7390";
+
+/// What is written to a new `config.toml`: every setting, commented, at its default.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# scry daemon configuration. Every setting is shown at its default; uncomment to change.
+# Flags given to `scry serve` override this file.
+
+[http]
+# Address of the HTTP API, the web UI and MCP. Non-loopback callers need the token.
+# addr = "127.0.0.1:7390"
+
+[agents]
+# Agents connect through the unix socket $SCRY_HOME/run/agent.sock. To also accept agents over
+# TCP (e.g. from other hosts or containers without the socket), give an address; such agents
+# must present the token (SCRY_TOKEN or $SCRY_HOME/token).
+# tcp = "0.0.0.0:7391"
+# How often agents flush their event buffers, in milliseconds.
+# flush_interval_ms = 50
+# Most events in one report.
+# max_batch = 1024
+# An agent silent this long sends a heartbeat, in milliseconds.
+# heartbeat_ms = 5000
+
+[retention]
+# Events older than this are deleted ("7d", "12h", "30m", "0" = keep forever).
+# max_age = "7d"
+# At most this many events are kept per probe (the oldest go first); 0 = no limit.
+# max_events_per_probe = 100000
+"#;
+
+/// The daemon's settings after the file and the flags were applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// HTTP API address.
+    pub http_addr: String,
+    /// Optional TCP address for agents.
+    pub agent_tcp: Option<String>,
+    /// Agent flush interval.
+    pub flush_interval_ms: u64,
+    /// Agent batch size.
+    pub max_batch: u64,
+    /// Agent heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Maximum age of events (`None`: forever).
+    pub max_age: Option<Duration>,
+    /// Maximum events per probe (`None`: no limit).
+    pub max_events_per_probe: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: DEFAULT_HTTP_ADDR.into(),
+            agent_tcp: None,
+            flush_interval_ms: 50,
+            max_batch: 1024,
+            heartbeat_ms: 5000,
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_events_per_probe: Some(100_000),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    agents: AgentsSection,
+    #[serde(default)]
+    retention: RetentionSection,
+}
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    addr: Option<String>,
+}
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AgentsSection {
+    tcp: Option<String>,
+    flush_interval_ms: Option<u64>,
+    max_batch: Option<u64>,
+    heartbeat_ms: Option<u64>,
+}
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    max_age: Option<String>,
+    max_events_per_probe: Option<u64>,
+}
+
+/// Parses a duration such as `7d`, `12h`, `30m`, `45s`, `250ms` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 30s, 5m, 12h, 7d)"))?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        "w" => n * 7.0 * 86400.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m, h, d or w)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{text}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Config {
+    /// Parses a config file's text.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, DaemonError> {
+        let bad = |message: String| DaemonError::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let file: FileConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut c = Config::default();
+        if let Some(a) = file.http.addr {
+            c.http_addr = a;
+        }
+        c.agent_tcp = file.agents.tcp;
+        if let Some(v) = file.agents.flush_interval_ms {
+            c.flush_interval_ms = v.max(1);
+        }
+        if let Some(v) = file.agents.max_batch {
+            c.max_batch = v.max(1);
+        }
+        if let Some(v) = file.agents.heartbeat_ms {
+            c.heartbeat_ms = v.max(100);
+        }
+        if let Some(a) = file.retention.max_age {
+            let d = parse_duration(&a).map_err(|e| bad(format!("retention.max_age: {e}")))?;
+            c.max_age = (!d.is_zero()).then_some(d);
+        }
+        if let Some(n) = file.retention.max_events_per_probe {
+            c.max_events_per_probe = (n > 0).then_some(n);
+        }
+        Ok(c)
+    }
+
+    /// Loads `path`, writing the commented defaults there first when it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Config, DaemonError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::write(path, DEFAULT_CONFIG_TOML).map_err(|source| DaemonError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Ok(Config::default())
+            }
+            Err(source) => Err(DaemonError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_parses_to_defaults() {
+        let c = Config::from_toml(DEFAULT_CONFIG_TOML, Path::new("config.toml")).expect("parse");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn values_override_defaults() {
+        let text = "[http]\naddr = \"127.0.0.1:9999\"\n[agents]\ntcp = \"0.0.0.0:7391\"\n[retention]\nmax_age = \"12h\"\nmax_events_per_probe = 0\n";
+        let c = Config::from_toml(text, Path::new("c.toml")).expect("parse");
+        assert_eq!(c.http_addr, "127.0.0.1:9999");
+        assert_eq!(c.agent_tcp.as_deref(), Some("0.0.0.0:7391"));
+        assert_eq!(c.max_age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(c.max_events_per_probe, None);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_naming_the_file() {
+        for text in [
+            "[http]\nadress = \"x\"\n",
+            "[retention]\nmax_age = \"soon\"\n",
+            "not toml [",
+        ] {
+            let err = Config::from_toml(text, Path::new("/h/config.toml")).expect_err(text);
+            assert!(err.to_string().contains("/h/config.toml"), "{err}");
+            assert!(err.hint().is_some());
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn missing_file_is_created_with_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let c = Config::load_or_create(&path).expect("load");
+        assert_eq!(c, Config::default());
+        let written = std::fs::read_to_string(&path).expect("written");
+        assert!(written.contains("# addr = \"127.0.0.1:7390\""));
+    }
+}

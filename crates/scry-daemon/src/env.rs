@@ -1,0 +1,26 @@
+//! Every `SCRY_*` environment variable scry reads, in one place.
+//!
+//! The Python agent reads the same names (see `python/scry/_config.py`).
+
+/// Where scry keeps its state: the daemon's socket, pid, log, database, config and the
+/// discovery files of embedded clients. Default `~/.scry`.
+pub const SCRY_HOME: &str = "SCRY_HOME";
+/// The daemon's HTTP URL, for the CLI (e.g. `http://127.0.0.1:7390`); for an agent, where to
+/// connect (`unix:///path`, `tcp://host:port` or `http://host:port`).
+pub const SCRY_DAEMON: &str = "SCRY_DAEMON";
+/// The name an embedded client registers under.
+pub const SCRY_NAME: &str = "SCRY_NAME";
+/// The host an embedded client's control plane binds to (default `127.0.0.1`).
+pub const SCRY_CONTROL_HOST: &str = "SCRY_CONTROL_HOST";
+/// The port an embedded client's control plane binds to (default 0: any free port).
+pub const SCRY_CONTROL_PORT: &str = "SCRY_CONTROL_PORT";
+/// The shared secret for non-loopback callers; else read from `$SCRY_HOME/token` (mode 0600).
+pub const SCRY_TOKEN: &str = "SCRY_TOKEN";
+/// Per-subsystem log filter, e.g. `daemon=debug,store=warn` (targets: daemon, store, proto,
+/// proc, agent_link, http, cli).
+pub const SCRY_LOG: &str = "SCRY_LOG";
+
+/// Reads a variable, treating an empty value as unset.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}

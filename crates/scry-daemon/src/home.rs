@@ -1,0 +1,91 @@
+//! The layout of `$SCRY_HOME`: one place that knows where every file lives.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::env;
+use crate::error::DaemonError;
+
+/// Paths under `$SCRY_HOME`.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// `$SCRY_HOME`, else `~/.scry`.
+    pub fn from_env() -> Home {
+        let root = env::var(env::SCRY_HOME)
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".scry")))
+            .unwrap_or_else(|| PathBuf::from(".scry"));
+        Home { root }
+    }
+
+    /// A home at an explicit path.
+    pub fn at(root: impl Into<PathBuf>) -> Home {
+        Home { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `run/`: the socket and the files that exist while the daemon runs (mode 0700).
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    /// The agents' unix socket.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir().join("agent.sock")
+    }
+    /// What the running daemon wrote about itself (pid, addresses).
+    pub fn daemon_file(&self) -> PathBuf {
+        self.run_dir().join("daemon.json")
+    }
+    /// The daemon's pid file.
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir().join("daemon.pid")
+    }
+    /// The daemon's log when it runs detached.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("daemon.log")
+    }
+    /// The SQLite database.
+    pub fn store_file(&self) -> PathBuf {
+        self.root.join("scry.db")
+    }
+    /// The configuration file.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// Discovery files of embedded clients, `clients/<pid>.json`.
+    pub fn clients_dir(&self) -> PathBuf {
+        self.root.join("clients")
+    }
+    /// The shared token for non-loopback access.
+    pub fn token_file(&self) -> PathBuf {
+        self.root.join("token")
+    }
+    /// Where the bundled Python agent is unpacked.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.root.join("agent").join(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// Creates the root and `run/` with mode 0700 (and tightens `run/` if it exists).
+    pub fn ensure(&self) -> Result<(), DaemonError> {
+        for dir in [self.root.clone(), self.run_dir()] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| DaemonError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let run = self.run_dir();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| DaemonError::Io { path: run, source })
+    }
+}

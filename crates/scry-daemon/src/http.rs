@@ -1,0 +1,539 @@
+//! The daemon's HTTP API: REST under `/api/v1/`, server-sent events for live streams.
+//!
+//! Every error is a JSON body `{"error": {"kind", "message", "hint"}}` with a fitting status;
+//! loopback callers need no token, every other caller needs `Authorization: Bearer <token>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+
+use crate::clients::{self, ClientFile};
+use crate::registry::{ProcState, RequestError};
+use crate::Shared;
+
+/// An API error: status, machine-readable kind, message and an optional hint.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    hint: Option<String>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> ApiError {
+        self.hint = Some(hint.into());
+        self
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({"error": {"kind": self.kind, "message": self.message, "hint": self.hint}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::bad_request(format!("invalid JSON body: {}", r.body_text()))
+            .hint("send a JSON object with Content-Type: application/json")
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(format!("invalid query: {}", r.body_text()))
+    }
+}
+
+impl From<scry_store::StoreError> for ApiError {
+    fn from(e: scry_store::StoreError) -> Self {
+        ApiError::internal(format!("store: {e}"))
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Builds the router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/processes", get(processes))
+        .route("/api/v1/processes/{pid}", get(process))
+        .route("/api/v1/wake", post(wake))
+        .route("/api/v1/sleep", post(sleep))
+        .route("/api/v1/shutdown", post(shutdown))
+        .route("/api/v1/agent-endpoint", get(agent_endpoint))
+        .route("/api/v1/system-events", get(system_events))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/stream", get(stream))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+        .with_state(shared)
+}
+
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if peer.ip().is_loopback() || is_mapped_loopback(&peer) {
+        return next.run(req).await;
+    }
+    let Some(want) = shared.token.as_deref() else {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("callers from {} need a token, and this daemon has none", peer.ip()))
+            .hint("set SCRY_TOKEN (or write $SCRY_HOME/token, mode 0600) for the daemon and send `Authorization: Bearer <token>`")
+            .into_response();
+    };
+    let got = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match got {
+        Some(t) if crate::auth::constant_time_eq(t.as_bytes(), want.as_bytes()) => {
+            next.run(req).await
+        }
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong token",
+        )
+        .hint("send `Authorization: Bearer <token>` with the daemon's token")
+        .into_response(),
+    }
+}
+
+fn is_mapped_loopback(peer: &SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
+    .hint("the API lives under /api/v1/ (see docs/architecture.md)")
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, scry_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
+    let store = shared.store.clone();
+    let counts = blocking(move || store.counts()).await?;
+    let (awake, sleeping, gone) = shared.registry().counts();
+    let clients = clients::discover(&shared.home).len();
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "home": shared.home.root(),
+        "http": shared.http_addr.to_string(),
+        "agent_socket": shared.home.agent_socket(),
+        "agent_tcp": shared.config.agent_tcp,
+        "started_at": shared.started_at,
+        "uptime_s": shared.uptime().as_secs_f64(),
+        "processes": {"awake": awake, "sleeping": sleeping, "gone": gone, "client_files": clients},
+        "probes": counts.probes,
+        "events_stored": counts.events,
+        "dropped": {"by_agents": counts.dropped, "by_daemon": crate::dropped(&shared)},
+    })))
+}
+
+#[derive(Deserialize)]
+struct ProcessesQuery {
+    /// Include every gone process, not only recent ones.
+    #[serde(default)]
+    gone: bool,
+}
+
+/// How long a gone process stays in the default listing.
+const RECENTLY_GONE: f64 = 15.0 * 60.0;
+
+fn process_list(shared: &Shared, all_gone: bool) -> Vec<Value> {
+    let views = shared.registry().views();
+    let cutoff = crate::now() - RECENTLY_GONE;
+    let mut out: Vec<Value> = Vec::new();
+    let mut live_pids = Vec::new();
+    for v in views {
+        if v.state == ProcState::Gone && !all_gone && v.last_heard < cutoff {
+            continue;
+        }
+        if v.state != ProcState::Gone {
+            live_pids.push(v.pid);
+        }
+        let mut value = serde_json::to_value(&v).unwrap_or(Value::Null);
+        value["source"] = json!("agent");
+        out.push(value);
+    }
+    // Sleeping embedded clients the daemon has not heard from (e.g. started before the daemon).
+    for c in clients::discover(&shared.home) {
+        if live_pids.contains(&c.pid) {
+            continue;
+        }
+        out.push(json!({
+            "pid": c.pid, "name": c.name, "state": "sleeping", "source": "discovery",
+            "python_version": c.python_version, "executable": c.executable,
+            "control": {"host": c.control_host, "port": c.control_port},
+            "first_seen": c.started_at,
+        }));
+    }
+    out
+}
+
+async fn processes(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<ProcessesQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    Ok(Json(json!({"processes": process_list(&shared, q.gone)})))
+}
+
+async fn process(State(shared): State<Arc<Shared>>, Path(pid): Path<String>) -> ApiResult {
+    let pid: u32 = pid
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{pid}` is not a pid")))?;
+    process_list(&shared, true)
+        .into_iter()
+        .find(|p| p["pid"] == json!(pid) && p["state"] != json!("gone"))
+        .or_else(|| {
+            process_list(&shared, true)
+                .into_iter()
+                .find(|p| p["pid"] == json!(pid))
+        })
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("scry knows no process {pid}"),
+            )
+            .hint("see `scry ps`; a process that never loaded scry must be attached first")
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetBody {
+    target: Value,
+}
+
+fn target_text(v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        _ => Err(ApiError::bad_request(
+            "`target` must be a pid or a process name",
+        )),
+    }
+}
+
+fn find_client(shared: &Shared, target: &str) -> Result<ClientFile, ApiError> {
+    let pid: Option<u32> = target.parse().ok();
+    let found: Vec<ClientFile> = clients::discover(&shared.home)
+        .into_iter()
+        .filter(|c| match pid {
+            Some(p) => c.pid == p,
+            None => c.name.as_deref() == Some(target),
+        })
+        .collect();
+    match found.len() {
+        0 => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no embedded scry client {} is running", describe(target)),
+        )
+        .hint("see `scry ps`; the program must call `scry.init()` (or be attached with `scry attach PID`)")),
+        1 => Ok(found.into_iter().next().expect("one element")),
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous",
+            format!(
+                "{} processes are named `{target}`: pids {}",
+                found.len(),
+                found.iter().map(|c| c.pid.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .hint("name one by pid")),
+    }
+}
+
+fn describe(target: &str) -> String {
+    if target.parse::<u32>().is_ok() {
+        format!("with pid {target}")
+    } else {
+        format!("named `{target}`")
+    }
+}
+
+async fn wake(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<TargetBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let target = target_text(&body.target)?;
+    let already = shared
+        .registry()
+        .find(&target)
+        .into_iter()
+        .filter(|e| e.agent.is_some())
+        .map(|e| e.view.clone())
+        .collect::<Vec<_>>();
+    if let [one] = already.as_slice() {
+        return Ok(Json(json!({"already_awake": true, "process": one})));
+    }
+    let client = find_client(&shared, &target)?;
+    let daemon_url = format!("unix://{}", shared.home.agent_socket().display());
+    clients::control(&client, "wake", Some(json!({"daemon_url": daemon_url})))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "control_plane", e.to_string()))?;
+    // The client answers after its welcome, so it is registered by now; allow a little slack.
+    for _ in 0..50 {
+        let view = shared
+            .registry()
+            .find(&client.pid.to_string())
+            .into_iter()
+            .find(|e| e.agent.is_some())
+            .map(|e| e.view.clone());
+        if let Some(v) = view {
+            return Ok(Json(json!({"already_awake": false, "process": v})));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "pid {} said it woke but did not connect within 5 s",
+            client.pid
+        ),
+    ))
+}
+
+async fn sleep(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<TargetBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let target = target_text(&body.target)?;
+    let agents: Vec<_> = shared
+        .registry()
+        .find(&target)
+        .into_iter()
+        .filter_map(|e| e.agent.clone().map(|a| (e.view.clone(), a)))
+        .collect();
+    match agents.as_slice() {
+        [] => {
+            let client = find_client(&shared, &target)?;
+            Ok(Json(json!({"already_sleeping": true, "pid": client.pid})))
+        }
+        [(view, agent)] => {
+            let reply = agent
+                .request(
+                    |id| scry_proto::DaemonMessage::Sleep { id },
+                    Duration::from_secs(5),
+                )
+                .await;
+            match reply {
+                Ok(r) if r.ok => Ok(Json(json!({"already_sleeping": false, "pid": view.pid}))),
+                Ok(r) => Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "agent",
+                    r.error
+                        .map(|e| e.message)
+                        .unwrap_or_else(|| "the agent refused".into()),
+                )),
+                // The agent closes right after answering; a close is success too.
+                Err(RequestError::Disconnected) => {
+                    Ok(Json(json!({"already_sleeping": false, "pid": view.pid})))
+                }
+                Err(e) => Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    e.to_string(),
+                )),
+            }
+        }
+        many => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous",
+            format!(
+                "{} awake processes are named `{target}`: pids {}",
+                many.len(),
+                many.iter()
+                    .map(|(v, _)| v.pid.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .hint("name one by pid")),
+    }
+}
+
+async fn shutdown(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    shared.request_shutdown();
+    Json(json!({"stopping": true, "pid": std::process::id()}))
+}
+
+async fn agent_endpoint(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({"unix": shared.home.agent_socket(), "tcp": shared.config.agent_tcp}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SystemEventsQuery {
+    since: Option<f64>,
+    limit: Option<usize>,
+}
+
+async fn system_events(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<SystemEventsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let store = shared.store.clone();
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let rows = blocking(move || store.system_events(q.since, limit)).await?;
+    Ok(Json(json!({"system_events": rows})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    source: Option<String>,
+    process_id: Option<i64>,
+    kind: Option<String>,
+    since: Option<f64>,
+    until: Option<f64>,
+    after_id: Option<i64>,
+    limit: Option<usize>,
+    order: Option<String>,
+}
+
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let order = match q.order.as_deref() {
+        None | Some("newest") => scry_store::Order::Newest,
+        Some("oldest") => scry_store::Order::Oldest,
+        Some(o) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be `newest` or `oldest`, not `{o}`"
+            )))
+        }
+    };
+    let query = scry_store::EventQuery {
+        source: q.source,
+        process_id: q.process_id,
+        kind: q.kind,
+        since: q.since,
+        until: q.until,
+        after_id: q.after_id,
+        limit: q.limit.unwrap_or(100),
+        order,
+    };
+    let store = shared.store.clone();
+    let page = blocking(move || store.events(&query)).await?;
+    Ok(Json(
+        json!({"events": page.events, "truncated": page.truncated}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    topics: Option<String>,
+}
+
+async fn stream(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(q) = q?;
+    let topics: Option<Vec<String>> = q.topics.map(|t| {
+        t.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let rx = shared.subscribe();
+    let mut stop = shared.shutdown_signal();
+    let events = BroadcastStream::new(rx).filter_map(move |item| match item {
+        Ok(ev) => {
+            if topics
+                .as_ref()
+                .is_some_and(|t| !t.iter().any(|x| x == ev.topic))
+            {
+                return None;
+            }
+            Some(Ok(SseEvent::default()
+                .event(ev.topic)
+                .data(ev.data.to_string())))
+        }
+        // A slow reader missed events: say so in the stream instead of hiding it.
+        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+            Some(Ok(SseEvent::default()
+                .event("lagged")
+                .data(json!({"missed": n}).to_string())))
+        }
+    });
+    // End the stream when the daemon stops, so graceful shutdown never waits on a follower.
+    let events = futures_util::StreamExt::take_until(events, async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,296 @@
+//! One agent connection: the handshake, then messages both ways until either side closes.
+//!
+//! A reader loop decodes the agent's lines; a writer task encodes what the daemon sends. A bad
+//! line is answered with an `error` message and a log line, never a crash; reports are stored in
+//! batches and acknowledged only once committed, so an acknowledged batch is never lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use scry_proto::{
+    AgentMessage, DaemonMessage, DecodeError, ErrorKind, Hello, ProtocolErrorMsg, Settings,
+    ACCEPTED_PROTOCOLS, MAX_LINE_BYTES, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
+
+use crate::registry::{AgentHandle, Entry, ProcState, ProcessView};
+use crate::{now, Shared};
+
+/// How long an agent has to send `hello` after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end, as the kernel tells it.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A unix-socket peer (credentials from `SO_PEERCRED`).
+    Unix {
+        /// Its pid in the daemon's PID namespace.
+        pid: Option<u32>,
+    },
+    /// A TCP peer.
+    Tcp(std::net::SocketAddr),
+}
+
+/// Serves one agent connection to the end.
+pub async fn serve<R, W>(shared: Arc<Shared>, reader: R, writer: W, peer: Peer)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let (tx, mut rx) = mpsc::unbounded_channel::<DaemonMessage>();
+    let mut sink = FramedWrite::new(writer, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let line = scry_proto::encode(&msg);
+            if sink.send(line.trim_end_matches('\n')).await.is_err() {
+                break;
+            }
+            if matches!(msg, DaemonMessage::Refused { .. }) {
+                break;
+            }
+        }
+    });
+
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, lines.next()).await {
+        Ok(Some(Ok(line))) => match scry_proto::decode_agent(&line) {
+            Ok(AgentMessage::Hello(h)) => Some(h),
+            Ok(other) => {
+                reject(
+                    &tx,
+                    ErrorKind::Unexpected,
+                    format!("expected `hello` first, got `{}`", other.type_name()),
+                    None,
+                );
+                None
+            }
+            Err(e) => {
+                reject_decode(&tx, &e);
+                None
+            }
+        },
+        Ok(Some(Err(e))) => {
+            reject(&tx, ErrorKind::TooLarge, codec_error_text(&e), None);
+            None
+        }
+        Ok(None) => None,
+        Err(_) => {
+            reject(
+                &tx,
+                ErrorKind::Unexpected,
+                "no `hello` within 10 s".into(),
+                None,
+            );
+            None
+        }
+    };
+    let Some(hello) = hello else {
+        drop(tx);
+        let _ = writer_task.await;
+        return;
+    };
+    if let Err(reason) = check_hello(&shared, &hello, &peer) {
+        tracing::warn!(target: "agent_link", pid = hello.pid, "refused agent: {reason}");
+        let _ = tx.send(DaemonMessage::Refused {
+            reason,
+            accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
+        });
+        drop(tx);
+        let _ = writer_task.await;
+        return;
+    }
+
+    let session_id = crate::new_id("s");
+    let agent = AgentHandle::new(session_id.clone(), tx.clone());
+    let process_id = match register(&shared, &hello, &peer, agent.clone()).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(target: "agent_link", "cannot register agent: {e}");
+            let _ = tx.send(DaemonMessage::Refused {
+                reason: format!("the daemon could not register the process: {e}"),
+                accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
+            });
+            drop(tx);
+            let _ = writer_task.await;
+            return;
+        }
+    };
+    let _ = tx.send(DaemonMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        daemon_version: env!("CARGO_PKG_VERSION").into(),
+        session_id: session_id.clone(),
+        settings: Settings {
+            flush_interval_ms: shared.config.flush_interval_ms,
+            max_batch: shared.config.max_batch,
+            heartbeat_ms: shared.config.heartbeat_ms,
+        },
+    });
+    tracing::info!(target: "agent_link", pid = hello.pid, name = ?hello.name, session = %session_id, "agent connected");
+
+    let mut goodbye: Option<String> = None;
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        let next = tokio::select! {
+            next = lines.next() => next,
+            _ = shutdown.changed() => break,
+        };
+        let line = match next {
+            None => break,
+            Some(Ok(line)) => line,
+            Some(Err(e)) => {
+                reject(&tx, ErrorKind::TooLarge, codec_error_text(&e), None);
+                if matches!(e, LinesCodecError::Io(_)) {
+                    break;
+                }
+                continue;
+            }
+        };
+        shared.touch(process_id);
+        match scry_proto::decode_agent(&line) {
+            Ok(AgentMessage::Reply(reply)) => {
+                if !agent.complete(reply) {
+                    tracing::debug!(target: "agent_link", "reply to no pending request");
+                }
+            }
+            Ok(AgentMessage::Report {
+                seq,
+                events,
+                dropped,
+            }) => {
+                shared.accept_report(process_id, seq, events, dropped, &tx);
+            }
+            Ok(AgentMessage::Heartbeat {}) => {}
+            Ok(AgentMessage::Goodbye { reason }) => {
+                goodbye = Some(reason.unwrap_or_else(|| "goodbye".into()));
+            }
+            Ok(AgentMessage::Error(e)) => {
+                tracing::warn!(target: "agent_link", session = %session_id, kind = ?e.kind, "agent reported a protocol error: {}", e.message);
+            }
+            Ok(AgentMessage::Hello(_)) => reject(
+                &tx,
+                ErrorKind::Unexpected,
+                "`hello` was already received on this connection".into(),
+                None,
+            ),
+            Err(e) => {
+                tracing::warn!(target: "agent_link", session = %session_id, "bad message from agent: {}", e.message);
+                reject_decode(&tx, &e);
+            }
+        }
+    }
+    agent.abandon_all();
+    drop(tx);
+    writer_task.abort();
+    shared.disconnected(process_id, &session_id, goodbye).await;
+}
+
+fn codec_error_text(e: &LinesCodecError) -> String {
+    match e {
+        LinesCodecError::MaxLineLengthExceeded => {
+            format!("line longer than {MAX_LINE_BYTES} bytes")
+        }
+        LinesCodecError::Io(io) => format!("read error: {io}"),
+    }
+}
+
+fn reject(
+    tx: &mpsc::UnboundedSender<DaemonMessage>,
+    kind: ErrorKind,
+    message: String,
+    id: Option<u64>,
+) {
+    let _ = tx.send(DaemonMessage::Error(ProtocolErrorMsg {
+        kind,
+        message,
+        in_reply_to: id,
+    }));
+}
+
+fn reject_decode(tx: &mpsc::UnboundedSender<DaemonMessage>, e: &DecodeError) {
+    let _ = tx.send(DaemonMessage::error_for(e));
+}
+
+fn check_hello(shared: &Shared, hello: &Hello, peer: &Peer) -> Result<(), String> {
+    if !ACCEPTED_PROTOCOLS.contains(&hello.protocol) {
+        return Err(format!(
+            "protocol version {} is not supported by this daemon ({}); accepted: {:?} — install matching versions of the agent and scry",
+            hello.protocol,
+            env!("CARGO_PKG_VERSION"),
+            ACCEPTED_PROTOCOLS
+        ));
+    }
+    if let Peer::Tcp(addr) = peer {
+        let ok = match (&shared.token, &hello.token) {
+            (Some(want), Some(got)) => {
+                crate::auth::constant_time_eq(want.as_bytes(), got.as_bytes())
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "agents connecting over TCP (from {addr}) must present the daemon's token (SCRY_TOKEN or the daemon's $SCRY_HOME/token)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The identity of a process across reconnects: its host, its pid and when it started.
+fn identity(hello: &Hello, peer: &Peer) -> (String, u32, Option<u32>, Option<u64>) {
+    if let Peer::Unix { pid: Some(pid) } = peer {
+        if let Ok(info) = scry_proc::info(*pid) {
+            let ns_pid = (hello.pid != *pid).then_some(hello.pid);
+            let key = format!("{}:{}:{}", hello.host, pid, info.start_ticks);
+            return (key, *pid, ns_pid, Some(info.start_ticks));
+        }
+    }
+    let key = format!("{}:{}:{:.2}", hello.host, hello.pid, hello.started_at);
+    (key, hello.pid, None, None)
+}
+
+async fn register(
+    shared: &Arc<Shared>,
+    hello: &Hello,
+    peer: &Peer,
+    agent: AgentHandle,
+) -> Result<i64, crate::DaemonError> {
+    let (key, pid, ns_pid, start_ticks) = identity(hello, peer);
+    let t = now();
+    let first_seen = shared
+        .registry()
+        .by_key(&key)
+        .map(|e| e.view.first_seen)
+        .unwrap_or(t);
+    let mut view = ProcessView {
+        id: 0,
+        key,
+        pid,
+        ns_pid,
+        ppid: hello.ppid,
+        host: hello.host.clone(),
+        name: hello.name.clone(),
+        python_version: hello.python.version.clone(),
+        executable: hello.python.executable.clone(),
+        argv: hello.argv.clone(),
+        cwd: hello.cwd.clone(),
+        origin: hello.origin.as_str().into(),
+        state: ProcState::Awake,
+        first_seen,
+        connected_since: Some(t),
+        last_heard: t,
+        session_id: Some(agent.session_id.clone()),
+        control: hello.control.clone(),
+        start_ticks,
+    };
+    view.id = shared.persist_process(&view).await?;
+    let id = view.id;
+    shared.publish_process(&view);
+    shared.registry().put(Entry {
+        view,
+        agent: Some(agent),
+    });
+    Ok(id)
+}
