@@ -1,0 +1,36 @@
+"""scry: debug-on-demand observability for live Python processes.
+
+Embed a sleeping client that costs nothing until someone looks::
+
+    import scry
+    scry.init(name="checkout")      # a loopback control plane and a discovery file, no hooks
+    ...                             # later: `scry wake checkout`, POST /scry/wake, or:
+    scry.wake()                     # connect to the daemon (`scry serve --daemon`)
+    scry.sleep()                    # disconnect; nothing of the link remains
+    scry.shutdown()                 # also stop the control plane
+
+The agent uses the standard library only, never writes to stdout, and logs to the ``scry``
+logger (to stderr as well with ``SCRY_DEBUG=1``). Environment variables are documented in
+``scry._config``.
+"""
+
+from ._config import setup_logging as _setup_logging
+from ._errors import AgentError, ConfigError, ControlPlaneError, DaemonError, ScryError
+from ._state import init, shutdown, sleep, status, wake
+from ._version import __version__
+
+_setup_logging()
+
+__all__ = [
+    "init",
+    "wake",
+    "sleep",
+    "status",
+    "shutdown",
+    "ScryError",
+    "ConfigError",
+    "DaemonError",
+    "AgentError",
+    "ControlPlaneError",
+    "__version__",
+]

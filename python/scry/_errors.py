@@ -1,0 +1,32 @@
+"""The exceptions the agent raises; every message says what to do about it."""
+
+
+class ScryError(Exception):
+    """Base class of every error scry raises to the application."""
+
+    #: A short machine-readable name, used in the control plane's JSON errors.
+    kind = "scry"
+
+
+class ConfigError(ScryError):
+    """Wrong arguments, environment or files (bad URL, bad port, unsafe token file, ...)."""
+
+    kind = "config"
+
+
+class DaemonError(ScryError):
+    """The daemon could not be reached, refused us, or did not answer in time."""
+
+    kind = "daemon"
+
+
+class AgentError(ScryError):
+    """The agent itself failed (e.g. it could not start its thread)."""
+
+    kind = "agent"
+
+
+class ControlPlaneError(ScryError):
+    """The embedded client's control plane could not be started or did not answer."""
+
+    kind = "control_plane"

@@ -1,0 +1,809 @@
+"""The connection to the daemon: address resolution, handshake, the link thread, the report buffer.
+
+One :class:`Link` exists per wake. ``connect_first()`` runs in the caller's thread and raises if
+the daemon cannot be reached or refuses us; then the ``scry-link`` daemon thread owns the
+connection: it answers the daemon's requests, flushes the report buffer every
+``settings.flush_interval_ms``, sends ``heartbeat`` after ``settings.heartbeat_ms`` of silence and,
+when the connection drops, reconnects with backoff (0.1 s doubling to 2 s) for as long as the
+link is not stopped.
+
+Ownership, so that no fd is ever closed under another thread's feet: once started, only the link
+thread reads, writes and closes the socket; ``stop()`` only sets a flag and writes one byte to the
+link's wake-up pipe, which the thread polls together with the socket. The thread closes the
+socket and the pipe when it ends.
+"""
+
+import collections
+import errno
+import http.client
+import json
+import logging
+import os
+import select
+import socket
+import stat
+import threading
+import time
+
+from . import _proto
+from ._errors import ConfigError, DaemonError, ScryError
+
+log = logging.getLogger("scry")
+
+DEFAULT_SETTINGS = {"flush_interval_ms": 50, "max_batch": 1024, "heartbeat_ms": 5000}
+#: Events held while waiting for the next flush (or for a reconnect); more are counted as dropped.
+BUFFER_CAPACITY = 65536
+#: At most this many reports are sent per flush, so a flood cannot starve the daemon's requests.
+MAX_REPORTS_PER_FLUSH = 64
+BACKOFF_START = 0.1
+BACKOFF_MAX = 2.0
+#: How long one write to the daemon may block before the connection is considered dead.
+SEND_TIMEOUT = 10.0
+RECV_SIZE = 65536
+
+URL_FORMS = "unix:///abs/path/agent.sock, unix:/abs/path, tcp://HOST:PORT or http://HOST:PORT"
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_POLL_IN = select.POLLIN | select.POLLPRI
+_POLL_DONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+class _Stopped(Exception):
+    """The link was stopped while connecting."""
+
+
+# -- addresses -------------------------------------------------------------------------------
+
+
+class Address(object):
+    """A parsed ``daemon_url``: scheme ``unix`` (path), ``tcp`` or ``http`` (host, port)."""
+
+    __slots__ = ("scheme", "path", "host", "port", "url")
+
+    def __init__(self, scheme, url, path=None, host=None, port=None):
+        self.scheme = scheme
+        self.url = url
+        self.path = path
+        self.host = host
+        self.port = port
+
+    @property
+    def display(self):
+        if self.scheme == "unix":
+            return "unix://" + self.path
+        return "{}://{}".format(self.scheme, _hostport(self.host, self.port))
+
+
+def _hostport(host, port):
+    return "[{}]:{}".format(host, port) if ":" in host else "{}:{}".format(host, port)
+
+
+def _split_hostport(text):
+    """``host:port`` or ``[v6]:port`` -> (host, port); raises ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.index("]")
+        host, rest = text[1:end], text[end + 1 :]
+        if not rest.startswith(":"):
+            raise ValueError(text)
+        port = rest[1:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(text)
+    port = int(port)
+    if not host or not 0 < port < 65536:
+        raise ValueError(text)
+    return host, port
+
+
+def parse_daemon_url(url):
+    """Parse a daemon address (see docs/protocol.md "Agent addresses"). Raises ConfigError."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("the daemon address must be a non-empty string such as {}".format(URL_FORMS))
+    url = url.strip()
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.lower()
+    if not sep:
+        raise ConfigError("{!r} is not a daemon address: use {}".format(url, URL_FORMS))
+    if scheme == "unix":
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path.startswith("/"):
+            raise ConfigError(
+                "{!r}: a unix daemon address needs an absolute path, e.g. "
+                "unix:///home/me/.scry/run/agent.sock".format(url)
+            )
+        return Address("unix", url, path=path)
+    if scheme in ("tcp", "http"):
+        if not rest.startswith("//"):
+            raise ConfigError("{!r} is not a daemon address: use {}".format(url, URL_FORMS))
+        netloc = rest[2:]
+        if scheme == "http" and netloc.endswith("/"):
+            netloc = netloc[:-1]
+        if scheme == "http" and ":" not in netloc.rpartition("]")[2]:
+            netloc += ":80"
+        try:
+            host, port = _split_hostport(netloc)
+        except ValueError:
+            raise ConfigError(
+                "{!r}: expected {}://HOST:PORT (IPv6 as [addr]:PORT), with nothing after the "
+                "port".format(url, scheme)
+            )
+        return Address(scheme, url, host=host, port=port)
+    if scheme == "https":
+        raise ConfigError(
+            "{!r}: https is not supported for the daemon address; use http://HOST:PORT (the "
+            "daemon's API) or tcp://HOST:PORT (its agent listener, with a token)".format(url)
+        )
+    raise ConfigError("{!r} is not a daemon address: use {}".format(url, URL_FORMS))
+
+
+def _need_token(address, token, hint):
+    if not token:
+        raise ConfigError(
+            "connecting to the daemon over TCP ({}) needs the daemon's token: {}".format(
+                address.display, hint
+            )
+        )
+
+
+def _is_local_socket(path):
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def resolve_endpoint(address, token, token_hint, timeout):
+    """The unix or tcp Address to connect to; asks the daemon's HTTP API for ``http://``."""
+    if address.scheme == "unix":
+        return address
+    if address.scheme == "tcp":
+        _need_token(address, token, token_hint)
+        return address
+    conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    try:
+        conn.request("GET", "/api/v1/agent-endpoint", headers=headers)
+        response = conn.getresponse()
+        body = response.read(1 << 20)
+    except (OSError, http.client.HTTPException) as exc:
+        raise DaemonError(
+            "no scry daemon answers at {} ({}): start one with `scry serve --daemon`, or check "
+            "the address".format(address.display, _describe(exc))
+        )
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise DaemonError(
+            "the daemon at {} answered GET /api/v1/agent-endpoint with HTTP {}: {}".format(
+                address.display, response.status, body[:300].decode("utf-8", "replace").strip()
+            )
+        )
+    try:
+        obj = json.loads(body.decode("utf-8"))
+        unix = obj.get("unix")
+        tcp = obj.get("tcp")
+        if unix is not None and not isinstance(unix, str):
+            raise ValueError("`unix` is not a string")
+        if tcp is not None and not isinstance(tcp, str):
+            raise ValueError("`tcp` is not a string")
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise DaemonError(
+            "the daemon at {} answered GET /api/v1/agent-endpoint with something that is not "
+            '{{"unix": ..., "tcp": ...}} ({}): is it a scry daemon of the same version?'.format(
+                address.display, exc
+            )
+        )
+    if unix and _is_local_socket(unix):
+        return Address("unix", "unix://" + unix, path=unix)
+    if tcp:
+        try:
+            host, port = _split_hostport(tcp)
+        except ValueError:
+            raise DaemonError(
+                "the daemon at {} gave an invalid TCP agent address {!r}".format(address.display, tcp)
+            )
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = address.host  # it listens everywhere: use the host we reached its API on
+        result = Address("tcp", "tcp://" + _hostport(host, port), host=host, port=port)
+        _need_token(result, token, token_hint)
+        return result
+    raise DaemonError(
+        "the daemon at {} offers no agent endpoint this process can use (its unix socket {} is "
+        "not on this host, and it has no TCP agent listener): run the process on the daemon's "
+        "host, or enable the daemon's TCP agent listener".format(address.display, unix)
+    )
+
+
+# -- connecting and the handshake ------------------------------------------------------------
+
+
+def _describe(exc):
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _wait(poller, deadline, wake_fd):
+    """poll() until an event or the deadline; raises _Stopped when the wake fd fires."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return []
+    events = poller.poll(max(1, int(remaining * 1000)))
+    if wake_fd is not None and any(fd == wake_fd for fd, _ in events):
+        raise _Stopped()
+    return events
+
+
+def _connect(endpoint, deadline, wake_fd, hint_home):
+    """A connected socket (blocking, with SEND_TIMEOUT). Raises DaemonError or _Stopped."""
+    if endpoint.scheme == "unix":
+        families = [(socket.AF_UNIX, endpoint.path)]
+    else:
+        try:
+            infos = socket.getaddrinfo(endpoint.host, endpoint.port, 0, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise DaemonError("cannot resolve the daemon host in {}: {}".format(endpoint.display, _describe(exc)))
+        families = [(info[0], info[4]) for info in infos]
+    last = None
+    for family, addr in families:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            if family == socket.AF_UNIX and err == errno.EAGAIN:
+                pass  # the listen backlog is full: a unix connect does not go on in the background
+            elif err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                if wake_fd is not None:
+                    poller.register(wake_fd, select.POLLIN)
+                while True:
+                    events = _wait(poller, deadline, wake_fd)
+                    if events:
+                        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        break
+                    if time.monotonic() >= deadline:
+                        err = errno.ETIMEDOUT
+                        break
+            if err == 0:
+                sock.setblocking(True)
+                sock.settimeout(SEND_TIMEOUT)
+                return sock
+            last = OSError(err, os.strerror(err))
+        except _Stopped:
+            sock.close()
+            raise
+        except OSError as exc:
+            last = exc
+        sock.close()
+    code = getattr(last, "errno", None)
+    if code in (errno.ENOENT, errno.ECONNREFUSED):
+        extra = ""
+        if endpoint.scheme == "unix":
+            extra = " (using the same SCRY_HOME, {})".format(hint_home) if hint_home else ""
+        raise DaemonError(
+            "no scry daemon at {}: start one with `scry serve --daemon`{}, or point SCRY_DAEMON "
+            "/ daemon_url= at a running one".format(endpoint.display, extra)
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        raise DaemonError(
+            "permission denied connecting to {}: the daemon must run as the same user as this "
+            "process (or as root)".format(endpoint.display)
+        )
+    if code == errno.ETIMEDOUT:
+        raise DaemonError(
+            "timed out connecting to the scry daemon at {}: check the address and the "
+            "firewall".format(endpoint.display)
+        )
+    if code in (errno.EAGAIN,):
+        raise DaemonError("the scry daemon at {} is not accepting connections (busy)".format(endpoint.display))
+    raise DaemonError("cannot connect to the scry daemon at {}: {}".format(endpoint.display, _describe(last)))
+
+
+class _LineReader(object):
+    """Splits received bytes into lines and enforces the 16 MiB line limit."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._scanned = 0
+
+    def feed(self, data):
+        """Append data; return the complete lines. Raises ProtocolError("too_large")."""
+        self._buf += data
+        lines = []
+        while True:
+            index = self._buf.find(b"\n", self._scanned)
+            if index < 0:
+                self._scanned = len(self._buf)
+                if self._scanned > _proto.MAX_LINE_BYTES:
+                    raise _proto.ProtocolError(
+                        "too_large",
+                        "a line longer than {} bytes".format(_proto.MAX_LINE_BYTES),
+                    )
+                return lines
+            lines.append(bytes(self._buf[:index]))
+            del self._buf[: index + 1]
+            self._scanned = 0
+
+
+def _handshake(sock, hello, deadline, wake_fd, display):
+    """Send hello, wait for welcome. Returns (welcome, reader). Raises DaemonError or _Stopped."""
+    try:
+        sock.sendall(_proto.encode(hello), _MSG_NOSIGNAL)
+    except OSError as exc:
+        raise DaemonError("the daemon at {} closed the connection during hello: {}".format(display, _describe(exc)))
+    reader = _LineReader()
+    poller = select.poll()
+    poller.register(sock, _POLL_IN)
+    if wake_fd is not None:
+        poller.register(wake_fd, select.POLLIN)
+    lines = []
+    while not lines:
+        events = _wait(poller, deadline, wake_fd)
+        if not events:
+            raise DaemonError(
+                "the daemon at {} did not answer hello within the register timeout: is it a "
+                "healthy scry daemon? (raise scry.init(register_timeout=) for a slow one)".format(display)
+            )
+        try:
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            continue
+        except OSError as exc:
+            raise DaemonError("the daemon at {} dropped the connection during the handshake: {}".format(display, _describe(exc)))
+        if not data:
+            raise DaemonError(
+                "the daemon at {} closed the connection without answering hello".format(display)
+            )
+        try:
+            lines = reader.feed(data)
+        except _proto.ProtocolError as exc:
+            raise DaemonError("the daemon at {} sent an invalid answer to hello: {}".format(display, exc.message))
+    # Lines after the welcome (e.g. an early ping) stay queued for the link thread.
+    first, rest = lines[0], lines[1:]
+    try:
+        msg = _proto.decode(first, _proto.DAEMON_TYPES)
+    except _proto.ProtocolError as exc:
+        raise DaemonError(
+            "the daemon at {} answered hello with an invalid message ({}: {}): is it a scry daemon "
+            "of a compatible version?".format(display, exc.kind, exc.message)
+        )
+    kind = msg["type"]
+    if kind == "refused":
+        raise DaemonError(
+            "the scry daemon at {} refused this agent: {} (the daemon accepts protocol versions "
+            "{}; this agent speaks {}): install matching versions of scry and its Python "
+            "package".format(
+                display,
+                msg["reason"],
+                ", ".join(str(v) for v in msg["accepted_protocols"]) or "none",
+                _proto.PROTOCOL_VERSION,
+            )
+        )
+    if kind == "error":
+        raise DaemonError(
+            "the scry daemon at {} rejected hello: {}: {}".format(display, msg["kind"], msg["message"])
+        )
+    if kind != "welcome":
+        raise DaemonError("the daemon at {} answered hello with `{}` instead of `welcome`".format(display, kind))
+    if msg["protocol"] not in _proto.ACCEPTED_PROTOCOLS:
+        raise DaemonError(
+            "the scry daemon at {} speaks protocol {}, this agent speaks {}: install matching "
+            "versions of scry and its Python package".format(display, msg["protocol"], _proto.PROTOCOL_VERSION)
+        )
+    return msg, reader, rest
+
+
+def _event_ok(event):
+    """Cheap structural check of one report event (so one bad event cannot spoil a batch)."""
+    if type(event) is not dict:
+        return False
+    kind = event.get("kind")
+    t = event.get("t")
+    source = event.get("source")
+    return (
+        isinstance(kind, str)
+        and isinstance(t, (int, float))
+        and not isinstance(t, bool)
+        and (source is None or isinstance(source, str))
+    )
+
+
+def _encodable(event):
+    try:
+        _proto.encode(event)
+        return True
+    except (ValueError, TypeError, UnicodeError, RecursionError, OverflowError):
+        return False
+
+
+# -- the link ----------------------------------------------------------------------------------
+
+
+class Link(object):
+    """One wake: the connection (and reconnections) to one daemon address."""
+
+    def __init__(self, url, token, token_hint, make_hello, register_timeout, on_daemon_sleep, home=None):
+        self.url = url
+        self._address = parse_daemon_url(url)
+        if self._address.scheme == "tcp":
+            _need_token(self._address, token, token_hint)
+        self._token = token
+        self._token_hint = token_hint
+        self._home = home
+        self._make_hello = make_hello
+        self._register_timeout = register_timeout
+        self._on_daemon_sleep = on_daemon_sleep
+
+        # Read by status() from other threads; written by the link thread.
+        self.connected = False
+        self.session_id = None
+        self.endpoint = None
+        self.settings = dict(DEFAULT_SETTINGS)
+        self.acked_seq = 0
+        self.reports_sent = 0
+        self.connections = 0
+
+        self._sock = None
+        self._reader = None
+        self._pending_lines = []
+        self._seq = 0
+        self._last_sent = 0.0
+        self._stop = threading.Event()
+        self._stop_reason = "sleep"
+        self._sleep_requested = False
+        self._thread = None
+        self._pipe_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+        self._buf = collections.deque()
+        self._buf_lock = threading.Lock()
+        self._dropped = 0
+        self._bad_events_logged = False
+
+    # -- called by the state, under its lock ---------------------------------------------------
+
+    def connect_first(self):
+        """Connect and register in the caller's thread. Raises DaemonError/ConfigError; on failure
+        every fd of the link is closed."""
+        try:
+            self._adopt(*self._open(wake=False))
+        except BaseException:
+            self._close_socket()
+            self._close_pipe()
+            raise
+
+    def start(self):
+        """Start the ``scry-link`` thread (RuntimeError when the process is out of threads)."""
+        thread = threading.Thread(target=self._run, name="scry-link", daemon=True)
+        thread.start()
+        self._thread = thread
+
+    def stop(self, reason, timeout):
+        """Ask the thread to flush, say goodbye and close; wait up to ``timeout``. Idempotent.
+
+        Returns True when everything of ours is closed.
+        """
+        self._stop_reason = reason
+        self._stop.set()
+        with self._pipe_lock:
+            if self._wake_w is not None:
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError:
+                    pass
+        thread = self._thread
+        if thread is None:  # never started: we own the fds
+            self._close_socket(goodbye=True)
+            self._close_pipe()
+            return True
+        if thread is threading.current_thread():
+            return False
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning(
+                "the scry-link thread did not stop within %g s; it will close its connection "
+                "when its current operation times out",
+                timeout,
+            )
+            return False
+        return True
+
+    def close_in_child(self):
+        """After fork, in the child: close our copies of the fds (never shutdown())."""
+        self._stop.set()
+        self._thread = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._close_pipe()
+
+    def send_report(self, events, dropped=0):
+        """Queue events for the next report; thread-safe, never waits on I/O.
+
+        ``dropped`` counts hits the caller already dropped. When the buffer is full the excess is
+        counted as dropped. Returns False when something was dropped here.
+        """
+        with self._buf_lock:
+            if dropped:
+                self._dropped += dropped
+            room = BUFFER_CAPACITY - len(self._buf)
+            count = len(events)
+            if count <= room:
+                self._buf.extend(events)
+                return True
+            if room > 0:
+                self._buf.extend(events[:room])
+            self._dropped += count - max(room, 0)
+            return False
+
+    # -- connection management ------------------------------------------------------------------
+
+    def _open(self, wake=True):
+        """Resolve, connect, hello, welcome. Returns (sock, reader, welcome, pending lines)."""
+        wake_fd = self._wake_r if wake else None
+        deadline = time.monotonic() + self._register_timeout
+        endpoint = resolve_endpoint(self._address, self._token, self._token_hint, self._register_timeout)
+        sock = _connect(endpoint, deadline, wake_fd, self._home)
+        try:
+            self._sock = sock
+            hello = self._make_hello(self._token if endpoint.scheme == "tcp" else None)
+            welcome, reader, rest = _handshake(sock, hello, deadline, wake_fd, endpoint.display)
+        except BaseException:
+            self._sock = None
+            sock.close()
+            raise
+        self.endpoint = endpoint.display
+        return sock, reader, welcome, rest
+
+    def _adopt(self, sock, reader, welcome, rest):
+        settings = welcome["settings"]
+        self.settings = {
+            "flush_interval_ms": max(1, settings["flush_interval_ms"]),
+            "max_batch": max(1, settings["max_batch"]),
+            "heartbeat_ms": max(10, settings["heartbeat_ms"]),
+        }
+        self._sock = sock
+        self._reader = reader
+        self._pending_lines = list(rest)
+        self._seq = 0
+        self._last_sent = time.monotonic()
+        self.session_id = welcome["session_id"]
+        self.connections += 1
+        self.connected = True
+        log.debug("connected to the daemon at %s (session %s)", self.endpoint, self.session_id)
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                if self._sock is not None:
+                    self._serve()
+                if self._stop.is_set():
+                    break
+                self._lost()
+                if self._sleep_requested:
+                    self._stop.wait()
+                    break
+                if not self._reconnect():
+                    break
+        except BaseException as exc:  # never let the thread die with a traceback on stderr
+            log.warning("the scry-link thread failed: %r", exc)
+        finally:
+            self._close_socket(goodbye=True)
+            self._close_pipe()
+
+    def _lost(self):
+        was_connected = self.connected
+        self._close_socket()
+        if was_connected and not self._sleep_requested:
+            log.warning("lost the connection to the scry daemon at %s; reconnecting", self.endpoint)
+
+    def _reconnect(self):
+        delay = BACKOFF_START
+        while True:
+            if self._stop.wait(delay):
+                return False
+            try:
+                opened = self._open()
+            except _Stopped:
+                return False
+            except ScryError as exc:
+                log.debug("reconnecting to %s failed: %s", self.url, exc)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            except Exception as exc:
+                log.debug("reconnecting to %s failed: %r", self.url, exc)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            self._adopt(*opened)
+            if self._stop.is_set():
+                return False  # _run's cleanup says goodbye on the new connection
+            log.info("reconnected to the scry daemon at %s (session %s)", self.endpoint, self.session_id)
+            return True
+
+    def _close_socket(self, goodbye=False):
+        sock = self._sock
+        self._sock = None
+        was_connected = self.connected
+        self.connected = False
+        self.session_id = None
+        if sock is None:
+            return
+        try:
+            if goodbye and was_connected:
+                self._sock = sock
+                try:
+                    self._flush()
+                    self._send(_proto.goodbye(self._stop_reason))
+                finally:
+                    self._sock = None
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def _close_pipe(self):
+        with self._pipe_lock:
+            fds = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = None
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    # -- serving one connection -----------------------------------------------------------------
+
+    def _serve(self):
+        """Serve the current connection until it drops or the link is stopped."""
+        sock = self._sock
+        poller = select.poll()
+        poller.register(sock, _POLL_IN)
+        poller.register(self._wake_r, select.POLLIN)
+        last_flush = time.monotonic()
+        try:
+            lines, self._pending_lines = self._pending_lines, []
+            for line in lines:
+                self._handle(line)
+            while not self._stop.is_set():
+                now = time.monotonic()
+                flush_every = self.settings["flush_interval_ms"] / 1000.0
+                heartbeat_every = self.settings["heartbeat_ms"] / 1000.0
+                timeout = min(last_flush + flush_every, self._last_sent + heartbeat_every) - now
+                events = poller.poll(max(0, int(timeout * 1000) + 1))
+                for fd, event in events:
+                    if fd == self._wake_r:
+                        return
+                    if event & _POLL_IN or event & _POLL_DONE:
+                        if not self._receive(sock):
+                            return
+                now = time.monotonic()
+                if now >= last_flush + flush_every:
+                    self._flush()
+                    last_flush = now
+                if now - self._last_sent >= heartbeat_every:
+                    self._send(_proto.heartbeat())
+        except OSError as exc:
+            if not self._stop.is_set():
+                log.debug("connection to %s failed: %s", self.endpoint, _describe(exc))
+
+    def _receive(self, sock):
+        """Read what is there and handle complete lines; False when the connection is over."""
+        try:
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return True
+        if not data:
+            return False
+        try:
+            lines = self._reader.feed(data)
+        except _proto.ProtocolError as exc:
+            log.warning("the scry daemon sent a line over the size limit; closing the connection")
+            self._send(_proto.error(exc.kind, exc.message))
+            return False
+        for line in lines:
+            self._handle(line)
+        return True
+
+    def _handle(self, line):
+        try:
+            msg = _proto.decode(line, _proto.DAEMON_TYPES)
+        except _proto.ProtocolError as exc:
+            log.warning("the scry daemon sent a bad message (%s): %s", exc.kind, exc.message)
+            self._send(_proto.error(exc.kind, exc.message, exc.in_reply_to))
+            return
+        kind = msg["type"]
+        if kind == "ping":
+            self._send(_proto.reply_ok(msg["id"]))
+        elif kind == "sleep":
+            self._send(_proto.reply_ok(msg["id"]))
+            if not self._sleep_requested:
+                self._sleep_requested = True
+                try:
+                    self._on_daemon_sleep(self)
+                except Exception as exc:
+                    log.warning("could not go to sleep as the daemon asked: %r", exc)
+                    self._stop.set()
+        elif kind == "ack":
+            if msg["seq"] > self.acked_seq:
+                self.acked_seq = msg["seq"]
+        elif kind == "reply":
+            log.debug("reply from the daemon to a request we did not send: %r", msg.get("id"))
+        elif kind == "error":
+            log.warning("the scry daemon could not process a message: %s: %s", msg["kind"], msg["message"])
+        else:  # welcome, refused: valid, but not after the handshake
+            self._send(
+                _proto.error("unexpected", "`{}` after the handshake".format(kind), msg.get("id"))
+            )
+
+    def _send(self, msg):
+        self._send_bytes(_proto.encode(msg))
+
+    def _send_bytes(self, data):
+        self._sock.sendall(data, _MSG_NOSIGNAL)
+        self._last_sent = time.monotonic()
+
+    # -- reports ----------------------------------------------------------------------------------
+
+    def _flush(self):
+        """Send what the buffer holds, in reports of at most ``max_batch`` events."""
+        max_batch = self.settings["max_batch"]
+        for _ in range(MAX_REPORTS_PER_FLUSH):
+            with self._buf_lock:
+                count = min(len(self._buf), max_batch)
+                batch = [self._buf.popleft() for _ in range(count)]
+                dropped = self._dropped
+                self._dropped = 0
+            if not batch and not dropped:
+                return
+            try:
+                self._send_report(batch, dropped)
+            except BaseException:
+                with self._buf_lock:  # those are lost with the connection: say so next time
+                    self._dropped += len(batch) + dropped
+                raise
+            if count < max_batch:
+                return
+
+    def _send_report(self, batch, dropped):
+        good = [event for event in batch if _event_ok(event)]
+        if len(good) != len(batch):
+            dropped += len(batch) - len(good)
+            self._log_bad_events("an event is not an object with a string `kind` and a number `t`")
+        try:
+            data = _proto.encode(_proto.report(self._seq + 1, good, dropped))
+        except (ValueError, TypeError, UnicodeError, RecursionError, OverflowError):
+            kept = [event for event in good if _encodable(event)]
+            dropped += len(good) - len(kept)
+            good = kept
+            self._log_bad_events("an event cannot be encoded as JSON")
+            data = _proto.encode(_proto.report(self._seq + 1, good, dropped))
+        if len(data) - 1 > _proto.MAX_LINE_BYTES:
+            if len(good) > 1:
+                half = len(good) // 2
+                self._send_report(good[:half], dropped)
+                self._send_report(good[half:], 0)
+                return
+            self._log_bad_events("an event is larger than the 16 MiB line limit")
+            data = _proto.encode(_proto.report(self._seq + 1, [], dropped + len(good)))
+        self._send_bytes(data)
+        self._seq += 1
+        self.reports_sent += 1
+
+    def _log_bad_events(self, why):
+        if not self._bad_events_logged:
+            self._bad_events_logged = True
+            log.warning("dropping events that cannot be shipped (%s); they are counted as dropped", why)

@@ -1,0 +1,331 @@
+"""The agent <-> daemon wire protocol: message schemas, validation, encode and decode.
+
+This mirrors ``crates/scry-proto`` (the single source of truth for field names, documented in
+``docs/protocol.md``): one JSON object per line, each with a string ``type``. Decoding checks the
+required fields and their types per message type, like serde does on the Rust side: integers
+must be JSON integers in the Rust type's range, unknown fields are ignored, an ``Option`` field
+may be absent or null. A bad line raises :class:`ProtocolError` whose ``kind`` is what goes back
+to the peer (``malformed``, ``unknown_type``, ``too_large``).
+
+No I/O here: the link (``_link.py``) owns the socket.
+"""
+
+import json
+
+PROTOCOL_VERSION = 1
+ACCEPTED_PROTOCOLS = (1,)
+#: The longest line either side accepts, in bytes (16 MiB).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+ORIGINS = ("embedded", "injected", "run")
+ERROR_KINDS = ("malformed", "unknown_type", "unexpected", "too_large", "internal")
+
+#: Types an agent sends; the daemon decodes these.
+AGENT_TYPES = ("hello", "reply", "report", "heartbeat", "goodbye", "error")
+#: Types the daemon sends; the agent decodes these.
+DAEMON_TYPES = ("welcome", "refused", "ping", "sleep", "reply", "ack", "error")
+ALL_TYPES = tuple(sorted(set(AGENT_TYPES) | set(DAEMON_TYPES)))
+
+_U16 = 2 ** 16 - 1
+_U32 = 2 ** 32 - 1
+_U64 = 2 ** 64 - 1
+
+
+class ProtocolError(Exception):
+    """A line that cannot be decoded; ``kind`` is sent back in an ``error`` message."""
+
+    def __init__(self, kind, message, in_reply_to=None):
+        Exception.__init__(self, "{}: {}".format(kind, message))
+        self.kind = kind
+        self.message = message
+        #: The request id when it could be read from the bad message (for ``in_reply_to``).
+        self.in_reply_to = in_reply_to
+
+
+class _Bad(Exception):
+    """A field failed its check; the message names what was expected."""
+
+
+# -- field checkers: each takes a value and raises _Bad when it does not fit -------------------
+
+
+def _uint(limit, label):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise _Bad("must be {}".format(label))
+
+    return check
+
+
+_u16 = _uint(_U16, "an integer in 0..65535")
+_u32 = _uint(_U32, "an integer in 0..4294967295")
+_u64 = _uint(_U64, "a non-negative integer")
+
+
+def _str(value):
+    if not isinstance(value, str):
+        raise _Bad("must be a string")
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise _Bad("must be true or false")
+
+
+def _f64(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad("must be a number")
+
+
+def _any(value):
+    pass
+
+
+def _nullable(check):
+    def nullable(value):
+        if value is not None:
+            check(value)
+
+    return nullable
+
+
+def _list_of(check):
+    def list_of(value):
+        if not isinstance(value, list):
+            raise _Bad("must be an array")
+        for i, item in enumerate(value):
+            try:
+                check(item)
+            except _Bad as exc:
+                raise _Bad("[{}] {}".format(i, exc))
+
+    return list_of
+
+
+def _one_of(values):
+    def one_of(value):
+        if not isinstance(value, str) or value not in values:
+            raise _Bad("must be one of {}".format(", ".join(values)))
+
+    return one_of
+
+
+def _struct(fields):
+    def struct(value):
+        if not isinstance(value, dict):
+            raise _Bad("must be an object")
+        _check_fields(value, fields)
+
+    return struct
+
+
+def _check_fields(obj, fields):
+    for name, check, required in fields:
+        if name not in obj:
+            if required:
+                raise _Bad("missing field `{}`".format(name))
+            continue
+        try:
+            check(obj[name])
+        except _Bad as exc:
+            text = str(exc)
+            sep = "" if text.startswith(("[", ".")) else " "
+            raise _Bad("field `{}`{}{}".format(name, sep, text))
+
+
+# (name, checker, required). `Option<T>` fields are optional and nullable; `#[serde(default)]`
+# fields that are not options are optional but not nullable.
+_PYTHON = [
+    ("version", _str, True),
+    ("implementation", _str, True),
+    ("executable", _str, True),
+    ("free_threaded", _bool, False),
+]
+_CONTROL = [("host", _str, True), ("port", _u16, True)]
+_SETTINGS = [
+    ("flush_interval_ms", _u64, True),
+    ("max_batch", _u64, True),
+    ("heartbeat_ms", _u64, True),
+]
+_EVENT = [
+    ("kind", _str, True),
+    ("t", _f64, True),
+    ("source", _nullable(_str), False),
+    ("data", _any, False),
+]
+_REPLY_ERROR = [("kind", _str, True), ("message", _str, True)]
+
+SCHEMAS = {
+    "hello": [
+        ("protocol", _u32, True),
+        ("agent_version", _str, True),
+        ("pid", _u32, True),
+        ("ppid", _u32, True),
+        ("host", _str, True),
+        ("name", _nullable(_str), False),
+        ("origin", _one_of(ORIGINS), True),
+        ("python", _struct(_PYTHON), True),
+        ("argv", _list_of(_str), True),
+        ("cwd", _str, True),
+        ("started_at", _f64, True),
+        ("capabilities", _list_of(_str), False),
+        ("control", _nullable(_struct(_CONTROL)), False),
+        ("nonce", _nullable(_str), False),
+        ("token", _nullable(_str), False),
+    ],
+    "welcome": [
+        ("protocol", _u32, True),
+        ("daemon_version", _str, True),
+        ("session_id", _str, True),
+        ("settings", _struct(_SETTINGS), True),
+    ],
+    "refused": [("reason", _str, True), ("accepted_protocols", _list_of(_u32), True)],
+    "ping": [("id", _u64, True)],
+    "sleep": [("id", _u64, True)],
+    "reply": [
+        ("id", _u64, True),
+        ("ok", _bool, True),
+        ("result", _any, False),
+        ("error", _nullable(_struct(_REPLY_ERROR)), False),
+    ],
+    "ack": [("seq", _u64, True)],
+    "report": [
+        ("seq", _u64, True),
+        ("events", _list_of(_struct(_EVENT)), True),
+        ("dropped", _u64, False),
+    ],
+    "heartbeat": [],
+    "goodbye": [("reason", _nullable(_str), False)],
+    "error": [
+        ("kind", _one_of(ERROR_KINDS), True),
+        ("message", _str, True),
+        ("in_reply_to", _nullable(_u64), False),
+    ],
+}
+
+
+def _reject_constant(name):
+    # Python's json accepts NaN and Infinity; JSON (and serde_json) do not.
+    raise ValueError("{} is not valid JSON".format(name))
+
+
+def decode(line, types=ALL_TYPES):
+    """Decode and validate one line (str or bytes, with or without its newline) into a dict.
+
+    ``types`` are the message types the receiver knows (``DAEMON_TYPES`` for the agent); any
+    other type is ``unknown_type``. Raises :class:`ProtocolError`.
+    """
+    size = len(line)
+    if isinstance(line, str) and size * 4 > MAX_LINE_BYTES:
+        size = len(line.encode("utf-8", "surrogatepass"))
+    if size > MAX_LINE_BYTES:
+        raise ProtocolError(
+            "too_large", "message of {} bytes is over the limit of {}".format(size, MAX_LINE_BYTES)
+        )
+    if isinstance(line, (bytes, bytearray, memoryview)):
+        try:
+            line = bytes(line).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("malformed", "not valid UTF-8: {}".format(exc))
+    line = line.rstrip("\r\n")
+    try:
+        obj = json.loads(line, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ProtocolError("malformed", "not valid JSON: {}".format(exc))
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed", "a message must be a JSON object")
+    msg_id = obj.get("id")
+    if isinstance(msg_id, bool) or not isinstance(msg_id, int) or not 0 <= msg_id <= _U64:
+        msg_id = None
+    if "type" not in obj:
+        raise ProtocolError("malformed", "missing field `type`", msg_id)
+    msg_type = obj["type"]
+    if not isinstance(msg_type, str):
+        raise ProtocolError("malformed", "field `type` must be a string", msg_id)
+    if msg_type not in types or msg_type not in SCHEMAS:
+        raise ProtocolError("unknown_type", "unknown message type `{}`".format(msg_type), msg_id)
+    try:
+        _check_fields(obj, SCHEMAS[msg_type])
+    except _Bad as exc:
+        raise ProtocolError("malformed", "bad `{}` message: {}".format(msg_type, exc), msg_id)
+    return obj
+
+
+def encode(msg):
+    """Encode a message dict as one UTF-8 line ending in ``\\n``.
+
+    Raises ValueError or TypeError when the message cannot be represented in JSON (non-finite
+    floats, non-string keys, unknown objects, lone surrogates).
+    """
+    text = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8") + b"\n"
+
+
+# -- builders for what the agent sends ---------------------------------------------------------
+
+
+def hello(
+    agent_version,
+    pid,
+    ppid,
+    host,
+    name,
+    origin,
+    python,
+    argv,
+    cwd,
+    started_at,
+    capabilities,
+    control,
+    nonce=None,
+    token=None,
+):
+    """The agent's first message on a connection."""
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "agent_version": agent_version,
+        "pid": pid,
+        "ppid": ppid,
+        "host": host,
+        "name": name,
+        "origin": origin,
+        "python": python,
+        "argv": argv,
+        "cwd": cwd,
+        "started_at": started_at,
+        "capabilities": list(capabilities),
+        "control": control,
+        "nonce": nonce,
+        "token": token,
+    }
+
+
+def reply_ok(msg_id, result=None):
+    """A successful answer to a daemon request."""
+    return {"type": "reply", "id": msg_id, "ok": True, "result": {} if result is None else result}
+
+
+def reply_error(msg_id, kind, message):
+    """A failed answer to a daemon request."""
+    return {"type": "reply", "id": msg_id, "ok": False, "error": {"kind": kind, "message": message}}
+
+
+def error(kind, message, in_reply_to=None):
+    """The agent could not process a daemon message."""
+    return {"type": "error", "kind": kind, "message": message, "in_reply_to": in_reply_to}
+
+
+def report(seq, events, dropped):
+    """A batch of observations."""
+    return {"type": "report", "seq": seq, "events": events, "dropped": dropped}
+
+
+def heartbeat():
+    """Sent after ``heartbeat_ms`` of silence."""
+    return {"type": "heartbeat"}
+
+
+def goodbye(reason):
+    """The agent disconnects on purpose (``sleep``, ``shutdown``, ``exit``)."""
+    return {"type": "goodbye", "reason": reason}

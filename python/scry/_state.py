@@ -1,0 +1,366 @@
+"""The agent's single piece of process-wide state, and the implementation of the public API.
+
+One :class:`_Agent` per process, guarded by its lock: every transition (init, wake, sleep,
+shutdown) happens under it, so they are serialised and each is idempotent. ``status()`` does not
+take the lock (it reads a few attributes), so it answers even while a wake waits for a slow
+daemon. The link thread never takes the lock: when the daemon asks us to sleep, a short-lived
+``scry-sleep`` thread performs the ordinary sleep, so that the lock holder may always join the
+link thread without a deadlock.
+
+After ``fork()`` the child gets a fresh, uninitialised agent: it has neither the link thread nor
+the control-plane thread, so it closes its copies of their fds (never ``shutdown()``, which would
+cut the parent's connections) and drops every reference. At exit (atexit) the agent shuts down:
+goodbye to the daemon, control plane closed, discovery file removed.
+"""
+
+import atexit
+import logging
+import os
+import threading
+
+from . import _config, _discovery, _process, _proto
+from ._control import ControlPlane, is_loopback
+from ._errors import AgentError, ConfigError
+from ._link import Link
+
+log = logging.getLogger("scry")
+
+UNINITIALISED = "uninitialised"
+SLEEPING = "sleeping"
+AWAKE = "awake"
+
+#: How long the at-exit hook waits for a transition in progress before cleaning up anyway.
+_AT_EXIT_LOCK_TIMEOUT = 5.0
+
+
+class _Agent(object):
+    """Everything one ``init()`` created; reset to this empty shape by ``shutdown()``."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.state = UNINITIALISED
+        self.config = None
+        self.control = None
+        self.discovery_path = None
+        self.link = None
+
+
+_agent = _Agent()
+
+
+class _ControlApi(object):
+    """What the control plane may call (always the current agent, not the one it started with)."""
+
+    @staticmethod
+    def status():
+        return status()
+
+    @staticmethod
+    def info():
+        config = _agent.config
+        return _process.info(config.name if config is not None else None)
+
+    @staticmethod
+    def wake(daemon_url):
+        return wake(daemon_url)
+
+    @staticmethod
+    def sleep():
+        return sleep()
+
+
+# -- public API ------------------------------------------------------------------------------
+
+
+def init(
+    name=None,
+    control_host=None,
+    control_port=None,
+    daemon_url=None,
+    start_state="sleeping",
+    home=None,
+    health_check_timeout=2.0,
+    register_timeout=5.0,
+    unregister_timeout=2.0,
+):
+    """Start the embedded client: a sleeping control plane and a discovery file.
+
+    Nothing is hooked and nothing connects to the daemon until ``wake()`` (or ``start_state=
+    "awake"``, or ``POST /scry/wake``, or ``scry wake NAME``). Arguments win over the
+    environment (``SCRY_NAME``, ``SCRY_CONTROL_HOST``, ``SCRY_CONTROL_PORT``, ``SCRY_DAEMON``,
+    ``SCRY_HOME``, ``SCRY_TOKEN``). Raises ConfigError (bad arguments, unsafe token file, called
+    twice), ControlPlaneError (cannot bind, or no answer to the health check) and, with
+    ``start_state="awake"``, whatever ``wake()`` raises; on any error nothing is left behind.
+    Returns the status.
+    """
+    agent = _agent
+    with agent.lock:
+        if agent.state != UNINITIALISED:
+            raise ConfigError(
+                "scry.init() was already called in this process (state: {}): call "
+                "scry.shutdown() before calling it again, or use scry.wake() / scry.sleep()".format(
+                    agent.state
+                )
+            )
+        config = _config.resolve(
+            name=name,
+            control_host=control_host,
+            control_port=control_port,
+            daemon_url=daemon_url,
+            start_state=start_state,
+            home=home,
+            health_check_timeout=health_check_timeout,
+            register_timeout=register_timeout,
+            unregister_timeout=unregister_timeout,
+        )
+        try:
+            agent.config = config
+            agent.control = ControlPlane(
+                config.control_host, config.control_port, config.token, config.token_hint, _ControlApi
+            )
+            agent.control.start(config.health_check_timeout)
+            agent.discovery_path = _discovery.path_for(config.home, os.getpid())
+            agent.state = SLEEPING
+            _write_discovery(agent, strict=True)
+            if config.start_state == AWAKE:
+                _wake_locked(agent, None)
+        except BaseException:
+            _teardown_locked(agent, "shutdown")
+            raise
+        log.debug("initialised: control plane at %s", agent.control.url)
+        return _status_of(agent)
+
+
+def wake(daemon_url=None):
+    """Connect to the daemon and register; returns the status. A no-op when already awake.
+
+    The address is ``daemon_url`` > ``init(daemon_url=)`` > ``SCRY_DAEMON`` >
+    ``unix://$SCRY_HOME/run/agent.sock``. Raises DaemonError when the daemon cannot be reached
+    or refuses us, ConfigError for a bad address or when ``init()`` was not called.
+    """
+    if daemon_url is not None and not isinstance(daemon_url, str):
+        raise ConfigError("scry.wake(daemon_url=...) must be a string, not {!r}".format(daemon_url))
+    agent = _agent
+    with agent.lock:
+        return _wake_locked(agent, daemon_url)
+
+
+def sleep():
+    """Say goodbye to the daemon and close the connection; returns the status.
+
+    Afterwards only the control plane remains (no thread, socket or fd of the link). A no-op
+    when not awake.
+    """
+    agent = _agent
+    with agent.lock:
+        _sleep_locked(agent, "sleep")
+        return _status_of(agent)
+
+
+def status():
+    """The client's state as a dict: state ("uninitialised" | "sleeping" | "awake"), name, pid,
+    control_host, control_port, daemon_url, connection_id, connected."""
+    return _status_of(_agent)
+
+
+def shutdown():
+    """Sleep, stop the control plane and remove the discovery file. Safe to call at any time,
+    any number of times; never raises. ``init()`` may be called again afterwards."""
+    agent = _agent
+    with agent.lock:
+        _teardown_locked(agent, "shutdown")
+
+
+def send_report(events, dropped=0):
+    """Queue observations for the daemon (for the probe engine). Thread-safe; never blocks on
+    I/O. ``events`` is a list of ``{"kind", "t", "source", "data"}`` dicts; ``dropped`` counts
+    hits the caller already dropped. Returns False when not awake or when the buffer was full
+    (the excess is counted as dropped)."""
+    link = _agent.link
+    if link is None:
+        return False
+    return link.send_report(events, dropped)
+
+
+# -- transitions (caller holds agent.lock) -----------------------------------------------------
+
+
+def _wake_locked(agent, daemon_url):
+    if agent.state == UNINITIALISED:
+        raise ConfigError("scry is not initialised in this process: call scry.init() first")
+    if agent.state == AWAKE and agent.link is not None:
+        return _status_of(agent)
+    config = agent.config
+    url = daemon_url or config.daemon_url or config.default_daemon_url
+    control = agent.control
+
+    def make_hello(token):
+        return _proto.hello(
+            agent_version=_process.AGENT_VERSION,
+            pid=os.getpid(),
+            ppid=os.getppid(),
+            host=_process.hostname(),
+            name=config.name,
+            origin="embedded",
+            python=_process.python_info(),
+            argv=_process.argv(),
+            cwd=_process.cwd(),
+            started_at=_process.started_at(),
+            capabilities=["control_plane"],
+            control={"host": control.host, "port": control.port} if control is not None else None,
+            token=token,
+        )
+
+    link = Link(
+        url,
+        config.token,
+        config.token_hint,
+        make_hello,
+        config.register_timeout,
+        _on_daemon_sleep,
+        home=config.home,
+    )
+    link.connect_first()
+    try:
+        link.start()
+    except RuntimeError as exc:
+        link.stop("shutdown", config.unregister_timeout)
+        raise AgentError(
+            "cannot start the scry-link thread ({}): the process may be out of threads or "
+            "memory".format(exc)
+        )
+    agent.link = link
+    agent.state = AWAKE
+    _write_discovery(agent)
+    log.debug("awake: connected to %s (session %s)", link.endpoint, link.session_id)
+    return _status_of(agent)
+
+
+def _sleep_locked(agent, reason):
+    link = agent.link
+    if link is None:
+        return
+    agent.link = None
+    if agent.state == AWAKE:
+        agent.state = SLEEPING
+    timeout = agent.config.unregister_timeout if agent.config is not None else 2.0
+    try:
+        link.stop(reason, timeout)
+    except Exception as exc:
+        log.warning("error while disconnecting from the daemon: %r", exc)
+    if agent.state == SLEEPING:
+        _write_discovery(agent)
+    log.debug("asleep (%s)", reason)
+
+
+def _teardown_locked(agent, reason):
+    """Undo everything, whatever was done; never raises."""
+    try:
+        _sleep_locked(agent, reason)
+    except Exception as exc:
+        log.warning("error while going to sleep: %r", exc)
+    control, agent.control = agent.control, None
+    if control is not None:
+        try:
+            control.stop()
+        except Exception as exc:
+            log.warning("error while stopping the control plane: %r", exc)
+    path, agent.discovery_path = agent.discovery_path, None
+    if path is not None:
+        _discovery.remove(path)
+    agent.link = None
+    agent.config = None
+    agent.state = UNINITIALISED
+
+
+def _on_daemon_sleep(link):
+    """The daemon sent ``sleep``: do the ordinary sleep from a short-lived thread."""
+
+    def run():
+        agent = _agent
+        with agent.lock:
+            if agent.link is link:
+                _sleep_locked(agent, "sleep")
+                return
+        link.stop("sleep", 2.0)  # an orphan (the agent moved on): just end it
+
+    threading.Thread(target=run, name="scry-sleep", daemon=True).start()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _status_of(agent):
+    config = agent.config
+    control = agent.control
+    link = agent.link
+    connected = bool(link is not None and link.connected)
+    return {
+        "state": agent.state,
+        "name": config.name if config is not None else None,
+        "pid": os.getpid(),
+        "control_host": control.host if control is not None else None,
+        "control_port": control.port if control is not None else None,
+        "daemon_url": link.url if link is not None else None,
+        "connection_id": link.session_id if connected else None,
+        "connected": connected,
+    }
+
+
+def _write_discovery(agent, strict=False):
+    path = agent.discovery_path
+    if path is None:
+        return
+    config = agent.config
+    control = agent.control
+    record = {
+        "pid": os.getpid(),
+        "name": config.name,
+        "control_host": control.host,
+        "control_port": control.port,
+        "state": agent.state,
+        "started_at": _process.started_at(),
+        "python": _process.PYTHON_VERSION,
+        "executable": _process.executable(),
+        "agent_version": _process.AGENT_VERSION,
+        "token_required": not is_loopback(control.host),
+    }
+    try:
+        _discovery.write(path, record)
+    except OSError as exc:
+        message = "cannot write the discovery file {}: {}: make SCRY_HOME ({}) writable, or point " "SCRY_HOME (or scry.init(home=)) elsewhere".format(
+            path, exc.strerror or exc, config.home
+        )
+        if strict:
+            raise ConfigError(message)
+        log.warning("%s", message)
+
+
+def _at_exit():
+    agent = _agent
+    if agent.state == UNINITIALISED and agent.control is None:
+        return
+    acquired = agent.lock.acquire(timeout=_AT_EXIT_LOCK_TIMEOUT)
+    try:
+        _teardown_locked(agent, "exit")
+    finally:
+        if acquired:
+            agent.lock.release()
+
+
+def _after_fork_in_child():
+    global _agent
+    old = _agent
+    _agent = _Agent()
+    try:
+        if old.link is not None:
+            old.link.close_in_child()
+        if old.control is not None:
+            old.control.close_in_child()
+    except Exception:
+        pass
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
