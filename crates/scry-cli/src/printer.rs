@@ -86,6 +86,34 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    #[derive(Clone, Default)]
+    struct Buf(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn data_goes_to_stdout_and_notes_to_stderr() {
+        let (out, err) = (Buf::default(), Buf::default());
+        let mut p = Printer::to(Box::new(out.clone()), Box::new(err.clone()), true);
+        p.json_value(&serde_json::json!({"a": 1})).expect("write");
+        p.note("started the daemon");
+        assert_eq!(
+            String::from_utf8_lossy(&out.0.borrow()),
+            "{\n  \"a\": 1\n}\n"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&err.0.borrow()),
+            "started the daemon\n"
+        );
+    }
+
     #[test]
     fn table_aligns_columns() {
         let rows = vec![

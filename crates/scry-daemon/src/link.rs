@@ -43,7 +43,7 @@ where
     let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
     let (tx, mut rx) = mpsc::unbounded_channel::<DaemonMessage>();
     let mut sink = FramedWrite::new(writer, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-    let writer_task = tokio::spawn(async move {
+    let mut writer_task = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             let line = scry_proto::encode(&msg);
             if sink.send(line.trim_end_matches('\n')).await.is_err() {
@@ -57,7 +57,7 @@ where
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, lines.next()).await {
         Ok(Some(Ok(line))) => match scry_proto::decode_agent(&line) {
-            Ok(AgentMessage::Hello(h)) => Some(h),
+            Ok(AgentMessage::Hello(h)) => Some(*h),
             Ok(other) => {
                 reject(
                     &tx,
@@ -182,9 +182,17 @@ where
         }
     }
     agent.abandon_all();
-    drop(tx);
-    writer_task.abort();
     shared.disconnected(process_id, &session_id, goodbye).await;
+    // Let the writer send what is queued (e.g. the error that ended the connection): it ends
+    // when the last sender is gone; a peer that stopped reading must not keep it forever.
+    drop(agent);
+    drop(tx);
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
 }
 
 fn codec_error_text(e: &LinesCodecError) -> String {

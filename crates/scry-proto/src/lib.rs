@@ -207,8 +207,8 @@ pub struct ProtocolErrorMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
-    /// The handshake.
-    Hello(Hello),
+    /// The handshake (boxed: it is by far the largest message and is sent once).
+    Hello(Box<Hello>),
     /// An answer to a daemon request.
     Reply(Reply),
     /// A batch of events.

@@ -1,0 +1,43 @@
+//! `scry demo` on a fresh home: starts the daemon and the sample service, wakes it.
+
+use crate::support::{text, Ctx};
+
+#[test]
+fn demo_runs_the_sample_service_and_wakes_it() {
+    let ctx = Ctx::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    std::fs::create_dir_all(ctx.home()).expect("home");
+    std::fs::write(
+        ctx.home().join("config.toml"),
+        format!("[http]\naddr = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("config");
+
+    let out = ctx.scry(&["demo"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("started the daemon"), "{all}");
+    assert!(all.contains("scry-demo") && all.contains("awake"), "{all}");
+    assert!(all.contains("Try next"), "{all}");
+
+    // Running it again reuses the service.
+    let again = ctx.scry_json(&["demo"]);
+    let pid = again["demo_pid"].as_u64().expect("pid");
+    assert!(
+        again["processes"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|p| p["pid"] == pid && p["state"] == "awake"),
+        "{again}"
+    );
+
+    let out = ctx.scry(&["demo", "--stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ctx.scry(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `scry` binary against real Python processes, one module per
+//! topic. Interpreters come from `SCRY_TEST_PYTHONS` (set by `scripts/test` to the test
+//! matrix), else `python3`.
+
+mod support;
+
+mod daemon;
+mod demo;
+mod embedded;
+mod garbage;
