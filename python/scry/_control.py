@@ -106,6 +106,8 @@ class _Server(http.server.ThreadingHTTPServer):
 
     def __init__(self, address, control):
         self.control = control
+        self.active_requests = 0
+        self.idle = threading.Condition()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         http.server.ThreadingHTTPServer.__init__(self, address, _Handler)
@@ -123,7 +125,35 @@ class _Server(http.server.ThreadingHTTPServer):
             name="scry-control-request",
             daemon=True,
         )
-        thread.start()
+        with self.idle:
+            self.active_requests += 1
+        try:
+            thread.start()
+        except BaseException:
+            self._request_done()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            http.server.ThreadingHTTPServer.process_request_thread(self, request, client_address)
+        finally:
+            self._request_done()
+
+    def _request_done(self):
+        with self.idle:
+            self.active_requests -= 1
+            self.idle.notify_all()
+
+    def wait_idle(self, timeout):
+        """Wait until no request thread is running; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.idle:
+            while self.active_requests > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.idle.wait(remaining)
+        return True
 
     def handle_error(self, request, client_address):
         log.debug("control plane: error while serving %s", client_address, exc_info=True)
@@ -457,6 +487,8 @@ class ControlPlane(object):
                 response = conn.getresponse()
                 data = response.read(4096)
                 if response.status == 200 and json.loads(data.decode("utf-8")) == {"ok": True}:
+                    # Let the check's own request thread end, so init() leaves exactly one thread.
+                    self._server.wait_idle(max(0.0, deadline - time.monotonic()))
                     return
                 last = "answered HTTP {}".format(response.status)
             except (OSError, ValueError, http.client.HTTPException) as exc:

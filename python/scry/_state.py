@@ -191,7 +191,9 @@ def _wake_locked(agent, daemon_url):
     if agent.state == AWAKE and agent.link is not None:
         return _status_of(agent)
     config = agent.config
-    url = daemon_url or config.daemon_url or config.default_daemon_url
+    url = daemon_url
+    if url is None:
+        url = config.daemon_url if config.daemon_url is not None else config.default_daemon_url
     control = agent.control
 
     def make_hello(token):

@@ -91,8 +91,9 @@ class FakeConn(object):
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.thread.join(5)
-        self.sock.close()
+        if self.thread is not threading.current_thread():
+            self.thread.join(5)
+            self.sock.close()
 
 
 class FakeDaemon(object):

@@ -1,0 +1,388 @@
+"""The embedded client's life cycle: init, status, discovery file, errors, shutdown, fork."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import scry
+from conftest import PYTHON_DIR, control, open_fds, scry_threads, wait_until
+from fakedaemon import FakeDaemon
+
+STATUS_KEYS = {
+    "state",
+    "name",
+    "pid",
+    "control_host",
+    "control_port",
+    "daemon_url",
+    "connection_id",
+    "connected",
+}
+
+
+def discovery_path(home):
+    return home / "clients" / "{}.json".format(os.getpid())
+
+
+def run_python(code, env, timeout=30):
+    """Run code in a fresh interpreter that imports scry from this checkout."""
+    full_env = dict(env)
+    full_env["PYTHONPATH"] = PYTHON_DIR
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=timeout,
+    )
+
+
+def test_public_api_names():
+    for name in ("init", "wake", "sleep", "status", "shutdown", "__version__"):
+        assert hasattr(scry, name)
+    assert scry.__version__ == "0.1.0"
+    for cls in (scry.ConfigError, scry.DaemonError, scry.AgentError, scry.ControlPlaneError):
+        assert issubclass(cls, scry.ScryError)
+    assert issubclass(scry.ScryError, Exception)
+
+
+def test_status_before_init():
+    st = scry.status()
+    assert set(st) == STATUS_KEYS
+    assert st["state"] == "uninitialised"
+    assert st["pid"] == os.getpid()
+    assert st["connected"] is False and st["control_port"] is None
+
+
+def test_init_status_shutdown_init_again(home):
+    st = scry.init(name="checkout")
+    assert set(st) == STATUS_KEYS
+    assert st["state"] == "sleeping"
+    assert st["name"] == "checkout"
+    assert st["control_host"] == "127.0.0.1"
+    assert isinstance(st["control_port"], int) and st["control_port"] > 0
+    assert st["daemon_url"] is None and st["connection_id"] is None and st["connected"] is False
+    assert scry.status() == st
+    assert [t.name for t in scry_threads()] == ["scry-control"]
+
+    with pytest.raises(scry.ConfigError) as info:
+        scry.init()
+    assert "shutdown" in str(info.value)
+
+    scry.shutdown()
+    assert scry.status()["state"] == "uninitialised"
+    assert not discovery_path(home).exists()
+    scry.shutdown()  # twice is fine
+
+    st = scry.init(name="again")
+    assert st["state"] == "sleeping" and st["name"] == "again"
+    scry.shutdown()
+
+
+def test_shutdown_releases_threads_and_fds(home):
+    before = open_fds()
+    scry.init()
+    scry.shutdown()
+    wait_until(lambda: not scry_threads(), message="no scry threads")
+    assert open_fds() == before
+
+
+def test_name_from_env_and_argument_wins(home, monkeypatch):
+    monkeypatch.setenv("SCRY_NAME", "from-env")
+    assert scry.init()["name"] == "from-env"
+    scry.shutdown()
+    assert scry.init(name="from-arg")["name"] == "from-arg"
+
+
+def test_control_port_from_env(home, monkeypatch):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    monkeypatch.setenv("SCRY_CONTROL_PORT", str(port))
+    assert scry.init()["control_port"] == port
+
+
+def test_bad_configuration_is_a_config_error(home, monkeypatch):
+    with pytest.raises(scry.ConfigError) as info:
+        scry.init(start_state="dozing")
+    assert "'sleeping' or 'awake'" in str(info.value)
+    with pytest.raises(scry.ConfigError):
+        scry.init(register_timeout=0)
+    with pytest.raises(scry.ConfigError):
+        scry.init(control_port=70000)
+    monkeypatch.setenv("SCRY_CONTROL_PORT", "http")
+    with pytest.raises(scry.ConfigError) as info:
+        scry.init()
+    assert "SCRY_CONTROL_PORT" in str(info.value)
+    assert scry.status()["state"] == "uninitialised"
+
+
+def test_port_in_use_is_a_control_plane_error(home):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        with pytest.raises(scry.ControlPlaneError) as info:
+            scry.init(control_port=busy.getsockname()[1])
+        assert "SCRY_CONTROL_PORT" in str(info.value)
+    finally:
+        busy.close()
+    assert scry.status()["state"] == "uninitialised"
+    assert not scry_threads()
+
+
+def test_unusable_control_host_is_a_control_plane_error(home):
+    # 192.0.2.0/24 (TEST-NET-1) is never an address of this machine.
+    with pytest.raises(scry.ControlPlaneError) as info:
+        scry.init(control_host="192.0.2.1")
+    assert "192.0.2.1" in str(info.value)
+    assert scry.status()["state"] == "uninitialised"
+
+
+def test_discovery_file(home):
+    st = scry.init(name="disco")
+    path = discovery_path(home)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    record = json.loads(path.read_text())
+    assert record["pid"] == os.getpid()
+    assert record["name"] == "disco"
+    assert record["control_host"] == "127.0.0.1"
+    assert record["control_port"] == st["control_port"]
+    assert record["state"] == "sleeping"
+    assert record["python"] == "{}.{}.{}".format(*sys.version_info[:3]) or record["python"].startswith(
+        "{}.{}.{}".format(*sys.version_info[:3])
+    )
+    assert record["executable"] == sys.executable
+    assert record["agent_version"] == scry.__version__
+    assert record["token_required"] is False
+    import time
+
+    assert 0 < record["started_at"] <= time.time()
+    # Only the file itself: the temporary file was renamed.
+    assert os.listdir(str(path.parent)) == [path.name]
+    scry.shutdown()
+    assert not path.exists()
+
+
+def test_discovery_file_follows_state_changes(home):
+    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    try:
+        scry.init()
+        path = discovery_path(home)
+        assert json.loads(path.read_text())["state"] == "sleeping"
+        inode = os.stat(path).st_ino
+        scry.wake()
+        assert json.loads(path.read_text())["state"] == "awake"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert os.stat(path).st_ino != inode  # replaced, not rewritten in place
+        scry.sleep()
+        assert json.loads(path.read_text())["state"] == "sleeping"
+    finally:
+        scry.shutdown()
+        daemon.close()
+
+
+def test_discovery_file_removed_at_exit(home):
+    result = run_python(
+        """
+        import os, scry
+        scry.init(name="exiting")
+        print(os.getpid())
+        """,
+        env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    pid = int(result.stdout.decode().strip())  # the agent printed nothing else on stdout
+    assert result.stderr == b""
+    clients = home / "clients"
+    assert clients.is_dir()
+    assert not (clients / "{}.json".format(pid)).exists()
+    assert os.listdir(str(clients)) == []
+
+
+def test_goodbye_and_cleanup_at_exit_while_awake(home):
+    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    try:
+        result = run_python(
+            """
+            import scry
+            scry.init(name="awake-at-exit", start_state="awake")
+            assert scry.status()["connected"]
+            """,
+            env=dict(os.environ),
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b""
+        conn = daemon.wait_conn()
+        assert conn.wait_type("goodbye")["reason"] == "exit"
+        conn.wait_closed()
+        assert os.listdir(str(home / "clients")) == []
+    finally:
+        daemon.close()
+
+
+def test_wake_without_daemon_is_a_daemon_error(home):
+    scry.init()
+    with pytest.raises(scry.DaemonError) as info:
+        scry.wake()
+    message = str(info.value)
+    assert "scry serve" in message
+    assert "unix://{}".format(home / "run" / "agent.sock") in message
+    st = scry.status()
+    assert st["state"] == "sleeping" and st["connected"] is False
+    assert [t.name for t in scry_threads()] == ["scry-control"]
+
+
+def test_start_awake_without_daemon_raises_and_leaves_nothing(home):
+    with pytest.raises(scry.DaemonError) as info:
+        scry.init(start_state="awake")
+    assert "scry serve" in str(info.value)
+    assert scry.status()["state"] == "uninitialised"
+    assert not discovery_path(home).exists()
+
+
+def test_start_awake(home):
+    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    try:
+        st = scry.init(start_state="awake")
+        assert st["state"] == "awake" and st["connected"] is True
+        assert st["connection_id"] == "s-fake-0"
+        assert st["daemon_url"] == "unix://{}".format(home / "run" / "agent.sock")
+    finally:
+        scry.shutdown()
+        daemon.close()
+
+
+def test_daemon_url_precedence(home, monkeypatch, tmp_path):
+    env_daemon = FakeDaemon(str(tmp_path / "env.sock"), session_prefix="env")
+    init_daemon = FakeDaemon(str(tmp_path / "init.sock"), session_prefix="init")
+    arg_daemon = FakeDaemon(str(tmp_path / "arg.sock"), session_prefix="arg")
+    try:
+        monkeypatch.setenv("SCRY_DAEMON", env_daemon.url)
+        scry.init()
+        assert scry.wake()["connection_id"].startswith("env")
+        scry.shutdown()
+        scry.init(daemon_url="unix:" + init_daemon.path)  # the unix:/abs/path form
+        assert scry.wake()["connection_id"].startswith("init")
+        scry.sleep()
+        assert scry.wake(arg_daemon.url)["connection_id"].startswith("arg")
+        # Awake already: a no-op, whatever the address.
+        assert scry.wake(env_daemon.url)["connection_id"].startswith("arg")
+    finally:
+        scry.shutdown()
+        for d in (env_daemon, init_daemon, arg_daemon):
+            d.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["relative/agent.sock", "unix://host/agent.sock", "tcp://nohost", "ftp://x:1", "https://h:1", ""],
+)
+def test_bad_daemon_url_is_a_config_error(home, url):
+    scry.init()
+    with pytest.raises(scry.ConfigError) as info:
+        scry.wake(url)
+    assert "://" in str(info.value)  # every message shows the expected form
+    assert scry.status()["state"] == "sleeping"
+
+
+def test_tcp_needs_a_token(home):
+    scry.init()
+    with pytest.raises(scry.ConfigError) as info:
+        scry.wake("tcp://127.0.0.1:9")
+    assert "SCRY_TOKEN" in str(info.value)
+
+
+def test_wake_and_sleep_before_init(home):
+    with pytest.raises(scry.ConfigError) as info:
+        scry.wake()
+    assert "scry.init()" in str(info.value)
+    assert scry.sleep()["state"] == "uninitialised"
+
+
+def test_sleep_when_asleep_is_a_noop(home):
+    scry.init()
+    assert scry.sleep()["state"] == "sleeping"
+    assert scry.sleep()["state"] == "sleeping"
+
+
+def test_no_output_on_stdout_with_debug(home):
+    result = run_python(
+        """
+        import scry
+        scry.init()
+        try:
+            scry.wake()
+        except scry.DaemonError:
+            pass
+        scry.shutdown()
+        """,
+        env=dict(os.environ, SCRY_DEBUG="1"),
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b""
+    assert b"scry[" in result.stderr  # SCRY_DEBUG=1 logs to stderr
+
+
+def test_fork_resets_the_child(home):
+    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    try:
+        scry.init(name="parent", start_state="awake")
+        parent_status = scry.status()
+        parent_file = discovery_path(home)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave without running atexit or pytest
+            try:
+                st = scry.status()
+                threads = [t.name for t in threading.enumerate()]
+                path = parent_file
+                # init works in the child, with its own discovery file
+                own = scry.init(name="child", home=str(home))
+                child_file = json.loads((home / "clients" / "{}.json".format(os.getpid())).read_text())
+                scry.shutdown()
+                report = {
+                    "status": st,
+                    "threads": threads,
+                    "parent_file": path.exists(),
+                    "own": own["state"],
+                    "child_file": child_file["name"],
+                }
+                os.write(write_end, json.dumps(report).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        data = b""
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            data += chunk
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        report = json.loads(data.decode())
+        assert report["status"]["state"] == "uninitialised"
+        assert report["status"]["pid"] == pid
+        assert not any(name.startswith("scry-") for name in report["threads"])
+        assert report["parent_file"] is True  # the child did not remove the parent's file
+        assert report["own"] == "sleeping" and report["child_file"] == "child"
+        # The parent is untouched: still connected, control plane still answering.
+        assert scry.status() == parent_status
+        status, body = control("GET", "/scry/status")
+        assert status == 200 and body["connected"] is True
+        conn = daemon.wait_conn()
+        conn.send({"type": "ping", "id": 99})
+        conn.wait_type("reply", id=99)
+        assert daemon.conns == [conn]
+    finally:
+        scry.shutdown()
+        daemon.close()
