@@ -1,0 +1,310 @@
+"""The control plane: every endpoint from loopback, bad input, and real non-loopback callers.
+
+The non-loopback tests create a network namespace joined to this one by a veth pair, bind the
+control plane to the host end's address, and send requests from inside the namespace with
+``ip netns exec NS python -c ...``. They need root and iproute2; without them they fail with a
+message saying so (they are not skipped: remote access is what the token protects).
+"""
+
+import collections
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import scry
+from conftest import control, request, scry_threads, wait_until
+from fakedaemon import FakeDaemon
+
+
+@pytest.fixture
+def client(home):
+    scry.init(name="cp")
+    yield scry.status()
+    scry.shutdown()
+
+
+# -- loopback ------------------------------------------------------------------------------------
+
+
+def test_health(client):
+    assert control("GET", "/scry/health") == (200, {"ok": True})
+
+
+def test_status_matches_scry_status(client):
+    status, body = control("GET", "/scry/status")
+    assert status == 200
+    assert body == scry.status()
+
+
+def test_info(client):
+    status, body = control("GET", "/scry/info")
+    assert status == 200
+    assert body["pid"] == os.getpid() and body["ppid"] == os.getppid()
+    assert body["name"] == "cp"
+    assert body["python"].startswith("{}.{}.{}".format(*sys.version_info[:3]))
+    assert body["implementation"] == sys.implementation.name
+    assert body["executable"] == sys.executable
+    assert body["argv"] == sys.argv and body["cwd"] == os.getcwd()
+    assert body["agent_version"] == scry.__version__
+
+
+def test_wake_and_sleep(client, home):
+    daemon = FakeDaemon(str(home / "elsewhere.sock"))
+    try:
+        status, body = control("POST", "/scry/wake", body={"daemon_url": daemon.url})
+        assert status == 200, body
+        assert body["state"] == "awake" and body["connected"] is True
+        assert body["daemon_url"] == daemon.url and body == scry.status()
+        status, body = control("POST", "/scry/sleep")
+        assert status == 200 and body["state"] == "sleeping"
+        assert daemon.wait_conn().wait_type("goodbye")["reason"] == "sleep"
+        # Without a body: the default address, here with no daemon -> 502 with advice.
+        status, body = control("POST", "/scry/wake")
+        assert status == 502
+        assert body["error"]["kind"] == "daemon" and "scry serve" in body["error"]["message"]
+    finally:
+        scry.shutdown()
+        daemon.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[1, 2]", b'{"daemon_url": 5}', b"\xff\xfe", b'"unix:///x"'],
+)
+def test_malformed_wake_body_is_400_and_the_server_keeps_serving(client, body):
+    status, answer = control("POST", "/scry/wake", body=body, headers={"Content-Type": "application/json"})
+    assert status == 400
+    assert answer["error"]["kind"] == "bad_request" and answer["error"]["message"]
+    assert scry.status()["state"] == "sleeping"
+    assert control("GET", "/scry/health") == (200, {"ok": True})
+
+
+def test_bad_daemon_url_is_400(client):
+    status, answer = control("POST", "/scry/wake", body={"daemon_url": "ftp://nowhere"})
+    assert status == 400 and answer["error"]["kind"] == "config"
+
+
+def test_unknown_path_and_wrong_method(client):
+    status, body = control("GET", "/nope")
+    assert status == 404 and body["error"]["kind"] == "not_found"
+    status, body = control("GET", "/scry/wake")
+    assert status == 405 and body["error"]["kind"] == "method_not_allowed"
+    status, body = control("POST", "/scry/status")
+    assert status == 405
+    status, body = control("DELETE", "/scry/health")
+    assert status == 405
+    status, body = control("GET", "/scry/status?verbose=1")
+    assert status == 200
+
+
+def test_garbage_does_not_kill_the_server(client):
+    st = scry.status()
+    for raw in (b"NONSENSE\r\n\r\n", b"\x00\x01\x02\r\n\r\n", b"GET /scry/health HTTP/9.9\r\n\r\n", b""):
+        with socket.create_connection((st["control_host"], st["control_port"]), timeout=5) as s:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):
+                pass
+    status, body = control("POST", "/scry/wake", headers={"Content-Length": str(10 ** 9)})
+    assert status == 413
+    status, body = control("POST", "/scry/wake", headers={"Content-Length": "-3"})
+    assert status == 400
+    assert control("GET", "/scry/health") == (200, {"ok": True})
+    wait_until(lambda: [t.name for t in scry_threads()] == ["scry-control"], message="request threads to end")
+
+
+def test_browser_requests_are_refused_from_loopback(client):
+    status, body = control("POST", "/scry/wake", headers={"Origin": "http://evil.example"})
+    assert status == 403 and "Origin" in body["error"]["message"]
+    status, body = control("GET", "/scry/info", headers={"Host": "evil.example:80"})
+    assert status == 403  # DNS rebinding
+    assert control("GET", "/scry/status", headers={"Host": "localhost"})[0] == 200
+    assert scry.status()["state"] == "sleeping"
+
+
+def test_token_file_readable_by_others_is_refused(home):
+    home.mkdir(mode=0o700)
+    token = home / "token"
+    token.write_text("secret\n")
+    os.chmod(str(token), 0o644)
+    with pytest.raises(scry.ConfigError) as info:
+        scry.init()
+    assert "chmod 600 {}".format(token) in str(info.value)
+    assert scry.status()["state"] == "uninitialised"
+    os.chmod(str(token), 0o600)
+    scry.init()
+    # loopback callers need no token even when one is configured
+    assert control("GET", "/scry/status")[0] == 200
+
+
+# -- non-loopback, for real --------------------------------------------------------------------
+
+NetNS = collections.namedtuple("NetNS", "name host_addr ns_addr")
+
+
+def _ip(*args, check=True):
+    result = subprocess.run(["ip"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    if check and result.returncode != 0:
+        raise RuntimeError("`ip {}` failed: {}".format(" ".join(args), result.stderr.decode().strip()))
+    return result
+
+
+@pytest.fixture(scope="module")
+def netns():
+    """A network namespace with a veth pair: 10.231.X.1 here, 10.231.X.2 inside."""
+    if shutil.which("ip") is None:
+        pytest.fail("the non-loopback tests need `ip` (iproute2) to create a network namespace")
+    if os.geteuid() != 0:
+        pytest.fail("the non-loopback tests need root to create a network namespace (ip netns add)")
+    suffix = secrets.token_hex(3)
+    name = "scrytest-" + suffix
+    host_if, ns_if = "sh" + suffix, "sn" + suffix
+    used = _ip("-o", "-4", "addr", "show").stdout.decode()
+    free = [x for x in range(1, 255) if "10.231.{}.".format(x) not in used]
+    x = free[secrets.randbelow(len(free))]
+    host_addr, ns_addr = "10.231.{}.1".format(x), "10.231.{}.2".format(x)
+    try:
+        _ip("netns", "add", name)
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", name)
+        _ip("addr", "add", host_addr + "/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("-n", name, "addr", "add", ns_addr + "/30", "dev", ns_if)
+        _ip("-n", name, "link", "set", ns_if, "up")
+        _ip("-n", name, "link", "set", "lo", "up")
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        _ip("link", "del", host_if, check=False)
+        _ip("netns", "del", name, check=False)
+        pytest.fail("cannot create a network namespace for the non-loopback tests: {}".format(exc))
+    try:
+        yield NetNS(name, host_addr, ns_addr)
+    finally:
+        _ip("link", "del", host_if, check=False)
+        _ip("netns", "del", name, check=False)
+
+
+_REMOTE = r"""
+import json, sys, urllib.error, urllib.request
+url, method, body, token = json.loads(sys.argv[1])
+req = urllib.request.Request(url, data=None if body is None else body.encode(), method=method)
+if body is not None:
+    req.add_header("Content-Type", "application/json")
+if token is not None:
+    req.add_header("Authorization", "Bearer " + token)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(req, timeout=15) as r:
+        status, data = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, data = e.code, e.read()
+print(json.dumps({"status": status, "body": json.loads(data.decode())}))
+"""
+
+
+def remote(ns, method, path, body=None, token=None):
+    """A request from inside the namespace (a non-loopback caller). Returns (status, body)."""
+    st = scry.status()
+    url = "http://{}:{}{}".format(st["control_host"], st["control_port"], path)
+    args = json.dumps([url, method, None if body is None else json.dumps(body), token])
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    result = subprocess.run(
+        ["ip", "netns", "exec", ns.name, sys.executable, "-c", _REMOTE, args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            "request from namespace {} failed (exit {}): {}".format(
+                ns.name, result.returncode, result.stderr.decode().strip()
+            )
+        )
+    answer = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    return answer["status"], answer["body"]
+
+
+def test_remote_without_a_configured_token_is_refused(home, netns):
+    scry.init(control_host=netns.host_addr)
+    record = json.loads((home / "clients" / "{}.json".format(os.getpid())).read_text())
+    assert record["token_required"] is True and record["control_host"] == netns.host_addr
+    status, body = remote(netns, "GET", "/scry/status")
+    assert status == 403
+    message = body["error"]["message"]
+    assert netns.ns_addr in message and "SCRY_TOKEN" in message and "token" in message
+    assert remote(netns, "GET", "/scry/status", token="anything")[0] == 403
+    # health stays open (liveness probes), and says nothing else
+    assert remote(netns, "GET", "/scry/health") == (200, {"ok": True})
+
+
+def test_remote_needs_the_right_token(home, netns, monkeypatch):
+    monkeypatch.setenv("SCRY_TOKEN", "right-token")
+    scry.init(control_host=netns.host_addr)
+    status, body = remote(netns, "GET", "/scry/info")
+    assert status == 403 and "Authorization: Bearer" in body["error"]["message"]
+    status, body = remote(netns, "GET", "/scry/info", token="wrong-token")
+    assert status in (401, 403) and body["error"]["kind"] in ("forbidden", "unauthorized")
+    status, body = remote(netns, "GET", "/scry/info", token="right-token")
+    assert status == 200 and body["pid"] == os.getpid()
+    status, body = remote(netns, "GET", "/scry/status", token="right-token")
+    assert status == 200 and body["state"] == "sleeping"
+    status, body = remote(netns, "POST", "/scry/sleep", token="right-token")
+    assert status == 200
+    status, body = remote(netns, "GET", "/nope")
+    assert status == 403  # no hint about paths without the token
+
+
+def test_token_file_is_used(home, netns):
+    home.mkdir(mode=0o700)
+    token = home / "token"
+    token.write_text("file-token\n")
+    os.chmod(str(token), 0o600)
+    scry.init(control_host=netns.host_addr)
+    assert remote(netns, "GET", "/scry/status")[0] == 403
+    assert remote(netns, "GET", "/scry/status", token="file-token")[0] == 200
+
+
+@pytest.mark.parametrize("configured", [None, "the-token"])
+def test_remote_cannot_redirect_the_process_without_the_token(home, netns, monkeypatch, tmp_path, configured):
+    if configured:
+        monkeypatch.setenv("SCRY_TOKEN", configured)
+    evil = FakeDaemon(str(tmp_path / "evil.sock"))
+    try:
+        scry.init(control_host=netns.host_addr)
+        for token in (None, "guess"):
+            status, body = remote(netns, "POST", "/scry/wake", body={"daemon_url": evil.url}, token=token)
+            assert status == 403, body
+            assert body["error"]["kind"] == "forbidden"
+        time.sleep(0.3)
+        assert evil.conns == []  # nobody connected anywhere
+        st = scry.status()
+        assert st["state"] == "sleeping" and st["daemon_url"] is None and not st["connected"]
+        assert [t.name for t in scry_threads() if t.name == "scry-link"] == []
+        if configured:
+            # With the token the same request works: the refusal above was the token's doing.
+            status, body = remote(netns, "POST", "/scry/wake", body={"daemon_url": evil.url}, token=configured)
+            assert status == 200 and body["connected"] is True
+            assert evil.wait_conn().hello["type"] == "hello"
+    finally:
+        scry.shutdown()
+        evil.close()
+
+
+def test_ipv6_loopback_and_any_address(home):
+    if not socket.has_ipv6:
+        pytest.fail("this interpreter has no IPv6 support")
+    scry.init(control_host="::1")
+    st = scry.status()
+    assert st["control_host"] == "::1"
+    assert request("::1", st["control_port"], "GET", "/scry/status")[0] == 200
+    scry.shutdown()
+    scry.init(control_host="0.0.0.0")
+    st = scry.status()
+    assert request("127.0.0.1", st["control_port"], "GET", "/scry/status")[0] == 200

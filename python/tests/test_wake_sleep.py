@@ -1,0 +1,221 @@
+"""Wake and sleep against the real daemon (`scry serve`), started per test with its own SCRY_HOME.
+
+The binary is ``$SCRY_BIN``, else ``<repo>/target/debug/scry``; when it is missing these tests fail
+and say how to build it.
+"""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import scry
+from conftest import REPO, open_fds, scry_threads, socket_fds, wait_until
+from scry import _state
+
+SCRY_BIN = os.environ.get("SCRY_BIN") or os.path.join(REPO, "target", "debug", "scry")
+
+
+class RealDaemon(object):
+    """One `scry serve --port 0` process for a SCRY_HOME."""
+
+    def __init__(self, home, logs):
+        self.home = str(home)
+        self.logs = logs
+        self.proc = None
+        self.info = None
+        self.starts = 0
+
+    @property
+    def daemon_file(self):
+        return os.path.join(self.home, "run", "daemon.json")
+
+    def start(self, timeout=30.0):
+        if not (os.path.isfile(SCRY_BIN) and os.access(SCRY_BIN, os.X_OK)):
+            pytest.fail(
+                "the scry binary {} does not exist: build it with `cargo build -p scry-cli` in {} "
+                "(or point SCRY_BIN at one)".format(SCRY_BIN, REPO)
+            )
+        self.starts += 1
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCRY_")}
+        env["SCRY_HOME"] = self.home
+        log = open(os.path.join(self.logs, "daemon-{}.log".format(self.starts)), "wb")
+        try:
+            self.proc = subprocess.Popen(
+                [SCRY_BIN, "serve", "--port", "0"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(self.daemon_file) as f:
+                    info = json.load(f)
+                if info.get("pid") == self.proc.pid:
+                    self.info = info
+                    return info
+            except (OSError, ValueError):
+                pass
+            if self.proc.poll() is not None:
+                pytest.fail("`scry serve` exited with {}: {}".format(self.proc.returncode, self.log_text()))
+            if time.monotonic() > deadline:
+                pytest.fail("`scry serve` wrote no {} within {} s: {}".format(self.daemon_file, timeout, self.log_text()))
+            time.sleep(0.02)
+
+    def log_text(self):
+        path = os.path.join(self.logs, "daemon-{}.log".format(self.starts))
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode("utf-8", "replace")[-3000:]
+        except OSError:
+            return "(no log)"
+
+    def api(self, method, path, body=None):
+        host, port = self.info["http"].rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=15)
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read().decode() or "null")
+        finally:
+            conn.close()
+
+    def process(self, pid):
+        status, body = self.api("GET", "/api/v1/processes")
+        assert status == 200, body
+        for proc in body["processes"]:
+            if proc["pid"] == pid:
+                return proc
+        return None
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def daemon(home, tmp_path):
+    d = RealDaemon(home, str(tmp_path))
+    try:
+        d.start()
+        yield d
+    finally:
+        scry.shutdown()
+        d.stop()
+
+
+def awake_in_daemon(daemon, pid, session=None):
+    proc = daemon.process(pid)
+    if proc is None or proc["state"] != "awake":
+        return False
+    return session is None or proc.get("session_id") == session
+
+
+def test_wake_registers_and_sleep_unregisters(daemon):
+    scry.init(name="e2e")
+    st = scry.wake()
+    assert st["state"] == "awake" and st["connected"] is True
+    assert st["connection_id"] and st["connection_id"].startswith("s-")
+    assert st["daemon_url"] == "unix://" + os.path.join(daemon.home, "run", "agent.sock")
+    proc = daemon.process(os.getpid())
+    assert proc is not None and proc["state"] == "awake", proc
+    assert proc["name"] == "e2e" and proc["session_id"] == st["connection_id"]
+    assert proc["control"] == {"host": st["control_host"], "port": st["control_port"]}
+    st = scry.sleep()
+    assert st["state"] == "sleeping" and st["connected"] is False and st["connection_id"] is None
+    wait_until(
+        lambda: (daemon.process(os.getpid()) or {}).get("state") == "sleeping",
+        message="the daemon to list the process as sleeping",
+    )
+    assert [t.name for t in scry_threads()] == ["scry-control"]
+
+
+def test_twenty_cycles_leave_no_thread_fd_or_socket(daemon):
+    scry.init(name="cycles")
+    threads = sorted(t.name for t in scry_threads())
+    fds, sockets = open_fds(), socket_fds()
+    sessions = set()
+    for _ in range(20):
+        st = scry.wake()
+        assert st["connected"]
+        sessions.add(st["connection_id"])
+        assert scry.sleep()["state"] == "sleeping"
+    assert len(sessions) == 20
+    assert sorted(t.name for t in scry_threads()) == threads == ["scry-control"]
+    assert open_fds() == fds
+    assert socket_fds() == sockets
+
+
+def test_reconnects_after_the_daemon_is_killed_and_restarted(daemon):
+    scry.init(name="survivor")
+    first = scry.wake()["connection_id"]
+    daemon.kill()
+    wait_until(lambda: not scry.status()["connected"], timeout=10, message="the agent to notice")
+    st = scry.status()
+    assert st["state"] == "awake" and st["connection_id"] is None
+    time.sleep(0.5)  # a few failed attempts while the daemon is away
+    daemon.start()
+    wait_until(lambda: scry.status()["connected"], timeout=20, message="the agent to reconnect by itself")
+    st = scry.status()
+    assert st["connection_id"] != first
+    wait_until(
+        lambda: awake_in_daemon(daemon, os.getpid(), st["connection_id"]),
+        message="the restarted daemon to list the process as awake",
+    )
+
+
+def test_http_daemon_url(daemon):
+    scry.init()
+    url = "http://" + daemon.info["http"]
+    st = scry.wake(url)
+    assert st["connected"] and st["daemon_url"] == url
+    assert awake_in_daemon(daemon, os.getpid(), st["connection_id"])
+
+
+def test_daemon_wakes_and_puts_to_sleep_by_name(daemon):
+    scry.init(name="remote-controlled")
+    status, body = daemon.api("POST", "/api/v1/wake", {"target": "remote-controlled"})
+    assert status == 200, body
+    st = scry.status()
+    assert st["state"] == "awake" and st["connected"]
+    status, body = daemon.api("POST", "/api/v1/sleep", {"target": str(os.getpid())})
+    assert status == 200, body
+    wait_until(lambda: scry.status()["state"] == "sleeping", message="sleep requested by the daemon")
+    wait_until(lambda: [t.name for t in scry_threads()] == ["scry-control"], message="the link thread to end")
+
+
+def test_reports_are_stored_and_acknowledged(daemon):
+    scry.init(name="reporter")
+    scry.wake()
+    t = time.time()
+    events = [{"kind": "pulse", "t": t + i, "source": "test", "data": {"i": i}} for i in range(5)]
+    assert _state.send_report(events, dropped=1)
+    link = _state._agent.link
+    wait_until(lambda: link.acked_seq >= 1, timeout=10, message="an ack from the daemon")
+
+    def stored():
+        status, body = daemon.api("GET", "/api/v1/events?kind=pulse&order=oldest&limit=100")
+        assert status == 200, body
+        return [e for e in body["events"] if e.get("source") == "test"]
+
+    rows = wait_until(lambda: len(stored()) == 5 and stored(), message="5 stored events")
+    assert [r["data"]["i"] for r in rows] == list(range(5))
