@@ -358,7 +358,9 @@ def _handshake(sock, hello, deadline, wake_fd, display):
             raise DaemonError("the daemon at {} dropped the connection during the handshake: {}".format(display, _describe(exc)))
         if not data:
             raise DaemonError(
-                "the daemon at {} closed the connection without answering hello".format(display)
+                "the daemon at {} closed the connection without answering hello (a daemon of "
+                "another user refuses unix connections this way: run it as the same user as this "
+                "process, or as root)".format(display)
             )
         try:
             lines = reader.feed(data)

@@ -333,6 +333,7 @@ def test_no_output_on_stdout_with_debug(home):
     assert b"scry[" in result.stderr  # SCRY_DEBUG=1 logs to stderr
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_resets_the_child(home):
     daemon = FakeDaemon(str(home / "run" / "agent.sock"))
     try:

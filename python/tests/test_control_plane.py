@@ -160,7 +160,11 @@ def _ip(*args, check=True):
 def netns():
     """A network namespace with a veth pair: 10.231.X.1 here, 10.231.X.2 inside."""
     if shutil.which("ip") is None:
-        pytest.fail("the non-loopback tests need `ip` (iproute2) to create a network namespace")
+        pytest.fail(
+            "the non-loopback tests need `ip` (iproute2) to create a network namespace, and there "
+            "is none on PATH ({}) for {}: install iproute2 (in a matrix chroot: add it to the "
+            "chroot's packages in scripts/provision-matrix)".format(os.environ.get("PATH"), sys.executable)
+        )
     if os.geteuid() != 0:
         pytest.fail("the non-loopback tests need root to create a network namespace (ip netns add)")
     suffix = secrets.token_hex(3)

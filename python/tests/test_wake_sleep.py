@@ -34,7 +34,7 @@ class RealDaemon(object):
     def daemon_file(self):
         return os.path.join(self.home, "run", "daemon.json")
 
-    def start(self, timeout=30.0):
+    def start(self, *args, timeout=30.0):
         if not (os.path.isfile(SCRY_BIN) and os.access(SCRY_BIN, os.X_OK)):
             pytest.fail(
                 "the scry binary {} does not exist: build it with `cargo build -p scry-cli` in {} "
@@ -46,7 +46,7 @@ class RealDaemon(object):
         log = open(os.path.join(self.logs, "daemon-{}.log".format(self.starts)), "wb")
         try:
             self.proc = subprocess.Popen(
-                [SCRY_BIN, "serve", "--port", "0"],
+                [SCRY_BIN, "serve", "--port", "0"] + list(args),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -219,3 +219,38 @@ def test_reports_are_stored_and_acknowledged(daemon):
 
     rows = wait_until(lambda: len(stored()) == 5 and stored(), message="5 stored events")
     assert [r["data"]["i"] for r in rows] == list(range(5))
+
+
+@pytest.fixture
+def tcp_daemon(home, tmp_path):
+    d = RealDaemon(home, str(tmp_path))
+    try:
+        d.start("--agent-tcp", "127.0.0.1:0")
+        yield d
+    finally:
+        scry.shutdown()
+        d.stop()
+
+
+def test_tcp_with_the_daemon_token(tcp_daemon, home):
+    # The daemon created $SCRY_HOME/token (mode 0600) for its TCP listener; init() reads it.
+    assert (home / "token").exists()
+    scry.init()
+    url = "tcp://" + tcp_daemon.info["agent_tcp"]
+    st = scry.wake(url)
+    assert st["connected"] and st["daemon_url"] == url
+    assert awake_in_daemon(tcp_daemon, os.getpid(), st["connection_id"])
+    # http:// prefers the unix socket, which exists on this host.
+    scry.sleep()
+    st = scry.wake("http://" + tcp_daemon.info["http"])
+    assert st["connected"]
+    assert _state._agent.link.endpoint.startswith("unix://")
+
+
+def test_tcp_with_a_wrong_token_is_refused(tcp_daemon, monkeypatch):
+    monkeypatch.setenv("SCRY_TOKEN", "not-the-token")
+    scry.init()
+    with pytest.raises(scry.DaemonError) as info:
+        scry.wake("tcp://" + tcp_daemon.info["agent_tcp"])
+    assert "refused" in str(info.value) and "token" in str(info.value)
+    assert scry.status()["state"] == "sleeping"
