@@ -101,6 +101,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/system-events", get(system_events))
         .route("/api/v1/events", get(events))
         .route("/api/v1/stream", get(stream))
+        .merge(crate::api_probes::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -162,7 +163,7 @@ async fn health() -> Json<Value> {
     Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, scry_store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -452,6 +453,10 @@ async fn system_events(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
+    /// A probe id or name (same as `source` for probe events).
+    probe: Option<String>,
+    /// A pid: the newest process with that pid.
+    pid: Option<u32>,
     source: Option<String>,
     process_id: Option<i64>,
     kind: Option<String>,
@@ -476,9 +481,29 @@ async fn events(
             )))
         }
     };
+    let source = match q.probe {
+        Some(_) => crate::api_probes::resolve_source(&shared, q.probe)?,
+        None => q.source,
+    };
+    let process_id = match q.pid {
+        Some(pid) => Some(
+            crate::api_probes::process_ids_for_pid(&shared, pid)
+                .first()
+                .copied()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("scry knows no process {pid}"),
+                    )
+                    .hint("see `scry ps`")
+                })?,
+        ),
+        None => q.process_id,
+    };
     let query = scry_store::EventQuery {
-        source: q.source,
-        process_id: q.process_id,
+        source,
+        process_id,
         kind: q.kind,
         since: q.since,
         until: q.until,

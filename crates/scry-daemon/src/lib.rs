@@ -16,6 +16,7 @@
 //! (`scry-proc`), or SQL (`scry-store`).
 #![deny(missing_docs)]
 
+pub mod api_probes;
 pub mod auth;
 pub mod bundle;
 pub mod clients;
@@ -25,7 +26,9 @@ mod error;
 pub mod home;
 pub mod http;
 pub mod link;
+pub mod probes;
 pub mod registry;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,6 +113,7 @@ pub struct Shared {
     pub started_at: f64,
     started: Instant,
     registry: Mutex<Registry>,
+    probes: Mutex<probes::ProbeTable>,
     live: broadcast::Sender<LiveEvent>,
     shutdown_tx: watch::Sender<bool>,
     /// Events the daemon could not queue for storage (backpressure): counted, never silent.
@@ -120,6 +124,11 @@ impl Shared {
     /// The registry, locked. Never hold this across an `.await`.
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The probe table, locked. Never hold this across an `.await`.
+    pub fn probes(&self) -> MutexGuard<'_, probes::ProbeTable> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Seconds since the daemon started.
@@ -199,6 +208,7 @@ impl Shared {
                 "ns_pid": view.ns_pid,
                 "control": view.control,
                 "start_ticks": view.start_ticks,
+                "capabilities": view.capabilities,
             }),
         };
         let store = self.store.clone();
@@ -221,11 +231,12 @@ impl Shared {
         tx: &mpsc::UnboundedSender<DaemonMessage>,
     ) {
         let t_recv = now();
+        let pid = self.registry().get_mut(process_id).map(|e| e.view.pid);
         for ev in &events {
             self.publish(
                 "event",
-                json!({"process_id": process_id, "kind": ev.kind, "source": ev.source,
-                       "t": ev.t, "t_recv": t_recv, "data": ev.data}),
+                json!({"process_id": process_id, "pid": pid, "kind": ev.kind, "source": ev.source,
+                       "t_hit": ev.t, "t_recv": t_recv, "data": ev.data}),
             );
         }
         let n = events.len() as u64;
@@ -374,6 +385,7 @@ fn load_registry(store: &Store) -> Result<Registry, DaemonError> {
                 .get("control")
                 .and_then(|c| serde_json::from_value(c.clone()).ok()),
             start_ticks,
+            capabilities: Vec::new(),
         };
         if state != was {
             store.set_process_state(view.id, store_state(state), now())?;
@@ -446,6 +458,7 @@ pub async fn serve(
         },
     )?;
     let registry = load_registry(&store)?;
+    let probe_table = probes::ProbeTable::load(store.probes()?);
 
     let http_listener = TcpListener::bind(&config.http_addr)
         .await
@@ -493,6 +506,7 @@ pub async fn serve(
         started_at: now(),
         started: Instant::now(),
         registry: Mutex::new(registry),
+        probes: Mutex::new(probe_table),
         live,
         shutdown_tx,
         dropped_by_daemon: AtomicU64::new(0),
@@ -615,6 +629,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.sweep().await;
+        shared.expire_probes().await;
     }
 }
 

@@ -129,6 +129,11 @@ where
         },
     });
     tracing::info!(target: "agent_link", pid = hello.pid, name = ?hello.name, session = %session_id, "agent connected");
+    // Its probes, without anyone asking (a restarted worker gets them back).
+    let sync_shared = shared.clone();
+    tokio::spawn(async move {
+        sync_shared.sync_probes(process_id).await;
+    });
 
     let mut goodbye: Option<String> = None;
     let mut shutdown = shared.shutdown_signal();
@@ -163,6 +168,9 @@ where
                 shared.accept_report(process_id, seq, events, dropped, &tx);
             }
             Ok(AgentMessage::Heartbeat {}) => {}
+            Ok(AgentMessage::ProbeStatus { statuses }) => {
+                shared.probe_statuses_reported(process_id, statuses);
+            }
             Ok(AgentMessage::Goodbye { reason }) => {
                 goodbye = Some(reason.unwrap_or_else(|| "goodbye".into()));
             }
@@ -291,6 +299,7 @@ async fn register(
         last_heard: t,
         session_id: Some(agent.session_id.clone()),
         control: hello.control.clone(),
+        capabilities: hello.capabilities.clone(),
         start_ticks,
     };
     view.id = shared.persist_process(&view).await?;

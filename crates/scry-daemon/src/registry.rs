@@ -84,6 +84,8 @@ pub struct ProcessView {
     pub session_id: Option<String>,
     /// The embedded client's control plane.
     pub control: Option<ControlAddr>,
+    /// Features its agent offers (`probes`, …).
+    pub capabilities: Vec<String>,
     /// Kernel start time (clock ticks) when known: detects pid reuse.
     #[serde(skip)]
     pub start_ticks: Option<u64>,

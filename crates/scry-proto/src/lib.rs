@@ -203,6 +203,150 @@ pub struct ProtocolErrorMsg {
     pub in_reply_to: Option<u64>,
 }
 
+/// How often a probe records its hits; enforced in the agent, never after shipping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum RateMode {
+    /// Every hit.
+    #[default]
+    Every,
+    /// Every `n`th hit.
+    Sample {
+        /// The period.
+        n: u64,
+    },
+    /// At most `per_second` hits a second.
+    Rate {
+        /// The budget.
+        per_second: f64,
+    },
+    /// The first `n` hits, then the probe removes itself.
+    First {
+        /// How many.
+        n: u64,
+    },
+}
+
+/// What a probe captures besides its expressions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CaptureOptions {
+    /// The Python stack at the hit.
+    #[serde(default)]
+    pub stack: bool,
+    /// A bounded snapshot of the frame's locals (secret-looking names redacted).
+    #[serde(default)]
+    pub locals: bool,
+    /// Call user-defined `__repr__` for unknown types.
+    #[serde(default)]
+    pub repr: bool,
+}
+
+/// Bounds of value capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureLimits {
+    /// Nesting depth of containers.
+    pub depth: u32,
+    /// Items per container.
+    pub items: u32,
+    /// Characters of a string (bytes of a bytes object).
+    pub string: u32,
+}
+
+impl Default for CaptureLimits {
+    fn default() -> Self {
+        CaptureLimits {
+            depth: 3,
+            items: 20,
+            string: 256,
+        }
+    }
+}
+
+/// A probe as an agent applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// Stable id chosen by the daemon.
+    pub id: String,
+    /// Optional unique name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `path.py:LINE`, `@path.py#LINE`, `module.sub:function` or `path.py:function`.
+    pub location: String,
+    /// Expressions evaluated at the hit.
+    pub expressions: Vec<String>,
+    /// Only hits where this is true are recorded.
+    #[serde(default)]
+    pub condition: Option<String>,
+    /// What else to capture.
+    #[serde(default)]
+    pub capture: CaptureOptions,
+    /// Rate mode.
+    #[serde(default)]
+    pub rate: RateMode,
+    /// Wall-clock time (epoch seconds) at which the probe removes itself.
+    #[serde(default)]
+    pub expires_at: Option<f64>,
+    /// Lifts the rule that only a short list of pure builtins may be called.
+    #[serde(default, rename = "unsafe")]
+    pub unsafe_calls: bool,
+    /// Capture bounds.
+    #[serde(default)]
+    pub limits: CaptureLimits,
+}
+
+/// A probe's state in one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeState {
+    /// Its module is not imported yet; it arms on import.
+    Pending,
+    /// Instrumented and reporting.
+    Armed,
+    /// Cannot be applied, or disarmed itself (see `reason`).
+    Error,
+    /// Its TTL or `first N` budget ran out; removed.
+    Expired,
+}
+
+/// A probe's status and counters in one process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// The probe id.
+    pub probe: String,
+    /// Its state.
+    pub state: ProbeState,
+    /// The file of the code it is armed in.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// The line actually instrumented.
+    #[serde(default)]
+    pub line: Option<u32>,
+    /// The line asked for, when the probe snapped to another one.
+    #[serde(default)]
+    pub requested_line: Option<u32>,
+    /// The function (qualified name) it is armed in.
+    #[serde(default)]
+    pub function: Option<String>,
+    /// Why it is pending, in error or expired.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `invalid_expression`, `location`, `failing`, `internal` when in error.
+    #[serde(default)]
+    pub error_kind: Option<String>,
+    /// Times the line ran (and the probe was considered).
+    #[serde(default)]
+    pub hits: u64,
+    /// Hits recorded and queued for shipping.
+    #[serde(default)]
+    pub recorded: u64,
+    /// Hits not recorded because of the rate mode or a full buffer.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Hits whose expression or condition raised.
+    #[serde(default)]
+    pub errors: u64,
+}
+
 /// Messages from an agent to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -231,6 +375,12 @@ pub enum AgentMessage {
     },
     /// The agent could not process a daemon message.
     Error(ProtocolErrorMsg),
+    /// Probe states and counters changed (sent when a state changes, and at most once a
+    /// second while counters move).
+    ProbeStatus {
+        /// One entry per probe that changed.
+        statuses: Vec<ProbeStatus>,
+    },
 }
 
 /// Messages from the daemon to an agent.
@@ -274,6 +424,14 @@ pub enum DaemonMessage {
     },
     /// The daemon could not process an agent message.
     Error(ProtocolErrorMsg),
+    /// The complete set of probes this process must have; the agent arms new ones, removes
+    /// missing ones and re-arms changed ones. The reply's result is `{"statuses": [ProbeStatus]}`.
+    ProbesSync {
+        /// Request id.
+        id: u64,
+        /// Every probe for this process.
+        probes: Vec<ProbeSpec>,
+    },
 }
 
 /// Why a line could not be decoded; the kind is what goes back to the peer.
@@ -288,9 +446,24 @@ pub struct DecodeError {
     pub id: Option<u64>,
 }
 
-const AGENT_TYPES: &[&str] = &["hello", "reply", "report", "heartbeat", "goodbye", "error"];
+const AGENT_TYPES: &[&str] = &[
+    "hello",
+    "reply",
+    "report",
+    "heartbeat",
+    "goodbye",
+    "error",
+    "probe_status",
+];
 const DAEMON_TYPES: &[&str] = &[
-    "welcome", "refused", "ping", "sleep", "reply", "ack", "error",
+    "welcome",
+    "refused",
+    "ping",
+    "sleep",
+    "reply",
+    "ack",
+    "error",
+    "probes_sync",
 ];
 
 fn decode_with<T: serde::de::DeserializeOwned>(
@@ -365,6 +538,7 @@ impl AgentMessage {
             AgentMessage::Heartbeat {} => "heartbeat",
             AgentMessage::Goodbye { .. } => "goodbye",
             AgentMessage::Error(_) => "error",
+            AgentMessage::ProbeStatus { .. } => "probe_status",
         }
     }
 }
@@ -380,6 +554,7 @@ impl DaemonMessage {
             DaemonMessage::Reply(_) => "reply",
             DaemonMessage::Ack { .. } => "ack",
             DaemonMessage::Error(_) => "error",
+            DaemonMessage::ProbesSync { .. } => "probes_sync",
         }
     }
 

@@ -1,0 +1,362 @@
+//! REST endpoints for probes and their events: `/api/v1/probes`, `/api/v1/events/stream`,
+//! `/api/v1/events/stats`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+
+use crate::http::{blocking, ApiError};
+use crate::probes::{self, NewProbe, ProbeDef};
+use crate::Shared;
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The probe routes.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/probes", get(list).post(add).delete(remove_group))
+        .route("/api/v1/probes/{key}", get(show).delete(remove))
+        .route("/api/v1/probes/{key}/enable", post(enable))
+        .route("/api/v1/probes/{key}/disable", post(disable))
+        .route("/api/v1/groups/{group}/enable", post(enable_group))
+        .route("/api/v1/groups/{group}/disable", post(disable_group))
+        .route("/api/v1/events/stream", get(stream))
+        .route("/api/v1/events/stats", get(stats))
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no probe with id or name `{key}`"),
+    )
+    .hint("see `scry probe list`")
+}
+
+fn describe_all(shared: &Shared, defs: Vec<ProbeDef>) -> Vec<Value> {
+    let table = shared.probes();
+    defs.iter()
+        .map(|d| probes::describe(d, table.statuses_of(&d.spec.id)))
+        .collect()
+}
+
+async fn list(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let defs = shared.probes().defs();
+    Json(json!({"probes": describe_all(&shared, defs)}))
+}
+
+async fn show(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> ApiResult {
+    let def = shared
+        .probes()
+        .resolve(&key)
+        .cloned()
+        .ok_or_else(|| not_found(&key))?;
+    Ok(Json(describe_all(&shared, vec![def]).remove(0)))
+}
+
+async fn add(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<NewProbe>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body?;
+    let def = {
+        let table = shared.probes();
+        probes::build(req, &table)
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?
+    };
+    let id = def.spec.id.clone();
+    shared.probes().put(def.clone());
+    // Every connected process it targets arms it now; an expression that Python rejects is
+    // rejected by the first agent that sees it, before the probe is kept.
+    let results = shared.sync_all().await;
+    let invalid = results
+        .iter()
+        .flat_map(|(_, statuses)| statuses.iter())
+        .find(|s| s.probe == id && probes::is_invalid(s))
+        .cloned();
+    if let Some(bad) = invalid {
+        shared.probes().remove(&id);
+        shared.sync_all().await;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_expression",
+            bad.reason.unwrap_or_else(|| "invalid expression".into()),
+        )
+        .hint("expressions may read names, attributes, items and call only pure builtins (len, min, max, …); `--unsafe` lifts the call rule"));
+    }
+    shared.persist_probe(&def).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("store: {e}"),
+        )
+    })?;
+    shared.system_event(
+        scry_store::Level::Info,
+        "probe_added",
+        format!(
+            "probe {} added at {}",
+            def.spec.name.as_deref().unwrap_or(&id),
+            def.spec.location
+        ),
+        json!({"probe": id}),
+    );
+    let value = describe_all(&shared, vec![def]).remove(0);
+    Ok((StatusCode::CREATED, Json(value)))
+}
+
+async fn remove(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> ApiResult {
+    let def = shared
+        .probes()
+        .resolve(&key)
+        .cloned()
+        .ok_or_else(|| not_found(&key))?;
+    remove_defs(&shared, vec![def]).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupQuery {
+    group: Option<String>,
+}
+
+async fn remove_group(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<GroupQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let group = q.group.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "name a group: DELETE /api/v1/probes?group=G",
+        )
+    })?;
+    let defs = shared.probes().group(&group);
+    if defs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no probe in group `{group}`"),
+        ));
+    }
+    remove_defs(&shared, defs).await
+}
+
+async fn remove_defs(shared: &Shared, defs: Vec<ProbeDef>) -> ApiResult {
+    let mut removed = Vec::new();
+    for def in &defs {
+        shared.probes().remove(&def.spec.id);
+        shared.unpersist_probe(&def.spec.id).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("store: {e}"),
+            )
+        })?;
+        removed.push(def.spec.id.clone());
+    }
+    shared.sync_all().await;
+    Ok(Json(json!({"removed": removed})))
+}
+
+async fn set_enabled(shared: &Shared, defs: Vec<ProbeDef>, enabled: bool) -> ApiResult {
+    let mut changed = Vec::new();
+    for mut def in defs {
+        def.enabled = enabled;
+        shared.probes().put(def.clone());
+        shared.persist_probe(&def).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("store: {e}"),
+            )
+        })?;
+        changed.push(def);
+    }
+    shared.sync_all().await;
+    Ok(Json(json!({"probes": describe_all(shared, changed)})))
+}
+
+async fn enable(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> ApiResult {
+    let def = shared
+        .probes()
+        .resolve(&key)
+        .cloned()
+        .ok_or_else(|| not_found(&key))?;
+    if def.spec.expires_at.is_some_and(|t| t <= crate::now()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "expired",
+            format!("probe `{key}` has expired"),
+        )
+        .hint("add it again with a new --ttl"));
+    }
+    set_enabled(&shared, vec![def], true).await
+}
+
+async fn disable(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> ApiResult {
+    let def = shared
+        .probes()
+        .resolve(&key)
+        .cloned()
+        .ok_or_else(|| not_found(&key))?;
+    set_enabled(&shared, vec![def], false).await
+}
+
+async fn enable_group(State(shared): State<Arc<Shared>>, Path(group): Path<String>) -> ApiResult {
+    let defs = shared.probes().group(&group);
+    if defs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no probe in group `{group}`"),
+        ));
+    }
+    set_enabled(&shared, defs, true).await
+}
+
+async fn disable_group(State(shared): State<Arc<Shared>>, Path(group): Path<String>) -> ApiResult {
+    let defs = shared.probes().group(&group);
+    if defs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no probe in group `{group}`"),
+        ));
+    }
+    set_enabled(&shared, defs, false).await
+}
+
+/// Resolves a probe id or name for event queries (unknown names are an error).
+pub fn resolve_source(shared: &Shared, probe: Option<String>) -> Result<Option<String>, ApiError> {
+    match probe {
+        None => Ok(None),
+        Some(key) => match shared.probes().resolve(&key) {
+            Some(d) => Ok(Some(d.spec.id.clone())),
+            // A removed probe's events may still be stored under its id.
+            None if key.starts_with("p-") => Ok(Some(key)),
+            None => Err(not_found(&key)),
+        },
+    }
+}
+
+/// Process row ids with this pid (a pid may have been several processes over time).
+pub fn process_ids_for_pid(shared: &Shared, pid: u32) -> Vec<i64> {
+    shared
+        .registry()
+        .views()
+        .into_iter()
+        .filter(|v| v.pid == pid)
+        .map(|v| v.id)
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    probe: Option<String>,
+    pid: Option<u32>,
+}
+
+async fn stream(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(q) = q?;
+    let source = resolve_source(&shared, q.probe)?;
+    let pids = q.pid.map(|p| process_ids_for_pid(&shared, p));
+    let pid_filter = q.pid;
+    let rx = shared.subscribe();
+    let mut stop = shared.shutdown_signal();
+    let events = BroadcastStream::new(rx).filter_map(move |item| match item {
+        Ok(ev) if ev.topic == "event" => {
+            if source
+                .as_ref()
+                .is_some_and(|s| ev.data["source"].as_str() != Some(s.as_str()))
+            {
+                return None;
+            }
+            if let Some(ids) = &pids {
+                let pid = ev.data["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+                let id = ev.data["process_id"].as_i64().unwrap_or(-1);
+                if pid != pid_filter && !ids.contains(&id) {
+                    return None;
+                }
+            }
+            Some(Ok(SseEvent::default()
+                .event("event")
+                .data(ev.data.to_string())))
+        }
+        Ok(_) => None,
+        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+            Some(Ok(SseEvent::default()
+                .event("lagged")
+                .data(json!({"missed": n}).to_string())))
+        }
+    });
+    let events = futures_util::StreamExt::take_until(events, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    probe: String,
+    since: Option<f64>,
+    until: Option<f64>,
+    pid: Option<u32>,
+}
+
+/// The most events one stats query reads.
+const STATS_MAX_EVENTS: usize = 10_000;
+
+async fn stats(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let source = resolve_source(&shared, Some(q.probe.clone()))?;
+    let process_ids = q.pid.map(|p| process_ids_for_pid(&shared, p));
+    let query = scry_store::EventQuery {
+        source,
+        kind: Some("probe".into()),
+        since: q.since,
+        until: q.until,
+        limit: STATS_MAX_EVENTS,
+        order: scry_store::Order::Newest,
+        ..Default::default()
+    };
+    let store = shared.store.clone();
+    let page = blocking(move || store.events(&query)).await?;
+    let events: Vec<&scry_store::EventRow> = page
+        .events
+        .iter()
+        .filter(|e| {
+            process_ids
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&e.process_id))
+        })
+        .collect();
+    let values = events.iter().map(|e| &e.data["values"]);
+    Ok(Json(json!({
+        "probe": q.probe,
+        "count": events.len(),
+        "truncated": page.truncated,
+        "expressions": crate::stats::summarize(values),
+    })))
+}

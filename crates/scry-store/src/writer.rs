@@ -1,0 +1,1007 @@
+//! The writer thread: the only code that writes to the database.
+//!
+//! Operations arrive on a bounded queue. The writer opens a transaction for the first one,
+//! executes every operation as it arrives (each inside a savepoint, so one failing operation
+//! does not spoil the others), and commits when the batch holds `batch_max` events, when
+//! `batch_delay` has passed, or as soon as the queue is empty if someone is waiting for an
+//! operation of the batch. After the commit it settles every operation of the batch: with its
+//! own result, or with the commit's error if the commit failed.
+//!
+//! An operation that is dropped without being settled (the writer stopped, or it was still
+//! queued when the store was closed) settles itself with [`StoreError::WriterGone`], so no
+//! callback is ever forgotten.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::{
+    CommitCallback, Level, ProcessState, Retention, RetentionReport, StoreError, WriterStats,
+};
+
+/// Where a blocking caller waits for the result of its operation.
+pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
+
+/// An event ready for the database: JSON already encoded on the caller's thread.
+#[derive(Debug)]
+pub(crate) struct EncodedEvent {
+    pub kind: String,
+    pub source: Option<String>,
+    pub t_hit: f64,
+    pub data: String,
+}
+
+/// A process record ready for the database.
+#[derive(Debug)]
+pub(crate) struct EncodedProcess {
+    pub key: String,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub host: String,
+    pub name: Option<String>,
+    pub python_version: String,
+    pub executable: String,
+    pub argv: String,
+    pub cwd: String,
+    pub origin: String,
+    pub state: ProcessState,
+    pub first_seen: f64,
+    pub connected_since: Option<f64>,
+    pub last_heard: f64,
+    pub info: String,
+}
+
+/// A probe record ready for the database.
+#[derive(Debug)]
+pub(crate) struct EncodedProbe {
+    pub id: String,
+    pub name: Option<String>,
+    pub spec: String,
+    pub enabled: bool,
+    pub group_name: Option<String>,
+    pub created_at: f64,
+    pub updated_at: f64,
+}
+
+/// A system event ready for the database.
+#[derive(Debug)]
+pub(crate) struct EncodedSystemEvent {
+    pub t: f64,
+    pub level: Level,
+    pub kind: String,
+    pub message: String,
+    pub data: String,
+}
+
+/// A callback that is settled exactly once: by the writer, or with `WriterGone` when dropped.
+pub(crate) struct Completion(Option<CommitCallback>);
+
+impl Completion {
+    pub(crate) fn new(callback: Option<CommitCallback>) -> Self {
+        Completion(callback)
+    }
+
+    fn settle(mut self, result: Result<(), StoreError>) {
+        if let Some(callback) = self.0.take() {
+            run_callback(callback, result);
+        }
+    }
+
+    /// Takes the callback out without calling it (the call that carried it failed instead).
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(callback) = self.0.take() {
+            run_callback(callback, Err(StoreError::WriterGone));
+        }
+    }
+}
+
+fn run_callback(callback: CommitCallback, result: Result<(), StoreError>) {
+    if catch_unwind(AssertUnwindSafe(|| callback(result))).is_err() {
+        tracing::error!("a store commit callback panicked; the writer carries on");
+    }
+}
+
+/// One unit of work for the writer.
+pub(crate) enum Op {
+    Append {
+        process_id: i64,
+        events: Vec<EncodedEvent>,
+        dropped: u64,
+        t_recv: f64,
+        done: Completion,
+    },
+    Dropped {
+        process_id: i64,
+        source: Option<String>,
+        count: u64,
+        at: f64,
+    },
+    UpsertProcess {
+        process: EncodedProcess,
+        reply: Reply<i64>,
+    },
+    SetProcessState {
+        id: i64,
+        state: ProcessState,
+        at: f64,
+        reply: Reply<()>,
+    },
+    TouchProcess {
+        id: i64,
+        at: f64,
+    },
+    MarkAllGone {
+        at: f64,
+        reply: Reply<u64>,
+    },
+    SystemEvent(EncodedSystemEvent),
+    PutProbe {
+        probe: EncodedProbe,
+        reply: Reply<()>,
+    },
+    DeleteProbe {
+        id: String,
+        reply: Reply<bool>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+    Retention {
+        now: f64,
+        reply: Reply<RetentionReport>,
+    },
+    Shutdown,
+    /// Runs arbitrary SQL inside the batch (tests use it to make a commit fail).
+    #[cfg(test)]
+    Exec(&'static str),
+}
+
+impl Op {
+    /// How much of a batch this operation fills.
+    fn weight(&self) -> usize {
+        match self {
+            Op::Append { events, .. } => events.len().max(1),
+            _ => 1,
+        }
+    }
+
+    /// Whether somebody blocks until this operation is committed.
+    fn is_waited_for(&self) -> bool {
+        matches!(
+            self,
+            Op::UpsertProcess { .. }
+                | Op::SetProcessState { .. }
+                | Op::MarkAllGone { .. }
+                | Op::PutProbe { .. }
+                | Op::DeleteProbe { .. }
+                | Op::Flush { .. }
+                | Op::Retention { .. }
+        )
+    }
+}
+
+/// Shared counters behind [`WriterStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    failed_batches: AtomicU64,
+    ops: AtomicU64,
+    events: AtomicU64,
+    retention_runs: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            ops: self.ops.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            retention_runs: self.retention_runs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Settles one operation once the fate of its batch is known.
+type Finish = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>)>;
+
+/// Combines an operation's own result with the outcome of its batch's commit.
+fn outcome<T>(own: Result<T, StoreError>, commit: Option<&Arc<rusqlite::Error>>) -> Result<T, StoreError> {
+    match (own, commit) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(source)) => Err(StoreError::Commit {
+            source: Arc::clone(source),
+        }),
+        (Ok(v), None) => Ok(v),
+    }
+}
+
+fn reply_finish<T: 'static>(reply: Reply<T>, own: Result<T, StoreError>) -> Finish {
+    Box::new(move |commit| {
+        // The caller may have given up waiting; nothing to do then.
+        let _ = reply.send(outcome(own, commit));
+    })
+}
+
+fn log_finish(what: &'static str, own: Result<(), StoreError>) -> Finish {
+    Box::new(move |commit| {
+        if let Err(error) = outcome(own, commit) {
+            tracing::warn!(%error, "store write ({what}) failed");
+        }
+    })
+}
+
+/// The writer's state; [`Writer::run`] is the thread's body.
+pub(crate) struct Writer {
+    conn: Connection,
+    rx: Receiver<Op>,
+    batch_max: usize,
+    batch_delay: Duration,
+    retention: Retention,
+    next_retention: Option<Instant>,
+    counters: Arc<Counters>,
+}
+
+/// Whether the writer loop goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        rx: Receiver<Op>,
+        batch_max: usize,
+        batch_delay: Duration,
+        retention: Retention,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Writer {
+            conn,
+            rx,
+            batch_max: batch_max.max(1),
+            batch_delay,
+            retention,
+            // Enforce retention first thing, before any operation: a daemon restarted after a
+            // week cleans up before it writes anything new.
+            next_retention: Some(Instant::now()),
+            counters,
+        }
+    }
+
+    /// Runs until the store is closed or every sender is gone; everything received before
+    /// that is committed (or settled with its error).
+    pub(crate) fn run(mut self) {
+        loop {
+            if self.next_retention.is_some_and(|at| Instant::now() >= at) {
+                self.scheduled_retention();
+            }
+            let received = match self.next_retention {
+                Some(at) => self
+                    .rx
+                    .recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let flow = match received {
+                Ok(op) => self.run_batch(op),
+                Err(RecvTimeoutError::Timeout) => Flow::Continue,
+                Err(RecvTimeoutError::Disconnected) => Flow::Stop,
+            };
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        // Anything still queued (sent after `close`) is dropped here and settles itself with
+        // `WriterGone`.
+        while self.rx.try_recv().is_ok() {}
+        tracing::debug!("store writer stopped");
+    }
+
+    fn scheduled_retention(&mut self) {
+        self.next_retention = Instant::now().checked_add(self.retention.check_interval);
+        let result = in_transaction(&self.conn, |conn| {
+            run_retention(conn, &self.retention, crate::unix_now())
+        });
+        self.counters.retention_runs.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(report) if report != RetentionReport::default() => {
+                tracing::info!(?report, "store retention deleted rows");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "store retention failed"),
+        }
+    }
+
+    /// Executes `first` and whatever follows it into one transaction, commits, settles.
+    fn run_batch(&mut self, first: Op) -> Flow {
+        if matches!(first, Op::Shutdown) {
+            return Flow::Stop;
+        }
+        if let Err(e) = exec_cached(&self.conn, "BEGIN IMMEDIATE") {
+            let source = Arc::new(e);
+            tracing::error!(error = %source, "cannot begin a store transaction");
+            self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            let finish = self.execute_outside(first);
+            finish(Some(&source));
+            return Flow::Continue;
+        }
+
+        let deadline = Instant::now() + self.batch_delay;
+        let mut finishes: Vec<Finish> = Vec::new();
+        let mut weight = 0usize;
+        let mut events = 0u64;
+        let mut waited_for = false;
+        let mut flow = Flow::Continue;
+        let mut aborted: Option<Arc<rusqlite::Error>> = None;
+        let mut next = Some(first);
+
+        loop {
+            if let Some(op) = next.take() {
+                if matches!(op, Op::Shutdown) {
+                    flow = Flow::Stop;
+                    break;
+                }
+                weight += op.weight();
+                waited_for |= op.is_waited_for();
+                if let Op::Append { events: ev, .. } = &op {
+                    events += ev.len() as u64;
+                }
+                let (finish, own_error) = self.execute(op);
+                finishes.push(finish);
+                if self.conn.is_autocommit() {
+                    // SQLite rolled the whole transaction back (disk full, I/O error, ...):
+                    // everything executed so far in this batch is gone.
+                    let source = own_error.unwrap_or_else(|| {
+                        rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                            Some("the store transaction was rolled back".to_string()),
+                        )
+                    });
+                    aborted = Some(Arc::new(source));
+                    break;
+                }
+            }
+            if weight >= self.batch_max {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(op) => {
+                    next = Some(op);
+                    continue;
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    flow = Flow::Stop;
+                    break;
+                }
+            }
+            if waited_for {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match self.rx.recv_timeout(deadline - now) {
+                Ok(op) => next = Some(op),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    flow = Flow::Stop;
+                    break;
+                }
+            }
+        }
+
+        let failure = match aborted {
+            Some(source) => Some(source),
+            None => match exec_cached(&self.conn, "COMMIT") {
+                Ok(()) => None,
+                Err(e) => {
+                    if !self.conn.is_autocommit() {
+                        if let Err(rollback) = self.conn.execute_batch("ROLLBACK") {
+                            tracing::error!(error = %rollback, "store rollback failed");
+                        }
+                    }
+                    Some(Arc::new(e))
+                }
+            },
+        };
+        match &failure {
+            None => {
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .ops
+                    .fetch_add(finishes.len() as u64, Ordering::Relaxed);
+                self.counters.events.fetch_add(events, Ordering::Relaxed);
+            }
+            Some(source) => {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %source, ops = finishes.len(), "store batch commit failed");
+            }
+        }
+        for finish in finishes {
+            finish(failure.as_ref());
+        }
+        flow
+    }
+
+    /// Settles an operation that could not even start a transaction.
+    fn execute_outside(&mut self, op: Op) -> Finish {
+        // Every variant's finish reports the batch error when given one; executing is skipped
+        // by handing each a neutral own result.
+        match op {
+            Op::Append { done, .. } => Box::new(move |c| done.settle(outcome(Ok(()), c))),
+            Op::UpsertProcess { reply, .. } => reply_finish(reply, Ok(0)),
+            Op::SetProcessState { reply, .. } => reply_finish(reply, Ok(())),
+            Op::MarkAllGone { reply, .. } => reply_finish(reply, Ok(0)),
+            Op::PutProbe { reply, .. } => reply_finish(reply, Ok(())),
+            Op::DeleteProbe { reply, .. } => reply_finish(reply, Ok(false)),
+            Op::Flush { reply } => reply_finish(reply, Ok(())),
+            Op::Retention { reply, .. } => reply_finish(reply, Ok(RetentionReport::default())),
+            Op::Dropped { .. } => log_finish("dropped count", Ok(())),
+            Op::TouchProcess { .. } => log_finish("last heard", Ok(())),
+            Op::SystemEvent(_) => log_finish("system event", Ok(())),
+            Op::Shutdown => Box::new(|_| {}),
+            #[cfg(test)]
+            Op::Exec(_) => Box::new(|_| {}),
+        }
+    }
+
+    /// Executes one operation inside the open transaction. Returns how to settle it, and the
+    /// SQLite error it failed with (to report if that error aborted the transaction).
+    fn execute(&mut self, op: Op) -> (Finish, Option<rusqlite::Error>) {
+        let conn = &self.conn;
+        let mut sqlite_error = None;
+        let mut keep = |r: Result<(), StoreError>| -> Result<(), StoreError> {
+            if let Err(StoreError::Sqlite(e)) = r {
+                let copy = clone_sqlite_error(&e);
+                sqlite_error = Some(copy);
+                return Err(StoreError::Sqlite(e));
+            }
+            r
+        };
+        let finish: Finish = match op {
+            Op::Append {
+                process_id,
+                events,
+                dropped,
+                t_recv,
+                done,
+            } => {
+                let own = keep(in_savepoint(conn, |c| {
+                    append(c, process_id, &events, dropped, t_recv)
+                }));
+                Box::new(move |commit| done.settle(outcome(own, commit)))
+            }
+            Op::Dropped {
+                process_id,
+                source,
+                count,
+                at,
+            } => {
+                let own = keep(in_savepoint(conn, |c| {
+                    add_dropped(c, process_id, source.as_deref().unwrap_or(""), count, at)
+                }));
+                log_finish("dropped count", own)
+            }
+            Op::UpsertProcess { process, reply } => {
+                let mut id = 0;
+                let own = keep(in_savepoint(conn, |c| {
+                    id = upsert_process(c, &process)?;
+                    Ok(())
+                }));
+                reply_finish(reply, own.map(|()| id))
+            }
+            Op::SetProcessState {
+                id,
+                state,
+                at,
+                reply,
+            } => {
+                let own = keep(in_savepoint(conn, |c| set_process_state(c, id, state, at)));
+                reply_finish(reply, own)
+            }
+            Op::TouchProcess { id, at } => {
+                let own = keep(in_savepoint(conn, |c| {
+                    c.prepare_cached(
+                        "UPDATE processes SET last_heard = max(last_heard, ?2) WHERE id = ?1",
+                    )?
+                    .execute(params![id, at])?;
+                    Ok(())
+                }));
+                log_finish("last heard", own)
+            }
+            Op::MarkAllGone { at, reply } => {
+                let mut n = 0;
+                let own = keep(in_savepoint(conn, |c| {
+                    n = c
+                        .prepare_cached(
+                            "UPDATE processes SET state = 'gone', connected_since = NULL, \
+                             state_since = ?1 WHERE state <> 'gone'",
+                        )?
+                        .execute([at])? as u64;
+                    Ok(())
+                }));
+                reply_finish(reply, own.map(|()| n))
+            }
+            Op::SystemEvent(ev) => {
+                let own = keep(in_savepoint(conn, |c| {
+                    c.prepare_cached(
+                        "INSERT INTO system_events (t, level, kind, message, data) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![ev.t, ev.level, ev.kind, ev.message, ev.data])?;
+                    Ok(())
+                }));
+                log_finish("system event", own)
+            }
+            Op::PutProbe { probe, reply } => {
+                let own = keep(in_savepoint(conn, |c| put_probe(c, &probe)));
+                reply_finish(reply, own)
+            }
+            Op::DeleteProbe { id, reply } => {
+                let mut deleted = false;
+                let own = keep(in_savepoint(conn, |c| {
+                    deleted = c
+                        .prepare_cached("DELETE FROM probes WHERE id = ?1")?
+                        .execute([&id])?
+                        > 0;
+                    Ok(())
+                }));
+                reply_finish(reply, own.map(|()| deleted))
+            }
+            Op::Flush { reply } => reply_finish(reply, Ok(())),
+            Op::Retention { now, reply } => {
+                let mut report = RetentionReport::default();
+                let own = keep(in_savepoint(conn, |c| {
+                    report = run_retention(c, &self.retention, now)?;
+                    Ok(())
+                }));
+                self.counters.retention_runs.fetch_add(1, Ordering::Relaxed);
+                reply_finish(reply, own.map(|()| report))
+            }
+            // Handled by the batch loop; never executed.
+            Op::Shutdown => Box::new(|_| {}),
+            #[cfg(test)]
+            Op::Exec(sql) => {
+                let own = keep(conn.execute_batch(sql).map_err(StoreError::from));
+                log_finish("test statement", own)
+            }
+        };
+        (finish, sqlite_error)
+    }
+}
+
+/// `rusqlite::Error` is not `Clone`; keep what matters of it for the batch-abort report.
+fn clone_sqlite_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+/// Runs one statement through the statement cache.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Runs `f` in a savepoint: all of it is kept, or none of it.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    exec_cached(conn, "SAVEPOINT op")?;
+    match f(conn) {
+        Ok(v) => {
+            exec_cached(conn, "RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let undo = exec_cached(conn, "ROLLBACK TO op")
+                    .and_then(|()| exec_cached(conn, "RELEASE op"));
+                if let Err(undo) = undo {
+                    tracing::error!(error = %undo, "store savepoint rollback failed");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Runs `f` in its own transaction (used outside batches).
+fn in_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    exec_cached(conn, "BEGIN IMMEDIATE")?;
+    let result = f(conn).and_then(|v| {
+        exec_cached(conn, "COMMIT")?;
+        Ok(v)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        if let Err(rollback) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %rollback, "store rollback failed");
+        }
+    }
+    result
+}
+
+fn append(
+    conn: &Connection,
+    process_id: i64,
+    events: &[EncodedEvent],
+    dropped: u64,
+    t_recv: f64,
+) -> Result<(), StoreError> {
+    let known = conn
+        .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
+        .exists([process_id])?;
+    if !known {
+        return Err(StoreError::UnknownProcess { id: process_id });
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (process_id, kind, source, t_hit, t_recv, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for e in events {
+        insert.execute(params![process_id, e.kind, e.source, e.t_hit, t_recv, e.data])?;
+    }
+    if dropped > 0 {
+        add_dropped(conn, process_id, "", dropped, t_recv)?;
+    }
+    Ok(())
+}
+
+fn add_dropped(
+    conn: &Connection,
+    process_id: i64,
+    source: &str,
+    count: u64,
+    at: f64,
+) -> Result<(), StoreError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let known = conn
+        .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
+        .exists([process_id])?;
+    if !known {
+        return Err(StoreError::UnknownProcess { id: process_id });
+    }
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "INSERT INTO dropped_counts (process_id, source, dropped, updated_at) \
+         VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (process_id, source) DO UPDATE SET \
+         dropped = dropped + excluded.dropped, updated_at = excluded.updated_at",
+    )?
+    .execute(params![process_id, source, count, at])?;
+    Ok(())
+}
+
+fn upsert_process(conn: &Connection, p: &EncodedProcess) -> Result<i64, StoreError> {
+    let id = conn
+        .prepare_cached(
+            "INSERT INTO processes (key, pid, ppid, host, name, python_version, executable, \
+             argv, cwd, origin, state, state_since, first_seen, connected_since, last_heard, info) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13, ?14, ?15) \
+             ON CONFLICT (key) DO UPDATE SET \
+             pid = excluded.pid, ppid = excluded.ppid, host = excluded.host, \
+             name = excluded.name, python_version = excluded.python_version, \
+             executable = excluded.executable, argv = excluded.argv, cwd = excluded.cwd, \
+             origin = excluded.origin, \
+             state_since = CASE WHEN state = excluded.state THEN state_since \
+                           ELSE excluded.state_since END, \
+             state = excluded.state, \
+             first_seen = min(first_seen, excluded.first_seen), \
+             connected_since = excluded.connected_since, \
+             last_heard = max(last_heard, excluded.last_heard), info = excluded.info \
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                p.key,
+                p.pid,
+                p.ppid,
+                p.host,
+                p.name,
+                p.python_version,
+                p.executable,
+                p.argv,
+                p.cwd,
+                p.origin,
+                p.state,
+                p.first_seen,
+                p.connected_since,
+                p.last_heard,
+                p.info
+            ],
+            |r| r.get(0),
+        )?;
+    Ok(id)
+}
+
+fn set_process_state(
+    conn: &Connection,
+    id: i64,
+    state: ProcessState,
+    at: f64,
+) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE processes SET \
+             state_since = CASE WHEN state = ?2 THEN state_since ELSE ?3 END, \
+             connected_since = CASE WHEN ?2 <> 'awake' THEN NULL \
+                               WHEN state = 'awake' THEN coalesce(connected_since, ?3) \
+                               ELSE ?3 END, \
+             last_heard = CASE WHEN ?2 = 'awake' THEN max(last_heard, ?3) ELSE last_heard END, \
+             state = ?2 \
+             WHERE id = ?1",
+        )?
+        .execute(params![id, state, at])?;
+    if changed == 0 {
+        return Err(StoreError::UnknownProcess { id });
+    }
+    Ok(())
+}
+
+fn put_probe(conn: &Connection, p: &EncodedProbe) -> Result<(), StoreError> {
+    if let Some(name) = &p.name {
+        let taken = conn
+            .prepare_cached("SELECT 1 FROM probes WHERE name = ?1 AND id <> ?2")?
+            .exists(params![name, p.id])?;
+        if taken {
+            return Err(StoreError::ProbeNameTaken { name: name.clone() });
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO probes (id, name, spec, enabled, group_name, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (id) DO UPDATE SET \
+         name = excluded.name, spec = excluded.spec, enabled = excluded.enabled, \
+         group_name = excluded.group_name, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        p.id,
+        p.name,
+        p.spec,
+        p.enabled,
+        p.group_name,
+        p.created_at,
+        p.updated_at
+    ])?;
+    Ok(())
+}
+
+/// Deletes what `retention` does not keep, as of `now` (seconds since the epoch).
+pub(crate) fn run_retention(
+    conn: &Connection,
+    retention: &Retention,
+    now: f64,
+) -> Result<RetentionReport, StoreError> {
+    let mut report = RetentionReport::default();
+    if let Some(max_age) = retention.max_age {
+        let cutoff = now - max_age.as_secs_f64();
+        report.events_by_age = conn
+            .prepare_cached("DELETE FROM events WHERE t_hit < ?1")?
+            .execute([cutoff])? as u64;
+        report.system_events_by_age = conn
+            .prepare_cached("DELETE FROM system_events WHERE t < ?1")?
+            .execute([cutoff])? as u64;
+        report.processes = conn
+            .prepare_cached(
+                "DELETE FROM processes WHERE state = 'gone' AND last_heard < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM events WHERE events.process_id = processes.id)",
+            )?
+            .execute([cutoff])? as u64;
+    }
+    if let Some(cap) = retention.max_events_per_source {
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let over: Vec<Option<String>> = conn
+            .prepare_cached("SELECT source FROM events GROUP BY source HAVING count(*) > ?1")?
+            .query_map([cap], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for source in over {
+            // The newest row that is *not* kept; it and everything older goes.
+            let first_gone: Option<(f64, i64)> = conn
+                .prepare_cached(
+                    "SELECT t_hit, id FROM events WHERE source IS ?1 \
+                     ORDER BY t_hit DESC, id DESC LIMIT 1 OFFSET ?2",
+                )?
+                .query_row(params![source, cap], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((t_hit, id)) = first_gone {
+                report.events_by_cap += conn
+                    .prepare_cached(
+                        "DELETE FROM events WHERE source IS ?1 \
+                         AND (t_hit < ?2 OR (t_hit = ?2 AND id <= ?3))",
+                    )?
+                    .execute(params![source, t_hit, id])? as u64;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::sync_channel;
+    use std::sync::Mutex;
+
+    /// Opens a migrated writer connection on a fresh file, with one process (id 1).
+    fn setup(dir: &tempfile::TempDir) -> Connection {
+        let path = dir.path().join("scry.db");
+        let mut conn = crate::open_writer_connection(&path).expect("open");
+        crate::schema::migrate(&mut conn, &path, crate::schema::MIGRATIONS).expect("migrate");
+        conn.execute(
+            "INSERT INTO processes (key, pid, host, python_version, executable, cwd, origin, \
+             state, state_since, first_seen, last_heard) \
+             VALUES ('k', 1, 'h', '3.12', '/py', '/', 'test', 'awake', 0, 0, 0)",
+            [],
+        )
+        .expect("process");
+        conn
+    }
+
+    fn event(i: usize) -> EncodedEvent {
+        EncodedEvent {
+            kind: "probe".to_string(),
+            source: Some("p1".to_string()),
+            t_hit: i as f64,
+            data: format!("{{\"i\":{i}}}"),
+        }
+    }
+
+    type Results = Arc<Mutex<Vec<Result<(), String>>>>;
+
+    fn recording_append(process_id: i64, n: usize, results: &Results) -> Op {
+        let results = Arc::clone(results);
+        Op::Append {
+            process_id,
+            events: (0..n).map(event).collect(),
+            dropped: 0,
+            t_recv: 0.0,
+            done: Completion::new(Some(Box::new(move |r: Result<(), StoreError>| {
+                results
+                    .lock()
+                    .expect("lock")
+                    .push(r.map_err(|e| format!("{e:?}")));
+            }))),
+        }
+    }
+
+    /// Runs a writer over a queue that is already full, so batching is deterministic.
+    fn run_queued(conn: Connection, ops: Vec<Op>, batch_max: usize) -> WriterStats {
+        let (tx, rx) = sync_channel(ops.len() + 1);
+        for op in ops {
+            tx.send(op).expect("queue");
+        }
+        drop(tx);
+        let counters = Arc::new(Counters::default());
+        let retention = Retention {
+            max_age: None,
+            max_events_per_source: None,
+            check_interval: Duration::from_secs(3600),
+        };
+        Writer::new(
+            conn,
+            rx,
+            batch_max,
+            Duration::from_secs(10),
+            retention,
+            Arc::clone(&counters),
+        )
+        .run();
+        counters.snapshot()
+    }
+
+    fn count_events(dir: &tempfile::TempDir) -> i64 {
+        Connection::open(dir.path().join("scry.db"))
+            .expect("open")
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn queued_appends_are_committed_in_few_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let results: Results = Arc::default();
+        let ops = (0..100).map(|_| recording_append(1, 10, &results)).collect();
+        let stats = run_queued(conn, ops, 300);
+
+        // 100 ops of 10 events, at most 300 events per batch: 4 batches, not 100.
+        assert_eq!(stats.batches, 4);
+        assert_eq!(stats.ops, 100);
+        assert_eq!(stats.events, 1000);
+        assert_eq!(stats.failed_batches, 0);
+        let results = results.lock().expect("lock");
+        assert_eq!(results.len(), 100);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(count_events(&dir), 1000);
+    }
+
+    #[test]
+    fn failed_commit_is_reported_to_every_callback_of_the_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let results: Results = Arc::default();
+        let ops = vec![
+            recording_append(1, 5, &results),
+            recording_append(1, 5, &results),
+            // A deferred foreign-key violation only shows at COMMIT, which then fails.
+            Op::Exec(
+                "PRAGMA defer_foreign_keys = ON; \
+                 INSERT INTO events (process_id, kind, t_hit, t_recv, data) \
+                 VALUES (999, 'x', 0, 0, '{}');",
+            ),
+            recording_append(1, 5, &results),
+        ];
+        let stats = run_queued(conn, ops, 1000);
+
+        assert_eq!(stats.failed_batches, 1);
+        assert_eq!(stats.batches, 0);
+        let results = results.lock().expect("lock");
+        assert_eq!(results.len(), 3);
+        for r in results.iter() {
+            let e = r.as_ref().expect_err("commit failure must be reported");
+            assert!(e.starts_with("Commit"), "{e}");
+        }
+        assert_eq!(count_events(&dir), 0, "nothing of a failed batch is stored");
+    }
+
+    #[test]
+    fn failing_operation_does_not_spoil_its_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let results: Results = Arc::default();
+        let ops = vec![
+            recording_append(1, 3, &results),
+            recording_append(42, 3, &results),
+            recording_append(1, 3, &results),
+        ];
+        let stats = run_queued(conn, ops, 1000);
+        assert_eq!(stats.batches, 1);
+        let results = results.lock().expect("lock");
+        assert!(results[0].is_ok());
+        assert!(
+            results[1]
+                .as_ref()
+                .is_err_and(|e| e.contains("UnknownProcess { id: 42 }")),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[2].is_ok());
+        assert_eq!(count_events(&dir), 6);
+    }
+
+    #[test]
+    fn unsettled_operations_report_writer_gone() {
+        let results: Results = Arc::default();
+        let op = recording_append(1, 1, &results);
+        drop(op);
+        let results = results.lock().expect("lock");
+        assert_eq!(results.len(), 1);
+        assert!(results[0].as_ref().is_err_and(|e| e == "WriterGone"));
+    }
+}
