@@ -27,6 +27,7 @@ import time
 
 from . import _proto
 from ._errors import ConfigError, DaemonError, ScryError
+from ._version import __version__
 
 log = logging.getLogger("scry")
 
@@ -739,6 +740,13 @@ class Link(object):
                 except Exception as exc:
                     log.warning("could not go to sleep as the daemon asked: %r", exc)
                     self._stop.set()
+        elif kind == "probes_sync":
+            # This agent offers no `probes` capability yet: answer, so the request completes.
+            self._send(
+                _proto.reply_error(
+                    msg["id"], "unsupported", "this agent (scry {}) has no probe engine".format(__version__)
+                )
+            )
         elif kind == "ack":
             if msg["seq"] > self.acked_seq:
                 self.acked_seq = msg["seq"]

@@ -21,9 +21,9 @@ ORIGINS = ("embedded", "injected", "run")
 ERROR_KINDS = ("malformed", "unknown_type", "unexpected", "too_large", "internal")
 
 #: Types an agent sends; the daemon decodes these.
-AGENT_TYPES = ("hello", "reply", "report", "heartbeat", "goodbye", "error")
+AGENT_TYPES = ("hello", "reply", "report", "heartbeat", "goodbye", "error", "probe_status")
 #: Types the daemon sends; the agent decodes these.
-DAEMON_TYPES = ("welcome", "refused", "ping", "sleep", "reply", "ack", "error")
+DAEMON_TYPES = ("welcome", "refused", "ping", "sleep", "reply", "ack", "error", "probes_sync")
 ALL_TYPES = tuple(sorted(set(AGENT_TYPES) | set(DAEMON_TYPES)))
 
 _U16 = 2 ** 16 - 1
@@ -119,6 +119,22 @@ def _struct(fields):
     return struct
 
 
+def _tagged(tag, variants):
+    """An internally tagged enum (``#[serde(tag = "...")]``): ``variants`` maps tag -> fields."""
+
+    def tagged(value):
+        if not isinstance(value, dict):
+            raise _Bad("must be an object")
+        if tag not in value:
+            raise _Bad("missing field `{}`".format(tag))
+        name = value[tag]
+        if not isinstance(name, str) or name not in variants:
+            raise _Bad("field `{}` must be one of {}".format(tag, ", ".join(sorted(variants))))
+        _check_fields(value, variants[name])
+
+    return tagged
+
+
 def _check_fields(obj, fields):
     for name, check, required in fields:
         if name not in obj:
@@ -154,6 +170,44 @@ _EVENT = [
     ("data", _any, False),
 ]
 _REPLY_ERROR = [("kind", _str, True), ("message", _str, True)]
+_RATE = _tagged(
+    "mode",
+    {
+        "every": [],
+        "sample": [("n", _u64, True)],
+        "rate": [("per_second", _f64, True)],
+        "first": [("n", _u64, True)],
+    },
+)
+_CAPTURE = [("stack", _bool, False), ("locals", _bool, False), ("repr", _bool, False)]
+_LIMITS = [("depth", _u32, True), ("items", _u32, True), ("string", _u32, True)]
+_PROBE_SPEC = [
+    ("id", _str, True),
+    ("name", _nullable(_str), False),
+    ("location", _str, True),
+    ("expressions", _list_of(_str), True),
+    ("condition", _nullable(_str), False),
+    ("capture", _struct(_CAPTURE), False),
+    ("rate", _RATE, False),
+    ("expires_at", _nullable(_f64), False),
+    ("unsafe", _bool, False),
+    ("limits", _struct(_LIMITS), False),
+]
+PROBE_STATES = ("pending", "armed", "error", "expired")
+_PROBE_STATUS = [
+    ("probe", _str, True),
+    ("state", _one_of(PROBE_STATES), True),
+    ("file", _nullable(_str), False),
+    ("line", _nullable(_u32), False),
+    ("requested_line", _nullable(_u32), False),
+    ("function", _nullable(_str), False),
+    ("reason", _nullable(_str), False),
+    ("error_kind", _nullable(_str), False),
+    ("hits", _u64, False),
+    ("recorded", _u64, False),
+    ("dropped", _u64, False),
+    ("errors", _u64, False),
+]
 
 SCHEMAS = {
     "hello": [
@@ -201,6 +255,8 @@ SCHEMAS = {
         ("message", _str, True),
         ("in_reply_to", _nullable(_u64), False),
     ],
+    "probes_sync": [("id", _u64, True), ("probes", _list_of(_struct(_PROBE_SPEC)), True)],
+    "probe_status": [("statuses", _list_of(_struct(_PROBE_STATUS)), True)],
 }
 
 

@@ -184,7 +184,7 @@ def test_reconnects_when_the_daemon_drops_the_connection(daemon):
     first = scry.status()["connection_id"]
     conn.close()
     conn2 = daemon.wait_conn(2)
-    assert conn2.hello["type"] == "hello"
+    conn2.wait_type("hello")
     wait_until(lambda: scry.status()["connected"], message="connected again")
     st = scry.status()
     assert st["state"] == "awake" and st["connection_id"] == "s-fake-1" != first
@@ -337,3 +337,13 @@ def test_http_resolution_without_a_daemon(home):
     with pytest.raises(scry.DaemonError) as info:
         scry.wake("http://127.0.0.1:{}".format(port))
     assert "scry serve" in str(info.value)
+
+
+def test_probes_sync_is_answered_even_without_a_probe_engine(daemon):
+    _, conn = awake(daemon)
+    conn.send({"type": "probes_sync", "id": 21, "probes": []})
+    reply = conn.wait_type("reply", id=21)
+    assert reply["ok"] is False and reply["error"]["kind"] == "unsupported"
+    conn.send({"type": "probes_sync", "id": 22, "probes": [{"id": "p", "location": "x.py:1"}]})
+    err = conn.wait_type("error", in_reply_to=22)
+    assert err["kind"] == "malformed" and "expressions" in err["message"]
