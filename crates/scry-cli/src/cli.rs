@@ -51,6 +51,15 @@ pub enum Command {
     /// Put an awake agent back to sleep: every hook removed, connection closed.
     #[command(after_help = "Examples:\n  scry sleep checkout\n  scry sleep 4242")]
     Sleep(TargetArgs),
+    /// Observation points on lines of running processes: add, list, remove, enable, disable.
+    #[command(subcommand)]
+    Probe(ProbeCmd),
+    /// Captured events: query, follow live, or summarize.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  scry events --probe totals --since 5m\n  scry events --follow\n  scry events stats totals --since 1h"
+    )]
+    Events(EventsCmd),
     /// Start a sample service, wake it, and show what scry sees.
     #[command(
         after_help = "Examples:\n  scry demo          start (or reuse) the sample service and wake it\n  scry demo --stop   stop the sample service"
@@ -105,6 +114,159 @@ pub struct DemoArgs {
     /// The Python interpreter to run the sample service with.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry probe ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProbeCmd {
+    /// Add a probe: evaluate expressions each time a line runs, without pausing the process.
+    #[command(
+        after_help = "Locations: path.py:LINE, @path.py#LINE, module.sub:function (entry), path.py:function.\nPaths match by suffix against the code loaded in the target.\n\nExamples:\n  scry probe add app/orders.py:127 'order.total' --pid 4242\n  scry probe add orders:price 'order.id' 'len(order.items)' --name prices --sample 10\n  scry probe add app/orders.py:127 'order.total' --if 'order.total > 100' --ttl 10m"
+    )]
+    Add(ProbeAddArgs),
+    /// List probes with their status and counters in every process.
+    #[command(after_help = "Example:\n  scry probe list --json")]
+    List(Output),
+    /// Remove probes (every hook goes with them).
+    #[command(after_help = "Examples:\n  scry probe rm prices\n  scry probe rm --group checkout")]
+    Rm(ProbeKeyArgs),
+    /// Enable probes again.
+    #[command(after_help = "Example:\n  scry probe enable prices")]
+    Enable(ProbeKeyArgs),
+    /// Disable probes (kept, not armed).
+    #[command(after_help = "Example:\n  scry probe disable --group checkout")]
+    Disable(ProbeKeyArgs),
+}
+
+/// `scry probe add`.
+#[derive(Debug, Args)]
+pub struct ProbeAddArgs {
+    /// Where: path.py:LINE, @path.py#LINE, module.sub:function or path.py:function.
+    pub location: String,
+    /// Expressions to capture at each hit, e.g. `order.total` `len(items)`.
+    #[arg(required = true)]
+    pub expressions: Vec<String>,
+    /// A unique name to refer to the probe by.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Record only hits where this expression is true.
+    #[arg(long = "if", value_name = "COND")]
+    pub condition: Option<String>,
+    /// Only this process.
+    #[arg(long, group = "target")]
+    pub pid: Option<u32>,
+    /// Only processes registered under this name.
+    #[arg(long, group = "target")]
+    pub process: Option<String>,
+    /// Every process (the default).
+    #[arg(long, group = "target")]
+    pub all: bool,
+    /// Record every hit (the default).
+    #[arg(long, group = "rate_mode")]
+    pub every: bool,
+    /// Record every Nth hit.
+    #[arg(long, value_name = "N", group = "rate_mode")]
+    pub sample: Option<u64>,
+    /// Record at most R hits a second.
+    #[arg(long, value_name = "R", group = "rate_mode")]
+    pub rate: Option<f64>,
+    /// Record the first N hits, then remove the probe.
+    #[arg(long, value_name = "N", group = "rate_mode")]
+    pub first: Option<u64>,
+    /// Remove the probe after this long (e.g. 30s, 10m, 2h).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Also capture the Python stack at each hit.
+    #[arg(long)]
+    pub stack: bool,
+    /// Also capture a bounded snapshot of the local variables (secret-looking names redacted).
+    #[arg(long)]
+    pub locals: bool,
+    /// Call user-defined __repr__ for objects of unknown types.
+    #[arg(long)]
+    pub repr: bool,
+    /// Allow any call in expressions (by default only pure builtins such as len, min, max).
+    #[arg(long = "unsafe")]
+    pub unsafe_calls: bool,
+    /// A group, to enable, disable or remove several probes at once.
+    #[arg(long)]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// A probe named by id or name, or a group.
+#[derive(Debug, Args)]
+pub struct ProbeKeyArgs {
+    /// The probe's id or name.
+    #[arg(required_unless_present = "group", conflicts_with = "group")]
+    pub probe: Option<String>,
+    /// Every probe of this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry events`.
+#[derive(Debug, Args)]
+pub struct EventsCmd {
+    /// `stats PROBE`: a summary instead of the events.
+    #[command(subcommand)]
+    pub sub: Option<EventsSub>,
+    #[command(flatten)]
+    pub query: EventsArgs,
+}
+
+/// The filters of `scry events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this probe (id or name).
+    #[arg(long)]
+    pub probe: Option<String>,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// From this time: a duration ago (5m, 2h) or an ISO time (2026-11-21T12:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many events (the newest; default 50).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Keep printing new events as they arrive (ctrl-c stops).
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry events stats`.
+#[derive(Debug, Subcommand)]
+pub enum EventsSub {
+    /// Count, min, max, mean, p50, p95 and p99 of each numeric expression of a probe.
+    #[command(after_help = "Example:\n  scry events stats totals --since 10m")]
+    Stats(StatsArgs),
+}
+
+/// `scry events stats PROBE`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The probe's id or name.
+    pub probe: String,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// From this time (5m, 2h, or an ISO time).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time.
+    #[arg(long)]
+    pub until: Option<String>,
     #[command(flatten)]
     pub output: Output,
 }

@@ -107,6 +107,11 @@ impl DaemonClient {
         self.call(self.http.post(self.url(path)).json(body)).await
     }
 
+    /// DELETE and read the JSON answer.
+    pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        self.call(self.http.delete(self.url(path))).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

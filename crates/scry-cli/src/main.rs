@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod error;
 mod printer;
+mod render;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,17 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Ps(a) => a.output.json,
         Command::Wake(a) | Command::Sleep(a) => a.output.json,
         Command::Demo(a) => a.output.json,
+        Command::Probe(p) => match p {
+            cli::ProbeCmd::Add(a) => a.output.json,
+            cli::ProbeCmd::List(o) => o.json,
+            cli::ProbeCmd::Rm(k) | cli::ProbeCmd::Enable(k) | cli::ProbeCmd::Disable(k) => {
+                k.output.json
+            }
+        },
+        Command::Events(e) => match &e.sub {
+            Some(cli::EventsSub::Stats(s)) => s.output.json,
+            None => e.query.output.json,
+        },
     }
 }
 
@@ -58,6 +70,8 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Wake(a) => commands::wake::wake(&home, a, printer).await,
             Command::Sleep(a) => commands::wake::sleep(&home, a, printer).await,
             Command::Demo(a) => commands::demo::demo(&home, a, printer).await,
+            Command::Probe(p) => commands::probe::probe(&home, p, printer).await,
+            Command::Events(e) => commands::events::events(&home, e, printer).await,
         }
     })
 }

@@ -2,6 +2,8 @@
 //! the exit status or a [`CliError`].
 
 pub mod demo;
+pub mod events;
+pub mod probe;
 pub mod ps;
 pub mod serve;
 pub mod status;
