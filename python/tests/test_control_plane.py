@@ -1,9 +1,12 @@
 """The control plane: every endpoint from loopback, bad input, and real non-loopback callers.
 
-The non-loopback tests create a network namespace joined to this one by a veth pair, bind the
-control plane to the host end's address, and send requests from inside the namespace with
-``ip netns exec NS python -c ...``. They need root and iproute2; without them they fail with a
-message saying so (they are not skipped: remote access is what the token protects).
+The non-loopback tests create a network namespace (``ip netns add``) joined to this one by a veth
+pair, bind the control plane to the host end's address, and send requests from inside the
+namespace: a child interpreter enters it with ``setns(2)`` on ``/run/netns/NAME`` and then uses
+urllib. (``ip netns exec`` / ``ip -n`` would also remount ``/``, which fails inside a chroot whose
+root is not a mount point, as in the Python matrix; entering only the network namespace needs
+no mount.) They need root and iproute2; without them they fail with a message saying so (they
+are not skipped: remote access is what the token protects).
 """
 
 import collections
@@ -156,6 +159,42 @@ def _ip(*args, check=True):
     return result
 
 
+# Prepended to code run by a child interpreter: enter the network namespace named by argv[1].
+_ENTER_NETNS = r"""
+import os, sys
+_fd = os.open(sys.argv.pop(1), os.O_RDONLY)
+if hasattr(os, "setns"):
+    os.setns(_fd, 0x40000000)  # CLONE_NEWNET
+else:
+    import ctypes
+    _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(_fd, 0x40000000) != 0:
+        _errno = ctypes.get_errno()
+        raise OSError(_errno, "setns: " + os.strerror(_errno))
+os.close(_fd)
+"""
+
+
+def _in_netns(name, code, args, timeout=60):
+    """Run ``code`` in a child interpreter inside network namespace ``name``."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    return subprocess.run(
+        [sys.executable, "-c", _ENTER_NETNS + code, os.path.join("/run/netns", name)] + list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def _ip_in_netns(name, *args):
+    result = _in_netns(name, "os.execvp(sys.argv[1], sys.argv[1:])", ["ip"] + list(args))
+    if result.returncode != 0:
+        raise RuntimeError(
+            "`ip {}` in namespace {} failed: {}".format(" ".join(args), name, result.stderr.decode().strip())
+        )
+
+
 @pytest.fixture(scope="module")
 def netns():
     """A network namespace with a veth pair: 10.231.X.1 here, 10.231.X.2 inside."""
@@ -180,9 +219,9 @@ def netns():
         _ip("link", "set", ns_if, "netns", name)
         _ip("addr", "add", host_addr + "/30", "dev", host_if)
         _ip("link", "set", host_if, "up")
-        _ip("-n", name, "addr", "add", ns_addr + "/30", "dev", ns_if)
-        _ip("-n", name, "link", "set", ns_if, "up")
-        _ip("-n", name, "link", "set", "lo", "up")
+        _ip_in_netns(name, "addr", "add", ns_addr + "/30", "dev", ns_if)
+        _ip_in_netns(name, "link", "set", ns_if, "up")
+        _ip_in_netns(name, "link", "set", "lo", "up")
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         _ip("link", "del", host_if, check=False)
         _ip("netns", "del", name, check=False)
@@ -195,7 +234,7 @@ def netns():
 
 
 _REMOTE = r"""
-import json, sys, urllib.error, urllib.request
+import json, urllib.error, urllib.request
 url, method, body, token = json.loads(sys.argv[1])
 req = urllib.request.Request(url, data=None if body is None else body.encode(), method=method)
 if body is not None:
@@ -217,14 +256,7 @@ def remote(ns, method, path, body=None, token=None):
     st = scry.status()
     url = "http://{}:{}{}".format(st["control_host"], st["control_port"], path)
     args = json.dumps([url, method, None if body is None else json.dumps(body), token])
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    result = subprocess.run(
-        ["ip", "netns", "exec", ns.name, sys.executable, "-c", _REMOTE, args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        timeout=60,
-    )
+    result = _in_netns(ns.name, _REMOTE, [args])
     if result.returncode != 0:
         raise AssertionError(
             "request from namespace {} failed (exit {}): {}".format(
