@@ -436,6 +436,12 @@ class ControlPlane(object):
             raise
 
     def _serve(self):
+        try:
+            self._serve_until_stopped()
+        except BaseException as exc:  # never a traceback on the host's stderr
+            log.warning("the control plane thread failed: %r", exc)
+
+    def _serve_until_stopped(self):
         server = self._server
         poller = select.poll()
         listen_fd = server.fileno()

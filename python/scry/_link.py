@@ -519,8 +519,8 @@ class Link(object):
         return True
 
     def close_in_child(self):
-        """After fork, in the child: close our copies of the fds (never shutdown())."""
-        self._stop.set()
+        """After fork, in the child: close our copies of the fds (never shutdown(), which would
+        cut the parent's connection). Takes no lock: another thread may have held one at fork."""
         self._thread = None
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -528,7 +528,14 @@ class Link(object):
                 sock.close()
             except OSError:
                 pass
-        self._close_pipe()
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = None
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def send_report(self, events, dropped=0):
         """Queue events for the next report; thread-safe, never waits on I/O.

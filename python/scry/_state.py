@@ -279,12 +279,15 @@ def _on_daemon_sleep(link):
     """The daemon sent ``sleep``: do the ordinary sleep from a short-lived thread."""
 
     def run():
-        agent = _agent
-        with agent.lock:
-            if agent.link is link:
-                _sleep_locked(agent, "sleep")
-                return
-        link.stop("sleep", 2.0)  # an orphan (the agent moved on): just end it
+        try:
+            agent = _agent
+            with agent.lock:
+                if agent.link is link:
+                    _sleep_locked(agent, "sleep")
+                    return
+            link.stop("sleep", 2.0)  # an orphan (the agent moved on): just end it
+        except BaseException as exc:
+            log.warning("could not go to sleep as the daemon asked: %r", exc)
 
     threading.Thread(target=run, name="scry-sleep", daemon=True).start()
 
