@@ -598,6 +598,18 @@ async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
         let uid = cred.as_ref().map(|c| c.uid());
         if uid != Some(my_uid) && uid != Some(0) {
             tracing::warn!(target: "agent_link", ?uid, "refused an agent of another user");
+            // Say why before closing, so the agent can tell its user.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let msg = scry_proto::encode(&DaemonMessage::Refused {
+                    reason: format!(
+                        "this daemon serves uid {my_uid} (and root) only; start a daemon as your own user (`scry serve --daemon`)"
+                    ),
+                    accepted_protocols: scry_proto::ACCEPTED_PROTOCOLS.to_vec(),
+                });
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(msg.as_bytes())).await;
+            });
             continue;
         }
         let pid = cred
