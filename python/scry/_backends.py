@@ -1,0 +1,304 @@
+"""The two ways of getting control when a probed line runs: ``sys.monitoring`` and ``settrace``.
+
+Both implement the same small interface, driven by the engine under its lock:
+
+* ``start()`` takes what the backend needs (a tool id, a trace function in every thread); raises
+  :class:`Unavailable` with a reason when it cannot (no free tool id, another tracer is active);
+* ``apply(wanted)`` makes the instrumented set exactly ``wanted``, a dict ``id(code) -> (code,
+  {line: Site})``, and returns ``{id(code): why}`` for code objects it could not instrument;
+* ``stop()`` removes every hook, so that nothing of ours remains; ``stop_in_child()`` does the
+  same after ``fork()`` without taking any lock;
+* ``note`` is None, or says what the backend does not cover (it goes into the armed probes' reason).
+
+**sys.monitoring (3.12+).** A free tool id (4, then 3, then the others; never evicting anyone),
+one LINE callback, and ``set_local_events`` only on the code objects that hold a probe (3.13+:
+also PY_START, without a callback, for one-line code; see ``_features``). Lines without a probe
+return DISABLE once. A code object whose probed lines change is re-armed with
+``set_local_events(code, 0)`` then the new mask, which clears its DISABLEd lines without the global
+``restart_events()``. The bytecode is instrumented in place, so frames already running report.
+
+**settrace (3.8-3.11).** A global trace function that returns a local tracer only for frames of
+probed code objects (``None`` at once for every other call), installed in every thread by
+``_threadtrace`` only while probes are armed, plus ``frame.f_trace`` on the frames of probed code
+that are running now (every thread), so that a loop already in progress reports.
+"""
+
+import sys
+import types
+
+from . import _features, _hit, _locate
+from ._threadtrace import OtherTracer, ThreadTracer
+
+_hit_site = _hit.hit
+_FunctionType = types.FunctionType
+
+
+class Unavailable(Exception):
+    """The backend cannot run in this process now; the message is the probes' reason."""
+
+
+# -- sys.monitoring ----------------------------------------------------------------------------------
+
+#: line -> ((code, site), ...): what the LINE callback looks up. Rebound whole, never mutated.
+_LINES = {}
+
+if _features.MONITORING is not None:
+    _DISABLE = _features.MONITORING.DISABLE
+    _LINE = _features.MONITORING.events.LINE
+    _PY_START = _features.MONITORING.events.PY_START
+else:  # pragma: no cover - only on 3.12+
+    _DISABLE = _LINE = _PY_START = None
+
+_getframe = sys._getframe
+
+
+def _on_line(code, line):
+    """The LINE callback: DISABLE for every line without a probe."""
+    try:
+        entries = _LINES.get(line)
+        if entries is not None:
+            for entry_code, site in entries:
+                if entry_code is code:
+                    if site.probes:
+                        _hit_site(site, _getframe(1))
+                        return None
+                    break
+        return _DISABLE
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return None
+
+
+TOOL_NAME = "scry"
+_TOOL_ORDER = (4, 3, 0, 1, 2, 5)
+
+
+class MonitoringBackend(object):
+    """Probes through ``sys.monitoring`` (see the module docstring)."""
+
+    name = "sys.monitoring"
+
+    def __init__(self):
+        self.tool = None
+        self.note = None
+        self._codes = {}  # id(code) -> (code, frozenset(lines), mask)
+
+    def start(self):
+        mon = _features.MONITORING
+        for tool in _TOOL_ORDER:
+            if mon.get_tool(tool) is not None:
+                continue
+            try:
+                mon.use_tool_id(tool, TOOL_NAME)
+            except ValueError:
+                continue
+            self.tool = tool
+            break
+        else:
+            holders = ", ".join("{} by {!r}".format(t, mon.get_tool(t)) for t in range(6))
+            raise Unavailable(
+                "sys.monitoring has no free tool id (held: {}); scry never evicts another tool".format(holders)
+            )
+        mon.register_callback(self.tool, _LINE, _on_line)
+
+    def apply(self, wanted):
+        global _LINES
+        mon = _features.MONITORING
+        tool = self.tool
+        failed = {}
+        table = {}
+        plan = []
+        for key, (code, sites) in wanted.items():
+            lines = frozenset(sites)
+            mask = _LINE
+            if _features.LINE_NEEDS_PY_START and _first_line(code) in lines:
+                mask |= _PY_START
+            plan.append((key, code, lines, mask))
+            for line, site in sites.items():
+                table.setdefault(line, []).append((code, site))
+        # Publish the new table before any code object starts reporting new lines.
+        _LINES = {line: tuple(entries) for line, entries in table.items()}
+        for key, code, lines, mask in plan:
+            old = self._codes.get(key)
+            if old is not None and old[1] == lines and old[2] == mask:
+                continue
+            try:
+                if old is not None:
+                    mon.set_local_events(tool, code, 0)  # clears lines we DISABLEd before
+                mon.set_local_events(tool, code, mask)
+            except Exception as exc:  # e.g. "cannot instrument shim code object"
+                failed[key] = "cannot instrument {}: {}".format(_locate.code_name(code), exc)
+                self._codes.pop(key, None)
+                continue
+            self._codes[key] = (code, lines, mask)
+        for key in [k for k in self._codes if k not in wanted]:
+            code = self._codes.pop(key)[0]
+            try:
+                mon.set_local_events(tool, code, 0)
+            except Exception:
+                pass
+        if failed:
+            _LINES = {
+                line: tuple(e for e in entries if id(e[0]) not in failed) for line, entries in _LINES.items()
+            }
+        return failed
+
+    def stop(self):
+        global _LINES
+        mon = _features.MONITORING
+        tool = self.tool
+        if tool is None:
+            return
+        self.tool = None
+        codes, self._codes = self._codes, {}
+        for code, _lines, _mask in codes.values():
+            try:
+                mon.set_local_events(tool, code, 0)
+            except Exception:
+                pass
+        for event in (_LINE, _PY_START):
+            try:
+                mon.register_callback(tool, event, None)
+            except Exception:
+                pass
+        try:
+            mon.set_events(tool, 0)
+        except Exception:
+            pass
+        try:
+            if mon.get_tool(tool) == TOOL_NAME:
+                mon.free_tool_id(tool)
+        except Exception:
+            pass
+        _LINES = {}
+
+    stop_in_child = stop
+
+
+def _first_line(code):
+    for line in _locate.raw_lines(code):
+        return line
+    return None
+
+
+# -- settrace ------------------------------------------------------------------------------------
+
+#: id(code) -> its local tracer. Rebound whole, never mutated.
+_TRACERS = {}
+
+
+def _global_trace(frame, event, arg):
+    """The trace function of every thread: a local tracer for probed code, None for the rest."""
+    return _TRACERS.get(id(frame.f_code))
+
+
+def _make_local(state):
+    """The local trace function of one probed code object. ``state`` is ``[sites]``: the engine
+    replaces ``state[0]`` when the code's probes change, and sets it to None when they are gone."""
+
+    def local(frame, event, arg):
+        try:
+            sites = state[0]
+            if sites is None:
+                frame.f_trace = None
+                return None
+            if event == "line":
+                site = sites.get(frame.f_lineno)
+                if site is not None and site.probes:
+                    _hit_site(site, frame)
+            return local
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            return local
+
+    return local
+
+
+#: Every local tracer shares this code object: how our f_trace values are recognised.
+_LOCAL_CODE = _make_local([None]).__code__
+
+
+def is_local_tracer(obj):
+    """Whether ``obj`` (a frame's f_trace) is one of our local tracers."""
+    return type(obj) is _FunctionType and obj.__code__ is _LOCAL_CODE
+
+
+class TraceBackend(object):
+    """Probes through a trace function (see the module docstring)."""
+
+    name = "settrace"
+
+    def __init__(self):
+        self.note = None
+        self._threads = ThreadTracer(_global_trace)
+        self._tracers = {}  # id(code) -> (code, local tracer, its state)
+
+    def start(self):
+        try:
+            self._threads.install()
+        except OtherTracer as exc:
+            raise Unavailable(
+                "another trace function is active ({}); probes need sys.settrace on Python {}.{} "
+                "(sys.monitoring arrives in 3.12): stop the other tracer (a debugger, coverage) "
+                "first".format(exc, *_features.PY)
+            )
+        self.note = self._threads.note
+
+    def apply(self, wanted):
+        global _TRACERS
+        added = []
+        for key, (code, sites) in wanted.items():
+            entry = self._tracers.get(key)
+            if entry is None:
+                state = [dict(sites)]
+                tracer = _make_local(state)
+                self._tracers[key] = (code, tracer, state)
+                added.append((code, tracer))
+            else:
+                entry[2][0] = dict(sites)
+        for key in [k for k in self._tracers if k not in wanted]:
+            self._tracers.pop(key)[2][0] = None
+        _TRACERS = {key: entry[1] for key, entry in self._tracers.items()}
+        if added:
+            by_code = dict((id(code), tracer) for code, tracer in added)
+            for frame in _locate.running_frames():
+                tracer = by_code.get(id(frame.f_code))
+                if tracer is not None and frame.f_trace is None:
+                    frame.f_trace = tracer
+        return {}
+
+    def stop(self):
+        global _TRACERS
+        _TRACERS = {}
+        tracers, self._tracers = self._tracers, {}
+        for entry in tracers.values():
+            entry[2][0] = None
+        self._threads.remove()
+        for frame in _locate.running_frames():
+            if is_local_tracer(frame.f_trace):
+                frame.f_trace = None
+
+    def stop_in_child(self):
+        global _TRACERS
+        _TRACERS = {}
+        for entry in self._tracers.values():
+            entry[2][0] = None
+        self._tracers = {}
+        self._threads.remove_in_child()
+        try:
+            frame = sys._getframe()
+            while frame is not None:
+                if is_local_tracer(frame.f_trace):
+                    frame.f_trace = None
+                frame = frame.f_back
+        except Exception:
+            pass
+
+
+def make_backend():
+    """The backend this interpreter uses (see ``_features.BACKEND``)."""
+    if _features.MONITORING is not None:
+        return MonitoringBackend()
+    return TraceBackend()

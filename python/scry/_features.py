@@ -1,0 +1,52 @@
+"""What this interpreter offers the probe engine: capability flags, computed once at import.
+
+Every version-dependent decision of the engine reads a flag from here, so that the rest of the
+code never tests ``sys.version_info`` itself and imports safely on every supported Python.
+"""
+
+import sys
+import types
+
+PY = sys.version_info[:2]
+
+#: ``sys.monitoring`` (PEP 669, 3.12+), or None.
+MONITORING = getattr(sys, "monitoring", None)
+
+#: ``code.co_lines()`` exists (3.10+); before that the line table is ``co_lnotab``.
+HAS_CO_LINES = hasattr(types.CodeType, "co_lines")
+
+#: ``code.co_qualname`` exists (3.11+).
+HAS_CO_QUALNAME = hasattr(types.CodeType, "co_qualname")
+
+#: 3.13+ does not fire LINE for the first line of a function when that line is also the line of
+#: its RESUME (one-line functions, lambdas, generator expressions) unless PY_START is in the
+#: code object's local event set too (cpython #155992; verified on 3.13.5 and 3.14). Adding
+#: PY_START *without registering a PY_START callback* fixes it; a PY_START callback returning
+#: DISABLE would break it again after the first call.
+LINE_NEEDS_PY_START = PY >= (3, 13)
+
+#: ``frame.f_locals`` is a write-through proxy (PEP 667, 3.13+): cheap, and fine for ``eval``.
+F_LOCALS_IS_PROXY = PY >= (3, 13)
+
+#: Whether a private ``_PyEval_SetTrace(tstate, func, arg)`` exists to install a trace function
+#: in another thread (3.9-3.11). 3.8 has none: the engine writes the thread state's fields.
+HAS_PRIVATE_SETTRACE = (3, 9) <= PY < (3, 12)
+
+
+def backend():
+    """``(name, reason)``: the probe backend this interpreter gets, and why."""
+    if MONITORING is not None:
+        return "sys.monitoring", "Python {}.{} has sys.monitoring (PEP 669)".format(*PY)
+    return (
+        "settrace",
+        "Python {}.{} has no sys.monitoring (3.12+): probes use a trace function that exists only "
+        "while probes are armed".format(*PY),
+    )
+
+
+BACKEND, BACKEND_REASON = backend()
+
+
+def capabilities():
+    """What the hello message says about probes: ``probes``, the backend, and its reason."""
+    return ["probes", "backend:" + BACKEND, "backend_reason:" + BACKEND_REASON]
