@@ -122,6 +122,7 @@ class Engine(object):
             self._set(probe, ERROR, "location", str(exc))
             return
         probe.target = target
+        probe.bind(target.codes)
         probe.file = target.file
         probe.line = target.line
         probe.requested_line = target.requested_line
@@ -308,9 +309,12 @@ class Engine(object):
         events = []
         while len(events) < max_events:
             try:
-                probe, site, t_ns, tid, values, stack, local_values = buf.popleft()
+                record = buf.popleft()
             except IndexError:
                 break
+            probe, site, t_ns, tid, values = record[:5]
+            if probe.single:
+                values = (values,)
             limits = probe.limits
             data = {
                 "file": site.file,
@@ -320,10 +324,12 @@ class Engine(object):
                 "tid": tid,
                 "values": {text: encode(value, limits) for text, value in zip(probe.texts, values)},
             }
-            if stack is not None:
-                data["stack"] = [{"file": f, "line": l, "function": fn} for f, l, fn in stack]
-            if local_values is not None:
-                data["locals"] = local_values
+            if len(record) > 5:
+                stack, local_values = record[5:]
+                if stack is not None:
+                    data["stack"] = [{"file": f, "line": l, "function": fn} for f, l, fn in stack]
+                if local_values is not None:
+                    data["locals"] = local_values
             events.append(
                 {"kind": "probe", "t": wall0 + (t_ns - mono0) / 1e9, "source": probe.id, "data": data}
             )

@@ -34,7 +34,9 @@ ERRORS_PER_SECOND = 10
 #: Consecutive failing hits after which a probe disarms itself.
 MAX_FAILS = 100
 
-#: The hits: (probe, site, monotonic ns, thread ident, values, stack or None, locals or None).
+#: The hits: (probe, site, monotonic ns, thread ident, value) for plain probes, with (..., stack or
+#: None, locals or None) after it for the others. ``value`` is the expression's value for a probe
+#: with one expression, else the tuple of values.
 BUFFER = collections.deque()
 #: Probes the hit path disarmed (expired, failing, internal error), for the engine to clean up.
 CHANGED = collections.deque()
@@ -76,57 +78,125 @@ def hit(site, frame):
     buf = BUFFER
     for p in site.probes:
         try:
-            p.hits += 1
-            if p.deadline_ns is not None and _mono() >= p.deadline_ns:
-                retire(p, _EXPIRED, None, "its time to live is over")
-                continue
-            g = frame.f_globals
-            loc = frame.f_locals
-            if p.scoped:
-                scope = _Scope(p.helpers)
-                scope.loc = loc
-                loc = scope
-            cond = p.cond
-            if cond is not None:
+            if p.plain:
+                # Plain probes count their hits as recorded + not recorded (one update a hit).
+                # The common case, kept short: no condition, rate mode or TTL, no stack or locals.
                 try:
-                    if not eval(cond, g, loc):
+                    name = p.name
+                    if name is not None:
+                        try:
+                            value = frame.f_locals[name]
+                        except KeyError:
+                            value = _slow(p, p.code, frame.f_globals, frame.f_locals)
+                    else:
+                        fast = p.fast
+                        if fast is not None:
+                            try:
+                                value = fast(frame.f_locals)
+                            except KeyError:
+                                value = _slow(p, p.code, frame.f_globals, frame.f_locals)
+                        else:
+                            value = eval(p.code, frame.f_globals, frame.f_locals)
+                    if p.fails:
                         p.fails = 0
-                        continue
+                    if p.single:
+                        if type(value) not in _PRIMS:
+                            value = _snapshot(value, p.limits, p.repr)
+                    else:
+                        for v in value:
+                            if type(v) not in _PRIMS:
+                                value = _snapshot_all(p, value)
+                                break
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:
-                    _failed(p, exc)
+                    if not _failed(p, exc):
+                        p.hits += 1
+                        continue
+                    value = _each(p, frame.f_globals, frame.f_locals)
+                if len(buf) >= MAX_HITS:
+                    p.hits += 1
+                    p.dropped += 1
+                    LOST[0] += 1
                     continue
-            if p.mode and not _admit(p):
-                p.dropped += 1
+                buf.append((p, site, _mono(), _ident(), value))
+                p.recorded += 1
                 continue
-            try:
-                values = eval(p.code, g, loc)
-                p.fails = 0
-                for v in values:
-                    if type(v) not in _PRIMS:
-                        values = _snapshot_all(p, values)
-                        break
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:
-                if not _failed(p, exc):
-                    continue
-                values = _each(p, g, loc)
-            stack = _stack(frame) if p.stack else None
-            local_values = _capture_locals(frame.f_locals, p.limits, p.repr) if p.locals else None
-            if len(buf) >= MAX_HITS:
-                p.dropped += 1
-                LOST[0] += 1
-                continue
-            buf.append((p, site, _mono(), _ident(), values, stack, local_values))
-            p.recorded += 1
-            if p.mode == _FIRST and p.recorded >= p.n:
-                retire(p, _EXPIRED, None, "recorded its first {} hits".format(p.n))
+            p.hits += 1
+            _record(p, site, frame, buf)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
             retire(p, _ERROR, "internal", "internal error in scry's probe engine: {}: {}".format(type(exc).__name__, exc))
+
+
+def _record(p, site, frame, buf):
+    """The general case: TTL, condition, rate mode, stack and locals."""
+    if p.deadline_ns is not None and _mono() >= p.deadline_ns:
+        retire(p, _EXPIRED, None, "its time to live is over")
+        return
+    g = frame.f_globals
+    loc = frame.f_locals
+    cond = p.cond
+    if cond is not None:
+        try:
+            if not _value(p, p.fast_cond, cond, g, loc):
+                p.fails = 0
+                return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            _failed(p, exc)
+            return
+    if p.mode and not _admit(p):
+        p.dropped += 1
+        return
+    try:
+        value = _value(p, p.fast, p.code, g, loc)
+        p.fails = 0
+        if p.single:
+            if type(value) not in _PRIMS:
+                value = _snapshot(value, p.limits, p.repr)
+        else:
+            for v in value:
+                if type(v) not in _PRIMS:
+                    value = _snapshot_all(p, value)
+                    break
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        if not _failed(p, exc):
+            return
+        value = _each(p, g, loc)
+    stack = _stack(frame) if p.stack else None
+    local_values = _capture_locals(frame.f_locals, p.limits, p.repr) if p.locals else None
+    if len(buf) >= MAX_HITS:
+        p.dropped += 1
+        LOST[0] += 1
+        return
+    buf.append((p, site, _mono(), _ident(), value, stack, local_values))
+    p.recorded += 1
+    if p.mode == _FIRST and p.recorded >= p.n:
+        retire(p, _EXPIRED, None, "recorded its first {} hits".format(p.n))
+
+
+def _value(p, fast, code, g, loc):
+    """Evaluate one of the probe's code objects: the specialised function when there is one."""
+    if fast is not None:
+        try:
+            return fast(loc)
+        except KeyError:
+            pass
+    return _slow(p, code, g, loc)
+
+
+def _slow(p, code, g, loc):
+    """``eval`` in the frame's namespaces (with the probe's builtins when it calls some)."""
+    if p.scoped:
+        scope = _Scope(p.helpers)
+        scope.loc = loc
+        loc = scope
+    return eval(code, g, loc)
 
 
 def _admit(p):
@@ -178,7 +248,12 @@ def _failed(p, exc):
 
 
 def _each(p, g, loc):
-    """Evaluate the expressions one by one: the value, or an error value for the ones that raise."""
+    """Evaluate the expressions one by one: the value, or an error value for the ones that raise
+    (one value when the probe has one expression, else a tuple)."""
+    if p.scoped and type(loc) is not _Scope:
+        scope = _Scope(p.helpers)
+        scope.loc = loc
+        loc = scope
     out = []
     limits = p.limits
     for code in p.codes:
@@ -190,7 +265,7 @@ def _each(p, g, loc):
             out.append(_error_value(exc, limits[2]))
             continue
         out.append(v if type(v) in _PRIMS else _snapshot(v, limits, p.repr))
-    return tuple(out)
+    return out[0] if p.single else tuple(out)
 
 
 def _snapshot_all(p, values):

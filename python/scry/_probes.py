@@ -7,9 +7,11 @@ expressions and f-strings are allowed, and calls only to a short list of pure bu
 probe is ``unsafe``, which lifts the call rule and nothing else). A probe that fails the check gets
 ``error``/``invalid_expression`` and is never armed.
 
-All expressions of a probe are compiled into ONE code object that evaluates a tuple (the hit path
-evaluates it with the frame's globals and locals); each expression is also compiled on its own, used
-only to tell which expression raised when the tuple fails. Calls to the allowed builtins are
+All expressions of a probe are compiled into ONE code object that evaluates a tuple (or the value,
+for a probe with one expression), evaluated on the hit with the frame's globals and locals; each
+expression is also compiled on its own, used only to tell which expression raised when the tuple
+fails. A probe whose only expression is a bare name reads it from the frame's locals directly
+(``eval`` runs only when the name is not a local), which saves about a third of the hit. Calls to the allowed builtins are
 rewritten to private names (``_scry_len``) that resolve to the real builtins whatever the frame
 binds to ``len``; ``sorted``/``sum``/``min``/``max``/``any``/``all`` resolve to wrappers that refuse
 inputs of more than :data:`MAX_ITERABLE` items.
@@ -17,6 +19,7 @@ inputs of more than :data:`MAX_ITERABLE` items.
 
 import ast
 import itertools
+import sys
 
 #: The builtins an expression may call (without ``unsafe``).
 SAFE_CALLS = (
@@ -264,6 +267,47 @@ def _helpers():
 HELPERS = _helpers()
 
 
+_LOC = PRIVATE + "_loc"
+
+
+class _LocalsToSubscripts(ast.NodeTransformer):
+    """``order.total`` -> ``_scry_loc["order"].total``."""
+
+    def visit_Name(self, node):
+        if node.id.startswith(PRIVATE):
+            return node
+        key = ast.Constant(value=node.id)
+        if not hasattr(ast, "Index") or sys.version_info >= (3, 9):
+            index = key
+        else:  # 3.8 wraps subscripts in Index
+            index = ast.Index(value=key)
+        return ast.copy_location(
+            ast.Subscript(value=ast.Name(id=_LOC, ctx=ast.Load()), slice=index, ctx=ast.Load()), node
+        )
+
+
+def _make_fast(body, helpers, probe_id):
+    """A function ``f(frame_locals, <helpers as defaults>)`` evaluating ``body``."""
+    import copy
+
+    body = _LocalsToSubscripts().visit(copy.deepcopy(body))
+    names = sorted(helpers)
+    arguments = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(arg=_LOC, annotation=None)] + [ast.arg(arg=n, annotation=None) for n in names],
+        vararg=None,
+        kwonlyargs=[],
+        kw_defaults=[],
+        kwarg=None,
+        defaults=[ast.Name(id=n, ctx=ast.Load()) for n in names],
+    )
+    tree = ast.Expression(body=ast.Lambda(args=arguments, body=body))
+    code = compile(ast.fix_missing_locations(tree), "<scry probe {}>".format(probe_id), "eval")
+    env = {"__builtins__": {}}
+    env.update(helpers)
+    return eval(code, env)
+
+
 class Scope(dict):
     """Locals for ``eval`` of expressions that call builtins: the helpers, then the frame's
     locals (dict or 3.13+ proxy). A miss raises KeyError, so ``eval`` goes on to the globals."""
@@ -330,6 +374,13 @@ class Probe(object):
         "scoped",
         "helpers",
         "single",
+        "plain",
+        "name",
+        "names",
+        "trees",
+        "cond_tree",
+        "fast",
+        "fast_cond",
         # rate
         "mode",
         "n",
@@ -339,7 +390,7 @@ class Probe(object):
         "tokens",
         "last_ns",
         "deadline_ns",
-        # counters
+        # counters ("hits" of a plain probe counts only the hits it did not record)
         "hits",
         "recorded",
         "dropped",
@@ -379,6 +430,12 @@ class Probe(object):
         self.scoped = False
         self.helpers = None
         self.single = len(self.texts) == 1
+        self.plain = False
+        self.name = None
+        self.names = frozenset()
+        self.trees = []
+        self.cond_tree = None
+        self.fast = self.fast_cond = None
 
         rate = spec["rate"]
         self.mode = _RATE_MODES.get(rate.get("mode"), EVERY)
@@ -429,15 +486,66 @@ class Probe(object):
             cond_tree = rewrite.visit(cond_tree)
         self.scoped = bool(rewrite.used)
         self.helpers = {PRIVATE + "_" + name: HELPERS[PRIVATE + "_" + name] for name in rewrite.used}
+        self.trees = trees
+        self.cond_tree = cond_tree
+        self.names = frozenset(
+            node.id
+            for tree in trees + ([cond_tree] if cond_tree is not None else [])
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Name) and not node.id.startswith(PRIVATE)
+        )
         label = "<scry probe {}>".format(self.id)
         try:
-            whole = ast.Expression(body=ast.Tuple(elts=[tree.body for tree in trees], ctx=ast.Load()))
+            if self.single:
+                whole = trees[0]
+            else:
+                whole = ast.Expression(body=ast.Tuple(elts=[tree.body for tree in trees], ctx=ast.Load()))
             self.code = compile(ast.fix_missing_locations(whole), label, "eval")
             self.codes = tuple(compile(ast.fix_missing_locations(tree), label, "eval") for tree in trees)
             if cond_tree is not None:
                 self.cond = compile(ast.fix_missing_locations(cond_tree), label, "eval")
         except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as exc:
             raise InvalidExpression("cannot compile: {}".format(exc))
+        body = trees[0].body
+        if self.single and isinstance(body, ast.Name):
+            self.name = body.id
+        self._set_plain()
+
+    def _set_plain(self):
+        self.plain = (
+            self.cond is None
+            and self.mode == EVERY
+            and self.expires_at is None
+            and (not self.scoped or self.fast is not None)
+            and not self.stack
+            and not self.locals
+        )
+
+    def bind(self, codes):
+        """Specialise for the code objects the probe arms in: when every name the expressions use
+        is a local variable of all of them, compile functions ``f(frame_locals)`` that read those
+        names by subscript (and call the builtins through default arguments), which costs less
+        than ``eval`` on each hit. A KeyError from them (an unbound local) falls back to ``eval``
+        for the exact error."""
+        self.fast = self.fast_cond = None
+        local_names = None
+        for code in codes:
+            names = set(code.co_varnames) | set(code.co_cellvars) | set(code.co_freevars)
+            if not code.co_flags & 0x0001:  # CO_OPTIMIZED: module and class bodies have no fast locals
+                names = set()
+            local_names = names if local_names is None else local_names & names
+        if local_names is not None and self.names <= local_names and self.name is None:
+            try:
+                if self.single:
+                    body = self.trees[0].body
+                else:
+                    body = ast.Tuple(elts=[tree.body for tree in self.trees], ctx=ast.Load())
+                self.fast = _make_fast(body, self.helpers, self.id)
+                if self.cond_tree is not None:
+                    self.fast_cond = _make_fast(self.cond_tree.body, self.helpers, self.id)
+            except Exception:  # never worse than eval
+                self.fast = self.fast_cond = None
+        self._set_plain()
 
     # -- status -------------------------------------------------------------------------------
 
@@ -452,11 +560,12 @@ class Probe(object):
             "function": self.function,
             "reason": self.reason,
             "error_kind": self.error_kind,
-            "hits": self.hits,
+            "hits": self.hits + self.recorded if self.plain else self.hits,
             "recorded": self.recorded,
             "dropped": self.dropped,
             "errors": self.errors,
         }
 
     def counters(self):
-        return (self.hits, self.recorded, self.dropped, self.errors)
+        hits = self.hits + self.recorded if self.plain else self.hits
+        return (hits, self.recorded, self.dropped, self.errors)
