@@ -66,8 +66,8 @@ pub use schema::SCHEMA_VERSION;
 pub use store::Store;
 pub use types::{
     CommitCallback, Counts, DroppedRow, EventPage, EventQuery, EventRow, Level, NewEvent, Order,
-    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, Retention, RetentionReport,
-    StoreOptions, SystemEvent, SystemEventRow, WriterStats, MAX_QUERY_LIMIT,
+    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, Retention, RetentionReport, StoreOptions,
+    SystemEvent, SystemEventRow, WriterStats, MAX_QUERY_LIMIT,
 };
 
 /// How long any connection waits for a lock held by another connection.

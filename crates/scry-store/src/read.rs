@@ -131,42 +131,47 @@ impl Readers {
 
     pub(crate) fn events(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
         let limit = q.limit.min(MAX_QUERY_LIMIT);
-        let mut sql = String::from(
-            "SELECT id, process_id, kind, source, t_hit, t_recv, data FROM events",
-        );
-        let mut conditions: Vec<&str> = Vec::new();
+        // Following (`after_id`) walks the rowid from the cursor: the unary `+` keeps SQLite
+        // from preferring the source/process indexes and sorting everything they match.
+        let following = q.after_id.is_some();
+        let hint = if following { "+" } else { "" };
+        let mut sql =
+            String::from("SELECT id, process_id, kind, source, t_hit, t_recv, data FROM events");
+        let mut conditions: Vec<String> = Vec::new();
         let mut args: Vec<SqlValue> = Vec::new();
         if let Some(source) = &q.source {
-            conditions.push("source = ?");
+            conditions.push(format!("{hint}source = ?"));
             args.push(SqlValue::Text(source.clone()));
         }
         if let Some(process_id) = q.process_id {
-            conditions.push("process_id = ?");
+            conditions.push(format!("{hint}process_id = ?"));
             args.push(SqlValue::Integer(process_id));
         }
         if let Some(kind) = &q.kind {
-            conditions.push("kind = ?");
+            conditions.push("kind = ?".to_string());
             args.push(SqlValue::Text(kind.clone()));
         }
         if let Some(since) = q.since {
-            conditions.push("t_hit >= ?");
+            conditions.push(format!("{hint}t_hit >= ?"));
             args.push(SqlValue::Real(since));
         }
         if let Some(until) = q.until {
-            conditions.push("t_hit < ?");
+            conditions.push(format!("{hint}t_hit < ?"));
             args.push(SqlValue::Real(until));
         }
         if let Some(after_id) = q.after_id {
-            conditions.push("id > ?");
+            conditions.push("id > ?".to_string());
             args.push(SqlValue::Integer(after_id));
         }
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
         }
-        sql.push_str(match q.order {
-            Order::Newest => " ORDER BY id DESC",
-            Order::Oldest => " ORDER BY id ASC",
+        sql.push_str(match (following, q.order) {
+            (true, Order::Newest) => " ORDER BY id DESC",
+            (true, Order::Oldest) => " ORDER BY id ASC",
+            (false, Order::Newest) => " ORDER BY t_hit DESC, id DESC",
+            (false, Order::Oldest) => " ORDER BY t_hit ASC, id ASC",
         });
         // One more than asked tells whether the page is truncated.
         sql.push_str(" LIMIT ?");

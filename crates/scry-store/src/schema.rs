@@ -207,7 +207,9 @@ mod tests {
             .expect("journal_mode");
         assert_eq!(mode, "wal");
         let mut tables: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
             .expect("prepare")
             .query_map([], |r| r.get(0))
             .expect("query")
@@ -216,7 +218,13 @@ mod tests {
         tables.sort();
         assert_eq!(
             tables,
-            ["dropped_counts", "events", "probes", "processes", "system_events"]
+            [
+                "dropped_counts",
+                "events",
+                "probes",
+                "processes",
+                "system_events"
+            ]
         );
     }
 
@@ -264,7 +272,9 @@ mod tests {
         let v3 = "THIS IS NOT SQL;";
         let err = migrate(&mut conn, &path, &[V1, v2, v3]).expect_err("must fail");
         match err {
-            StoreError::Migration { version, path: p, .. } => {
+            StoreError::Migration {
+                version, path: p, ..
+            } => {
                 assert_eq!(version, 3);
                 assert_eq!(p, path);
             }

@@ -7,7 +7,7 @@ use std::thread::{JoinHandle, ThreadId};
 
 use crate::read::Readers;
 use crate::writer::{
-    Completion, Counters, EncodedEvent, EncodedProbe, EncodedProcess, EncodedSystemEvent, Op,
+    Completion, Counters, EncodedEvents, EncodedProbe, EncodedProcess, EncodedSystemEvent, Op,
     Reply, Writer,
 };
 use crate::{
@@ -335,18 +335,8 @@ fn append_op(
     dropped: u64,
     on_commit: Option<CommitCallback>,
 ) -> Result<Op, StoreError> {
-    // Encode here, on the caller's thread, so the writer only binds strings.
-    let events = events
-        .into_iter()
-        .map(|e| {
-            Ok(EncodedEvent {
-                data: encode("event data", &e.data)?,
-                kind: e.kind,
-                source: e.source,
-                t_hit: e.t_hit,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    // Encode here, on the caller's thread, so the writer only binds and inserts.
+    let events = EncodedEvents::encode(events)?;
     Ok(Op::Append {
         process_id,
         events,
@@ -380,11 +370,7 @@ impl Inner {
             // It stops on its own once every sender is gone.
             return Err(StoreError::Reentrant);
         }
-        let handle = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(handle) = handle else {
             return Ok(());
         };
@@ -487,7 +473,9 @@ mod tests {
     fn everything_survives_close_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir);
-        let pid = store.upsert_process(&process("box:42:1", 42)).expect("upsert");
+        let pid = store
+            .upsert_process(&process("box:42:1", 42))
+            .expect("upsert");
         store.put_probe(&probe("p1", Some("total"))).expect("probe");
         store
             .append_events(pid, vec![ev(Some("p1"), "probe", 11.0)], 3, None)
@@ -508,7 +496,10 @@ mod tests {
         assert_eq!(processes.len(), 1);
         assert_eq!(processes[0].id, pid);
         assert_eq!(processes[0].process, process("box:42:1", 42));
-        assert_eq!(store.probes().expect("probes"), vec![probe("p1", Some("total"))]);
+        assert_eq!(
+            store.probes().expect("probes"),
+            vec![probe("p1", Some("total"))]
+        );
         let page = store.events(&query()).expect("events");
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.events[0].data, json!({"t": 11.0}));
@@ -602,7 +593,9 @@ mod tests {
         let store = open(&dir);
         store.put_probe(&probe("p1", Some("total"))).expect("p1");
         store.put_probe(&probe("p2", None)).expect("p2");
-        store.put_probe(&probe("p3", None)).expect("two unnamed probes are fine");
+        store
+            .put_probe(&probe("p3", None))
+            .expect("two unnamed probes are fine");
 
         let mut changed = probe("p1", Some("total"));
         changed.enabled = false;
@@ -666,6 +659,42 @@ mod tests {
     }
 
     #[test]
+    fn appended_events_come_back_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let pid = store.upsert_process(&process("k", 1)).expect("upsert");
+        // 70 events: two full multi-row inserts and a remainder.
+        let events: Vec<NewEvent> = (0..70)
+            .map(|i| NewEvent {
+                kind: if i % 3 == 0 { "log" } else { "probe" }.to_string(),
+                source: (i % 2 == 0).then(|| format!("p{i}")),
+                t_hit: 1000.0 + f64::from(i) / 8.0,
+                data: json!({"i": i, "s": "ünïcødé \"quoted\"", "nested": [1, {"a": null}]}),
+            })
+            .collect();
+        let before = crate::unix_now();
+        store
+            .append_events(pid, events.clone(), 0, None)
+            .expect("append");
+        store.flush().expect("flush");
+        let page = store
+            .events(&EventQuery {
+                order: Order::Oldest,
+                ..query()
+            })
+            .expect("events");
+        assert_eq!(page.events.len(), 70);
+        for (row, sent) in page.events.iter().zip(&events) {
+            assert_eq!(row.process_id, pid);
+            assert_eq!(row.kind, sent.kind);
+            assert_eq!(row.source, sent.source);
+            assert_eq!(row.t_hit, sent.t_hit);
+            assert_eq!(row.data, sent.data);
+            assert!(row.t_recv >= before);
+        }
+    }
+
+    #[test]
     fn appends_are_batched_and_callbacks_run_after_the_commit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(
@@ -684,7 +713,10 @@ mod tests {
         let (tx, rx) = channel();
         for i in 0..200 {
             let source = format!("s{i}");
-            let events = vec![ev(Some(&source), "probe", 1.0), ev(Some(&source), "probe", 2.0)];
+            let events = vec![
+                ev(Some(&source), "probe", 1.0),
+                ev(Some(&source), "probe", 2.0),
+            ];
             let reader = store.clone();
             let tx = tx.clone();
             let on_commit: CommitCallback = Box::new(move |r| {
@@ -705,7 +737,9 @@ mod tests {
         store.flush().expect("flush");
         let results: Vec<_> = rx.iter().collect();
         assert_eq!(results.len(), 200);
-        assert!(results.iter().all(|&(ok, visible)| ok && visible == Some(2)));
+        assert!(results
+            .iter()
+            .all(|&(ok, visible)| ok && visible == Some(2)));
 
         let stats = store.writer_stats();
         let batches = stats.batches - before.batches;
@@ -761,14 +795,15 @@ mod tests {
                 "{outcome:?}"
             );
         }
-        store
-            .record_dropped(pid, None, 6)
-            .map(|()| ())
-            .unwrap_or_else(|e| panic!("record_dropped: {e}"));
-        // record_dropped waited for room, which needs the writer: release it first.
+        // Release the writer; the caller counts what was refused.
         drop(release);
+        store.record_dropped(pid, None, 6).expect("record_dropped");
         store.flush().expect("flush");
-        assert_eq!(called.load(Ordering::SeqCst), 2, "rejected calls never call back");
+        assert_eq!(
+            called.load(Ordering::SeqCst),
+            2,
+            "rejected calls never call back"
+        );
         let counts = store.counts().expect("counts");
         assert_eq!(counts.events, 1 + 2 * 3);
         assert_eq!(counts.dropped, 6);
@@ -821,7 +856,9 @@ mod tests {
             })
             .collect();
         store.append_events(a, from_a, 0, None).expect("a");
-        let from_b = (10..15).map(|i| ev(Some("p1"), "probe", f64::from(i))).collect();
+        let from_b = (10..15)
+            .map(|i| ev(Some("p1"), "probe", f64::from(i)))
+            .collect();
         store.append_events(b, from_b, 0, None).expect("b");
         store.flush().expect("flush");
 
@@ -863,7 +900,11 @@ mod tests {
                 ..query()
             })
             .expect("b window");
-        assert_eq!(t_hits(&of_b), [12.0, 11.0], "since inclusive, until exclusive");
+        assert_eq!(
+            t_hits(&of_b),
+            [12.0, 11.0],
+            "since inclusive, until exclusive"
+        );
 
         let combined = store
             .events(&EventQuery {
@@ -937,6 +978,96 @@ mod tests {
     }
 
     #[test]
+    fn pages_are_by_hit_time_and_following_is_by_arrival() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let a = store.upsert_process(&process("a", 1)).expect("a");
+        let b = store.upsert_process(&process("b", 2)).expect("b");
+        let hits = |ts: &[f64]| ts.iter().map(|&t| ev(Some("p1"), "probe", t)).collect();
+        store
+            .append_events(a, hits(&[10.0, 20.0, 30.0]), 0, None)
+            .expect("a");
+        store.flush().expect("flush");
+        let seen = store
+            .events(&EventQuery {
+                order: Order::Oldest,
+                ..query()
+            })
+            .expect("first look");
+        let cursor = seen.events.last().map(|e| e.id);
+
+        // `b` reports late: its hits are older than what was already seen.
+        store
+            .append_events(b, hits(&[15.0, 25.0]), 0, None)
+            .expect("b");
+        store.flush().expect("flush");
+
+        let newest = store
+            .events(&EventQuery {
+                source: Some("p1".to_string()),
+                ..query()
+            })
+            .expect("newest");
+        assert_eq!(t_hits(&newest), [30.0, 25.0, 20.0, 15.0, 10.0]);
+        let oldest = store
+            .events(&EventQuery {
+                process_id: Some(b),
+                order: Order::Oldest,
+                ..query()
+            })
+            .expect("oldest");
+        assert_eq!(t_hits(&oldest), [15.0, 25.0]);
+        let followed = store
+            .events(&EventQuery {
+                source: Some("p1".to_string()),
+                after_id: cursor,
+                order: Order::Oldest,
+                ..query()
+            })
+            .expect("follow");
+        assert_eq!(t_hits(&followed), [15.0, 25.0], "late hits are not missed");
+    }
+
+    #[test]
+    fn event_ids_are_never_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(
+            &dir.path().join("scry.db"),
+            StoreOptions {
+                retention: Retention {
+                    max_age: Some(Duration::from_secs(3600)),
+                    max_events_per_source: None,
+                    check_interval: Duration::from_secs(3600),
+                },
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open");
+        let pid = store.upsert_process(&process("k", 1)).expect("upsert");
+        store
+            .append_events(pid, vec![ev(None, "log", 1.0); 3], 0, None)
+            .expect("old");
+        store.flush().expect("flush");
+        let last = store.events(&query()).expect("events").events[0].id;
+        assert_eq!(store.apply_retention().expect("retention").events_by_age, 3);
+        assert_eq!(store.counts().expect("counts").events, 0);
+
+        let now = crate::unix_now();
+        store
+            .append_events(pid, vec![ev(None, "log", now)], 0, None)
+            .expect("new");
+        store.flush().expect("flush");
+        let page = store
+            .events(&EventQuery {
+                after_id: Some(last),
+                order: Order::Oldest,
+                ..query()
+            })
+            .expect("follow");
+        assert_eq!(t_hits(&page), [now], "a follower still sees new events");
+    }
+
+    #[test]
     fn retention_deletes_by_age() {
         let dir = tempfile::tempdir().expect("tempdir");
         let day = 24.0 * 3600.0;
@@ -996,7 +1127,11 @@ mod tests {
         assert_eq!(left.events.len(), 2);
         assert!(left.events.iter().all(|e| e.t_hit >= now - 7.0 * day));
         let processes = store.processes().expect("processes");
-        assert_eq!(processes.len(), 1, "a process with events, or not gone, stays");
+        assert_eq!(
+            processes.len(),
+            1,
+            "a process with events, or not gone, stays"
+        );
         assert_eq!(processes[0].id, live);
         assert_eq!(store.system_events(None, 10).expect("system").len(), 1);
         assert_eq!(
@@ -1021,43 +1156,56 @@ mod tests {
         )
         .expect("open");
         let pid = store.upsert_process(&process("k", 1)).expect("upsert");
-        // p1 arrives out of hit-time order and has a tie at 4.0; p2 is under the cap; events
-        // without a source are capped as one more source.
-        let events = vec![
-            ev(Some("p1"), "probe", 5.0),
-            ev(Some("p1"), "probe", 1.0),
-            ev(Some("p1"), "probe", 4.0),
-            ev(Some("p1"), "probe", 2.0),
-            ev(Some("p1"), "probe", 4.0),
-            ev(Some("p1"), "probe", 3.0),
-            ev(Some("p2"), "probe", 1.0),
-            ev(Some("p2"), "probe", 2.0),
-            ev(None, "log", 1.0),
-            ev(None, "log", 2.0),
-            ev(None, "log", 3.0),
-            ev(None, "log", 4.0),
+        // p1 arrives out of hit-time order with a three-way tie at 4.0 across the cut; p2 is
+        // under the cap; events without a source are capped as one more source. `n` numbers
+        // the events in arrival order.
+        let sent = [
+            (Some("p1"), 5.0),
+            (Some("p1"), 1.0),
+            (Some("p1"), 4.0),
+            (Some("p1"), 2.0),
+            (Some("p1"), 4.0),
+            (Some("p1"), 4.0),
+            (Some("p2"), 1.0),
+            (Some("p2"), 2.0),
+            (None, 1.0),
+            (None, 2.0),
+            (None, 3.0),
+            (None, 4.0),
         ];
+        let events = sent
+            .iter()
+            .enumerate()
+            .map(|(n, &(source, t_hit))| NewEvent {
+                kind: "probe".to_string(),
+                source: source.map(str::to_string),
+                t_hit,
+                data: json!({ "n": n }),
+            })
+            .collect();
         store.append_events(pid, events, 0, None).expect("append");
         let report = store.apply_retention().expect("retention");
         assert_eq!(report.events_by_cap, 3 + 1);
         assert_eq!(report.events_by_age, 0);
 
-        let of = |source: Option<&str>| -> Vec<f64> {
-            let mut page = store
+        let kept = |source: Option<&str>| -> Vec<(f64, u64)> {
+            let page = store
                 .events(&EventQuery {
                     source: source.map(str::to_string),
                     order: Order::Oldest,
                     ..query()
                 })
                 .expect("events");
-            if source.is_none() {
-                page.events.retain(|e| e.source.is_none());
-            }
-            t_hits(&page)
+            page.events
+                .iter()
+                .filter(|e| e.source.as_deref() == source)
+                .map(|e| (e.t_hit, e.data["n"].as_u64().unwrap_or(u64::MAX)))
+                .collect()
         };
-        assert_eq!(of(Some("p1")), [5.0, 4.0, 4.0]);
-        assert_eq!(of(Some("p2")), [1.0, 2.0]);
-        assert_eq!(of(None), [2.0, 3.0, 4.0]);
+        // Of the tied 4.0s, the two stored last are kept.
+        assert_eq!(kept(Some("p1")), [(4.0, 4), (4.0, 5), (5.0, 0)]);
+        assert_eq!(kept(Some("p2")), [(1.0, 6), (2.0, 7)]);
+        assert_eq!(kept(None), [(2.0, 9), (3.0, 10), (4.0, 11)]);
         assert_eq!(store.counts().expect("counts").events, 8);
     }
 
@@ -1072,8 +1220,8 @@ mod tests {
         store.close().expect("close");
 
         // Default retention (7 days): an event from 1970 goes before anything else is done.
-        let store = Store::open(&dir.path().join("scry.db"), StoreOptions::default())
-            .expect("reopen");
+        let store =
+            Store::open(&dir.path().join("scry.db"), StoreOptions::default()).expect("reopen");
         store.flush().expect("flush");
         assert!(store.writer_stats().retention_runs >= 1);
         assert_eq!(store.counts().expect("counts").events, 0);
@@ -1096,8 +1244,14 @@ mod tests {
         }
         store.flush().expect("flush");
         let ts = |rows: Vec<SystemEventRow>| rows.iter().map(|r| r.event.t).collect::<Vec<_>>();
-        assert_eq!(ts(store.system_events(None, 3).expect("tail")), [3.0, 4.0, 5.0]);
-        assert_eq!(ts(store.system_events(Some(4.0), 10).expect("since")), [4.0, 5.0]);
+        assert_eq!(
+            ts(store.system_events(None, 3).expect("tail")),
+            [3.0, 4.0, 5.0]
+        );
+        assert_eq!(
+            ts(store.system_events(Some(4.0), 10).expect("since")),
+            [4.0, 5.0]
+        );
         let rows = store.system_events(None, 1).expect("one");
         assert_eq!(rows[0].event.data, json!({"n": 5}));
         assert_eq!(rows[0].event.level, Level::Info);
@@ -1141,7 +1295,10 @@ mod tests {
             .append_events(pid, vec![], 0, Some(panicking))
             .expect("append");
         store.flush().expect("writer survived");
-        assert!(rx.recv().expect("called"), "flush from a callback is refused");
+        assert!(
+            rx.recv().expect("called"),
+            "flush from a callback is refused"
+        );
         store
             .append_events(pid, vec![ev(None, "log", 1.0)], 0, None)
             .expect("append");

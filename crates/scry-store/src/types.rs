@@ -196,8 +196,9 @@ pub struct NewEvent {
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRow {
-    /// Row id: increases in the order events were stored and is never reused, so it is a
-    /// gap-free cursor for following (see [`EventQuery::after_id`]).
+    /// Row id: increases in the order events were stored and is never reused (not even
+    /// after retention deleted every event), so it is a gap-free cursor for following (see
+    /// [`EventQuery::after_id`]).
     pub id: i64,
     /// Row id of the process it came from.
     pub process_id: i64,
@@ -213,15 +214,19 @@ pub struct EventRow {
     pub data: Value,
 }
 
-/// The order of an event page. Events are ordered by id, which is the order they were stored
-/// in (for one process that is the order of the hits).
+/// The order of an event page, and which end of the matching events it is taken from.
+///
+/// Events are ordered by hit time (`t_hit`, ties by id), which is what a reader wants and
+/// what the indexes serve. A *following* query (one with [`EventQuery::after_id`]) is ordered
+/// by id instead, the order in which events were stored: a report that arrives late with
+/// older hits is still after the cursor, so a follower never misses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
-    /// Most recently stored first: the tail of the matching events.
+    /// Newest first: the tail of the matching events.
     #[default]
     Newest,
-    /// Oldest first: use with `after_id` to follow new events.
+    /// Oldest first; with `after_id`, the next events to show when following.
     Oldest,
 }
 
@@ -243,8 +248,9 @@ pub struct EventQuery {
     pub since: Option<f64>,
     /// Only events with `t_hit < until`.
     pub until: Option<f64>,
-    /// Only events stored after the event with this id (`id > after_id`). To follow, query
-    /// with [`Order::Oldest`] and pass the last id seen.
+    /// Only events stored after the event with this id (`id > after_id`), ordered by id (see
+    /// [`Order`]). To follow, query with [`Order::Oldest`], then again with the last id of
+    /// the page, as long as the page is truncated or new events are wanted.
     pub after_id: Option<i64>,
     /// At most this many events; capped at [`MAX_QUERY_LIMIT`].
     pub limit: usize,
@@ -315,7 +321,9 @@ impl FromSql for Level {
             "info" => Ok(Level::Info),
             "warn" => Ok(Level::Warn),
             "error" => Ok(Level::Error),
-            other => Err(FromSqlError::Other(format!("unknown level `{other}`").into())),
+            other => Err(FromSqlError::Other(
+                format!("unknown level `{other}`").into(),
+            )),
         }
     }
 }

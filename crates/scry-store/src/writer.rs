@@ -11,28 +11,90 @@
 //! queued when the store was closed) settles itself with [`StoreError::WriterGone`], so no
 //! callback is ever forgotten.
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{
-    CommitCallback, Level, ProcessState, Retention, RetentionReport, StoreError, WriterStats,
+    CommitCallback, Level, NewEvent, ProcessState, Retention, RetentionReport, StoreError,
+    WriterStats,
 };
 
 /// Where a blocking caller waits for the result of its operation.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
 
-/// An event ready for the database: JSON already encoded on the caller's thread.
+/// The events of one append, ready for the database: all their text (kinds, sources and the
+/// JSON of their data, encoded on the caller's thread) in one buffer, so that an append costs
+/// the writer a couple of frees instead of several per event.
+#[derive(Debug, Default)]
+pub(crate) struct EncodedEvents {
+    text: Vec<u8>,
+    rows: Vec<EventSlot>,
+}
+
+/// Where one event's fields are in [`EncodedEvents::text`].
 #[derive(Debug)]
-pub(crate) struct EncodedEvent {
-    pub kind: String,
-    pub source: Option<String>,
-    pub t_hit: f64,
-    pub data: String,
+struct EventSlot {
+    kind: Range<usize>,
+    source: Option<Range<usize>>,
+    t_hit: f64,
+    data: Range<usize>,
+}
+
+impl EncodedEvents {
+    pub(crate) fn encode(events: Vec<NewEvent>) -> Result<Self, StoreError> {
+        let mut text = Vec::with_capacity(events.len() * 160);
+        let mut rows = Vec::with_capacity(events.len());
+        let push = |text: &mut Vec<u8>, bytes: &[u8]| {
+            let start = text.len();
+            text.extend_from_slice(bytes);
+            start..text.len()
+        };
+        for e in events {
+            let kind = push(&mut text, e.kind.as_bytes());
+            let source = e.source.map(|s| push(&mut text, s.as_bytes()));
+            let start = text.len();
+            serde_json::to_writer(&mut text, &e.data).map_err(|source| StoreError::Json {
+                what: "event data",
+                source,
+            })?;
+            rows.push(EventSlot {
+                kind,
+                source,
+                t_hit: e.t_hit,
+                data: start..text.len(),
+            });
+        }
+        Ok(EncodedEvents { text, rows })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Binds event `row` to parameters `first..first + 5` of `stmt` (all but `process_id`).
+    fn bind(
+        &self,
+        stmt: &mut rusqlite::Statement<'_>,
+        row: &EventSlot,
+        first: usize,
+        t_recv: f64,
+    ) -> rusqlite::Result<()> {
+        // The slices were cut by `encode` from UTF-8 strings and serde_json output.
+        let text = |r: &Range<usize>| ToSqlOutput::Borrowed(ValueRef::Text(&self.text[r.clone()]));
+        stmt.raw_bind_parameter(first, text(&row.kind))?;
+        stmt.raw_bind_parameter(first + 1, row.source.as_ref().map(text))?;
+        stmt.raw_bind_parameter(first + 2, row.t_hit)?;
+        stmt.raw_bind_parameter(first + 3, t_recv)?;
+        stmt.raw_bind_parameter(first + 4, text(&row.data))?;
+        Ok(())
+    }
 }
 
 /// A process record ready for the database.
@@ -115,7 +177,7 @@ fn run_callback(callback: CommitCallback, result: Result<(), StoreError>) {
 pub(crate) enum Op {
     Append {
         process_id: i64,
-        events: Vec<EncodedEvent>,
+        events: EncodedEvents,
         dropped: u64,
         t_recv: f64,
         done: Completion,
@@ -216,7 +278,10 @@ impl Counters {
 type Finish = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>)>;
 
 /// Combines an operation's own result with the outcome of its batch's commit.
-fn outcome<T>(own: Result<T, StoreError>, commit: Option<&Arc<rusqlite::Error>>) -> Result<T, StoreError> {
+fn outcome<T>(
+    own: Result<T, StoreError>,
+    commit: Option<&Arc<rusqlite::Error>>,
+) -> Result<T, StoreError> {
     match (own, commit) {
         (Err(e), _) => Err(e),
         (Ok(_), Some(source)) => Err(StoreError::Commit {
@@ -250,6 +315,16 @@ pub(crate) struct Writer {
     retention: Retention,
     next_retention: Option<Instant>,
     counters: Arc<Counters>,
+}
+
+/// What executing one operation produced.
+struct Executed {
+    /// How to settle the operation once its batch is committed or failed.
+    finish: Finish,
+    /// The SQLite error it failed with, to report if that error aborted the transaction.
+    sqlite_error: Option<rusqlite::Error>,
+    /// Events it inserted.
+    events: u64,
 }
 
 /// Whether the writer loop goes on.
@@ -333,8 +408,7 @@ impl Writer {
             let source = Arc::new(e);
             tracing::error!(error = %source, "cannot begin a store transaction");
             self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-            let finish = self.execute_outside(first);
-            finish(Some(&source));
+            Self::fail(first, &source);
             return Flow::Continue;
         }
 
@@ -355,11 +429,13 @@ impl Writer {
                 }
                 weight += op.weight();
                 waited_for |= op.is_waited_for();
-                if let Op::Append { events: ev, .. } = &op {
-                    events += ev.len() as u64;
-                }
-                let (finish, own_error) = self.execute(op);
+                let Executed {
+                    finish,
+                    sqlite_error: own_error,
+                    events: written,
+                } = self.execute(op);
                 finishes.push(finish);
+                events += written;
                 if self.conn.is_autocommit() {
                     // SQLite rolled the whole transaction back (disk full, I/O error, ...):
                     // everything executed so far in this batch is gone.
@@ -437,41 +513,35 @@ impl Writer {
         flow
     }
 
-    /// Settles an operation that could not even start a transaction.
-    fn execute_outside(&mut self, op: Op) -> Finish {
-        // Every variant's finish reports the batch error when given one; executing is skipped
-        // by handing each a neutral own result.
+    /// Settles an operation that could not even start a transaction with that failure.
+    fn fail(op: Op, source: &Arc<rusqlite::Error>) {
+        let error = || StoreError::Commit {
+            source: Arc::clone(source),
+        };
+        // Blocking callers may have given up waiting; nothing to do then.
         match op {
-            Op::Append { done, .. } => Box::new(move |c| done.settle(outcome(Ok(()), c))),
-            Op::UpsertProcess { reply, .. } => reply_finish(reply, Ok(0)),
-            Op::SetProcessState { reply, .. } => reply_finish(reply, Ok(())),
-            Op::MarkAllGone { reply, .. } => reply_finish(reply, Ok(0)),
-            Op::PutProbe { reply, .. } => reply_finish(reply, Ok(())),
-            Op::DeleteProbe { reply, .. } => reply_finish(reply, Ok(false)),
-            Op::Flush { reply } => reply_finish(reply, Ok(())),
-            Op::Retention { reply, .. } => reply_finish(reply, Ok(RetentionReport::default())),
-            Op::Dropped { .. } => log_finish("dropped count", Ok(())),
-            Op::TouchProcess { .. } => log_finish("last heard", Ok(())),
-            Op::SystemEvent(_) => log_finish("system event", Ok(())),
-            Op::Shutdown => Box::new(|_| {}),
+            Op::Append { done, .. } => done.settle(Err(error())),
+            Op::UpsertProcess { reply, .. } => drop(reply.send(Err(error()))),
+            Op::SetProcessState { reply, .. }
+            | Op::PutProbe { reply, .. }
+            | Op::Flush { reply } => drop(reply.send(Err(error()))),
+            Op::MarkAllGone { reply, .. } => drop(reply.send(Err(error()))),
+            Op::DeleteProbe { reply, .. } => drop(reply.send(Err(error()))),
+            Op::Retention { reply, .. } => drop(reply.send(Err(error()))),
+            Op::Dropped { .. } | Op::TouchProcess { .. } | Op::SystemEvent(_) => {
+                tracing::warn!(error = %error(), "store write failed");
+            }
+            Op::Shutdown => {}
             #[cfg(test)]
-            Op::Exec(_) => Box::new(|_| {}),
+            Op::Exec(_) => {}
         }
     }
 
-    /// Executes one operation inside the open transaction. Returns how to settle it, and the
-    /// SQLite error it failed with (to report if that error aborted the transaction).
-    fn execute(&mut self, op: Op) -> (Finish, Option<rusqlite::Error>) {
+    /// Executes one operation inside the open transaction.
+    fn execute(&mut self, op: Op) -> Executed {
         let conn = &self.conn;
         let mut sqlite_error = None;
-        let mut keep = |r: Result<(), StoreError>| -> Result<(), StoreError> {
-            if let Err(StoreError::Sqlite(e)) = r {
-                let copy = clone_sqlite_error(&e);
-                sqlite_error = Some(copy);
-                return Err(StoreError::Sqlite(e));
-            }
-            r
-        };
+        let mut written = 0;
         let finish: Finish = match op {
             Op::Append {
                 process_id,
@@ -480,9 +550,13 @@ impl Writer {
                 t_recv,
                 done,
             } => {
-                let own = keep(in_savepoint(conn, |c| {
-                    append(c, process_id, &events, dropped, t_recv)
-                }));
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| append(c, process_id, &events, dropped, t_recv)),
+                );
+                if own.is_ok() {
+                    written = events.len() as u64;
+                }
                 Box::new(move |commit| done.settle(outcome(own, commit)))
             }
             Op::Dropped {
@@ -491,17 +565,23 @@ impl Writer {
                 count,
                 at,
             } => {
-                let own = keep(in_savepoint(conn, |c| {
-                    add_dropped(c, process_id, source.as_deref().unwrap_or(""), count, at)
-                }));
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        add_dropped(c, process_id, source.as_deref().unwrap_or(""), count, at)
+                    }),
+                );
                 log_finish("dropped count", own)
             }
             Op::UpsertProcess { process, reply } => {
                 let mut id = 0;
-                let own = keep(in_savepoint(conn, |c| {
-                    id = upsert_process(c, &process)?;
-                    Ok(())
-                }));
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        id = upsert_process(c, &process)?;
+                        Ok(())
+                    }),
+                );
                 reply_finish(reply, own.map(|()| id))
             }
             Op::SetProcessState {
@@ -510,78 +590,109 @@ impl Writer {
                 at,
                 reply,
             } => {
-                let own = keep(in_savepoint(conn, |c| set_process_state(c, id, state, at)));
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| set_process_state(c, id, state, at)),
+                );
                 reply_finish(reply, own)
             }
             Op::TouchProcess { id, at } => {
-                let own = keep(in_savepoint(conn, |c| {
-                    c.prepare_cached(
-                        "UPDATE processes SET last_heard = max(last_heard, ?2) WHERE id = ?1",
-                    )?
-                    .execute(params![id, at])?;
-                    Ok(())
-                }));
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        c.prepare_cached(
+                            "UPDATE processes SET last_heard = max(last_heard, ?2) WHERE id = ?1",
+                        )?
+                        .execute(params![id, at])?;
+                        Ok(())
+                    }),
+                );
                 log_finish("last heard", own)
             }
             Op::MarkAllGone { at, reply } => {
                 let mut n = 0;
-                let own = keep(in_savepoint(conn, |c| {
-                    n = c
-                        .prepare_cached(
-                            "UPDATE processes SET state = 'gone', connected_since = NULL, \
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        n = c
+                            .prepare_cached(
+                                "UPDATE processes SET state = 'gone', connected_since = NULL, \
                              state_since = ?1 WHERE state <> 'gone'",
-                        )?
-                        .execute([at])? as u64;
-                    Ok(())
-                }));
+                            )?
+                            .execute([at])? as u64;
+                        Ok(())
+                    }),
+                );
                 reply_finish(reply, own.map(|()| n))
             }
             Op::SystemEvent(ev) => {
-                let own = keep(in_savepoint(conn, |c| {
-                    c.prepare_cached(
-                        "INSERT INTO system_events (t, level, kind, message, data) \
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        c.prepare_cached(
+                            "INSERT INTO system_events (t, level, kind, message, data) \
                          VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![ev.t, ev.level, ev.kind, ev.message, ev.data])?;
-                    Ok(())
-                }));
+                        )?
+                        .execute(params![ev.t, ev.level, ev.kind, ev.message, ev.data])?;
+                        Ok(())
+                    }),
+                );
                 log_finish("system event", own)
             }
             Op::PutProbe { probe, reply } => {
-                let own = keep(in_savepoint(conn, |c| put_probe(c, &probe)));
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| put_probe(c, &probe)),
+                );
                 reply_finish(reply, own)
             }
             Op::DeleteProbe { id, reply } => {
                 let mut deleted = false;
-                let own = keep(in_savepoint(conn, |c| {
-                    deleted = c
-                        .prepare_cached("DELETE FROM probes WHERE id = ?1")?
-                        .execute([&id])?
-                        > 0;
-                    Ok(())
-                }));
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        deleted = c
+                            .prepare_cached("DELETE FROM probes WHERE id = ?1")?
+                            .execute([&id])?
+                            > 0;
+                        Ok(())
+                    }),
+                );
                 reply_finish(reply, own.map(|()| deleted))
             }
             Op::Flush { reply } => reply_finish(reply, Ok(())),
             Op::Retention { now, reply } => {
-                let mut report = RetentionReport::default();
-                let own = keep(in_savepoint(conn, |c| {
-                    report = run_retention(c, &self.retention, now)?;
-                    Ok(())
-                }));
+                // No savepoint: it would journal every page the deletes touch, and a partly
+                // applied retention pass deletes nothing that should have stayed.
+                let own = note(&mut sqlite_error, run_retention(conn, &self.retention, now));
                 self.counters.retention_runs.fetch_add(1, Ordering::Relaxed);
-                reply_finish(reply, own.map(|()| report))
+                reply_finish(reply, own)
             }
             // Handled by the batch loop; never executed.
             Op::Shutdown => Box::new(|_| {}),
             #[cfg(test)]
             Op::Exec(sql) => {
-                let own = keep(conn.execute_batch(sql).map_err(StoreError::from));
+                let own = note(
+                    &mut sqlite_error,
+                    conn.execute_batch(sql).map_err(StoreError::from),
+                );
                 log_finish("test statement", own)
             }
         };
-        (finish, sqlite_error)
+        Executed {
+            finish,
+            sqlite_error,
+            events: written,
+        }
     }
+}
+
+/// Passes `r` through, keeping a copy of its SQLite error (if any) in `slot`.
+fn note<T>(slot: &mut Option<rusqlite::Error>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let Err(StoreError::Sqlite(e)) = &r {
+        *slot = Some(clone_sqlite_error(e));
+    }
+    r
 }
 
 /// `rusqlite::Error` is not `Clone`; keep what matters of it for the batch-abort report.
@@ -645,25 +756,55 @@ fn in_transaction<T>(
     result
 }
 
+/// How many events one multi-row `INSERT` carries: per-statement costs (the AUTOINCREMENT
+/// bookkeeping, the foreign-key cursor) are paid once per chunk instead of once per event.
+const INSERT_CHUNK: usize = 32;
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO events (process_id, kind, source, t_hit, t_recv, data) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?1, ?, ?, ?, ?, ?)");
+    }
+    sql
+}
+
 fn append(
     conn: &Connection,
     process_id: i64,
-    events: &[EncodedEvent],
+    events: &EncodedEvents,
     dropped: u64,
     t_recv: f64,
 ) -> Result<(), StoreError> {
+    static CHUNK_SQL: OnceLock<String> = OnceLock::new();
     let known = conn
         .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
         .exists([process_id])?;
     if !known {
         return Err(StoreError::UnknownProcess { id: process_id });
     }
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO events (process_id, kind, source, t_hit, t_recv, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for e in events {
-        insert.execute(params![process_id, e.kind, e.source, e.t_hit, t_recv, e.data])?;
+    let mut chunks = events.rows.chunks_exact(INSERT_CHUNK);
+    if chunks.len() > 0 {
+        let mut stmt = conn.prepare_cached(CHUNK_SQL.get_or_init(|| insert_sql(INSERT_CHUNK)))?;
+        stmt.raw_bind_parameter(1, process_id)?;
+        for chunk in &mut chunks {
+            for (i, row) in chunk.iter().enumerate() {
+                events.bind(&mut stmt, row, 2 + 5 * i, t_recv)?;
+            }
+            stmt.raw_execute()?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = conn.prepare_cached(&insert_sql(1))?;
+        stmt.raw_bind_parameter(1, process_id)?;
+        for row in rest {
+            events.bind(&mut stmt, row, 2, t_recv)?;
+            stmt.raw_execute()?;
+        }
     }
     if dropped > 0 {
         add_dropped(conn, process_id, "", dropped, t_recv)?;
@@ -830,8 +971,8 @@ pub(crate) fn run_retention(
                 .query_row(params![source, cap], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((t_hit, id)) = first_gone {
-                report.events_by_cap += conn
-                    .prepare_cached(
+                report.events_by_cap +=
+                    conn.prepare_cached(
                         "DELETE FROM events WHERE source IS ?1 \
                          AND (t_hit < ?2 OR (t_hit = ?2 AND id <= ?3))",
                     )?
@@ -863,13 +1004,16 @@ mod tests {
         conn
     }
 
-    fn event(i: usize) -> EncodedEvent {
-        EncodedEvent {
-            kind: "probe".to_string(),
-            source: Some("p1".to_string()),
-            t_hit: i as f64,
-            data: format!("{{\"i\":{i}}}"),
-        }
+    fn events(n: usize) -> EncodedEvents {
+        let events = (0..n)
+            .map(|i| NewEvent {
+                kind: "probe".to_string(),
+                source: (i % 2 == 0).then(|| "p1".to_string()),
+                t_hit: i as f64,
+                data: serde_json::json!({ "i": i }),
+            })
+            .collect();
+        EncodedEvents::encode(events).expect("encode")
     }
 
     type Results = Arc<Mutex<Vec<Result<(), String>>>>;
@@ -878,7 +1022,7 @@ mod tests {
         let results = Arc::clone(results);
         Op::Append {
             process_id,
-            events: (0..n).map(event).collect(),
+            events: events(n),
             dropped: 0,
             t_recv: 0.0,
             done: Completion::new(Some(Box::new(move |r: Result<(), StoreError>| {
@@ -927,7 +1071,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = setup(&dir);
         let results: Results = Arc::default();
-        let ops = (0..100).map(|_| recording_append(1, 10, &results)).collect();
+        let ops = (0..100)
+            .map(|_| recording_append(1, 10, &results))
+            .collect();
         let stats = run_queued(conn, ops, 300);
 
         // 100 ops of 10 events, at most 300 events per batch: 4 batches, not 100.
@@ -982,6 +1128,7 @@ mod tests {
         ];
         let stats = run_queued(conn, ops, 1000);
         assert_eq!(stats.batches, 1);
+        assert_eq!(stats.events, 6, "only what was stored is counted");
         let results = results.lock().expect("lock");
         assert!(results[0].is_ok());
         assert!(
