@@ -8,3 +8,4 @@ mod daemon;
 mod demo;
 mod embedded;
 mod garbage;
+mod probes;
