@@ -199,19 +199,22 @@ def _make_local(state):
 
     def local(frame, event, arg):
         try:
-            sites = state[0]
-            if sites is None:
-                frame.f_trace = None
-                return None
             if event == "line":
-                site = sites.get(frame.f_lineno)
-                if site is not None and site.probes:
-                    _hit_site(site, frame)
-            return local
+                sites = state[0]
+                if sites is not None:
+                    site = sites.get(frame.f_lineno)
+                    if site is not None and site.probes:
+                        _hit_site(site, frame)
         except KeyboardInterrupt:
             raise
         except BaseException:
-            return local
+            pass
+        # Checked last, with no call in between: when the probes went while this call ran, the
+        # frame must not get this tracer back (CPython stores what a trace function returns).
+        if state[0] is None:
+            frame.f_trace = None
+            return None
+        return local
 
     return local
 

@@ -307,7 +307,8 @@ class Engine(object):
         mono0 = self.mono0
         encode = _capture.encode
         events = []
-        while len(events) < max_events:
+        count = min(max_events, len(buf))  # what is there now: hits that keep coming wait
+        while len(events) < count:
             try:
                 record = buf.popleft()
             except IndexError:

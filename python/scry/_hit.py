@@ -12,8 +12,9 @@ Conditions are evaluated before the rate mode so that ``first N`` means the firs
 condition holds and ``rate R`` spends its budget on hits that are recorded.
 
 Every exception is caught. A raising condition counts an error (the hit is not recorded); raising
-expressions record the hit with ``{"t": "error"}`` values, at most ERRORS_PER_SECOND times a second
-per probe; MAX_FAILS consecutive failing hits disarm the probe (``failing``). An exception in this
+expressions record the hit with ``{"t": "error"}`` values for them, at most ERRORS_PER_SECOND times
+a second per probe when all of them raised; MAX_FAILS consecutive failing hits (the condition or
+every expression raised) disarm the probe (``failing``). An exception in this
 module's own code disarms the probe with ``internal``. A probe disarmed here (also ``first N`` done,
 TTL over) leaves its sites at once and is queued in :data:`CHANGED` for the engine, which removes
 the hooks and reports the state from the link thread. ``KeyboardInterrupt`` is the only exception
@@ -110,10 +111,10 @@ def hit(site, frame):
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:
-                    if not _failed(p, exc):
+                    value = _after_error(p, exc, frame.f_globals, frame.f_locals)
+                    if value is _SKIP:
                         p.hits += 1
                         continue
-                    value = _each(p, frame.f_globals, frame.f_locals)
                 if len(buf) >= MAX_HITS:
                     p.hits += 1
                     p.dropped += 1
@@ -165,9 +166,9 @@ def _record(p, site, frame, buf):
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        if not _failed(p, exc):
+        value = _after_error(p, exc, g, loc)
+        if value is _SKIP:
             return
-        value = _each(p, g, loc)
     stack = _stack(frame) if p.stack else None
     local_values = _capture_locals(frame.f_locals, p.limits, p.repr) if p.locals else None
     if len(buf) >= MAX_HITS:
@@ -247,24 +248,43 @@ def _failed(p, exc):
     return p.err_in_window <= ERRORS_PER_SECOND
 
 
-def _each(p, g, loc):
-    """Evaluate the expressions one by one: the value, or an error value for the ones that raise
-    (one value when the probe has one expression, else a tuple)."""
+_SKIP = object()
+
+
+def _after_error(p, exc, g, loc):
+    """The expressions raised: evaluate them one by one to tell which. Returns the values to
+    record (error values for the ones that raised), or _SKIP when the hit is not recorded.
+
+    A hit fails when every expression raised: it counts towards MAX_FAILS and is recorded at most
+    ERRORS_PER_SECOND times a second. A hit where only some raised counts an error and is recorded
+    (the others' values are worth having), and it breaks a run of failures.
+    """
     if p.scoped and type(loc) is not _Scope:
         scope = _Scope(p.helpers)
         scope.loc = loc
         loc = scope
     out = []
+    raised = 0
     limits = p.limits
     for code in p.codes:
         try:
             v = eval(code, g, loc)
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:
-            out.append(_error_value(exc, limits[2]))
+        except BaseException as each_exc:
+            out.append(_error_value(each_exc, limits[2]))
+            raised += 1
+            exc = each_exc
             continue
         out.append(v if type(v) in _PRIMS else _snapshot(v, limits, p.repr))
+    if raised == len(out):
+        if not _failed(p, exc):
+            return _SKIP
+    elif raised:
+        p.errors += 1
+        p.fails = 0
+    else:
+        p.fails = 0  # it raised once and not again (a value changed in between)
     return out[0] if p.single else tuple(out)
 
 

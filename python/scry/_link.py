@@ -431,8 +431,12 @@ def _encodable(event):
 class Link(object):
     """One wake: the connection (and reconnections) to one daemon address."""
 
-    def __init__(self, url, token, token_hint, make_hello, register_timeout, on_daemon_sleep, home=None):
+    def __init__(
+        self, url, token, token_hint, make_hello, register_timeout, on_daemon_sleep, home=None, engine=None
+    ):
         self.url = url
+        #: The probe engine (``_engine.Engine``) whose hits this link ships, or None.
+        self.engine = engine
         self._address = parse_daemon_url(url)
         if self._address.scheme == "tcp":
             _need_token(self._address, token, token_hint)
@@ -652,6 +656,7 @@ class Link(object):
             if goodbye and was_connected:
                 self._sock = sock
                 try:
+                    self._pump()
                     self._flush()
                     self._send(_proto.goodbye(self._stop_reason))
                 finally:
@@ -702,6 +707,7 @@ class Link(object):
                             return
                 now = time.monotonic()
                 if now >= last_flush + flush_every:
+                    self._pump()
                     self._flush()
                     last_flush = now
                 if now - self._last_sent >= heartbeat_every:
@@ -748,12 +754,7 @@ class Link(object):
                     log.warning("could not go to sleep as the daemon asked: %r", exc)
                     self._stop.set()
         elif kind == "probes_sync":
-            # This agent offers no `probes` capability yet: answer, so the request completes.
-            self._send(
-                _proto.reply_error(
-                    msg["id"], "unsupported", "this agent (scry {}) has no probe engine".format(__version__)
-                )
-            )
+            self._send(self._sync_probes(msg))
         elif kind == "ack":
             if msg["seq"] > self.acked_seq:
                 self.acked_seq = msg["seq"]
@@ -765,6 +766,39 @@ class Link(object):
             self._send(
                 _proto.error("unexpected", "`{}` after the handshake".format(kind), msg.get("id"))
             )
+
+    def _sync_probes(self, msg):
+        engine = self.engine
+        if engine is None:
+            return _proto.reply_error(
+                msg["id"], "unsupported", "this agent (scry {}) has no probe engine".format(__version__)
+            )
+        try:
+            statuses = engine.sync(msg["probes"])
+        except Exception as exc:
+            if type(exc).__name__ == "EngineClosed":
+                return _proto.reply_error(msg["id"], "unavailable", "the agent is going to sleep")
+            log.warning("probes_sync failed: %r", exc)
+            return _proto.reply_error(msg["id"], "internal", "the probe engine failed: {!r}".format(exc))
+        return _proto.reply_ok(msg["id"], {"statuses": statuses})
+
+    def _pump(self):
+        """Move the probe engine's hits into the report buffer; send due probe statuses."""
+        engine = self.engine
+        if engine is None:
+            return
+        with self._buf_lock:
+            room = BUFFER_CAPACITY - len(self._buf)
+        limit = min(room, self.settings["max_batch"] * MAX_REPORTS_PER_FLUSH)
+        try:
+            events, lost, statuses = engine.collect(max(0, limit))
+        except Exception as exc:
+            log.warning("could not collect probe hits: %r", exc)
+            return
+        if events or lost:
+            self.send_report(events, lost)
+        if statuses:
+            self._send(_proto.probe_status(statuses))
 
     def _send(self, msg):
         self._send_bytes(_proto.encode(msg))

@@ -382,6 +382,11 @@ def heartbeat():
     return {"type": "heartbeat"}
 
 
+def probe_status(statuses):
+    """Probe states and counters that changed."""
+    return {"type": "probe_status", "statuses": statuses}
+
+
 def goodbye(reason):
     """The agent disconnects on purpose (``sleep``, ``shutdown``, ``exit``)."""
     return {"type": "goodbye", "reason": reason}

@@ -18,8 +18,9 @@ import logging
 import os
 import threading
 
-from . import _config, _discovery, _process, _proto
+from . import _config, _discovery, _features, _process, _proto
 from ._control import ControlPlane, is_loopback
+from ._engine import Engine
 from ._errors import AgentError, ConfigError
 from ._link import Link
 
@@ -43,6 +44,7 @@ class _Agent(object):
         self.control = None
         self.discovery_path = None
         self.link = None
+        self.engine = None
 
 
 _agent = _Agent()
@@ -208,11 +210,12 @@ def _wake_locked(agent, daemon_url):
             argv=_process.argv(),
             cwd=_process.cwd(),
             started_at=_process.started_at(),
-            capabilities=["control_plane"],
+            capabilities=["control_plane"] + _features.capabilities(),
             control={"host": control.host, "port": control.port} if control is not None else None,
             token=token,
         )
 
+    engine = Engine()
     link = Link(
         url,
         config.token,
@@ -221,16 +224,22 @@ def _wake_locked(agent, daemon_url):
         config.register_timeout,
         _on_daemon_sleep,
         home=config.home,
+        engine=engine,
     )
-    link.connect_first()
     try:
-        link.start()
-    except RuntimeError as exc:
-        link.stop("shutdown", config.unregister_timeout)
-        raise AgentError(
-            "cannot start the scry-link thread ({}): the process may be out of threads or "
-            "memory".format(exc)
-        )
+        link.connect_first()
+        try:
+            link.start()
+        except RuntimeError as exc:
+            link.stop("shutdown", config.unregister_timeout)
+            raise AgentError(
+                "cannot start the scry-link thread ({}): the process may be out of threads or "
+                "memory".format(exc)
+            )
+    except BaseException:
+        engine.stop()
+        raise
+    agent.engine = engine
     agent.link = link
     agent.state = AWAKE
     _write_discovery(agent)
@@ -239,6 +248,12 @@ def _wake_locked(agent, daemon_url):
 
 
 def _sleep_locked(agent, reason):
+    engine, agent.engine = agent.engine, None
+    if engine is not None:
+        try:
+            engine.stop()  # every probe hook goes first; the link ships what was already hit
+        except Exception as exc:
+            log.warning("error while removing the probes: %r", exc)
     link = agent.link
     if link is None:
         return
@@ -271,6 +286,7 @@ def _teardown_locked(agent, reason):
     if path is not None:
         _discovery.remove(path)
     agent.link = None
+    agent.engine = None
     agent.config = None
     agent.state = UNINITIALISED
 
@@ -357,6 +373,11 @@ def _after_fork_in_child():
     global _agent
     old = _agent
     _agent = _Agent()
+    try:
+        if old.engine is not None:
+            old.engine.stop_in_child()
+    except Exception:
+        pass
     try:
         if old.link is not None:
             old.link.close_in_child()

@@ -4,6 +4,7 @@ import http.server
 import json
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -40,7 +41,10 @@ def test_hello_carries_everything(daemon, home):
     assert hello["host"] == socket.gethostname()
     assert hello["name"] == "hello-test"
     assert hello["origin"] == "embedded"
-    assert hello["capabilities"] == ["control_plane"]
+    assert hello["capabilities"][:2] == ["control_plane", "probes"]
+    backend = "sys.monitoring" if sys.version_info >= (3, 12) else "settrace"
+    assert "backend:" + backend in hello["capabilities"]
+    assert any(c.startswith("backend_reason:") for c in hello["capabilities"])
     assert hello["control"] == {"host": st["control_host"], "port": st["control_port"]}
     assert hello["python"]["executable"]
     assert hello["argv"] and hello["cwd"] == os.getcwd()
@@ -339,11 +343,11 @@ def test_http_resolution_without_a_daemon(home):
     assert "scry serve" in str(info.value)
 
 
-def test_probes_sync_is_answered_even_without_a_probe_engine(daemon):
+def test_probes_sync_is_answered_and_checked(daemon):
     _, conn = awake(daemon)
     conn.send({"type": "probes_sync", "id": 21, "probes": []})
     reply = conn.wait_type("reply", id=21)
-    assert reply["ok"] is False and reply["error"]["kind"] == "unsupported"
+    assert reply["ok"] is True and reply["result"] == {"statuses": []}
     conn.send({"type": "probes_sync", "id": 22, "probes": [{"id": "p", "location": "x.py:1"}]})
     err = conn.wait_type("error", in_reply_to=22)
     assert err["kind"] == "malformed" and "expressions" in err["message"]
