@@ -153,7 +153,10 @@ def _bytes(value, limit, type_label=None):
 
 
 class _Walker(object):
-    """One capture: limits, whether to call repr, and the ids on the current path (cycles)."""
+    """One capture: limits, whether to call repr, and the ids on the current path (cycles).
+
+    Types are tested with ``issubclass(type(o), ...)``, never ``isinstance(o, ...)``, which may
+    read ``o.__class__`` through the object's own ``__getattribute__``."""
 
     __slots__ = ("depth", "items", "string", "use_repr", "path")
 
@@ -194,35 +197,35 @@ class _Walker(object):
         if summary is not None:
             return summary
         label = type_name(t)
-        if isinstance(o, bool):
+        if issubclass(t, bool):
             return {"t": "bool", "v": bool(o), "type": label}
-        if isinstance(o, int):
+        if issubclass(t, int):
             enum_name = _enum_name(o, t)
             if enum_name is not None:
                 return {"t": "enum", "type": label, "name": enum_name, "v": int.__int__(o)}
             return _int(int.__int__(o), label)
-        if isinstance(o, float):
+        if issubclass(t, float):
             return _float(float.__float__(o), label)
-        if isinstance(o, str):
+        if issubclass(t, str):
             return _str(o, self.string, label)
-        if isinstance(o, (bytes, bytearray)):
+        if issubclass(t, (bytes, bytearray)):
             return _bytes(o, self.string, label)
-        if isinstance(o, memoryview):
+        if issubclass(t, memoryview):
             try:
                 return _bytes(o.tobytes()[: self.string + 1], self.string, label)
             except Exception:
                 return {"t": "obj", "type": label}
-        if isinstance(o, tuple) and isinstance(getattr(t, "_fields", None), tuple):
+        if issubclass(t, tuple) and isinstance(getattr(t, "_fields", None), tuple):
             return self.namedtuple(o, t, label, level)
-        if isinstance(o, dict):
+        if issubclass(t, dict):
             return self.mapping(o, level, label)
-        if isinstance(o, list):
+        if issubclass(t, list):
             return self.sequence(o, "list", _LIST_ITER, level, label)
-        if isinstance(o, tuple):
+        if issubclass(t, tuple):
             return self.sequence(o, "tuple", _TUPLE_ITER, level, label)
-        if isinstance(o, set):
+        if issubclass(t, set):
             return self.sequence(o, "set", _SET_ITER, level, label)
-        if isinstance(o, frozenset):
+        if issubclass(t, frozenset):
             return self.sequence(o, "set", _FROZENSET_ITER, level, label, frozen=True)
         enum_name = _enum_name(o, t)
         if enum_name is not None:
