@@ -276,10 +276,9 @@ class Engine(object):
         with self.lock:
             if not self.closed:
                 self._cleanup()
-            events = self.drain(max_events)
             lost, _hit.LOST[0] = _hit.LOST[0], 0
             statuses = self._due_statuses()
-        return events, lost, statuses
+        return self.drain(max_events), lost, statuses
 
     def _due_statuses(self):
         now = time.monotonic()

@@ -109,6 +109,12 @@ class ThreadTracer(object):
                 raise OtherTracer("another thread has a trace function")
             for tstate in others:
                 self._set_trace(tstate, True)
+            if threading.current_thread().name.startswith("scry-"):
+                # The agent's own thread (the link, applying a probes_sync) runs no program code:
+                # untrace it so that shipping hits does not pay a trace call per function call.
+                # (On 3.8 this is a direct write, so the count sys.settrace raised stays: the other
+                # threads' line events depend on it.)
+                self._set_trace(current, False)
 
     def remove(self):
         """Undo :meth:`install`: every thread state that still holds ``func`` loses it."""
