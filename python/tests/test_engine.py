@@ -781,3 +781,47 @@ def test_fork_child_has_no_hooks(engine):
         _state._agent.engine = None
     T.compute(1)
     assert len(hits(engine)) == 1  # the parent keeps its probe
+
+
+@pytest.mark.skipif(MON is None, reason="sys.monitoring is 3.12+")
+def test_code_that_cannot_be_instrumented_gives_that_probe_an_error(engine, monkeypatch):
+    real = MON.set_local_events
+
+    def picky(tool, code, events):
+        if code is T.compute.__code__ and events:
+            raise SystemError("cannot instrument shim code object")
+        return real(tool, code, events)
+
+    monkeypatch.setattr(MON, "set_local_events", picky)
+    statuses = engine.sync([spec(at("compute"), "x"), spec(at("closure"), "v")])
+    assert statuses[0]["state"] == "error" and statuses[0]["error_kind"] == "location"
+    assert "cannot instrument shim code object" in statuses[0]["reason"]
+    assert statuses[1]["state"] == "armed"
+    T.make_closure(1)(2)
+    assert len(hits(engine)) == 1
+
+
+@pytest.mark.skipif(MON is not None, reason="the trace function is the backend before 3.12")
+def test_without_ctypes_threads_that_already_run_are_not_covered_and_the_status_says_so(engine, monkeypatch):
+    from scry import _threadtrace
+
+    def unavailable(self):
+        self.note = _threadtrace._not_covered("the C API is not reachable through ctypes (test)")
+        return False
+
+    monkeypatch.setattr(_threadtrace.ThreadTracer, "_setup", unavailable)
+    asker = ThreadProbe()
+    try:
+        (st,) = engine.sync([spec(at("compute"), "x")])
+        assert st["state"] == "armed"
+        assert "threads that were already running are not covered" in st["reason"]
+        T.compute(1)  # this thread is covered
+        asker.ask(lambda: T.compute(2))  # that one is not
+        started_later = threading.Thread(target=T.compute, args=(3,))
+        started_later.start()
+        started_later.join()
+        assert [v(x) for x in values(hits(engine), "x")] == [1, 3]
+        engine.sync([])
+        assert hooks_left(asker) == []
+    finally:
+        asker.close()
