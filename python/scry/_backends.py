@@ -53,7 +53,12 @@ _getframe = sys._getframe
 
 
 def _on_line(code, line):
-    """The LINE callback: DISABLE for every line without a probe."""
+    """The LINE callback: DISABLE for every line without a site.
+
+    A site whose probes just went (removed or retired by another thread) is not DISABLEd: the
+    engine re-arms a code object only when its set of lines changes, so a line that stays in the
+    set must never be disabled.
+    """
     try:
         entries = _LINES.get(line)
         if entries is not None:
@@ -61,8 +66,7 @@ def _on_line(code, line):
                 if entry_code is code:
                     if site.probes:
                         _hit_site(site, _getframe(1))
-                        return None
-                    break
+                    return None
         return _DISABLE
     except KeyboardInterrupt:
         raise

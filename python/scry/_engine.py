@@ -289,9 +289,7 @@ class Engine(object):
             if probe_id in self._dirty or (counters_due and counters != self._sent_counters.get(probe_id)):
                 out.append(probe.status())
                 self._sent_counters[probe_id] = counters
-        if counters_due and out:
-            self._last_counter_send = now
-        elif counters_due:
+        if counters_due:
             self._last_counter_send = now
         self._dirty.clear()
         return out

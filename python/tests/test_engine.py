@@ -102,8 +102,8 @@ def at(marker):
     return "probe_targets.py:{}".format(T.line(marker))
 
 
-def hits(e, probe_id=None):
-    events = e.collect(1000000)[0]
+def hits(e, probe_id=None, limit=1000000):
+    events = e.collect(limit)[0]
     return [ev for ev in events if probe_id is None or ev["source"] == probe_id]
 
 
@@ -328,13 +328,13 @@ def test_a_loop_already_running_in_another_thread_starts_reporting(engine):
         s = spec(at("spin"), "n")
         (st,) = engine.sync([s])
         assert st["state"] == "armed"
-        events = wait_until(lambda: hits(engine), message="hits from the running loop")
+        events = wait_until(lambda: hits(engine, limit=500), message="hits from the running loop")
         assert {e["data"]["thread"] for e in events} == {"spinner"}
         assert {e["data"]["tid"] for e in events} == {thread.ident}
         assert all(v(x) > 1000 for x in values(events, "n"))
         engine.sync([])
         time.sleep(0.05)  # a hit that was running as the probe went may still land
-        hits(engine)
+        _hit.BUFFER.clear()
         time.sleep(0.05)
         assert hits(engine) == []
         if SETTRACE:
@@ -361,7 +361,7 @@ def test_a_running_module_level_loop_is_found_through_its_frame(engine, tmp_path
         wait_until(lambda: namespace.get("ticks", 0) > 100, message="the top-level loop to run")
         (st,) = engine.sync([spec("toplevel_loop.py:5", "ticks")])
         assert st["state"] == "armed" and st["function"] == "<module>", st
-        events = wait_until(lambda: hits(engine), message="hits from module-level code")
+        events = wait_until(lambda: hits(engine, limit=500), message="hits from module-level code")
         assert all(v(x) > 100 for x in values(events, "ticks"))
     finally:
         namespace["stop"].set()
@@ -825,3 +825,23 @@ def test_without_ctypes_threads_that_already_run_are_not_covered_and_the_status_
         assert hooks_left(asker) == []
     finally:
         asker.close()
+
+
+def test_a_probe_replaced_on_the_same_line_while_another_thread_hits_it(engine):
+    stop = threading.Event()
+    counter = [0]
+    thread = threading.Thread(target=T.spin, args=(stop, counter), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: counter[0] > 100, message="the loop to run")
+        first = spec(at("spin"), "n", id="same")
+        engine.sync([first])
+        wait_until(lambda: hits(engine, limit=100), message="hits")
+        for round_ in range(5):  # changed specs on the same line, while the loop keeps hitting it
+            engine.sync([dict(first, expressions=["n", str(round_)])])
+        _hit.BUFFER.clear()
+        events = wait_until(lambda: hits(engine, limit=100), message="hits after the changes")
+        assert "4" in events[0]["data"]["values"]
+    finally:
+        stop.set()
+        thread.join(10)
