@@ -79,11 +79,10 @@ class Engine(object):
                     probe = _probes.Probe(spec)
                     self.probes[probe_id] = probe
                     fresh.append(probe)
-            index = None
-            for probe in fresh:
-                if self._prepare(probe):
-                    if index is None:
-                        index = _locate.CodeIndex.build()
+            ready = [probe for probe in fresh if self._prepare(probe)]
+            if ready:
+                index = self._index(ready)
+                for probe in ready:
                     self._resolve(probe, index)
             self._apply()
             self._update_watcher()
@@ -128,6 +127,16 @@ class Engine(object):
         probe.requested_line = target.requested_line
         probe.function = target.function
         self._set(probe, ARMED, None, UNSAFE_REASON if probe.unsafe else None)
+
+    def _index(self, probes):
+        """The code of the files these probes may name (one gc scan for all of them)."""
+        paths = []
+        for probe in probes:
+            try:
+                paths.append(_locate.index_paths(_locate.parse_location(probe.location)))
+            except _locate.LocationError:
+                continue
+        return _locate.CodeIndex.build([p for p in paths if p])
 
     def _remove(self, probe):
         del self.probes[probe.id]
@@ -237,10 +246,10 @@ class Engine(object):
         with self.lock:
             if self.closed or not any(p.state == PENDING for p in self.probes.values()):
                 return
-            index = _locate.CodeIndex.build()
-            for probe in list(self.probes.values()):
-                if probe.state == PENDING:
-                    self._resolve(probe, index)
+            pending = [p for p in self.probes.values() if p.state == PENDING]
+            index = self._index(pending)
+            for probe in pending:
+                self._resolve(probe, index)
             self._apply()
             self._update_watcher()
 

@@ -61,6 +61,15 @@ class Location(object):
         return self.path if self.path is not None else self.module
 
 
+def index_paths(location):
+    """The path components a CodeIndex needs for ``location`` (None: the module is not loaded)."""
+    if location.path is not None:
+        return location.components
+    module = sys.modules.get(location.module)
+    filename = getattr(module, "__file__", None) if module is not None else None
+    return path_components(os.path.normpath(filename)) if isinstance(filename, str) else None
+
+
 def path_components(path):
     """``/srv/./app/orders.py`` -> ``("srv", "app", "orders.py")``."""
     return tuple(part for part in path.replace("\\", "/").split("/") if part not in ("", "."))
@@ -162,18 +171,39 @@ class CodeIndex(object):
         self._codes = {}  # id(code) -> code (keeps them alive while the index exists)
 
     @classmethod
-    def build(cls):
+    def build(cls, paths=None):
+        """Index the code alive now; with ``paths`` (component tuples), only code of files whose
+        path ends with one of them (the scan then costs a type check and a cached filename test
+        per object)."""
         index = cls()
+        if paths is not None:
+            paths = [p for p in paths if p]
+            verdicts = {}
+
+            def wanted(filename):
+                verdict = verdicts.get(filename)
+                if verdict is None:
+                    verdict = verdicts[filename] = any(path_matches(filename, p) for p in paths)
+                return verdict
+
+        else:
+
+            def wanted(filename):
+                return True
+
         for obj in gc.get_objects():
             t = type(obj)
             if t is _FunctionType:
-                index.add(obj.__code__, _safe_qualname(obj))
+                code = obj.__code__
+                if wanted(code.co_filename):
+                    index.add(code, _safe_qualname(obj))
             elif t in _GENERATOR_TYPES:
                 code = getattr(obj, "gi_code", None) or getattr(obj, "cr_code", None) or getattr(obj, "ag_code", None)
-                if type(code) is _CodeType:
+                if type(code) is _CodeType and wanted(code.co_filename):
                     index.add(code, None)
         for frame in running_frames():
-            index.add(frame.f_code, None)
+            if wanted(frame.f_code.co_filename):
+                index.add(frame.f_code, None)
         return index
 
     def add(self, code, qualname, parent=None, parent_qualname=None):
