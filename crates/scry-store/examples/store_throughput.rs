@@ -112,31 +112,40 @@ fn main() -> Result<()> {
         opts.batch_max,
         db_bytes as f64 / (1024.0 * 1024.0),
     );
-    // On a shared machine the wall-clock figure depends on what else runs; the CPU time each
-    // side spent says what it can do on its own.
-    if let (Some(writer), Some(producer)) =
-        (thread_cpu("scry-store-writ"), thread_cpu("store_throughpu"))
-    {
+    // On a shared machine the wall-clock figure depends on what else runs: the CPU time each
+    // side spent says what it can do on its own, and the time it waited for a CPU says how
+    // much of the wall-clock time the machine took away.
+    if let (Some(writer), Some(producer)) = (
+        thread_sched("scry-store-writ"),
+        thread_sched("store_throughpu"),
+    ) {
         println!(
-            "CPU: writer thread {writer:.2} s ({:.0} events/s of writer CPU), producer thread \
-             {producer:.2} s ({:.0} events/s of producer CPU)",
-            total as f64 / writer,
-            total as f64 / producer,
+            "writer thread: {:.2} s on CPU ({:.0} events/s of writer CPU), {:.2} s waiting for \
+             a CPU; producer thread: {:.2} s on CPU ({:.0} events/s), {:.2} s waiting for a CPU",
+            writer.0,
+            total as f64 / writer.0,
+            writer.1,
+            producer.0,
+            total as f64 / producer.0,
+            producer.1,
         );
     }
     store.close()?;
     Ok(())
 }
 
-/// CPU seconds used so far by the thread of this process named `comm` (Linux only).
-fn thread_cpu(comm: &str) -> Option<f64> {
+/// Seconds on a CPU and seconds waiting for one, so far, of the thread of this process
+/// named `comm` (Linux only: `/proc/self/task/*/schedstat`).
+fn thread_sched(comm: &str) -> Option<(f64, f64)> {
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = task.ok()?.path();
         let name = std::fs::read_to_string(dir.join("comm")).ok()?;
         if name.trim_end() == comm {
             let schedstat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
-            let ns: f64 = schedstat.split_whitespace().next()?.parse().ok()?;
-            return Some(ns / 1e9);
+            let mut fields = schedstat.split_whitespace();
+            let on_cpu: f64 = fields.next()?.parse().ok()?;
+            let waiting: f64 = fields.next()?.parse().ok()?;
+            return Some((on_cpu / 1e9, waiting / 1e9));
         }
     }
     None
