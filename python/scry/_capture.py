@@ -17,6 +17,8 @@ by shape and dtype without importing those libraries. Names that look secret (``
 locals, object fields and dict entries.
 """
 
+import json
+import json.encoder
 import math
 import re
 import types
@@ -463,9 +465,63 @@ def snapshot(value, limits, use_repr=False):
 
 def encode(value, limits):
     """JSON-ready typed value of what the hit kept: a snapshot (a dict) as it is, a primitive typed."""
-    if type(value) is dict:
+    t = type(value)
+    if t is dict:
         return value
+    if t is int:
+        if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            return {"t": "int", "v": value}
+        return _int(value)
+    if t is str:
+        if len(value) <= limits[2]:
+            return {"t": "str", "v": value}
+        return _str(value, limits[2])
+    if t is float:
+        return _float(value)
+    if value is None:
+        return _NONE
+    if t is bool:
+        return {"t": "bool", "v": value}
     return snapshot(value, limits)
+
+
+_NONE = {"t": "none"}
+
+_quote = json.encoder.encode_basestring  # the C version when there is one; keeps non-ASCII
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps(value):
+    """Compact JSON text of a typed value or a list/dict of them (the protocol's encoding)."""
+    return _dumps(value)
+
+
+def quote(text):
+    """A JSON string literal."""
+    return _quote(text)
+
+
+def to_json(value, limits):
+    """The JSON text of :func:`encode`'s result, made directly for the usual primitives."""
+    t = type(value)
+    if t is int:
+        if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            return '{"t":"int","v":%d}' % value
+    elif t is str:
+        limit = limits[2]
+        if len(value) <= limit:
+            return '{"t":"str","v":' + _quote(value) + "}"
+        return '{"t":"str","v":' + _quote(value[:limit]) + ',"len":%d}' % len(value)
+    elif t is float:
+        if value - value == 0.0:  # finite
+            return '{"t":"float","v":' + float.__repr__(value) + "}"
+    elif value is None:
+        return '{"t":"none"}'
+    elif t is bool:
+        return '{"t":"bool","v":true}' if value else '{"t":"bool","v":false}'
+    elif t is dict:
+        return _dumps(value)
+    return _dumps(encode(value, limits))
 
 
 def capture_locals(mapping, limits, use_repr=False):

@@ -404,6 +404,8 @@ def _handshake(sock, hello, deadline, wake_fd, display):
 
 def _event_ok(event):
     """Cheap structural check of one report event (so one bad event cannot spoil a batch)."""
+    if type(event) is str:  # already JSON text (the probe engine's)
+        return True
     if type(event) is not dict:
         return False
     kind = event.get("kind")
@@ -419,6 +421,9 @@ def _event_ok(event):
 
 def _encodable(event):
     try:
+        if type(event) is str:  # already JSON text (the probe engine's)
+            event.encode("utf-8")
+            return True
         _proto.encode(event)
         return True
     except (ValueError, TypeError, UnicodeError, RecursionError, OverflowError):
@@ -835,13 +840,13 @@ class Link(object):
             dropped += len(batch) - len(good)
             self._log_bad_events("an event is not an object with a string `kind` and a number `t`")
         try:
-            data = _proto.encode(_proto.report(self._seq + 1, good, dropped))
+            data = _proto.encode_report(self._seq + 1, good, dropped)
         except (ValueError, TypeError, UnicodeError, RecursionError, OverflowError):
             kept = [event for event in good if _encodable(event)]
             dropped += len(good) - len(kept)
             good = kept
             self._log_bad_events("an event cannot be encoded as JSON")
-            data = _proto.encode(_proto.report(self._seq + 1, good, dropped))
+            data = _proto.encode_report(self._seq + 1, good, dropped)
         if len(data) - 1 > _proto.MAX_LINE_BYTES:
             if len(good) > 1:
                 half = len(good) // 2
@@ -849,7 +854,7 @@ class Link(object):
                 self._send_report(good[half:], 0)
                 return
             self._log_bad_events("an event is larger than the 16 MiB line limit")
-            data = _proto.encode(_proto.report(self._seq + 1, [], dropped + len(good)))
+            data = _proto.encode_report(self._seq + 1, [], dropped + len(good))
         self._send_bytes(data)
         self._seq += 1
         self.reports_sent += 1

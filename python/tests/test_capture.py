@@ -217,3 +217,24 @@ def test_locals_snapshot_redacts():
 def test_encode_keeps_snapshots_and_types_primitives():
     assert _capture.encode({"t": "none"}, LIMITS) == {"t": "none"}
     assert _capture.encode("x" * 5, (3, 20, 2)) == {"t": "str", "v": "xx", "len": 5}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, -5, 2 ** 53, 2 ** 60, 1.5, 1e300, -0.0, float("nan"), float("-inf"), "", "é\"\\\n\x00", "x" * 300,
+     None, True, False, b"ab", [1, "a"], {"k": [None]}],
+)
+def test_to_json_is_the_json_of_encode(value):
+    limits = (3, 20, 256)
+    kept = value if type(value) in _capture.PRIMITIVES else _capture.snapshot(value, limits)
+    assert json.loads(_capture.to_json(kept, limits)) == _capture.encode(kept, limits)
+
+
+def test_reports_mix_encoded_and_plain_events():
+    from scry import _proto
+
+    raw = '{"kind":"probe","t":1.5,"source":"p","data":{}}'  # already JSON text
+    line = _proto.encode_report(3, [raw, {"kind": "pulse", "t": 2, "source": None, "data": {"a": "é"}}], 1)
+    msg = _proto.decode(line, _proto.AGENT_TYPES)
+    assert msg["seq"] == 3 and msg["dropped"] == 1
+    assert [e["kind"] for e in msg["events"]] == ["probe", "pulse"] and msg["events"][1]["data"]["a"] == "é"

@@ -6,6 +6,7 @@ function before), and check after each one that nothing of ours is left hooked.
 
 import asyncio
 import gc
+import json
 import os
 import queue
 import sys
@@ -102,8 +103,12 @@ def at(marker):
     return "probe_targets.py:{}".format(T.line(marker))
 
 
+def decoded(events):
+    return [json.loads(e) for e in events]
+
+
 def hits(e, probe_id=None, limit=1000000):
-    events = e.collect(limit)[0]
+    events = decoded(e.collect(limit)[0])
     return [ev for ev in events if probe_id is None or ev["source"] == probe_id]
 
 
@@ -405,6 +410,7 @@ def test_first_n_then_the_probe_expires_and_unhooks(engine):
     for x in range(10):
         T.compute(x)
     events, _lost, changed = engine.collect(1000)
+    events = decoded(events)
     assert [v(x) for x in values(events, "x")] == [0, 1, 2]
     (st,) = changed
     assert st["state"] == "expired" and st["reason"] == "recorded its first 3 hits"
@@ -560,6 +566,7 @@ def test_raising_expressions_record_errors_then_disarm(engine):
     for x in range(150):
         T.compute(x)
     events, _lost, changed = engine.collect(100000)
+    events = decoded(events)
     failing = [e for e in events if e["source"] == s["id"]]
     assert 1 <= len(failing) <= 10 * 2  # at most 10 a second are recorded
     assert values(failing, "x.nope")[0] == {
