@@ -111,11 +111,12 @@ class RealDaemon(object):
             self.proc.wait(5)
 
 
-@pytest.fixture
-def daemon(home, tmp_path):
+def running(home, tmp_path, *args):
+    """For a fixture: ``yield from running(home, tmp_path)`` gives a started daemon, stopped after
+    the test (and the agent shut down)."""
     d = RealDaemon(home, str(tmp_path))
     try:
-        d.start()
+        d.start(*args)
         yield d
     finally:
         scry.shutdown()

@@ -5,11 +5,18 @@ import json
 import os
 import subprocess
 
+import pytest
+
 import probe_targets as T
 import scry
 from conftest import wait_until
-from realdaemon import SCRY_BIN, daemon  # noqa: F401 (daemon is a fixture)
+from realdaemon import SCRY_BIN, running
 from test_engine import hooks_left
+
+
+@pytest.fixture
+def daemon(home, tmp_path):
+    yield from running(home, tmp_path)
 
 
 def cli(daemon, *args, check=True):

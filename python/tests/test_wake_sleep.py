@@ -11,8 +11,13 @@ import pytest
 
 import scry
 from conftest import open_fds, scry_threads, socket_fds, wait_until
-from realdaemon import RealDaemon, daemon  # noqa: F401 (daemon is a fixture)
+from realdaemon import running
 from scry import _state
+
+
+@pytest.fixture
+def daemon(home, tmp_path):
+    yield from running(home, tmp_path)
 
 
 def awake_in_daemon(daemon, pid, session=None):
@@ -115,13 +120,7 @@ def test_reports_are_stored_and_acknowledged(daemon):
 
 @pytest.fixture
 def tcp_daemon(home, tmp_path):
-    d = RealDaemon(home, str(tmp_path))
-    try:
-        d.start("--agent-tcp", "127.0.0.1:0")
-        yield d
-    finally:
-        scry.shutdown()
-        d.stop()
+    yield from running(home, tmp_path, "--agent-tcp", "127.0.0.1:0")
 
 
 def test_tcp_with_the_daemon_token(tcp_daemon, home):
