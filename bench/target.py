@@ -28,6 +28,7 @@ import time
 import elsewhere  # bench/elsewhere.py: unprobed code in another module (bench/ is sys.path[0])
 
 _perf_ns = time.perf_counter_ns
+_thread_ns = time.thread_time_ns  # CPU time of this thread: blind to preemption and GIL waits
 
 
 # -- workloads (identical in every variant) ----------------------------------------------------
@@ -152,10 +153,12 @@ def main():
         "lines": probe_lines(),
         "hooks_before": hooks(),
     }
+    client_on = [False]
     if mode in ("sleeping", "scry"):
         import scry
 
         scry.init(name=name)
+        client_on[0] = True
         ready["scry"] = scry.__file__
     elif mode == "debugpy":
         import debugpy
@@ -175,13 +178,25 @@ def main():
         if op == "run":
             fn = WORKLOADS[cmd["fn"]]
             n = cmd["n"]
+            c0 = _thread_ns()
             t0 = _perf_ns()
             fn(n)
             t1 = _perf_ns()
-            send({"ns": t1 - t0, "n": n})
+            c1 = _thread_ns()
+            send({"ns": t1 - t0, "cpu_ns": c1 - c0, "n": n})
         elif op == "spin":
             iterations, ns = spin(cmd["seconds"])
             send({"iterations": iterations, "ns": ns, "t_end": time.time()})
+        elif op == "scry":  # the sleeping variant toggles its client: init / shutdown
+            import scry
+
+            if cmd["op"] == "init" and not client_on[0]:
+                scry.init(name=name)
+            elif cmd["op"] == "shutdown" and client_on[0]:
+                scry.shutdown()
+            client_on[0] = cmd["op"] == "init"
+            state = hooks()
+            send({"hooks": state, "clean": hooks_clean(state)})
         elif op == "hooks":
             state = hooks()
             send({"hooks": state, "clean": hooks_clean(state)})
