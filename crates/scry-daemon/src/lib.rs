@@ -608,7 +608,9 @@ async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
                     ),
                     accepted_protocols: scry_proto::ACCEPTED_PROTOCOLS.to_vec(),
                 });
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(msg.as_bytes())).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), stream.write_all(msg.as_bytes()))
+                        .await;
             });
             continue;
         }
