@@ -48,7 +48,11 @@ fn not_found(key: &str) -> ApiError {
 fn describe_all(shared: &Shared, defs: Vec<ProbeDef>) -> Vec<Value> {
     let table = shared.probes();
     defs.iter()
-        .map(|d| probes::describe(d, table.statuses_of(&d.spec.id)))
+        .map(|d| {
+            let mut v = probes::describe(d, table.statuses_of(&d.spec.id));
+            v["totals"]["dropped_by_daemon"] = json!(shared.dropped_for(&d.spec.id));
+            v
+        })
         .collect()
 }
 

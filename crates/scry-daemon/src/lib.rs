@@ -118,6 +118,8 @@ pub struct Shared {
     shutdown_tx: watch::Sender<bool>,
     /// Events the daemon could not queue for storage (backpressure): counted, never silent.
     pub dropped_by_daemon: AtomicU64,
+    /// The same, per source (probe id), shown with each probe.
+    dropped_by_source: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -129,6 +131,16 @@ impl Shared {
     /// The probe table, locked. Never hold this across an `.await`.
     pub fn probes(&self) -> MutexGuard<'_, probes::ProbeTable> {
         self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Events of this source the daemon could not store (backpressure).
+    pub fn dropped_for(&self, source: &str) -> u64 {
+        self.dropped_by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Seconds since the daemon started.
@@ -240,6 +252,13 @@ impl Shared {
             );
         }
         let n = events.len() as u64;
+        let mut per_source: std::collections::HashMap<String, u64> =
+            std::collections::HashMap::new();
+        for e in &events {
+            if let Some(s) = &e.source {
+                *per_source.entry(s.clone()).or_default() += 1;
+            }
+        }
         let batch: Vec<NewEvent> = events
             .into_iter()
             .map(|e| NewEvent {
@@ -261,6 +280,13 @@ impl Shared {
             .append_events(process_id, batch, dropped, Some(on_commit))
         {
             self.dropped_by_daemon.fetch_add(n, Ordering::Relaxed);
+            let mut by_source = self
+                .dropped_by_source
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (source, count) in per_source {
+                *by_source.entry(source).or_default() += count;
+            }
             tracing::warn!(target: "store", process_id, events = n, "events not stored: {e}");
         }
     }
@@ -510,6 +536,7 @@ pub async fn serve(
         live,
         shutdown_tx,
         dropped_by_daemon: AtomicU64::new(0),
+        dropped_by_source: Mutex::default(),
     });
 
     let info = DaemonFile {
