@@ -1,4 +1,5 @@
-//! Embeds the Python agent (`python/scry/**/*.py`) into the binary, so that `scry` can place
+//! Embeds the Python agent (`python/scry/**/*.py`) and the demo's sample service
+//! (`python/scry_demo.py`) into the binary, so that `scry` can place
 //! it wherever a target process needs it without any Python packaging on the scry side.
 
 use std::fmt::Write as _;
@@ -34,6 +35,13 @@ fn main() {
     println!("cargo:rerun-if-changed={}", pkg.display());
     let mut files = Vec::new();
     collect(&pkg, &python, &mut files);
+    // The sample service of `scry demo`: outside the package, because the agent never probes
+    // its own files.
+    let demo = python.join("scry_demo.py");
+    println!("cargo:rerun-if-changed={}", demo.display());
+    if demo.is_file() {
+        files.push(("scry_demo.py".to_owned(), demo));
+    }
     for (_, p) in &files {
         println!("cargo:rerun-if-changed={}", p.display());
     }

@@ -6,6 +6,14 @@ use crate::{DaemonError, Home};
 
 include!(concat!(env!("OUT_DIR"), "/agent_files.rs"));
 
+/// The contents of one bundled file, e.g. `scry_demo.py`.
+pub fn file(path: &str) -> Option<&'static str> {
+    AGENT_FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, c)| *c)
+}
+
 /// Writes the agent package under `dir` (as `dir/scry/...`) unless the same files are already
 /// there, and returns `dir`: the directory to put on `sys.path`/`PYTHONPATH`.
 pub fn unpack_to(dir: &Path) -> Result<PathBuf, DaemonError> {

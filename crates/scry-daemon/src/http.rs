@@ -513,9 +513,24 @@ async fn events(
     };
     let store = shared.store.clone();
     let page = blocking(move || store.events(&query)).await?;
-    Ok(Json(
-        json!({"events": page.events, "truncated": page.truncated}),
-    ))
+    // Add each event's pid: what a person looks for, where the store keeps a row id.
+    let pids: std::collections::HashMap<i64, u32> = shared
+        .registry()
+        .views()
+        .into_iter()
+        .map(|v| (v.id, v.pid))
+        .collect();
+    let events: Vec<Value> = page
+        .events
+        .into_iter()
+        .map(|e| {
+            let pid = pids.get(&e.process_id).copied();
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            v["pid"] = json!(pid);
+            v
+        })
+        .collect();
+    Ok(Json(json!({"events": events, "truncated": page.truncated})))
 }
 
 #[derive(Deserialize)]

@@ -41,59 +41,147 @@ pub async fn demo(home: &Home, args: &DemoArgs, printer: &mut Printer) -> CmdRes
         }
         None => start_service(home, &args.python, printer)?,
     };
+    let ps_args = PsArgs {
+        gone: false,
+        output: crate::cli::Output { json: false },
+    };
     if !printer.json {
         printer.line(format!("1. the sample service `{DEMO_NAME}` runs as pid {pid}; it embeds `scry.init()` and sleeps at zero cost:"))?;
-        let mut quiet = Printer::stdio(false);
-        super::ps::ps(
-            home,
-            &PsArgs {
-                gone: false,
-                output: crate::cli::Output { json: false },
-            },
-            &mut quiet,
-        )
-        .await?;
+        super::ps::ps(home, &ps_args, printer).await?;
         printer.line("")?;
     }
     let woke = client.post("/api/v1/wake", &json!({"target": pid})).await?;
+    if !printer.json {
+        printer.line(format!(
+            "2. `scry wake {DEMO_NAME}` connected it to the daemon:"
+        ))?;
+        super::ps::ps(home, &ps_args, printer).await?;
+        printer.line("")?;
+    }
+    let (location, probe) = ensure_probe(&client, pid).await?;
+    let events = watch(&client, &probe, printer, &location).await?;
     if printer.json {
         let procs = client.get("/api/v1/processes").await?;
-        printer
-            .json_value(&json!({"demo_pid": pid, "wake": woke, "processes": procs["processes"]}))?;
+        printer.json_value(&json!({
+            "demo_pid": pid, "wake": woke, "processes": procs["processes"],
+            "probe": probe, "events": events,
+        }))?;
         return Ok(ExitStatus::Success);
     }
-    printer.line(format!(
-        "2. `scry wake {DEMO_NAME}` connected it to the daemon:"
-    ))?;
-    let mut quiet = Printer::stdio(false);
-    super::ps::ps(
-        home,
-        &PsArgs {
-            gone: false,
-            output: crate::cli::Output { json: false },
-        },
-        &mut quiet,
-    )
-    .await?;
     printer.line("")?;
     printer.line("Try next:")?;
-    for (cmd, what) in [
-        ("scry ps", "every process scry knows"),
+    let steps = [
         (
-            &format!("scry sleep {DEMO_NAME}") as &str,
+            format!("scry events --probe {DEMO_PROBE} --follow"),
+            "values as the line runs (ctrl-c stops)",
+        ),
+        (
+            format!("scry events stats {DEMO_PROBE}"),
+            "count, min, max, mean, percentiles of each value",
+        ),
+        (
+            "scry probe list".to_owned(),
+            "probes, where they are armed, their counters",
+        ),
+        (
+            format!("scry probe rm {DEMO_PROBE}"),
+            "remove the probe: every hook goes with it",
+        ),
+        ("scry ps".to_owned(), "every process scry knows"),
+        (
+            format!("scry sleep {DEMO_NAME}"),
             "detach: every hook removed, the process runs as before",
         ),
-        (&format!("scry wake {DEMO_NAME}"), "connect it again"),
+        (format!("scry wake {DEMO_NAME}"), "connect it again"),
         (
-            "scry status",
+            "scry status".to_owned(),
             "the daemon: uptime, processes, events stored",
         ),
-        ("scry demo --stop", "stop the sample service"),
-        ("scry stop", "stop the daemon"),
-    ] {
-        printer.line(format!("  {cmd:<24} {what}"))?;
+        ("scry demo --stop".to_owned(), "stop the sample service"),
+        ("scry stop".to_owned(), "stop the daemon"),
+    ];
+    for (cmd, what) in steps {
+        printer.line(format!("  {cmd:<42} {what}"))?;
     }
     Ok(ExitStatus::Success)
+}
+
+/// The name of the probe the demo adds.
+pub const DEMO_PROBE: &str = "demo-totals";
+
+/// Adds the demo's probe (once) on the line of the sample service where an order's total is
+/// known, and returns its location and description.
+async fn ensure_probe(
+    client: &DaemonClient,
+    pid: u32,
+) -> Result<(String, serde_json::Value), CliError> {
+    let source = bundle::file("scry_demo.py").unwrap_or_default();
+    let line = source
+        .lines()
+        .position(|l| l.trim() == "return order.total")
+        .map(|i| i + 1)
+        .ok_or_else(|| {
+            CliError::new("the bundled sample service has no `return order.total` line")
+        })?;
+    let location = format!("scry_demo.py:{line}");
+    let probes = client.get("/api/v1/probes").await?;
+    if let Some(p) = probes["probes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == DEMO_PROBE))
+    {
+        return Ok((location, p.clone()));
+    }
+    let probe = client
+        .post(
+            "/api/v1/probes",
+            &json!({"location": location, "name": DEMO_PROBE, "pid": pid,
+                    "expressions": ["order.id", "order.customer", "len(order.items)", "order.total"]}),
+        )
+        .await?;
+    Ok((location, probe))
+}
+
+/// Prints the probe's events for a few seconds and returns them.
+async fn watch(
+    client: &DaemonClient,
+    probe: &serde_json::Value,
+    printer: &mut Printer,
+    location: &str,
+) -> Result<Vec<serde_json::Value>, CliError> {
+    let id = probe["id"].as_str().unwrap_or(DEMO_PROBE).to_owned();
+    if !printer.json {
+        printer.line(format!("3. `scry probe add {location} 'order.id' 'order.customer' 'len(order.items)' 'order.total' --name {DEMO_PROBE}`"))?;
+        printer.line(
+            "   captures typed values each time the line runs, without pausing the service:",
+        )?;
+    }
+    let start = client
+        .get(&format!("/api/v1/events?probe={id}&limit=1&order=newest"))
+        .await?;
+    let mut last_id = start["events"][0]["id"].as_i64().unwrap_or(0);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline && seen.len() < 8 {
+        let page = client
+            .get(&format!(
+                "/api/v1/events?probe={id}&after_id={last_id}&limit=100&order=oldest"
+            ))
+            .await?;
+        for e in page["events"].as_array().cloned().unwrap_or_default() {
+            last_id = e["id"].as_i64().unwrap_or(last_id);
+            if seen.len() < 8 {
+                if !printer.json {
+                    printer.line(format!("   {}", crate::render::event_line(&e)))?;
+                }
+                seen.push(e);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if seen.is_empty() && !printer.json {
+        printer.line("   (no hits yet: `scry probe list` shows the probe's state)")?;
+    }
+    Ok(seen)
 }
 
 fn start_service(home: &Home, python: &str, printer: &mut Printer) -> Result<u32, CliError> {
@@ -112,7 +200,7 @@ fn start_service(home: &Home, python: &str, printer: &mut Printer) -> Result<u32
         pythonpath = format!("{pythonpath}:{}", old.to_string_lossy());
     }
     let mut cmd = Command::new(python);
-    cmd.args(["-m", "scry._demo"])
+    cmd.args(["-m", "scry_demo"])
         .env("PYTHONPATH", pythonpath)
         .env(scry_daemon::env::SCRY_HOME, home.root())
         .env(scry_daemon::env::SCRY_NAME, DEMO_NAME)

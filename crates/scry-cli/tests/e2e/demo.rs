@@ -23,10 +23,21 @@ fn demo_runs_the_sample_service_and_wakes_it() {
     assert!(all.contains("started the daemon"), "{all}");
     assert!(all.contains("scry-demo") && all.contains("awake"), "{all}");
     assert!(all.contains("Try next"), "{all}");
+    // The probe the demo adds shows typed values live.
+    assert!(
+        all.contains("order.total=") && all.contains("order.customer=\""),
+        "{all}"
+    );
 
     // Running it again reuses the service.
     let again = ctx.scry_json(&["demo"]);
     let pid = again["demo_pid"].as_u64().expect("pid");
+    let events = again["events"].as_array().expect("events");
+    assert!(!events.is_empty(), "{again}");
+    assert_eq!(
+        events[0]["data"]["values"]["order.total"]["t"], "float",
+        "{again}"
+    );
     assert!(
         again["processes"]
             .as_array()

@@ -1,7 +1,7 @@
 """The sample service of `scry demo`: a small program that keeps processing orders.
 
 It embeds the scry client (``scry.init()``), which sleeps at zero cost until someone runs
-``scry wake``. Run it with ``python -m scry._demo``; it stops on SIGTERM or SIGINT.
+``scry wake``. Run it with ``python -m scry_demo``; it stops on SIGTERM or SIGINT.
 """
 
 import random
