@@ -178,12 +178,16 @@ def main():
         if op == "run":
             fn = WORKLOADS[cmd["fn"]]
             n = cmd["n"]
-            c0 = _thread_ns()
-            t0 = _perf_ns()
-            fn(n)
-            t1 = _perf_ns()
-            c1 = _thread_ns()
-            send({"ns": t1 - t0, "cpu_ns": c1 - c0, "n": n})
+            walls, cpus = [], []
+            for _ in range(cmd.get("repeat", 1)):
+                c0 = _thread_ns()
+                t0 = _perf_ns()
+                fn(n)
+                t1 = _perf_ns()
+                c1 = _thread_ns()
+                walls.append(t1 - t0)
+                cpus.append(c1 - c0)
+            send({"ns": walls, "cpu_ns": cpus, "n": n})
         elif op == "spin":
             iterations, ns = spin(cmd["seconds"])
             send({"iterations": iterations, "ns": ns, "t_end": time.time()})
