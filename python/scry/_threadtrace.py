@@ -93,6 +93,16 @@ class ThreadTracer(object):
         if not self._setup():
             sys.settrace(self.func)
             return
+        try:
+            self._install_everywhere()
+        except OtherTracer:
+            raise
+        except Exception as exc:  # never break the host: this thread and new ones, and why
+            self.note = _not_covered("installing through ctypes failed ({!r})".format(exc))
+            if sys.gettrace() is None:
+                sys.settrace(self.func)
+
+    def _install_everywhere(self):
         api = self._api
         current = api.PyThreadState_Get()
         before = self._words(current)

@@ -95,6 +95,7 @@ def test_sleep_removes_every_hook(daemon):
     scry.sleep()
     assert hooks_left() == []
     # The hit made before sleeping was still shipped, before goodbye.
+    conn.wait_type("goodbye")
     kinds = [m["type"] for m in conn.messages]
     assert kinds.index("goodbye") > max(i for i, k in enumerate(kinds) if k == "report")
     assert len(probe_events(conn)) == 1
