@@ -369,3 +369,61 @@ fn bad_probe_requests_get_clear_errors_and_nothing_is_kept() {
     assert_eq!(status, 400, "duplicate name: {resp}");
     assert_eq!(ctx.get("/api/v1/health")["ok"], true);
 }
+
+#[test]
+fn events_follow_prints_new_events_as_they_arrive() {
+    use std::io::BufRead;
+    let line = marked_line("orders_loop.py", "total");
+    let py = pythons().into_iter().next_back().expect("a python");
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let target = ctx.python(&py, "orders_loop.py", &["follow-e2e"]);
+    let pid = target.pid();
+    wait_for("target awake", Duration::from_secs(20), || {
+        (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
+    });
+    let mut follower = ctx
+        .cmd(&[
+            "events", "--probe", "followed", "--follow", "--json", "--limit", "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("follow");
+    // The probe is added after the follower started (the name resolves once it exists: retry).
+    let loc = format!("orders_loop.py:{line}");
+    let out = ctx.scry(&["probe", "add", &loc, "order['id']", "--name", "followed"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let mut follower = ctx
+        .cmd(&[
+            "events", "--probe", "followed", "--follow", "--json", "--limit", "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("follow");
+    let stdout = follower.stdout.take().expect("stdout");
+    let mut ids = Vec::new();
+    for l in std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(20)
+    {
+        let v: Value = serde_json::from_str(&l).expect("one JSON event per line");
+        assert_eq!(v["data"]["values"]["order['id']"]["t"], "int", "{v}");
+        ids.push(
+            v["data"]["values"]["order['id']"]["v"]
+                .as_i64()
+                .expect("id"),
+        );
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(ids.len(), 20);
+    // In order, none missing, none twice: the loop numbers its orders 1, 2, 3, ...
+    for w in ids.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{ids:?}");
+    }
+}
