@@ -382,20 +382,9 @@ fn events_follow_prints_new_events_as_they_arrive() {
     wait_for("target awake", Duration::from_secs(20), || {
         (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
     });
-    let mut follower = ctx
-        .cmd(&[
-            "events", "--probe", "followed", "--follow", "--json", "--limit", "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("follow");
-    // The probe is added after the follower started (the name resolves once it exists: retry).
     let loc = format!("orders_loop.py:{line}");
     let out = ctx.scry(&["probe", "add", &loc, "order['id']", "--name", "followed"]);
     assert!(out.status.success(), "{}", text(&out));
-    let _ = follower.kill();
-    let _ = follower.wait();
     let mut follower = ctx
         .cmd(&[
             "events", "--probe", "followed", "--follow", "--json", "--limit", "1",
