@@ -450,12 +450,77 @@ def _heavy(o, t):
 # -- entry points --------------------------------------------------------------------------------
 
 
+class Copied(object):
+    """A list, tuple, set or dict of primitives (exact types), copied at the hit up to the item
+    limit: cheaper than typing it there; :func:`encode` and :func:`to_json` type it later."""
+
+    __slots__ = ("tag", "items", "size", "frozen")
+
+    def __init__(self, tag, items, size, frozen=False):
+        self.tag = tag
+        self.items = items
+        self.size = size
+        self.frozen = frozen
+
+
+_COPY_TAGS = {list: "list", tuple: "tuple", set: "set", frozenset: "set"}
+
+
+def _copy_primitives(value, t, items):
+    """A Copied of a builtin container of primitives, or None when it holds anything else."""
+    size = len(value)
+    if t is dict:
+        pairs = []
+        for k, v in _DICT_ITEMS(value):
+            if len(pairs) >= items:
+                break
+            if type(k) not in PRIMITIVES or type(v) not in PRIMITIVES:
+                return None
+            pairs.append((k, v))
+        return Copied("dict", pairs, size)
+    if t is list or t is tuple:
+        kept = value[:items]
+    else:
+        kept = []
+        for item in value:
+            if len(kept) >= items:
+                break
+            kept.append(item)
+    for item in kept:
+        if type(item) not in PRIMITIVES:
+            return None
+    return Copied(_COPY_TAGS[t], tuple(kept), size, t is frozenset)
+
+
+def _typed_copy(copied, limits):
+    walker = _Walker(limits, False)
+    if copied.tag == "dict":
+        pairs = [
+            [walker.value(k, 2), {"t": "redacted"} if type(k) is str and is_secret(k) else walker.value(v, 2)]
+            for k, v in copied.items
+        ]
+        return {"t": "dict", "v": pairs, "len": copied.size}
+    out = {"t": copied.tag}
+    if copied.frozen:
+        out["frozen"] = True
+    out["v"] = [walker.value(item, 2) for item in copied.items]
+    out["len"] = copied.size
+    return out
+
+
 def snapshot(value, limits, use_repr=False):
     """The typed form of ``value`` now (at the hit), bounded by ``limits`` = (depth, items, string).
 
-    Never raises: a value that cannot be read becomes an ``error`` value.
+    A builtin container that holds only primitives is copied instead (a :class:`Copied`), and
+    typed when encoded. Never raises: a value that cannot be read becomes an ``error`` value.
     """
     try:
+        t = type(value)
+        if t in _COPY_TAGS or t is dict:
+            if limits[0] >= 1:
+                copied = _copy_primitives(value, t, limits[1])
+                if copied is not None:
+                    return copied
         return _Walker(limits, use_repr).value(value, 1)
     except KeyboardInterrupt:
         raise
@@ -468,6 +533,8 @@ def encode(value, limits):
     t = type(value)
     if t is dict:
         return value
+    if t is Copied:
+        return _typed_copy(value, limits)
     if t is int:
         if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
             return {"t": "int", "v": value}
@@ -521,6 +588,9 @@ def to_json(value, limits):
         return '{"t":"bool","v":true}' if value else '{"t":"bool","v":false}'
     elif t is dict:
         return _dumps(value)
+    elif t is Copied and value.tag != "dict":
+        head = '{"t":"%s",%s"v":[' % (value.tag, '"frozen":true,' if value.frozen else "")
+        return head + ",".join([to_json(item, limits) for item in value.items]) + '],"len":%d}' % value.size
     return _dumps(encode(value, limits))
 
 

@@ -12,7 +12,10 @@ LIMITS = (3, 20, 256)
 
 
 def snap(value, limits=LIMITS, use_repr=False):
-    out = _capture.snapshot(value, limits, use_repr)
+    """What a hit keeps, encoded as the link encodes it (checked both ways)."""
+    kept = _capture.snapshot(value, limits, use_repr)
+    out = _capture.encode(kept, limits)
+    assert json.loads(_capture.to_json(kept, limits)) == out
     json.dumps(out, allow_nan=False)  # always valid JSON
     return out
 
@@ -228,6 +231,20 @@ def test_to_json_is_the_json_of_encode(value):
     limits = (3, 20, 256)
     kept = value if type(value) in _capture.PRIMITIVES else _capture.snapshot(value, limits)
     assert json.loads(_capture.to_json(kept, limits)) == _capture.encode(kept, limits)
+
+
+def test_containers_of_primitives_are_copied_at_the_hit_and_typed_later():
+    items = [1, "a", None]
+    kept = _capture.snapshot(items, LIMITS)
+    items.append(2)
+    items[0] = 99
+    assert _capture.encode(kept, LIMITS) == {
+        "t": "list",
+        "v": [{"t": "int", "v": 1}, {"t": "str", "v": "a"}, {"t": "none"}],
+        "len": 3,
+    }
+    secret = _capture.snapshot({"password": "x", "n": 1}, LIMITS)
+    assert _capture.encode(secret, LIMITS)["v"][0] == [{"t": "str", "v": "password"}, {"t": "redacted"}]
 
 
 def test_reports_mix_encoded_and_plain_events():
