@@ -10,7 +10,10 @@ generator/coroutine that ``gc.get_objects()`` sees, recursively through ``co_con
 functions, methods, closures, lambdas, comprehensions), plus the frames running now in every thread
 and their callers (the only way to reach module-level code, such as a script's top-level loop).
 
-The code object that owns a line is the innermost one whose line table contains it. A line without
+The code object that owns a line is the outermost one whose line table contains it: on a line such as
+``total = sum(q * p for q, p in items)`` both the function and the generator expression have code,
+and the probe belongs to the function, whose frame runs the statement (its names are the ones a
+person asks about); a nested function's body lines belong to it alone. A line without
 code snaps to the next executable line of the innermost code object whose span contains it; a path
 that no loaded code matches leaves the probe *pending*, and :class:`ImportWatcher` (a
 ``sys.meta_path`` finder installed only while a probe is pending) re-resolves it when a matching
@@ -391,11 +394,15 @@ def _innermost(index, codes):
     return [c for c in codes if not any(o is not c and index.is_ancestor(c, o) for o in codes)]
 
 
+def _outermost(index, codes):
+    return [c for c in codes if not any(o is not c and index.is_ancestor(o, c) for o in codes)]
+
+
 def _resolve_line(location, index, codes, display):
     line = location.line
     owners = [c for c in codes if line in index.own_lines(c)]
     if owners:
-        owners = _innermost(index, owners)
+        owners = _outermost(index, owners)
         return Target(owners, line, display, index.qualname(owners[0]))
     # Snap: the next executable line of the innermost code whose span holds the line.
     spans = []

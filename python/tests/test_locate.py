@@ -67,6 +67,17 @@ def test_innermost_owner_and_snapping():
     assert target.line == T.line("after-comment") and target.requested_line == T.line("comment")
 
 
+def test_a_line_shared_with_nested_code_belongs_to_the_function_that_runs_it():
+    index = _locate.CodeIndex.build()
+    for marker, function in (("genexp", "with_genexp"), ("listcomp", "with_listcomp")):
+        loc = _locate.parse_location("probe_targets.py:{}".format(T.line(marker)))
+        target = _locate.resolve(loc, index)
+        assert [c.co_name for c in target.codes] == [function], marker
+    # A nested function's own body lines still belong to it.
+    loc = _locate.parse_location("probe_targets.py:{}".format(T.line("closure")))
+    assert [c.co_name for c in _locate.resolve(loc, index).codes] == ["closure"]
+
+
 def test_scry_itself_is_not_probed():
     index = _locate.CodeIndex.build()
     assert not any("/scry/_" in name and name.endswith(".py") and "/python/scry/" in name for name in index.files)
