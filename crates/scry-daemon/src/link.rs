@@ -169,7 +169,10 @@ where
             }
             Ok(AgentMessage::Heartbeat {}) => {}
             Ok(AgentMessage::ProbeStatus { statuses }) => {
-                shared.probe_statuses_reported(process_id, statuses);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    shared.probe_statuses_reported(process_id, statuses).await;
+                });
             }
             Ok(AgentMessage::Goodbye { reason }) => {
                 goodbye = Some(reason.unwrap_or_else(|| "goodbye".into()));

@@ -180,12 +180,6 @@ impl ProbeTable {
         }
     }
 
-    /// Forgets statuses of a process's probes that it no longer has.
-    pub fn retain_for_process(&mut self, process_id: i64, keep: &[String]) {
-        self.statuses
-            .retain(|(probe, pid), _| *pid != process_id || keep.contains(probe));
-    }
-
     /// Statuses of one probe, by process.
     pub fn statuses_of(&self, id: &str) -> Vec<ProcessProbeStatus> {
         let mut v: Vec<ProcessProbeStatus> = self
@@ -410,7 +404,6 @@ impl Shared {
             (e.view.clone(), e.agent.clone()?)
         };
         let specs = self.probes().specs_for(&view, now());
-        let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
         let reply = agent
             .request(
                 |id| DaemonMessage::ProbesSync { id, probes: specs },
@@ -433,12 +426,11 @@ impl Shared {
             .and_then(|r| r.get("statuses").cloned())
             .and_then(|s| serde_json::from_value(s).ok())
             .unwrap_or_default();
-        {
-            let mut table = self.probes();
-            table.retain_for_process(process_id, &ids);
-            table.update(&view, statuses.clone());
-        }
+        // Statuses of probes this process no longer has are kept with their last counters (a
+        // disabled or expired probe still shows what it recorded); removed probes lose theirs.
+        self.probes().update(&view, statuses.clone());
         self.publish_probe_statuses(&view, &statuses);
+        self.end_spent_probes(&statuses).await;
         Some(statuses)
     }
 
@@ -464,12 +456,45 @@ impl Shared {
     }
 
     /// An agent reported statuses on its own.
-    pub fn probe_statuses_reported(&self, process_id: i64, statuses: Vec<ProbeStatus>) {
+    pub async fn probe_statuses_reported(&self, process_id: i64, statuses: Vec<ProbeStatus>) {
         let Some(view) = self.registry().get_mut(process_id).map(|e| e.view.clone()) else {
             return;
         };
         self.probes().update(&view, statuses.clone());
         self.publish_probe_statuses(&view, &statuses);
+        self.end_spent_probes(&statuses).await;
+    }
+
+    /// A `first N` probe that an agent reports expired has done its job: it is disabled, so
+    /// that no process (nor the same one after a sleep and wake) records N more.
+    async fn end_spent_probes(&self, statuses: &[ProbeStatus]) {
+        for s in statuses.iter().filter(|s| s.state == ProbeState::Expired) {
+            let def = {
+                let mut t = self.probes();
+                match t.resolve(&s.probe).cloned() {
+                    Some(mut d) if d.enabled && matches!(d.spec.rate, RateMode::First { .. }) => {
+                        d.enabled = false;
+                        t.put(d.clone());
+                        d
+                    }
+                    _ => continue,
+                }
+            };
+            if let Err(e) = self.persist_probe(&def).await {
+                tracing::warn!(target: "store", "cannot store probe {}: {e}", s.probe);
+            }
+            self.system_event(
+                scry_store::Level::Info,
+                "probe_spent",
+                format!(
+                    "probe {} recorded its first hits and was disabled",
+                    def.spec.name.as_deref().unwrap_or(&s.probe)
+                ),
+                json!({"probe": s.probe}),
+            );
+            // The other processes drop it too.
+            Box::pin(self.sync_all()).await;
+        }
     }
 
     fn publish_probe_statuses(&self, view: &ProcessView, statuses: &[ProbeStatus]) {
@@ -555,7 +580,17 @@ pub fn describe(def: &ProbeDef, statuses: Vec<ProcessProbeStatus>) -> Value {
         acc
     });
     v["totals"] = json!({"hits": totals[0], "recorded": totals[1], "dropped": totals[2], "errors": totals[3]});
-    v["processes"] = serde_json::to_value(statuses).unwrap_or(Value::Null);
+    let mut processes = serde_json::to_value(statuses).unwrap_or(Value::Null);
+    // The agents' last word, but a probe that is off is not armed anywhere any more.
+    if !def.enabled {
+        let shown = if expired { "expired" } else { "disabled" };
+        for p in processes.as_array_mut().into_iter().flatten() {
+            if p["state"] == "armed" || p["state"] == "pending" {
+                p["state"] = json!(shown);
+            }
+        }
+    }
+    v["processes"] = processes;
     v
 }
 

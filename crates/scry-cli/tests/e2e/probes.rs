@@ -416,3 +416,90 @@ fn events_follow_prints_new_events_as_they_arrive() {
         assert_eq!(w[1], w[0] + 1, "{ids:?}");
     }
 }
+
+#[test]
+fn first_n_and_ttl_end_their_probes_for_good() {
+    let line = marked_line("orders_loop.py", "total");
+    let py = pythons().into_iter().next_back().expect("a python");
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let target = ctx.python(&py, "orders_loop.py", &["spent-e2e"]);
+    let pid = target.pid();
+    wait_for("target awake", Duration::from_secs(20), || {
+        (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
+    });
+    let loc = format!("orders_loop.py:{line}");
+    let out = ctx.scry(&[
+        "probe",
+        "add",
+        &loc,
+        "order['id']",
+        "--name",
+        "three",
+        "--first",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ctx.scry(&[
+        "probe",
+        "add",
+        &loc,
+        "order['id']",
+        "--name",
+        "brief",
+        "--ttl",
+        "1s",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // `first 3`: three events, then the probe is off everywhere.
+    wait_for("first-3 probe disabled", Duration::from_secs(20), || {
+        let list = ctx.scry_json(&["probe", "list"]);
+        let p = list["probes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "three")?
+            .clone();
+        (p["enabled"] == false).then_some(())
+    });
+    // Its status can arrive before the batch holding its hits is committed.
+    wait_for("the three events", Duration::from_secs(10), || {
+        (events_of(&ctx, "three", &[]).len() == 3).then_some(())
+    });
+
+    // `ttl 1s`: expired, and nothing recorded after it.
+    let p = wait_for("ttl probe expired", Duration::from_secs(20), || {
+        let list = ctx.scry_json(&["probe", "list"]);
+        let p = list["probes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "brief")?
+            .clone();
+        (p["expired"] == true && p["enabled"] == false).then_some(p)
+    });
+    assert_eq!(p["processes"][0]["state"], "expired", "{p}");
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = events_of(&ctx, "brief", &[]);
+    let last = settled
+        .iter()
+        .filter_map(|e| e["t_hit"].as_f64())
+        .fold(0.0, f64::max);
+    let expires = p["expires_at"].as_f64().expect("expires_at");
+    assert!(
+        last <= expires + 0.05,
+        "an event at {last} after expiry at {expires}"
+    );
+
+    // Neither comes back after a sleep and a wake of the process.
+    assert!(ctx.scry(&["sleep", &pid.to_string()]).status.success());
+    assert!(ctx.scry(&["wake", &pid.to_string()]).status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(events_of(&ctx, "three", &[]).len(), 3);
+    assert_eq!(events_of(&ctx, "brief", &[]).len(), settled.len());
+    let out = ctx.scry(&["probe", "enable", "brief"]);
+    assert!(
+        !out.status.success(),
+        "an expired probe cannot be enabled: {}",
+        text(&out)
+    );
+}
