@@ -237,26 +237,36 @@ impl Shared {
     pub fn accept_report(
         &self,
         process_id: i64,
-        seq: u64,
-        events: Vec<scry_proto::Event>,
-        dropped: u64,
+        report: scry_proto::Report,
         tx: &mpsc::UnboundedSender<DaemonMessage>,
     ) {
-        let t_recv = now();
-        let pid = self.registry().get_mut(process_id).map(|e| e.view.pid);
-        for ev in &events {
-            self.publish(
-                "event",
-                json!({"process_id": process_id, "pid": pid, "kind": ev.kind, "source": ev.source,
-                       "t_hit": ev.t, "t_recv": t_recv, "data": ev.data}),
-            );
+        let scry_proto::Report {
+            seq,
+            events,
+            dropped,
+        } = report;
+        // Live followers get each event; with none listening this costs nothing per event.
+        if self.live.receiver_count() > 0 {
+            let t_recv = now();
+            let pid = self.registry().get_mut(process_id).map(|e| e.view.pid);
+            for ev in &events {
+                let data: Value = serde_json::from_str(ev.data.get()).unwrap_or(Value::Null);
+                self.publish(
+                    "event",
+                    json!({"process_id": process_id, "pid": pid, "kind": ev.kind, "source": ev.source,
+                           "t_hit": ev.t, "t_recv": t_recv, "data": data}),
+                );
+            }
         }
         let n = events.len() as u64;
-        let mut per_source: std::collections::HashMap<String, u64> =
-            std::collections::HashMap::new();
+        // Events per source, in case they cannot be stored (reports hold one or two sources).
+        let mut per_source: Vec<(String, u64)> = Vec::new();
         for e in &events {
             if let Some(s) = &e.source {
-                *per_source.entry(s.clone()).or_default() += 1;
+                match per_source.iter_mut().find(|(k, _)| k == s) {
+                    Some((_, c)) => *c += 1,
+                    None => per_source.push((s.clone(), 1)),
+                }
             }
         }
         let batch: Vec<NewEvent> = events

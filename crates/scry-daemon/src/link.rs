@@ -160,12 +160,8 @@ where
                     tracing::debug!(target: "agent_link", "reply to no pending request");
                 }
             }
-            Ok(AgentMessage::Report {
-                seq,
-                events,
-                dropped,
-            }) => {
-                shared.accept_report(process_id, seq, events, dropped, &tx);
+            Ok(AgentMessage::Report(report)) => {
+                shared.accept_report(process_id, report, &tx);
             }
             Ok(AgentMessage::Heartbeat {}) => {}
             Ok(AgentMessage::ProbeStatus { statuses }) => {

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The protocol version this build speaks.
@@ -162,7 +163,10 @@ pub struct ReplyError {
 }
 
 /// One observation shipped by an agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Its payload stays the JSON text the agent sent: the daemon stores it as it is, and parsing
+/// it into a tree only to write it out again would cost more than everything else per event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// What produced it: `probe`, `pulse`, `log`, …
     pub kind: String,
@@ -171,9 +175,41 @@ pub struct Event {
     /// E.g. the probe id.
     #[serde(default)]
     pub source: Option<String>,
-    /// Kind-specific payload.
+    /// Kind-specific payload, as JSON text (`null` when absent).
+    #[serde(default = "null_raw")]
+    pub data: Box<RawValue>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.t == other.t
+            && self.source == other.source
+            && self.data.get() == other.data.get()
+    }
+}
+
+fn null_raw() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable_raw())
+}
+
+#[cold]
+fn unreachable_raw() -> Box<RawValue> {
+    // `null` is valid JSON, so `null_raw` never gets here; kept total without a panic.
+    serde_json::value::to_raw_value(&Value::Null).unwrap_or_default()
+}
+
+/// A `report`: a batch of events (decoded without the generic path so that payloads are not
+/// parsed into trees).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Increasing per connection; the daemon acks it.
+    pub seq: u64,
+    /// The observations.
+    pub events: Vec<Event>,
+    /// Hits dropped in the agent since the previous report.
     #[serde(default)]
-    pub data: Value,
+    pub dropped: u64,
 }
 
 /// A reply to a request.
@@ -355,16 +391,9 @@ pub enum AgentMessage {
     Hello(Box<Hello>),
     /// An answer to a daemon request.
     Reply(Reply),
-    /// A batch of events.
-    Report {
-        /// Increasing per connection; the daemon acks it.
-        seq: u64,
-        /// The observations.
-        events: Vec<Event>,
-        /// Hits dropped in the agent since the previous report.
-        #[serde(default)]
-        dropped: u64,
-    },
+    /// A batch of events (decoded by its own path, see [`Report`]).
+    #[serde(skip_deserializing)]
+    Report(Report),
     /// Sent when the agent was silent for `heartbeat_ms`.
     Heartbeat {},
     /// The agent disconnects on purpose.
@@ -509,7 +538,30 @@ fn decode_with<T: serde::de::DeserializeOwned>(
 
 /// Decodes one line sent by an agent.
 pub fn decode_agent(line: &str) -> Result<AgentMessage, DecodeError> {
+    // Reports are nearly all the traffic: decode them straight into their struct, leaving each
+    // event's payload as text. Anything else, or a report that fails, takes the generic path,
+    // which classifies errors.
+    if line.len() <= MAX_LINE_BYTES {
+        if let Ok(peek) = serde_json::from_str::<TypePeek>(line) {
+            if peek.ty == "report" {
+                return serde_json::from_str::<Report>(line)
+                    .map(AgentMessage::Report)
+                    .map_err(|e| DecodeError {
+                        kind: ErrorKind::Malformed,
+                        message: format!("bad `report` message: {e}"),
+                        id: None,
+                    });
+            }
+        }
+    }
     decode_with(line, AGENT_TYPES)
+}
+
+/// Just the `type` of a message (every other field is skipped without being built).
+#[derive(Deserialize)]
+struct TypePeek<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
 }
 
 /// Decodes one line sent by the daemon.
@@ -534,7 +586,7 @@ impl AgentMessage {
         match self {
             AgentMessage::Hello(_) => "hello",
             AgentMessage::Reply(_) => "reply",
-            AgentMessage::Report { .. } => "report",
+            AgentMessage::Report(_) => "report",
             AgentMessage::Heartbeat {} => "heartbeat",
             AgentMessage::Goodbye { .. } => "goodbye",
             AgentMessage::Error(_) => "error",
@@ -651,6 +703,25 @@ mod tests {
                 other => panic!("{file}: unknown expectation {other}"),
             }
         }
+    }
+
+    #[test]
+    fn report_payloads_stay_the_text_the_agent_sent() {
+        let line = r#"{"type":"report","seq":9,"dropped":2,"events":[{"kind":"probe","t":1.5,"source":"p-1","data":{"values":{"x":{"t":"int","v":1}},"line":3}}]}"#;
+        let Ok(AgentMessage::Report(r)) = decode_agent(line) else {
+            panic!("not a report");
+        };
+        assert_eq!((r.seq, r.dropped, r.events.len()), (9, 2, 1));
+        assert_eq!(
+            r.events[0].data.get(),
+            r#"{"values":{"x":{"t":"int","v":1}},"line":3}"#
+        );
+        let missing = r#"{"type":"report","seq":1,"events":[{"kind":"log","t":2.0}]}"#;
+        let Ok(AgentMessage::Report(r)) = decode_agent(missing) else {
+            panic!("not a report");
+        };
+        assert_eq!(r.events[0].data.get(), "null");
+        assert_eq!(r.events[0].source, None);
     }
 
     #[test]

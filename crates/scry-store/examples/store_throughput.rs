@@ -71,7 +71,7 @@ fn main() -> Result<()> {
                 kind: "probe".to_string(),
                 source: Some(sources[(i % 8) as usize].clone()),
                 t_hit: base + i as f64 * 1e-6,
-                data: json!({
+                data: serde_json::value::to_raw_value(&serde_json::json!({
                     "line": 127,
                     "thread": "MainThread",
                     "values": {
@@ -79,7 +79,8 @@ fn main() -> Result<()> {
                         "order.id": {"t": "int", "v": i},
                         "user": {"t": "str", "v": "alice@example.com"},
                     },
-                }),
+                }))
+                .expect("raw"),
             })
             .collect();
         let acked = Arc::clone(&acked);

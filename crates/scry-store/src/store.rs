@@ -454,7 +454,7 @@ mod tests {
             kind: kind.to_string(),
             source: source.map(str::to_string),
             t_hit,
-            data: json!({"t": t_hit}),
+            data: serde_json::value::to_raw_value(&serde_json::json!({"t": t_hit})).expect("raw"),
         }
     }
 
@@ -486,7 +486,7 @@ mod tests {
                 level: Level::Info,
                 kind: "process_connected".to_string(),
                 message: "pid 42 connected".to_string(),
-                data: json!({"pid": 42}),
+                data: serde_json::json!({"pid": 42}),
             })
             .expect("system event");
         store.close().expect("close");
@@ -669,7 +669,7 @@ mod tests {
                 kind: if i % 3 == 0 { "log" } else { "probe" }.to_string(),
                 source: (i % 2 == 0).then(|| format!("p{i}")),
                 t_hit: 1000.0 + f64::from(i) / 8.0,
-                data: json!({"i": i, "s": "ünïcødé \"quoted\"", "nested": [1, {"a": null}]}),
+                data: serde_json::value::to_raw_value(&serde_json::json!({"i": i, "s": "ünïcødé \"quoted\"", "nested": [1, {"a": null}]})).expect("raw"),
             })
             .collect();
         let before = crate::unix_now();
@@ -689,7 +689,7 @@ mod tests {
             assert_eq!(row.kind, sent.kind);
             assert_eq!(row.source, sent.source);
             assert_eq!(row.t_hit, sent.t_hit);
-            assert_eq!(row.data, sent.data);
+            assert_eq!(row.data.to_string(), sent.data.get());
             assert!(row.t_recv >= before);
         }
     }
@@ -1108,7 +1108,7 @@ mod tests {
                     level: Level::Warn,
                     kind: "k".to_string(),
                     message: "m".to_string(),
-                    data: json!(null),
+                    data: serde_json::json!(null),
                 })
                 .expect("system");
         }
@@ -1180,7 +1180,7 @@ mod tests {
                 kind: "probe".to_string(),
                 source: source.map(str::to_string),
                 t_hit,
-                data: json!({ "n": n }),
+                data: serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).expect("raw"),
             })
             .collect();
         store.append_events(pid, events, 0, None).expect("append");
@@ -1238,7 +1238,7 @@ mod tests {
                     level: Level::Info,
                     kind: "tick".to_string(),
                     message: format!("tick {t}"),
-                    data: json!({"n": t}),
+                    data: serde_json::json!({"n": t}),
                 })
                 .expect("record");
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::StoreError;
@@ -181,7 +182,7 @@ pub struct ProbeRecord {
 }
 
 /// An event to store, as reported by an agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewEvent {
     /// What produced it (`probe`, `pulse`, `log`, ...).
     pub kind: String,
@@ -189,8 +190,35 @@ pub struct NewEvent {
     pub source: Option<String>,
     /// Time of the hit in the target, seconds since the epoch.
     pub t_hit: f64,
-    /// Kind-specific payload.
-    pub data: Value,
+    /// Kind-specific payload, as JSON text: stored as it is, never parsed on the way in.
+    pub data: Box<RawValue>,
+}
+
+impl NewEvent {
+    /// An event whose payload is a JSON value (encoded here).
+    pub fn from_value(
+        kind: impl Into<String>,
+        source: Option<String>,
+        t_hit: f64,
+        data: &Value,
+    ) -> NewEvent {
+        NewEvent {
+            kind: kind.into(),
+            source,
+            t_hit,
+            data: serde_json::value::to_raw_value(data)
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default()),
+        }
+    }
+}
+
+impl PartialEq for NewEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.source == other.source
+            && self.t_hit == other.t_hit
+            && self.data.get() == other.data.get()
+    }
 }
 
 /// A stored event.

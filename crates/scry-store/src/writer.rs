@@ -59,16 +59,12 @@ impl EncodedEvents {
         for e in events {
             let kind = push(&mut text, e.kind.as_bytes());
             let source = e.source.map(|s| push(&mut text, s.as_bytes()));
-            let start = text.len();
-            serde_json::to_writer(&mut text, &e.data).map_err(|source| StoreError::Json {
-                what: "event data",
-                source,
-            })?;
+            let data = push(&mut text, e.data.get().as_bytes());
             rows.push(EventSlot {
                 kind,
                 source,
                 t_hit: e.t_hit,
-                data: start..text.len(),
+                data,
             });
         }
         Ok(EncodedEvents { text, rows })
@@ -1010,7 +1006,7 @@ mod tests {
                 kind: "probe".to_string(),
                 source: (i % 2 == 0).then(|| "p1".to_string()),
                 t_hit: i as f64,
-                data: serde_json::json!({ "i": i }),
+                data: serde_json::value::to_raw_value(&serde_json::json!({ "i": i })).expect("raw"),
             })
             .collect();
         EncodedEvents::encode(events).expect("encode")
