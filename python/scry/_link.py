@@ -25,13 +25,13 @@ import stat
 import threading
 import time
 
-from . import _proto
+from . import _hit, _proto
 from ._errors import ConfigError, DaemonError, ScryError
 from ._version import __version__
 
 log = logging.getLogger("scry")
 
-DEFAULT_SETTINGS = {"flush_interval_ms": 50, "max_batch": 1024, "heartbeat_ms": 5000}
+DEFAULT_SETTINGS = {"flush_interval_ms": 50, "max_batch": 4096, "heartbeat_ms": 5000}
 #: Events held while waiting for the next flush (or for a reconnect); more are counted as dropped.
 BUFFER_CAPACITY = 65536
 #: At most this many reports are sent per flush, so a flood cannot starve the daemon's requests.
@@ -715,6 +715,11 @@ class Link(object):
                     self._pump()
                     self._flush()
                     last_flush = now
+                    # Hits still waiting by the batch: a hot line fills the buffer faster than
+                    # one flush per interval empties it, so keep draining without sleeping
+                    # (the poll above still serves the daemon in between).
+                    if len(_hit.BUFFER) >= self.settings["max_batch"]:
+                        last_flush = now - flush_every
                 if now - self._last_sent >= heartbeat_every:
                     self._send(_proto.heartbeat())
         except OSError as exc:
@@ -815,26 +820,36 @@ class Link(object):
     # -- reports ----------------------------------------------------------------------------------
 
     def _flush(self):
-        """Send what the buffer holds, in reports of at most ``max_batch`` events."""
+        """Send what the buffer holds, in reports of at most ``max_batch`` events, all in one
+        write: every send releases the GIL, and a program spinning on it keeps it for a whole
+        switch interval (5 ms) before this thread gets it back, so one write per flush rather
+        than one per report is what lets a busy process ship its hits."""
         max_batch = self.settings["max_batch"]
-        for _ in range(MAX_REPORTS_PER_FLUSH):
-            with self._buf_lock:
-                count = min(len(self._buf), max_batch)
-                batch = [self._buf.popleft() for _ in range(count)]
-                dropped = self._dropped
-                self._dropped = 0
-            if not batch and not dropped:
-                return
-            try:
-                self._send_report(batch, dropped)
-            except BaseException:
-                with self._buf_lock:  # those are lost with the connection: say so next time
-                    self._dropped += len(batch) + dropped
-                raise
-            if count < max_batch:
-                return
+        chunks = []
+        taken = 0
+        try:
+            for _ in range(MAX_REPORTS_PER_FLUSH):
+                with self._buf_lock:
+                    count = min(len(self._buf), max_batch)
+                    batch = [self._buf.popleft() for _ in range(count)]
+                    dropped = self._dropped
+                    self._dropped = 0
+                if not batch and not dropped:
+                    break
+                taken += len(batch) + dropped
+                self._encode_report(batch, dropped, chunks)
+                if count < max_batch:
+                    break
+            if chunks:
+                self._send_bytes(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        except BaseException:
+            with self._buf_lock:  # those are lost with the connection: say so next time
+                self._dropped += taken
+            raise
 
-    def _send_report(self, batch, dropped):
+    def _encode_report(self, batch, dropped, chunks):
+        """Append the encoded report(s) of ``batch`` to ``chunks`` (split in two while over the
+        line limit)."""
         good = [event for event in batch if _event_ok(event)]
         if len(good) != len(batch):
             dropped += len(batch) - len(good)
@@ -850,12 +865,12 @@ class Link(object):
         if len(data) - 1 > _proto.MAX_LINE_BYTES:
             if len(good) > 1:
                 half = len(good) // 2
-                self._send_report(good[:half], dropped)
-                self._send_report(good[half:], 0)
+                self._encode_report(good[:half], dropped, chunks)
+                self._encode_report(good[half:], 0, chunks)
                 return
             self._log_bad_events("an event is larger than the 16 MiB line limit")
             data = _proto.encode_report(self._seq + 1, [], dropped + len(good))
-        self._send_bytes(data)
+        chunks.append(data)
         self._seq += 1
         self.reports_sent += 1
 

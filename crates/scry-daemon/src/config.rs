@@ -27,7 +27,7 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# scry daemon configuration. Every sett
 # How often agents flush their event buffers, in milliseconds.
 # flush_interval_ms = 50
 # Most events in one report.
-# max_batch = 1024
+# max_batch = 4096
 # An agent silent this long sends a heartbeat, in milliseconds.
 # heartbeat_ms = 5000
 
@@ -63,7 +63,7 @@ impl Default for Config {
             http_addr: DEFAULT_HTTP_ADDR.into(),
             agent_tcp: None,
             flush_interval_ms: 50,
-            max_batch: 1024,
+            max_batch: 4096,
             heartbeat_ms: 5000,
             max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             max_events_per_probe: Some(100_000),

@@ -131,7 +131,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             flush_interval_ms: 50,
-            max_batch: 1024,
+            max_batch: 4096,
             heartbeat_ms: 5000,
         }
     }
