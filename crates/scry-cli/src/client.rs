@@ -171,15 +171,7 @@ pub fn start_daemon(home: &Home, extra_args: &[String]) -> Result<DaemonFile, Cl
     home.ensure().map_err(CliError::from_daemon)?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(format!("cannot find the scry executable: {e}")))?;
-    let log_path = home.log_file();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| CliError::new(format!("cannot open {}: {e}", log_path.display())))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| CliError::new(format!("cannot open {}: {e}", log_path.display())))?;
+    let (log, log_err) = open_log(&home.log_file())?;
     let previous = std::fs::read_to_string(home.daemon_file()).ok();
     let mut cmd = Command::new(&exe);
     cmd.arg("serve")
@@ -241,4 +233,16 @@ pub fn spawn_detached(cmd: &mut Command) -> std::io::Result<()> {
     let mut middle = cmd.spawn()?;
     middle.wait()?;
     Ok(())
+}
+
+/// Opens a log file for appending, twice (stdout and stderr of a detached child).
+pub fn open_log(path: &Path) -> Result<(std::fs::File, std::fs::File), CliError> {
+    let fail = |e: std::io::Error| CliError::new(format!("cannot open {}: {e}", path.display()));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(fail)?;
+    let again = log.try_clone().map_err(fail)?;
+    Ok((log, again))
 }

@@ -3,19 +3,16 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::StreamExt;
 
 use crate::http::{blocking, ApiError};
 use crate::probes::{self, NewProbe, ProbeDef};
@@ -148,14 +145,7 @@ async fn remove_group(
             "name a group: DELETE /api/v1/probes?group=G",
         )
     })?;
-    let defs = shared.probes().group(&group);
-    if defs.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no probe in group `{group}`"),
-        ));
-    }
+    let defs = group_defs(&shared, &group)?;
     remove_defs(&shared, defs).await
 }
 
@@ -220,27 +210,27 @@ async fn disable(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> 
     set_enabled(&shared, vec![def], false).await
 }
 
-async fn enable_group(State(shared): State<Arc<Shared>>, Path(group): Path<String>) -> ApiResult {
-    let defs = shared.probes().group(&group);
+/// The probes of a group; none is an error.
+fn group_defs(shared: &Shared, group: &str) -> Result<Vec<ProbeDef>, ApiError> {
+    let defs = shared.probes().group(group);
     if defs.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no probe in group `{group}`"),
-        ));
+        )
+        .hint("see `scry probe list --json` for the groups"));
     }
+    Ok(defs)
+}
+
+async fn enable_group(State(shared): State<Arc<Shared>>, Path(group): Path<String>) -> ApiResult {
+    let defs = group_defs(&shared, &group)?;
     set_enabled(&shared, defs, true).await
 }
 
 async fn disable_group(State(shared): State<Arc<Shared>>, Path(group): Path<String>) -> ApiResult {
-    let defs = shared.probes().group(&group);
-    if defs.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no probe in group `{group}`"),
-        ));
-    }
+    let defs = group_defs(&shared, &group)?;
     set_enabled(&shared, defs, false).await
 }
 
@@ -281,40 +271,27 @@ async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(q) = q?;
     let source = resolve_source(&shared, q.probe)?;
-    let pids = q.pid.map(|p| process_ids_for_pid(&shared, p));
+    let ids = q.pid.map(|p| process_ids_for_pid(&shared, p));
     let pid_filter = q.pid;
-    let rx = shared.subscribe();
-    let mut stop = shared.shutdown_signal();
-    let events = BroadcastStream::new(rx).filter_map(move |item| match item {
-        Ok(ev) if ev.topic == "event" => {
-            if source
-                .as_ref()
-                .is_some_and(|s| ev.data["source"].as_str() != Some(s.as_str()))
-            {
+    Ok(crate::http::live_sse(&shared, move |ev| {
+        if ev.topic != "event" {
+            return None;
+        }
+        if source
+            .as_ref()
+            .is_some_and(|s| ev.data["source"].as_str() != Some(s.as_str()))
+        {
+            return None;
+        }
+        if let Some(ids) = &ids {
+            let pid = ev.data["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+            let id = ev.data["process_id"].as_i64().unwrap_or(-1);
+            if pid != pid_filter && !ids.contains(&id) {
                 return None;
             }
-            if let Some(ids) = &pids {
-                let pid = ev.data["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
-                let id = ev.data["process_id"].as_i64().unwrap_or(-1);
-                if pid != pid_filter && !ids.contains(&id) {
-                    return None;
-                }
-            }
-            Some(Ok(SseEvent::default()
-                .event("event")
-                .data(ev.data.to_string())))
         }
-        Ok(_) => None,
-        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-            Some(Ok(SseEvent::default()
-                .event("lagged")
-                .data(json!({"missed": n}).to_string())))
-        }
-    });
-    let events = futures_util::StreamExt::take_until(events, async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+        Some("event")
+    }))
 }
 
 #[derive(Deserialize)]

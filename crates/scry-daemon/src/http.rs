@@ -550,30 +550,38 @@ async fn stream(
             .filter(|s| !s.is_empty())
             .collect()
     });
+    Ok(live_sse(&shared, move |ev| {
+        if topics
+            .as_ref()
+            .is_some_and(|t| !t.iter().any(|x| x == ev.topic))
+        {
+            return None;
+        }
+        Some(ev.topic)
+    }))
+}
+
+/// A server-sent-event stream of the live events that `pick` keeps (it names the SSE event
+/// type). A slow reader is told how many it missed; the stream ends when the daemon stops, so
+/// graceful shutdown never waits on a follower.
+pub(crate) fn live_sse(
+    shared: &Shared,
+    mut pick: impl FnMut(&crate::LiveEvent) -> Option<&'static str> + Send + 'static,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = shared.subscribe();
     let mut stop = shared.shutdown_signal();
     let events = BroadcastStream::new(rx).filter_map(move |item| match item {
         Ok(ev) => {
-            if topics
-                .as_ref()
-                .is_some_and(|t| !t.iter().any(|x| x == ev.topic))
-            {
-                return None;
-            }
-            Some(Ok(SseEvent::default()
-                .event(ev.topic)
-                .data(ev.data.to_string())))
+            pick(&ev).map(|name| Ok(SseEvent::default().event(name).data(ev.data.to_string())))
         }
-        // A slow reader missed events: say so in the stream instead of hiding it.
         Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
             Some(Ok(SseEvent::default()
                 .event("lagged")
                 .data(json!({"missed": n}).to_string())))
         }
     });
-    // End the stream when the daemon stops, so graceful shutdown never waits on a follower.
     let events = futures_util::StreamExt::take_until(events, async move {
         let _ = stop.wait_for(|stopping| *stopping).await;
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::CmdResult;
 use crate::cli::{DemoArgs, PsArgs};
-use crate::client::{spawn_detached, DaemonClient};
+use crate::client::{open_log, spawn_detached, DaemonClient};
 use crate::error::{CliError, ExitStatus};
 use crate::printer::Printer;
 
@@ -187,14 +187,7 @@ async fn watch(
 fn start_service(home: &Home, python: &str, printer: &mut Printer) -> Result<u32, CliError> {
     let agent_dir = bundle::unpack(home).map_err(CliError::from_daemon)?;
     let log_path = home.root().join("demo.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| CliError::new(format!("cannot open {}: {e}", log_path.display())))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| CliError::new(format!("cannot open {}: {e}", log_path.display())))?;
+    let (log, log_err) = open_log(&log_path)?;
     let mut pythonpath = agent_dir.display().to_string();
     if let Some(old) = std::env::var_os("PYTHONPATH").filter(|v| !v.is_empty()) {
         pythonpath = format!("{pythonpath}:{}", old.to_string_lossy());

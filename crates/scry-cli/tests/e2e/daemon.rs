@@ -23,18 +23,7 @@ fn status_when_not_running_says_so_with_exit_3() {
 #[test]
 fn commands_start_the_daemon_and_say_so_then_stop_stops_it() {
     let ctx = Ctx::new();
-    // A free port so that this test does not collide with a daemon on the default port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    std::fs::create_dir_all(ctx.home()).expect("home");
-    std::fs::write(
-        ctx.home().join("config.toml"),
-        format!("[http]\naddr = \"127.0.0.1:{port}\"\n"),
-    )
-    .expect("config");
+    let port = ctx.config_free_port();
 
     let out = ctx.scry(&["ps"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -5,17 +5,7 @@ use crate::support::{text, Ctx};
 #[test]
 fn demo_runs_the_sample_service_and_wakes_it() {
     let ctx = Ctx::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    std::fs::create_dir_all(ctx.home()).expect("home");
-    std::fs::write(
-        ctx.home().join("config.toml"),
-        format!("[http]\naddr = \"127.0.0.1:{port}\"\n"),
-    )
-    .expect("config");
+    ctx.config_free_port();
 
     let out = ctx.scry(&["demo"]);
     let all = text(&out);

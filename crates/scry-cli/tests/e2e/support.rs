@@ -92,6 +92,22 @@ impl Ctx {
         self.home.path()
     }
 
+    /// Writes a config.toml with a free HTTP port, for tests where a command starts the daemon
+    /// itself (so that it never collides with a daemon on the default port). Returns the port.
+    pub fn config_free_port(&self) -> u16 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        std::fs::create_dir_all(self.home()).expect("home");
+        std::fs::write(
+            self.home().join("config.toml"),
+            format!("[http]\naddr = \"127.0.0.1:{port}\"\n"),
+        )
+        .expect("config");
+        port
+    }
+
     /// A `scry` command with this context's environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(scry_bin());
