@@ -79,14 +79,20 @@ impl DaemonClient {
         if self.is_up().await {
             return Ok(());
         }
-        if self.explicit {
+        // SCRY_DAEMON naming this machine: start the daemon there; another host: say so.
+        let local = loopback_addr(&self.base);
+        if self.explicit && local.is_none() {
             return Err(
                 CliError::new(format!("no scry daemon answers at {}", self.base)).hint(
                     "start it there with `scry serve`, or unset SCRY_DAEMON to use a local one",
                 ),
             );
         }
-        let info = start_daemon(&self.home, &[])?;
+        let extra: Vec<String> = match (self.explicit, local) {
+            (true, Some(addr)) => vec!["--http".into(), addr],
+            _ => Vec::new(),
+        };
+        let info = start_daemon(&self.home, &extra)?;
         self.refresh();
         printer.note(format!(
             "scry: started the daemon in the background (pid {}, http://{}, log {})",
@@ -245,4 +251,41 @@ pub fn open_log(path: &Path) -> Result<(std::fs::File, std::fs::File), CliError>
         .map_err(fail)?;
     let again = log.try_clone().map_err(fail)?;
     Ok((log, again))
+}
+
+/// `HOST:PORT` of an `http://` URL whose host is a loopback address (or `localhost`).
+pub fn loopback_addr(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?.trim_end_matches('/');
+    let addr = rest.split('/').next()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host_ip = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host_ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| addr.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_addr;
+
+    #[test]
+    fn loopback_urls() {
+        assert_eq!(
+            loopback_addr("http://127.0.0.1:7400"),
+            Some("127.0.0.1:7400".into())
+        );
+        assert_eq!(
+            loopback_addr("http://localhost:7400/"),
+            Some("localhost:7400".into())
+        );
+        assert_eq!(
+            loopback_addr("http://[::1]:7400"),
+            Some("[::1]:7400".into())
+        );
+        assert_eq!(loopback_addr("http://10.1.2.3:7400"), None);
+        assert_eq!(loopback_addr("http://127.0.0.1"), None);
+    }
 }

@@ -13,10 +13,17 @@ use crate::printer::Printer;
 
 /// Runs the daemon in the foreground, or starts it detached with `--daemon`.
 pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult {
+    // Flags first, then SCRY_DAEMON (so that the CLI and the daemon agree), then config.toml.
     let http = args
         .http
         .clone()
-        .or_else(|| args.port.map(|p| format!("127.0.0.1:{p}")));
+        .or_else(|| args.port.map(|p| format!("127.0.0.1:{p}")))
+        .or_else(|| {
+            scry_daemon::env::var(scry_daemon::env::SCRY_DAEMON).and_then(|url| {
+                url.strip_prefix("http://")
+                    .map(|a| a.trim_end_matches('/').to_owned())
+            })
+        });
     if args.daemon {
         if let Some(info) = client::read_daemon_file(home) {
             return Err(CliError::new(format!(

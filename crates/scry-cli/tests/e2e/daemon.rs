@@ -119,3 +119,49 @@ fn port_in_use_is_a_clear_error() {
         Some(ctx.get("/api/v1/health"))
     });
 }
+
+#[test]
+fn scry_daemon_on_loopback_is_where_the_daemon_is_started_and_found() {
+    let ctx = Ctx::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = ctx
+        .cmd(&["ps"])
+        .env("SCRY_DAEMON", &url)
+        .output()
+        .expect("ps");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        text(&out)
+    );
+    let status = ctx
+        .cmd(&["status", "--json"])
+        .env("SCRY_DAEMON", &url)
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(v["http"], format!("127.0.0.1:{port}"));
+    let out = ctx
+        .cmd(&["stop"])
+        .env("SCRY_DAEMON", &url)
+        .output()
+        .expect("stop");
+    assert!(out.status.success(), "{}", text(&out));
+    // Another host is never started, only reported.
+    let out = ctx
+        .cmd(&["ps"])
+        .env("SCRY_DAEMON", "http://192.0.2.99:7390")
+        .output()
+        .expect("ps");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no scry daemon answers"),
+        "{}",
+        text(&out)
+    );
+}
