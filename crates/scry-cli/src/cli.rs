@@ -65,6 +65,31 @@ pub enum Command {
         after_help = "Examples:\n  scry demo          start (or reuse) the sample service and wake it\n  scry demo --stop   stop the sample service"
     )]
     Demo(DemoArgs),
+    /// The Python stacks of every thread of a process (and its tree), read from outside.
+    #[command(
+        after_help = "Works on any process, hung ones too, with no preparation and no daemon: the \
+stacks are read from the process's memory (it is paused only while read). Frames are shown \
+innermost first (the running frame on top).\n\nExamples:\n  scry dump 4242\n  scry dump --tree 4242          every process below 4242 too, parent before child\n  scry dump --tree --json 4242 > dump.json\n  scry dump --locals --out incident.json 4242"
+    )]
+    Dump(DumpArgs),
+}
+
+/// `scry dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The process.
+    pub pid: u32,
+    /// Every process below PID too (non-Python ones with their kernel state).
+    #[arg(long)]
+    pub tree: bool,
+    /// Local variables of each frame (values bounded).
+    #[arg(long)]
+    pub locals: bool,
+    /// Also write the dump, as JSON, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 /// `scry serve`.

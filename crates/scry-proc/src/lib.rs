@@ -9,10 +9,14 @@
 //! dependency): the files are stable kernel interfaces, and reading them by hand lets every
 //! error name the path it came from.
 //!
+//! [`stacks`] reads the Python stacks of a process (or a process tree) from outside, through the
+//! `py-spy` library.
+//!
 //! Not for: talking to agents, storing anything, or printing. Later this crate also hosts the
-//! PEP 768 writer and the stack reader, which are the other things that reach into a process
-//! from outside.
+//! PEP 768 writer, the other thing that reaches into a process from outside.
 #![deny(missing_docs)]
+
+pub mod stacks;
 
 use std::path::{Path, PathBuf};
 

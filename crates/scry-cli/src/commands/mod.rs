@@ -2,6 +2,7 @@
 //! the exit status or a [`CliError`].
 
 pub mod demo;
+pub mod dump;
 pub mod events;
 pub mod probe;
 pub mod ps;

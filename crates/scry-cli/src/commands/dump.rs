@@ -1,0 +1,303 @@
+//! `scry dump`: presents what `scry_proc::stacks` read.
+
+use std::io::Write;
+
+use scry_proc::stacks::{self, Dump, DumpOptions, ProcessDump, ProcessKind, StackError};
+
+use super::CmdResult;
+use crate::cli::DumpArgs;
+use crate::error::{CliError, ExitStatus};
+use crate::printer::Printer;
+
+/// Dumps the stacks of a process (and its tree), prints them, and writes `--out`.
+pub fn dump(args: &DumpArgs, printer: &mut Printer) -> CmdResult {
+    let options = DumpOptions {
+        tree: args.tree,
+        locals: args.locals,
+    };
+    let dump = stacks::dump(args.pid, options).map_err(stack_error)?;
+    if let Some(path) = &args.out {
+        let text = serde_json::to_string_pretty(&dump).map_err(std::io::Error::other)?;
+        std::fs::write(path, text + "\n").map_err(|e| {
+            CliError::new(format!("cannot write the dump to {}: {e}", path.display()))
+        })?;
+    }
+    if printer.json {
+        printer.json_value(&dump)?;
+    } else {
+        let mut buf = Vec::new();
+        render(&dump, &mut buf)?;
+        printer.line(String::from_utf8_lossy(&buf).trim_end())?;
+    }
+    if let Some(path) = &args.out {
+        printer.note(format!("wrote the dump to {}", path.display()));
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn ptrace_scope_hint() -> String {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .map(|s| s.trim().to_owned());
+    let yama = match scope.as_deref() {
+        Some(v) if v != "0" => format!(
+            "; /proc/sys/kernel/yama/ptrace_scope is {v}: 1 lets only a parent read a process, \
+             2 only root, 3 nobody (as root: `sysctl kernel.yama.ptrace_scope=0`)"
+        ),
+        Some(_) => String::new(),
+        None => "; where Yama is on, /proc/sys/kernel/yama/ptrace_scope 1 lets only a parent \
+                 read a process and 2 only root"
+            .to_owned(),
+    };
+    format!(
+        "run scry as the same user as the process, or as root{yama}; in a container the reader \
+         needs CAP_SYS_PTRACE (docker run --cap-add SYS_PTRACE, or securityContext.capabilities \
+         in Kubernetes)"
+    )
+}
+
+/// A user-facing error for each way a dump can fail.
+fn stack_error(e: StackError) -> CliError {
+    let hint = match &e {
+        StackError::NoSuchProcess { .. } => {
+            "check the pid: `ps -ef`, or `pgrep -af NAME` to find it by command".to_owned()
+        }
+        StackError::PermissionDenied { .. } => ptrace_scope_hint(),
+        StackError::NotPython { pid, .. } => format!(
+            "scry dump reads CPython processes; `scry dump --tree {pid}` lists this process \
+             with the Python processes below it"
+        ),
+        _ => "scry dump reads CPython 3.3 to 3.14 (not free-threaded builds); run again with \
+              SCRY_LOG=proc=debug for details"
+            .to_owned(),
+    };
+    let mut causes = Vec::new();
+    let mut cur = std::error::Error::source(&e);
+    while let Some(c) = cur {
+        let text = c.to_string();
+        // remoteprocess wraps an io::Error and shows the same text: keep one.
+        if causes.last() != Some(&text) {
+            causes.push(text);
+        }
+        cur = c.source();
+    }
+    let mut err = CliError::new(e.to_string()).hint(hint);
+    err.causes = causes;
+    err
+}
+
+/// The dump as text: a header, then each process (indented by its depth) and its threads.
+pub fn render(dump: &Dump, out: &mut impl Write) -> std::io::Result<()> {
+    let below = dump.processes.len().saturating_sub(1);
+    let scope = if dump.tree {
+        format!(
+            "process {} and {below} below it",
+            dump.root_pid,
+            below = below
+        )
+    } else {
+        format!("process {}", dump.root_pid)
+    };
+    writeln!(
+        out,
+        "scry dump of {scope} in {:.0} ms; frames innermost first (the running frame on top)",
+        dump.duration_ms
+    )?;
+    for p in &dump.processes {
+        writeln!(out)?;
+        render_process(p, out)?;
+    }
+    Ok(())
+}
+
+fn render_process(p: &ProcessDump, out: &mut impl Write) -> std::io::Result<()> {
+    let pad = "    ".repeat(p.depth as usize);
+    let command = if p.cmdline.is_empty() {
+        format!("[{}]", p.comm)
+    } else {
+        p.cmdline.join(" ")
+    };
+    let state = || {
+        let mut s = p.state.clone().unwrap_or_else(|| "?".into());
+        if let Some(w) = &p.wchan {
+            s.push_str(&format!(", waiting in {w}"));
+        }
+        s
+    };
+    match p.kind {
+        ProcessKind::Python => {
+            let version = p.python_version.as_deref().unwrap_or("?");
+            let paused = if p.paused {
+                "paused while read".to_owned()
+            } else {
+                "read WITHOUT pausing (pausing refused; stacks may be inconsistent)".to_owned()
+            };
+            writeln!(
+                out,
+                "{pad}process {} (python {version}, {paused}): {command}",
+                p.pid
+            )?;
+            if let (false, Some(why)) = (p.paused, &p.pause_error) {
+                writeln!(out, "{pad}  pausing failed: {why}")?;
+            }
+            if p.threads.is_empty() {
+                writeln!(out, "{pad}  no Python threads")?;
+            }
+            for t in &p.threads {
+                let tid = t
+                    .os_thread_id
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| format!("py:{:#x}", t.python_thread_id));
+                let name = t
+                    .name
+                    .as_deref()
+                    .map(|n| format!(" \"{n}\""))
+                    .unwrap_or_default();
+                let gil = if t.holds_gil { ", holds the GIL" } else { "" };
+                writeln!(out, "{pad}  thread {tid}{name}: {}{gil}", t.status)?;
+                for f in &t.frames {
+                    writeln!(out, "{pad}    {} ({}:{})", f.function, f.file, f.line)?;
+                    for l in f.locals.iter().flatten() {
+                        let kind = if l.arg { " (arg)" } else { "" };
+                        writeln!(
+                            out,
+                            "{pad}        {}{kind} = {}",
+                            l.name,
+                            l.repr.as_deref().unwrap_or("?")
+                        )?;
+                    }
+                }
+            }
+        }
+        ProcessKind::Other => writeln!(
+            out,
+            "{pad}process {} (not Python: {}): {command}",
+            p.pid,
+            state()
+        )?,
+        ProcessKind::Gone => writeln!(
+            out,
+            "{pad}process {} exited during the dump: {command}",
+            p.pid
+        )?,
+        ProcessKind::Unreadable => {
+            writeln!(
+                out,
+                "{pad}process {} (stacks unreadable; {}): {command}",
+                p.pid,
+                state()
+            )?;
+            if let Some(e) = &p.error {
+                writeln!(out, "{pad}  {e}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scry_proc::stacks::{FrameDump, ThreadDump};
+
+    fn sample() -> Dump {
+        let base = ProcessDump {
+            pid: 10,
+            ppid: 1,
+            depth: 0,
+            comm: "python3".into(),
+            cmdline: vec!["python3".into(), "app.py".into()],
+            kind: ProcessKind::Python,
+            python_version: Some("3.11.2".into()),
+            paused: true,
+            pause_error: None,
+            state: Some("S (sleeping)".into()),
+            wchan: None,
+            error: None,
+            threads: vec![ThreadDump {
+                os_thread_id: Some(10),
+                python_thread_id: 1,
+                name: Some("MainThread".into()),
+                holds_gil: true,
+                status: "idle".into(),
+                frames: vec![
+                    FrameDump {
+                        function: "wait_forever".into(),
+                        file: "app.py".into(),
+                        line: 3,
+                        locals: None,
+                    },
+                    FrameDump {
+                        function: "<module>".into(),
+                        file: "app.py".into(),
+                        line: 9,
+                        locals: None,
+                    },
+                ],
+            }],
+        };
+        let sleep = ProcessDump {
+            pid: 11,
+            ppid: 10,
+            depth: 1,
+            comm: "sleep".into(),
+            cmdline: vec!["sleep".into(), "60".into()],
+            kind: ProcessKind::Other,
+            python_version: None,
+            state: Some("S (sleeping)".into()),
+            wchan: Some("hrtimer_nanosleep".into()),
+            threads: vec![],
+            ..base.clone()
+        };
+        Dump {
+            schema: 1,
+            root_pid: 10,
+            tree: true,
+            taken_at: 0.0,
+            duration_ms: 12.4,
+            frame_order: "innermost_first".into(),
+            processes: vec![base, sleep],
+        }
+    }
+
+    #[test]
+    fn renders_processes_threads_and_frames() {
+        let mut buf = Vec::new();
+        render(&sample(), &mut buf).expect("render");
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            "scry dump of process 10 and 1 below it in 12 ms; frames innermost first (the running frame on top)\n\
+             \n\
+             process 10 (python 3.11.2, paused while read): python3 app.py\n  \
+             thread 10 \"MainThread\": idle, holds the GIL\n    \
+             wait_forever (app.py:3)\n    \
+             <module> (app.py:9)\n\
+             \n    \
+             process 11 (not Python: S (sleeping), waiting in hrtimer_nanosleep): sleep 60\n"
+        );
+    }
+
+    #[test]
+    fn not_python_error_has_a_hint() {
+        let e = stack_error(StackError::NotPython {
+            pid: 7,
+            comm: "sleep".into(),
+            source: "no python".into(),
+        });
+        let text = e.render();
+        assert!(text.starts_with("error: process 7 (sleep) is not a Python process"));
+        assert!(text.contains("hint: scry dump reads CPython"), "{text}");
+    }
+
+    #[test]
+    fn permission_error_hints_at_ptrace() {
+        let e = stack_error(StackError::PermissionDenied {
+            pid: 7,
+            source: "Permission denied (os error 13)".into(),
+        });
+        let text = e.render();
+        assert!(text.contains("CAP_SYS_PTRACE"), "{text}");
+        assert!(text.contains("same user"), "{text}");
+        assert!(text.contains("ptrace_scope"), "{text}");
+    }
+}

@@ -1,0 +1,545 @@
+//! Python stacks read from outside: the memory of a running interpreter, through the `py-spy`
+//! library, for one process or a whole process tree.
+//!
+//! Main entry point: [`dump`] returns a [`Dump`] (serializable; its JSON form is the schema
+//! documented in `docs/dump.md`). One [`PythonSpy`](py_spy::PythonSpy) per process, every
+//! process read on its own thread. Each target is paused (ptrace) only while its threads are
+//! read; when pausing is refused the process is read without pausing, and the dump says so.
+//!
+//! Frames are stored innermost first (the frame that is running now comes first), the order
+//! py-spy and debuggers use.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use py_spy::config::LockingStrategy;
+use serde::{Deserialize, Serialize};
+
+/// The version of the dump document's schema (`schema` field).
+pub const DUMP_SCHEMA: u32 = 1;
+
+/// Errors that stop a dump. Problems with one process of a tree do not: they are reported in
+/// that process's entry ([`ProcessKind::Gone`], [`ProcessKind::Unreadable`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StackError {
+    /// There is no process with this pid.
+    #[error("no process with pid {pid}")]
+    NoSuchProcess {
+        /// The pid asked for.
+        pid: u32,
+    },
+    /// The kernel refused to let us read the process's memory.
+    #[error("permission denied reading the memory of process {pid}")]
+    PermissionDenied {
+        /// The pid.
+        pid: u32,
+        /// What py-spy or the kernel said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The process runs no Python interpreter that can be found.
+    #[error("process {pid} ({comm}) is not a Python process")]
+    NotPython {
+        /// The pid.
+        pid: u32,
+        /// Its executable's short name.
+        comm: String,
+        /// What py-spy said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// It looks like Python, but its stacks could not be read (an unsupported version, a
+    /// free-threaded build, memory changing under a non-paused read, ...).
+    #[error("cannot read the Python stacks of process {pid}")]
+    Read {
+        /// The pid.
+        pid: u32,
+        /// What py-spy said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What to dump.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpOptions {
+    /// Every process below the root too.
+    pub tree: bool,
+    /// Local variables of each frame (values bounded by py-spy: 128 characters).
+    pub locals: bool,
+}
+
+/// A dump: every process asked for, parent before child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dump {
+    /// [`DUMP_SCHEMA`].
+    pub schema: u32,
+    /// The pid the dump was asked for.
+    pub root_pid: u32,
+    /// Whether the tree below the root was included.
+    pub tree: bool,
+    /// Wall-clock seconds since the epoch when the dump started.
+    pub taken_at: f64,
+    /// How long the dump took, in milliseconds.
+    pub duration_ms: f64,
+    /// Always `"innermost_first"`: the running frame first.
+    pub frame_order: String,
+    /// The processes, parent before child (depth-first, children by pid).
+    pub processes: Vec<ProcessDump>,
+}
+
+/// What one process turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessKind {
+    /// A Python process whose stacks were read.
+    Python,
+    /// Not a Python process: only its state is shown.
+    Other,
+    /// It exited during the dump.
+    Gone,
+    /// Python (or possibly), but the stacks could not be read: see `error`.
+    Unreadable,
+}
+
+/// One process of a dump.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessDump {
+    /// The pid.
+    pub pid: u32,
+    /// The parent's pid.
+    pub ppid: u32,
+    /// Depth below the root (the root is 0).
+    pub depth: u32,
+    /// `comm`: the executable's short name.
+    pub comm: String,
+    /// The command line.
+    pub cmdline: Vec<String>,
+    /// What it is.
+    pub kind: ProcessKind,
+    /// The Python version (`3.11.2`), for Python processes.
+    pub python_version: Option<String>,
+    /// Whether the process was paused while read (`false`: read while running, the stacks may
+    /// be slightly inconsistent).
+    pub paused: bool,
+    /// Why it was not paused, when it was not.
+    pub pause_error: Option<String>,
+    /// The `State:` line of `/proc/PID/status` (`S (sleeping)`).
+    pub state: Option<String>,
+    /// `/proc/PID/wchan`: the kernel function it waits in (`None` when running or unknown).
+    pub wchan: Option<String>,
+    /// Why the stacks could not be read (kinds `unreadable` and `gone`).
+    pub error: Option<String>,
+    /// The Python threads (empty unless kind is `python`).
+    pub threads: Vec<ThreadDump>,
+}
+
+/// One Python thread.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThreadDump {
+    /// The OS thread id (the `tid` of `/proc/PID/task`), when known.
+    pub os_thread_id: Option<u64>,
+    /// Python's thread identifier (`threading.get_ident()`).
+    pub python_thread_id: u64,
+    /// The Python thread name (`MainThread`), when py-spy finds it.
+    pub name: Option<String>,
+    /// Whether this thread holds the GIL.
+    pub holds_gil: bool,
+    /// `running` or `idle` (waiting: sleeping, blocked in a read, a lock, a select).
+    pub status: String,
+    /// The frames, innermost first.
+    pub frames: Vec<FrameDump>,
+}
+
+/// One frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FrameDump {
+    /// The function name.
+    pub function: String,
+    /// The file, as the interpreter knows it.
+    pub file: String,
+    /// The line number (0 when unknown).
+    pub line: i32,
+    /// Local variables, only with `--locals`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub locals: Option<Vec<LocalDump>>,
+}
+
+/// One local variable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalDump {
+    /// The name.
+    pub name: String,
+    /// Whether it is an argument of the function.
+    pub arg: bool,
+    /// A bounded representation of the value (`?` when it could not be read).
+    pub repr: Option<String>,
+}
+
+fn gone(pid: u32) -> bool {
+    !PathBuf::from(format!("/proc/{pid}")).exists()
+        || crate::info(pid).map(|p| p.state == 'Z').unwrap_or(true)
+}
+
+fn permission_denied(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            io.kind() == std::io::ErrorKind::PermissionDenied
+        } else if let Some(remoteprocess::Error::IOError(io)) =
+            cause.downcast_ref::<remoteprocess::Error>()
+        {
+            io.kind() == std::io::ErrorKind::PermissionDenied
+        } else if let Some(remoteprocess::Error::NixError(e)) =
+            cause.downcast_ref::<remoteprocess::Error>()
+        {
+            matches!(*e as i32, nix::libc::EPERM | nix::libc::EACCES)
+        } else {
+            cause.to_string().contains("Permission denied")
+        }
+    })
+}
+
+/// Whether the process maps something that looks like a Python interpreter (its executable or
+/// a libpython). Used only to tell "not Python" from "Python we cannot read".
+fn maps_python(pid: u32) -> bool {
+    let exe_python = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().starts_with("python"))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false);
+    exe_python
+        || std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|m| m.lines().any(|l| l.contains("libpython")))
+            .unwrap_or(false)
+}
+
+fn boxed(err: anyhow::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    err.into()
+}
+
+fn classify(pid: u32, comm: &str, err: anyhow::Error) -> StackError {
+    if gone(pid) {
+        StackError::NoSuchProcess { pid }
+    } else if permission_denied(&err) {
+        StackError::PermissionDenied {
+            pid,
+            source: boxed(err),
+        }
+    } else if !maps_python(pid) {
+        StackError::NotPython {
+            pid,
+            comm: comm.to_owned(),
+            source: boxed(err),
+        }
+    } else {
+        StackError::Read {
+            pid,
+            source: boxed(err),
+        }
+    }
+}
+
+/// The stacks of one Python process, as read.
+struct Read {
+    version: String,
+    paused: bool,
+    pause_error: Option<String>,
+    threads: Vec<ThreadDump>,
+}
+
+fn chain_text(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Reads every thread of one Python process: paused if allowed, else without pausing.
+fn read_process(pid: u32, comm: &str, locals: bool) -> Result<Read, StackError> {
+    let config = py_spy::Config {
+        blocking: LockingStrategy::Lock,
+        dump_locals: u64::from(locals),
+        ..Default::default()
+    };
+    let mut spy =
+        py_spy::PythonSpy::new(pid as py_spy::Pid, &config).map_err(|e| classify(pid, comm, e))?;
+    let version = spy.version.to_string();
+    let (traces, paused, pause_error) = match spy.get_stack_traces() {
+        Ok(t) => (t, true, None),
+        Err(e) if e.to_string() == "Failed to suspend process" => {
+            let why = chain_text(&e);
+            tracing::debug!(target: "proc", pid, error = %why, "pausing refused; reading without pausing");
+            spy.config.blocking = LockingStrategy::NonBlocking;
+            // Without pausing, the interpreter may change the memory under the reader: retry.
+            let mut last = None;
+            let mut got = None;
+            for _ in 0..5 {
+                match spy.get_stack_traces() {
+                    Ok(t) => {
+                        got = Some(t);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            match (got, last) {
+                (Some(t), _) => (t, false, Some(why)),
+                (None, Some(e)) => return Err(classify(pid, comm, e)),
+                (None, None) => unreachable!("five attempts"),
+            }
+        }
+        Err(e) => return Err(classify(pid, comm, e)),
+    };
+    let threads = traces
+        .into_iter()
+        .map(|t| ThreadDump {
+            os_thread_id: t.os_thread_id,
+            python_thread_id: t.thread_id,
+            name: t.thread_name,
+            holds_gil: t.owns_gil,
+            status: if t.active { "running" } else { "idle" }.to_owned(),
+            frames: t
+                .frames
+                .into_iter()
+                .map(|f| FrameDump {
+                    function: f.name,
+                    file: f.filename,
+                    line: f.line,
+                    locals: f.locals.map(|ls| {
+                        ls.into_iter()
+                            .map(|l| LocalDump {
+                                name: l.name,
+                                arg: l.arg,
+                                repr: l.repr,
+                            })
+                            .collect()
+                    }),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Read {
+        version,
+        paused,
+        pause_error,
+        threads,
+    })
+}
+
+/// `/proc/PID/status` `State:` and `/proc/PID/wchan`.
+fn kernel_state(pid: u32) -> (Option<String>, Option<String>) {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .map(|v| v.trim().to_owned())
+        });
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .ok()
+        .map(|w| w.trim().to_owned())
+        .filter(|w| !w.is_empty() && w != "0");
+    (state, wchan)
+}
+
+/// The root and, with `tree`, every process below it: (pid, depth), parent before child.
+fn order(root: u32, tree: bool) -> Vec<(u32, u32)> {
+    if !tree {
+        return vec![(root, 0)];
+    }
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for pid in crate::all_pids() {
+        if let Ok(p) = crate::info(pid) {
+            children.entry(p.ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(root, 0u32)];
+    while let Some((pid, depth)) = stack.pop() {
+        out.push((pid, depth));
+        if let Some(kids) = children.get(&pid) {
+            // Reversed so that the lowest pid is visited first.
+            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+        }
+    }
+    out
+}
+
+fn dump_one(pid: u32, depth: u32, locals: bool) -> Result<ProcessDump, StackError> {
+    let info = crate::info(pid).map_err(|_| StackError::NoSuchProcess { pid })?;
+    let mut entry = ProcessDump {
+        pid,
+        ppid: info.ppid,
+        depth,
+        comm: info.comm.clone(),
+        cmdline: info.cmdline.clone(),
+        kind: ProcessKind::Python,
+        python_version: None,
+        paused: false,
+        pause_error: None,
+        state: None,
+        wchan: None,
+        error: None,
+        threads: Vec::new(),
+    };
+    let result = read_process(pid, &info.comm, locals);
+    // The kernel state after reading: the process has been resumed by then.
+    let (state, wchan) = kernel_state(pid);
+    entry.state = state;
+    entry.wchan = wchan;
+    match result {
+        Ok(read) => {
+            entry.python_version = Some(read.version);
+            entry.paused = read.paused;
+            entry.pause_error = read.pause_error;
+            entry.threads = read.threads;
+            Ok(entry)
+        }
+        Err(e) => {
+            // Without --tree the root must be Python; below it, everything is listed.
+            if depth == 0 {
+                return Err(e);
+            }
+            entry.kind = match &e {
+                StackError::NoSuchProcess { .. } => ProcessKind::Gone,
+                StackError::NotPython { .. } => ProcessKind::Other,
+                _ => ProcessKind::Unreadable,
+            };
+            if entry.kind != ProcessKind::Other {
+                entry.error = Some(error_text(&e));
+            }
+            Ok(entry)
+        }
+    }
+}
+
+/// An error with its causes on one line.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Dumps the Python stacks of `root` (and with `options.tree` of every process below it).
+///
+/// Errors only concern the root: it does not exist, cannot be read, or (without `tree`) is not
+/// Python. With `tree`, a non-Python root is listed with its state like any other process.
+pub fn dump(root: u32, options: DumpOptions) -> Result<Dump, StackError> {
+    let started = Instant::now();
+    let taken_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    crate::info(root).map_err(|_| StackError::NoSuchProcess { pid: root })?;
+    let pids = order(root, options.tree);
+    let results: Vec<Result<ProcessDump, StackError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = pids
+            .iter()
+            .map(|&(pid, depth)| {
+                // With --tree the root is one process among others: not Python is not fatal.
+                let depth_for_errors = if options.tree { depth.max(1) } else { depth };
+                s.spawn(move || {
+                    dump_one(pid, depth_for_errors, options.locals).map(|mut d| {
+                        d.depth = depth;
+                        d
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&pids)
+            .map(|(h, &(pid, _))| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StackError::Read {
+                        pid,
+                        source: "the reader thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut processes = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(p) => processes.push(p),
+            Err(e) => return Err(e),
+        }
+    }
+    // A child that exited before its reader started has no entry worth keeping as a
+    // process, but it is reported as gone rather than dropped.
+    Ok(Dump {
+        schema: DUMP_SCHEMA,
+        root_pid: root,
+        tree: options.tree,
+        taken_at,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        frame_order: "innermost_first".to_owned(),
+        processes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_process() {
+        let err = dump(u32::MAX - 1, DumpOptions::default()).err();
+        assert!(
+            matches!(err, Some(StackError::NoSuchProcess { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn self_is_not_python() {
+        let me = std::process::id();
+        let err = dump(me, DumpOptions::default()).err();
+        assert!(matches!(err, Some(StackError::NotPython { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn tree_lists_a_non_python_root_with_its_state() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let me = std::process::id();
+        let d = dump(
+            me,
+            DumpOptions {
+                tree: true,
+                locals: false,
+            },
+        )
+        .expect("dump");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(d.processes[0].pid, me);
+        assert_eq!(d.processes[0].kind, ProcessKind::Other);
+        let sleep = d
+            .processes
+            .iter()
+            .find(|p| p.pid == child.id())
+            .expect("the child is listed");
+        assert_eq!(sleep.depth, 1);
+        assert!(sleep.state.is_some());
+    }
+
+    #[test]
+    fn tree_order_is_parent_before_child() {
+        let me = std::process::id();
+        let o = order(me, true);
+        assert_eq!(o[0], (me, 0));
+    }
+}
