@@ -72,6 +72,20 @@ stacks are read from the process's memory (it is paused only while read). Frames
 innermost first (the running frame on top).\n\nExamples:\n  scry dump 4242\n  scry dump --tree 4242          every process below 4242 too, parent before child\n  scry dump --tree --json 4242 > dump.json\n  scry dump --locals --out incident.json 4242"
     )]
     Dump(DumpArgs),
+    /// The stack dumps kept by the daemon (every `scry dump` taken while it runs), or one of them.
+    #[command(
+        after_help = "Examples:\n  scry dumps\n  scry dumps 3            show dump 3\n  scry dumps 3 --json"
+    )]
+    Dumps(DumpsArgs),
+}
+
+/// `scry dumps`.
+#[derive(Debug, Args)]
+pub struct DumpsArgs {
+    /// Show this dump instead of listing them.
+    pub id: Option<i64>,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 /// `scry dump`.

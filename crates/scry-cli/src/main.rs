@@ -37,6 +37,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Wake(a) | Command::Sleep(a) => a.output.json,
         Command::Demo(a) => a.output.json,
         Command::Dump(a) => a.output.json,
+        Command::Dumps(a) => a.output.json,
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
             cli::ProbeCmd::List(o) => o.json,
@@ -58,17 +59,15 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
         return commands::serve::serve(&home, args, printer);
     }
     init_logging("warn");
-    if let Command::Dump(args) = &cli.command {
-        // No daemon and no async runtime: the dump works on any process by itself.
-        return commands::dump::dump(args, printer);
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         match &cli.command {
-            Command::Serve(_) | Command::Dump(_) => unreachable!("handled above"),
+            Command::Serve(_) => unreachable!("handled above"),
+            Command::Dump(a) => commands::dump::dump(&home, a, printer).await,
+            Command::Dumps(a) => commands::dump::dumps(&home, a, printer).await,
             Command::Stop(o) => commands::serve::stop(&home, o, printer).await,
             Command::Status(_) => commands::status::status(&home, printer).await,
             Command::Ps(a) => commands::ps::ps(&home, a, printer).await,

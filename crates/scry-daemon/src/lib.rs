@@ -16,6 +16,7 @@
 //! (`scry-proc`), or SQL (`scry-store`).
 #![deny(missing_docs)]
 
+pub mod api_dumps;
 pub mod api_probes;
 pub mod auth;
 pub mod bundle;

@@ -65,9 +65,9 @@ pub use error::StoreError;
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;
 pub use types::{
-    CommitCallback, Counts, DroppedRow, EventPage, EventQuery, EventRow, Level, NewEvent, Order,
-    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, Retention, RetentionReport, StoreOptions,
-    SystemEvent, SystemEventRow, WriterStats, MAX_QUERY_LIMIT,
+    CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow,
+    Level, NewEvent, Order, ProbeRecord, ProcessRecord, ProcessRow, ProcessState, Retention,
+    RetentionReport, StoreOptions, SystemEvent, SystemEventRow, WriterStats, MAX_QUERY_LIMIT,
 };
 
 /// How long any connection waits for a lock held by another connection.

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
-    Counts, DroppedRow, EventPage, EventQuery, EventRow, Order, ProbeRecord, ProcessRecord,
-    ProcessRow, StoreError, SystemEvent, SystemEventRow, MAX_QUERY_LIMIT,
+    Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow, Order, ProbeRecord,
+    ProcessRecord, ProcessRow, StoreError, SystemEvent, SystemEventRow, MAX_QUERY_LIMIT,
 };
 
 /// How many idle read connections are kept for reuse.
@@ -102,6 +102,30 @@ impl Readers {
                 })?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
+        })
+    }
+
+    pub(crate) fn dumps(&self, limit: usize) -> Result<Vec<DumpRow>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, taken_at, root_pid, tree, processes, python_processes, command, \
+                 'null' FROM dumps ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit.min(MAX_QUERY_LIMIT) as i64], dump_row)?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub(crate) fn dump(&self, id: i64) -> Result<Option<DumpRow>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, taken_at, root_pid, tree, processes, python_processes, command, \
+                 data FROM dumps WHERE id = ?1",
+            )?;
+            let mut rows = stmt.query_map([id], dump_row)?;
+            Ok(rows.next().transpose()?)
         })
     }
 
@@ -291,4 +315,20 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "query_only", true)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+fn dump_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DumpRow> {
+    let Json(data): Json<Value> = r.get(7)?;
+    Ok(DumpRow {
+        id: r.get(0)?,
+        dump: DumpRecord {
+            taken_at: r.get(1)?,
+            root_pid: r.get(2)?,
+            tree: r.get(3)?,
+            processes: r.get(4)?,
+            python_processes: r.get(5)?,
+            command: r.get(6)?,
+            data,
+        },
+    })
 }

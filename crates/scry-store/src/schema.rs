@@ -81,8 +81,23 @@ CREATE TABLE dropped_counts (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 2: stack dumps (`scry dump`), kept whole as JSON with a few columns to list them.
+const V2: &str = r#"
+CREATE TABLE dumps (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    taken_at         REAL    NOT NULL,
+    root_pid         INTEGER NOT NULL,
+    tree             INTEGER NOT NULL CHECK (tree IN (0, 1)),
+    processes        INTEGER NOT NULL,
+    python_processes INTEGER NOT NULL,
+    command          TEXT    NOT NULL,
+    data             TEXT    NOT NULL
+);
+CREATE INDEX dumps_taken_at ON dumps (taken_at);
+"#;
+
 /// The ordered migration steps; the schema version of this build is their number.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -190,6 +205,26 @@ mod tests {
     }
 
     #[test]
+    fn version_1_store_gains_dumps_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("scry.db");
+        let mut conn = raw(&path);
+        migrate(&mut conn, &path, &MIGRATIONS[..1]).expect("v1");
+        conn.execute(
+            "INSERT INTO probes (id, spec, enabled, created_at, updated_at) \
+             VALUES ('p1', '{}', 1, 1.0, 1.0)",
+            [],
+        )
+        .expect("insert");
+        drop(conn);
+        let store = Store::open(&path, StoreOptions::default()).expect("open v1 store");
+        assert_eq!(store.probes().expect("probes").len(), 1);
+        assert!(store.dumps(10).expect("dumps table exists").is_empty());
+        store.close().expect("close");
+        assert_eq!(user_version(&raw(&path)), 2);
+    }
+
+    #[test]
     fn fresh_database_gets_current_schema_and_pragmas() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("scry.db");
@@ -220,6 +255,7 @@ mod tests {
             tables,
             [
                 "dropped_counts",
+                "dumps",
                 "events",
                 "probes",
                 "processes",

@@ -7,13 +7,13 @@ use std::thread::{JoinHandle, ThreadId};
 
 use crate::read::Readers;
 use crate::writer::{
-    Completion, Counters, EncodedEvents, EncodedProbe, EncodedProcess, EncodedSystemEvent, Op,
-    Reply, Writer,
+    Completion, Counters, EncodedDump, EncodedEvents, EncodedProbe, EncodedProcess,
+    EncodedSystemEvent, Op, Reply, Writer,
 };
 use crate::{
-    CommitCallback, Counts, DroppedRow, EventPage, EventQuery, NewEvent, ProbeRecord,
-    ProcessRecord, ProcessRow, ProcessState, RetentionReport, StoreError, StoreOptions,
-    SystemEvent, SystemEventRow, WriterStats,
+    CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, NewEvent,
+    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, RetentionReport, StoreError,
+    StoreOptions, SystemEvent, SystemEventRow, WriterStats,
 };
 
 /// The daemon's persistent memory: a handle on one SQLite database and its writer thread.
@@ -232,6 +232,30 @@ impl Store {
             updated_at: p.updated_at,
         };
         self.call(|reply| Op::PutProbe { probe, reply })
+    }
+
+    /// Keeps a stack dump and returns its id, once committed.
+    pub fn put_dump(&self, d: &DumpRecord) -> Result<i64, StoreError> {
+        let dump = EncodedDump {
+            taken_at: d.taken_at,
+            root_pid: d.root_pid,
+            tree: d.tree,
+            processes: d.processes,
+            python_processes: d.python_processes,
+            command: d.command.clone(),
+            data: encode("dump", &d.data)?,
+        };
+        self.call(|reply| Op::PutDump { dump, reply })
+    }
+
+    /// The newest `limit` dumps, newest first, without their data.
+    pub fn dumps(&self, limit: usize) -> Result<Vec<DumpRow>, StoreError> {
+        self.inner.readers.dumps(limit)
+    }
+
+    /// One dump with its data, if there is one with this id.
+    pub fn dump(&self, id: i64) -> Result<Option<DumpRow>, StoreError> {
+        self.inner.readers.dump(id)
     }
 
     /// Deletes a probe, once committed; `false` if there was none with this id. Its events
@@ -585,6 +609,34 @@ mod tests {
             store.set_process_state(999, ProcessState::Awake, 1.0),
             Err(StoreError::UnknownProcess { id: 999 })
         ));
+    }
+
+    #[test]
+    fn dumps_are_kept_and_listed_newest_first_without_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let record = |pid: u32| DumpRecord {
+            taken_at: 100.0 + f64::from(pid),
+            root_pid: pid,
+            tree: true,
+            processes: 3,
+            python_processes: 2,
+            command: "python3 app.py".to_string(),
+            data: json!({"schema": 1, "root_pid": pid}),
+        };
+        let first = store.put_dump(&record(7)).expect("put");
+        let second = store.put_dump(&record(8)).expect("put");
+        assert!(second > first);
+        let list = store.dumps(10).expect("list");
+        assert_eq!(
+            list.iter().map(|d| d.id).collect::<Vec<_>>(),
+            [second, first]
+        );
+        assert_eq!(list[0].dump.data, serde_json::Value::Null);
+        assert_eq!(list[0].dump.root_pid, 8);
+        let one = store.dump(first).expect("read").expect("stored");
+        assert_eq!(one.dump, record(7));
+        assert!(store.dump(first + 100).expect("read").is_none());
     }
 
     #[test]

@@ -181,6 +181,35 @@ pub struct ProbeRecord {
     pub updated_at: f64,
 }
 
+/// A stack dump to keep (`scry dump`). The store does not look inside `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DumpRecord {
+    /// When it was taken (seconds since the epoch).
+    pub taken_at: f64,
+    /// The pid it was asked for.
+    pub root_pid: u32,
+    /// Whether it covers the tree below the root.
+    pub tree: bool,
+    /// How many processes it lists.
+    pub processes: u32,
+    /// How many of them are Python processes whose stacks were read.
+    pub python_processes: u32,
+    /// The root's command line, for listing.
+    pub command: String,
+    /// The dump document (`docs/dump.md`).
+    pub data: Value,
+}
+
+/// A stored dump: its id and record (`data` is `Null` in listings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DumpRow {
+    /// Row id.
+    pub id: i64,
+    /// The record.
+    #[serde(flatten)]
+    pub dump: DumpRecord,
+}
+
 /// An event to store, as reported by an agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewEvent {

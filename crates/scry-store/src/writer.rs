@@ -125,6 +125,17 @@ pub(crate) struct EncodedProbe {
     pub updated_at: f64,
 }
 
+/// A dump ready for the database.
+pub(crate) struct EncodedDump {
+    pub taken_at: f64,
+    pub root_pid: u32,
+    pub tree: bool,
+    pub processes: u32,
+    pub python_processes: u32,
+    pub command: String,
+    pub data: String,
+}
+
 /// A system event ready for the database.
 #[derive(Debug)]
 pub(crate) struct EncodedSystemEvent {
@@ -207,6 +218,10 @@ pub(crate) enum Op {
         probe: EncodedProbe,
         reply: Reply<()>,
     },
+    PutDump {
+        dump: EncodedDump,
+        reply: Reply<i64>,
+    },
     DeleteProbe {
         id: String,
         reply: Reply<bool>,
@@ -241,6 +256,7 @@ impl Op {
                 | Op::SetProcessState { .. }
                 | Op::MarkAllGone { .. }
                 | Op::PutProbe { .. }
+                | Op::PutDump { .. }
                 | Op::DeleteProbe { .. }
                 | Op::Flush { .. }
                 | Op::Retention { .. }
@@ -517,7 +533,9 @@ impl Writer {
         // Blocking callers may have given up waiting; nothing to do then.
         match op {
             Op::Append { done, .. } => done.settle(Err(error())),
-            Op::UpsertProcess { reply, .. } => drop(reply.send(Err(error()))),
+            Op::UpsertProcess { reply, .. } | Op::PutDump { reply, .. } => {
+                drop(reply.send(Err(error())))
+            }
             Op::SetProcessState { reply, .. }
             | Op::PutProbe { reply, .. }
             | Op::Flush { reply } => drop(reply.send(Err(error()))),
@@ -641,6 +659,30 @@ impl Writer {
                     in_savepoint(conn, |c| put_probe(c, &probe)),
                 );
                 reply_finish(reply, own)
+            }
+            Op::PutDump { dump, reply } => {
+                let mut id = 0;
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        c.prepare_cached(
+                            "INSERT INTO dumps (taken_at, root_pid, tree, processes, \
+                             python_processes, command, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )?
+                        .execute(params![
+                            dump.taken_at,
+                            dump.root_pid,
+                            dump.tree,
+                            dump.processes,
+                            dump.python_processes,
+                            dump.command,
+                            dump.data
+                        ])?;
+                        id = c.last_insert_rowid();
+                        Ok(())
+                    }),
+                );
+                reply_finish(reply, own.map(|()| id))
             }
             Op::DeleteProbe { id, reply } => {
                 let mut deleted = false;

@@ -1,16 +1,22 @@
-//! `scry dump`: presents what `scry_proc::stacks` read.
+//! `scry dump` (presents what `scry_proc::stacks` read, and keeps it in the daemon's store when
+//! a daemon runs) and `scry dumps` (the kept dumps).
 
 use std::io::Write;
 
+use scry_daemon::Home;
 use scry_proc::stacks::{self, Dump, DumpOptions, ProcessDump, ProcessKind, StackError};
+use serde_json::Value;
 
-use super::CmdResult;
-use crate::cli::DumpArgs;
+use super::{age, CmdResult};
+use crate::cli::{DumpArgs, DumpsArgs};
+use crate::client::DaemonClient;
 use crate::error::{CliError, ExitStatus};
-use crate::printer::Printer;
+use crate::printer::{table, Printer};
 
-/// Dumps the stacks of a process (and its tree), prints them, and writes `--out`.
-pub fn dump(args: &DumpArgs, printer: &mut Printer) -> CmdResult {
+/// Dumps the stacks of a process (and its tree), prints them, writes `--out`, and keeps the
+/// dump in the daemon's store if a daemon is running (it is never started for this: the dump
+/// itself needs no daemon).
+pub async fn dump(home: &Home, args: &DumpArgs, printer: &mut Printer) -> CmdResult {
     let options = DumpOptions {
         tree: args.tree,
         locals: args.locals,
@@ -31,6 +37,99 @@ pub fn dump(args: &DumpArgs, printer: &mut Printer) -> CmdResult {
     }
     if let Some(path) = &args.out {
         printer.note(format!("wrote the dump to {}", path.display()));
+    }
+    keep(home, &dump, printer).await;
+    Ok(ExitStatus::Success)
+}
+
+/// Stores the dump in the running daemon, saying what happened on stderr. Never fails the dump.
+async fn keep(home: &Home, dump: &Dump, printer: &mut Printer) {
+    let client = match DaemonClient::locate(home) {
+        Ok(c) => c,
+        Err(e) => {
+            printer.note(format!("scry: the dump is not kept: {}", e.message));
+            return;
+        }
+    };
+    // Only this SCRY_HOME's daemon (or SCRY_DAEMON's): never one that merely answers on the
+    // default port for somebody else.
+    let ours = client.explicit || crate::client::read_daemon_file(home).is_some();
+    if !ours || !client.is_up().await {
+        printer.note(
+            "scry: the dump is not kept (no scry daemon is running; with `scry serve --daemon` \
+             every dump is kept and `scry dumps` lists them)",
+        );
+        return;
+    }
+    let body = match serde_json::to_value(dump) {
+        Ok(v) => v,
+        Err(e) => {
+            printer.note(format!("scry: the dump is not kept: {e}"));
+            return;
+        }
+    };
+    match client.post("/api/v1/dumps", &body).await {
+        Ok(answer) => printer.note(format!(
+            "scry: kept as dump {} (`scry dumps {}` shows it again)",
+            answer["id"], answer["id"]
+        )),
+        Err(e) => printer.note(format!("scry: the dump is not kept: {}", e.message)),
+    }
+}
+
+/// Lists the kept dumps, or shows one.
+pub async fn dumps(home: &Home, args: &DumpsArgs, printer: &mut Printer) -> CmdResult {
+    let mut client = DaemonClient::locate(home)?;
+    client.ensure_running(printer).await?;
+    if let Some(id) = args.id {
+        let answer = client.get(&format!("/api/v1/dumps/{id}")).await?;
+        if printer.json {
+            printer.json_value(&answer["dump"])?;
+            return Ok(ExitStatus::Success);
+        }
+        let dump: Dump = serde_json::from_value(answer["dump"].clone()).map_err(|e| {
+            CliError::new(format!("dump {id} is not readable by this scry: {e}"))
+                .hint(format!("`scry dumps {id} --json` shows it as stored"))
+        })?;
+        let mut buf = Vec::new();
+        render(&dump, &mut buf)?;
+        printer.line(String::from_utf8_lossy(&buf).trim_end())?;
+        return Ok(ExitStatus::Success);
+    }
+    let answer = client.get("/api/v1/dumps").await?;
+    if printer.json {
+        printer.json_value(&answer)?;
+        return Ok(ExitStatus::Success);
+    }
+    let list = answer["dumps"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        printer.line("no dumps yet")?;
+        printer.note("hint: `scry dump PID` while the daemon runs keeps the dump here");
+        return Ok(ExitStatus::Success);
+    }
+    let now = scry_daemon::now();
+    let num = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_default();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|d| {
+            vec![
+                num(&d["id"]),
+                d["taken_at"]
+                    .as_f64()
+                    .map(|t| format!("{} ago", age(now - t)))
+                    .unwrap_or_default(),
+                num(&d["root_pid"]),
+                if d["tree"] == true { "tree" } else { "process" }.to_owned(),
+                format!("{}/{}", num(&d["python_processes"]), num(&d["processes"])),
+                d["command"].as_str().unwrap_or_default().to_owned(),
+            ]
+        })
+        .collect();
+    for line in table(
+        &["ID", "TAKEN", "PID", "SCOPE", "PYTHON/ALL", "COMMAND"],
+        &rows,
+    ) {
+        printer.line(line)?;
     }
     Ok(ExitStatus::Success)
 }

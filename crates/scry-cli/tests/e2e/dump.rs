@@ -406,3 +406,61 @@ fn dump_reads_without_pausing_when_pausing_is_refused() {
         );
     }
 }
+
+#[test]
+fn dump_is_kept_by_a_running_daemon_and_listed() {
+    let python = pythons().into_iter().next().expect("a python");
+    let mut ctx = Ctx::new();
+    let (proc, _pids, _guard) = start_tree(&ctx, &python);
+    let root = proc.pid().to_string();
+
+    // Without a daemon: dumped, not kept, and no daemon started.
+    let out = ctx.scry(&["dump", "--tree", &root]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the dump is not kept"),
+        "{}",
+        text(&out)
+    );
+    assert!(!ctx.home().join("run/daemon.json").exists());
+
+    ctx.start_daemon();
+    let out = ctx.scry(&["dump", "--tree", &root, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kept as dump 1"), "{}", text(&out));
+    let dumped: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    let list = ctx.scry_json(&["dumps"]);
+    let first = &list["dumps"][0];
+    assert_eq!(first["id"], 1, "{list:#}");
+    assert_eq!(first["root_pid"], u64::from(proc.pid()), "{list:#}");
+    assert_eq!(first["tree"], true);
+    assert_eq!(
+        first["processes"],
+        dumped["processes"].as_array().map(Vec::len).unwrap_or(0)
+    );
+    assert_eq!(first["python_processes"], 5, "{list:#}");
+
+    let stored = ctx.scry_json(&["dumps", "1"]);
+    assert_eq!(stored, dumped);
+    check_schema(&stored);
+
+    let out = ctx.scry(&["dumps", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("blocked_in_read ("), "{shown}");
+    let out = ctx.scry(&["dumps"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.starts_with("ID  TAKEN"), "{shown}");
+    assert!(shown.contains("5/6"), "{shown}");
+
+    let out = ctx.scry(&["dumps", "99"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no dump 99"),
+        "{}",
+        text(&out)
+    );
+}
