@@ -369,8 +369,30 @@ fn order(root: u32, tree: bool) -> Vec<(u32, u32)> {
     out
 }
 
-fn dump_one(pid: u32, depth: u32, locals: bool) -> Result<ProcessDump, StackError> {
-    let info = crate::info(pid).map_err(|_| StackError::NoSuchProcess { pid })?;
+/// Reads one process. With `strict` (the root of a dump without `--tree`) every failure is an
+/// error; otherwise it is reported in the entry.
+fn dump_one(
+    pid: u32,
+    depth: u32,
+    ppid: u32,
+    locals: bool,
+    strict: bool,
+) -> Result<ProcessDump, StackError> {
+    let info = match crate::info(pid) {
+        Ok(info) => info,
+        Err(_) if strict => return Err(StackError::NoSuchProcess { pid }),
+        // It exited between listing the tree and reading it.
+        Err(_) => crate::ProcInfo {
+            pid,
+            ppid,
+            uid: 0,
+            state: 'X',
+            comm: String::new(),
+            cmdline: Vec::new(),
+            start_ticks: 0,
+            started_at: 0.0,
+        },
+    };
     let mut entry = ProcessDump {
         pid,
         ppid: info.ppid,
@@ -401,7 +423,7 @@ fn dump_one(pid: u32, depth: u32, locals: bool) -> Result<ProcessDump, StackErro
         }
         Err(e) => {
             // Without --tree the root must be Python; below it, everything is listed.
-            if depth == 0 {
+            if strict {
                 return Err(e);
             }
             entry.kind = match &e {
@@ -409,9 +431,14 @@ fn dump_one(pid: u32, depth: u32, locals: bool) -> Result<ProcessDump, StackErro
                 StackError::NotPython { .. } => ProcessKind::Other,
                 _ => ProcessKind::Unreadable,
             };
-            if entry.kind != ProcessKind::Other {
-                entry.error = Some(error_text(&e));
-            }
+            entry.error = match entry.kind {
+                ProcessKind::Other => None,
+                ProcessKind::Gone if entry.state.as_deref().is_some_and(|s| s.starts_with('Z')) => {
+                    Some("exited; a zombie until its parent reaps it".to_owned())
+                }
+                ProcessKind::Gone => Some("exited during the dump".to_owned()),
+                _ => Some(error_text(&e)),
+            };
             Ok(entry)
         }
     }
@@ -441,18 +468,18 @@ pub fn dump(root: u32, options: DumpOptions) -> Result<Dump, StackError> {
         .unwrap_or(0.0);
     crate::info(root).map_err(|_| StackError::NoSuchProcess { pid: root })?;
     let pids = order(root, options.tree);
+    let ppids: BTreeMap<u32, u32> = pids
+        .iter()
+        .filter_map(|&(pid, _)| crate::info(pid).ok().map(|p| (pid, p.ppid)))
+        .collect();
     let results: Vec<Result<ProcessDump, StackError>> = std::thread::scope(|s| {
         let handles: Vec<_> = pids
             .iter()
             .map(|&(pid, depth)| {
                 // With --tree the root is one process among others: not Python is not fatal.
-                let depth_for_errors = if options.tree { depth.max(1) } else { depth };
-                s.spawn(move || {
-                    dump_one(pid, depth_for_errors, options.locals).map(|mut d| {
-                        d.depth = depth;
-                        d
-                    })
-                })
+                let strict = !options.tree;
+                let ppid = ppids.get(&pid).copied().unwrap_or(0);
+                s.spawn(move || dump_one(pid, depth, ppid, options.locals, strict))
             })
             .collect();
         handles
@@ -475,8 +502,6 @@ pub fn dump(root: u32, options: DumpOptions) -> Result<Dump, StackError> {
             Err(e) => return Err(e),
         }
     }
-    // A child that exited before its reader started has no entry worth keeping as a
-    // process, but it is reported as gone rather than dropped.
     Ok(Dump {
         schema: DUMP_SCHEMA,
         root_pid: root,
@@ -534,6 +559,43 @@ mod tests {
             .expect("the child is listed");
         assert_eq!(sleep.depth, 1);
         assert!(sleep.state.is_some());
+    }
+
+    #[test]
+    fn a_process_gone_during_a_tree_dump_is_reported() {
+        let gone_pid = u32::MAX - 1;
+        let entry = dump_one(gone_pid, 1, 42, false, false).expect("not fatal below the root");
+        assert_eq!(entry.kind, ProcessKind::Gone);
+        assert_eq!(entry.ppid, 42);
+        assert!(entry.error.is_some());
+        let err = dump_one(gone_pid, 0, 42, false, true).err();
+        assert!(
+            matches!(err, Some(StackError::NoSuchProcess { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_exited_unreaped_child_is_gone_with_its_zombie_state() {
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited.
+        let mut zombie = false;
+        for _ in 0..500 {
+            if crate::info(pid).map(|p| p.state == 'Z').unwrap_or(false) {
+                zombie = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(zombie, "the child never became a zombie");
+        let entry = dump_one(pid, 1, 1, false, false).expect("not fatal");
+        let _ = child.wait();
+        assert_eq!(entry.kind, ProcessKind::Gone);
+        assert!(
+            entry.state.as_deref().is_some_and(|s| s.starts_with('Z')),
+            "{entry:?}"
+        );
     }
 
     #[test]

@@ -276,8 +276,9 @@ fn render_process(p: &ProcessDump, out: &mut impl Write) -> std::io::Result<()> 
         )?,
         ProcessKind::Gone => writeln!(
             out,
-            "{pad}process {} exited during the dump: {command}",
-            p.pid
+            "{pad}process {} ({}): {command}",
+            p.pid,
+            p.error.as_deref().unwrap_or("exited during the dump")
         )?,
         ProcessKind::Unreadable => {
             writeln!(

@@ -185,12 +185,29 @@ fn dump_tree_shows_every_process_parent_first_on_every_interpreter() {
         let blocked = entry(&dump, pids["blocked"].as_u64().expect("blocked"));
         assert_eq!(blocked["kind"], "python", "{python}: {blocked:#}");
         let names = functions(blocked);
-        assert_eq!(
-            names.first().map(String::as_str),
-            Some("blocked_in_read"),
-            "{python}: innermost frame first: {names:?}"
+        assert!(
+            names.contains(&"blocked_in_read".to_owned()),
+            "{python}: {names:?}"
         );
-        assert_eq!(blocked["threads"][0]["status"], "idle", "{python}");
+        let threads = blocked["threads"].as_array().expect("threads");
+        let main = threads
+            .iter()
+            .find(|t| t["frames"][0]["function"] == "blocked_in_read")
+            .unwrap_or_else(|| panic!("{python}: {blocked:#}"));
+        assert_eq!(main["status"], "idle", "{python}: {main:#}");
+        assert_eq!(
+            main["holds_gil"], true,
+            "{python}: read(2) with the GIL: {main:#}"
+        );
+        let starved = threads
+            .iter()
+            .find(|t| t["name"] == "starved")
+            .unwrap_or_else(|| panic!("{python}: no starved thread: {blocked:#}"));
+        assert_eq!(starved["holds_gil"], false, "{python}: {starved:#}");
+        assert_eq!(
+            starved["frames"][0]["function"], "starved",
+            "{python}: {starved:#}"
+        );
 
         // The non-Python child: listed with its kernel state, not a failure.
         let sleep = entry(&dump, pids["sleep"].as_u64().expect("sleep"));
@@ -239,7 +256,13 @@ fn dump_one_process_with_locals() {
         let dump = ctx.scry_json(&["dump", "--locals", &blocked]);
         check_schema(&dump);
         assert_eq!(dump["processes"].as_array().map(Vec::len), Some(1));
-        let frame = &dump["processes"][0]["threads"][0]["frames"][0];
+        let frame = dump["processes"][0]["threads"]
+            .as_array()
+            .expect("threads")
+            .iter()
+            .map(|t| &t["frames"][0])
+            .find(|f| f["function"] == "blocked_in_read")
+            .unwrap_or_else(|| panic!("{python}: {dump:#}"));
         assert_eq!(frame["function"], "blocked_in_read", "{python}: {dump:#}");
         let locals = frame["locals"].as_array().expect("locals with --locals");
         let fd = locals

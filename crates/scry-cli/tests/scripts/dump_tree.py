@@ -1,16 +1,19 @@
 """A process tree for `scry dump --tree`: a parent, a multiprocessing pool of workers, one more
-Python worker blocked reading a pipe nobody writes to, and a non-Python child (`sleep`).
+Python worker blocked reading a pipe nobody writes to while holding the GIL (its second thread
+waits for the GIL forever), and a non-Python child (`sleep`).
 
 Usage: dump_tree.py READY_FILE. Writes READY_FILE (the pids, as JSON) once every process is in
 place: the pool workers idle, the blocked worker inside its read, `sleep` started. Then waits
 until killed.
 """
 
+import ctypes
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -18,12 +21,35 @@ def square(x):
     return x * x
 
 
+def starved():
+    while True:
+        time.sleep(0.001)
+
+
 def blocked_in_read(fd, started_fd):
+    # ctypes.PyDLL keeps the GIL during the call: this worker blocks in read(2) holding the GIL,
+    # and its other thread waits for the GIL forever (a deadlock scry must still see through).
+    libc = ctypes.PyDLL(None)
+    buf = ctypes.create_string_buffer(1)
+    threading.Thread(target=starved, name="starved", daemon=True).start()
     os.write(started_fd, b"x")
     os.close(started_fd)
-    # Blocks in the C call read(2) forever: the write end stays open in the parent and nobody
-    # writes to it.
-    os.read(fd, 1)
+    # Blocks forever: the write end stays open (here and in the parent) and nobody writes.
+    libc.read(fd, buf, 1)
+
+
+def in_pipe_read(pid):
+    """Whether the main thread of `pid` is blocked reading a pipe."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            if f.read().strip() == "pipe_read":
+                return True
+        with open(f"/proc/{pid}/syscall") as f:
+            number = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    read = {"x86_64": "0", "aarch64": "63"}.get(os.uname().machine)
+    return number == read
 
 
 def parent_waits_forever():
@@ -52,12 +78,9 @@ def main():
         "blocked": blocked.pid,
         "sleep": sleeper.pid,
     }
-    # The blocked worker is inside os.read once its kernel state shows it waiting.
+    # The blocked worker is inside read(2) once the kernel says so.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with open(f"/proc/{blocked.pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "S":
-                break
+    while time.monotonic() < deadline and not in_pipe_read(blocked.pid):
         time.sleep(0.01)
     tmp = ready_file + ".tmp"
     with open(tmp, "w") as f:
