@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::support::{pythons, text, wait_for, Ctx, Proc};
 
 /// Kills every pid of the test tree on drop (the pool workers and `sleep` outlive the parent).
+/// The parent goes first: while it lives, its pool replaces killed workers with new ones.
 struct TreeGuard(Vec<u32>);
 
 impl Drop for TreeGuard {
@@ -49,6 +50,7 @@ fn start_tree(ctx: &Ctx, python: &str) -> (Proc, Value, TreeGuard) {
             .and_then(|t| serde_json::from_str(&t).ok())
     });
     let mut all: Vec<u32> = vec![
+        proc.pid(),
         pids["blocked"].as_u64().expect("blocked") as u32,
         pids["sleep"].as_u64().expect("sleep") as u32,
     ];
