@@ -7,6 +7,7 @@ use it fail and say how to build it.
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,6 +18,19 @@ import scry
 from conftest import REPO
 
 SCRY_BIN = os.environ.get("SCRY_BIN") or os.path.join(REPO, "target", "debug", "scry")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_DISCONNECTED = re.compile(r'agent disconnected pid=(\d+) state="(\w+)" reason=(?:Some\("([^"]*)"\)|None)')
+
+
+def write_config(home, **agents):
+    """Write ``$SCRY_HOME/config.toml`` with these ``[agents]`` settings (e.g. ``max_batch=3``),
+    before the daemon starts."""
+    os.makedirs(str(home), exist_ok=True)
+    lines = ["[agents]"] + ["{} = {}".format(k, json.dumps(v)) for k, v in sorted(agents.items())]
+    with open(os.path.join(str(home), "config.toml"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 class RealDaemon(object):
@@ -76,6 +90,28 @@ class RealDaemon(object):
                 return f.read().decode("utf-8", "replace")[-3000:]
         except OSError:
             return "(no log)"
+
+    def full_log(self):
+        """Everything every start of this daemon logged, without terminal colours."""
+        parts = []
+        for start in range(1, self.starts + 1):
+            try:
+                with open(os.path.join(self.logs, "daemon-{}.log".format(start)), "rb") as f:
+                    parts.append(f.read().decode("utf-8", "replace"))
+            except OSError:
+                pass
+        return _ANSI.sub("", "".join(parts))
+
+    def goodbyes(self, pid):
+        """The reason of each disconnection of ``pid`` as the daemon logged it, oldest first: the
+        ``goodbye`` reason the agent sent (``"sleep"``, ``"shutdown"``, ``"exit"``), or None when
+        the connection ended without one."""
+        out = []
+        for line in self.full_log().splitlines():
+            m = _DISCONNECTED.search(line)
+            if m and int(m.group(1)) == pid:
+                out.append(m.group(3))
+        return out
 
     def api(self, method, path, body=None):
         host, port = self.info["http"].rsplit(":", 1)

@@ -1,4 +1,12 @@
-"""A scriptable stand-in for the scry daemon's agent listener (unix or TCP), for link tests."""
+"""A protocol peer that sends what a real scry daemon never would, to test the agent's defences.
+
+It listens on a unix socket where the agent expects its daemon, answers ``hello`` with a
+``welcome`` (unless told to stay silent) and then sends exactly what a test scripts: lines that
+are not JSON, unknown message types, a ``welcome`` after the handshake, a line over the 16 MiB
+limit, a request the daemon never makes. It can also stop reading after the handshake, as a
+wedged daemon would. Everything a real daemon does (handshake, refusal, requests, acks, storing
+reports, restarts) is tested against the real ``scry serve`` (see ``realdaemon.py``), never here.
+"""
 
 import json
 import os
@@ -7,17 +15,20 @@ import threading
 import time
 
 
-class FakeConn(object):
-    """One accepted agent connection: records every line, answers hello as configured."""
+class ScriptedConn(object):
+    """One accepted agent connection: records every line the agent sends."""
 
-    def __init__(self, daemon, sock):
-        self.daemon = daemon
+    def __init__(self, peer, sock, index, deaf=False):
+        self.peer = peer
         self.sock = sock
+        self.index = index
+        self.deaf = deaf
         self.messages = []
         self.raw = []
         self.closed = False
         self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="fake-daemon-conn", daemon=True)
+        self._closing = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="scripted-peer-conn", daemon=True)
         self.thread.start()
 
     def _run(self):
@@ -39,7 +50,12 @@ class FakeConn(object):
                         self.messages.append(msg)
                         self.cond.notify_all()
                     if len(self.messages) == 1 and msg.get("type") == "hello":
-                        self.daemon._answer_hello(self, msg)
+                        self.peer._answer_hello(self)
+                        if self.deaf:
+                            # Stop reading, as a wedged daemon would: the agent's writes fill
+                            # the socket buffers and then block. close() ends the connection.
+                            self._closing.wait()
+                            return
         except OSError:
             pass
         finally:
@@ -83,10 +99,12 @@ class FakeConn(object):
                 self.cond.wait(remaining)
 
     def send(self, obj):
+        """Send a message (a dict, as one JSON line) or raw bytes as they are."""
         data = obj if isinstance(obj, bytes) else (json.dumps(obj) + "\n").encode()
         self.sock.sendall(data)
 
     def close(self):
+        self._closing.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -96,31 +114,29 @@ class FakeConn(object):
             self.sock.close()
 
 
-class FakeDaemon(object):
-    """Listens on a unix socket (``path``) or on TCP 127.0.0.1 (``tcp=True``)."""
+class ScriptedPeer(object):
+    """Listens on the unix socket ``path``.
 
-    def __init__(self, path=None, tcp=False, settings=None, refuse=None, silent=False, session_prefix="s-fake"):
-        self.settings = settings or {"flush_interval_ms": 20, "max_batch": 1024, "heartbeat_ms": 5000}
-        self.refuse = refuse
+    ``silent``: accept connections but never answer ``hello``. ``deaf``: the indexes (0-based) of
+    the connections on which the peer stops reading right after its ``welcome``.
+    """
+
+    def __init__(self, path, silent=False, deaf=(), session_prefix="s-scripted"):
+        self.settings = {"flush_interval_ms": 20, "max_batch": 1024, "heartbeat_ms": 5000}
         self.silent = silent
+        self.deaf = set(deaf)
         self.session_prefix = session_prefix
         self.conns = []
         self.cond = threading.Condition()
-        if tcp:
-            self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.listener.bind(("127.0.0.1", 0))
-            self.path = None
-            self.url = "tcp://127.0.0.1:{}".format(self.listener.getsockname()[1])
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.listener.bind(path)
-            self.path = path
-            self.url = "unix://" + path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.path = path
+        self.url = "unix://" + path
         self.listener.listen(16)
         self.listener.settimeout(0.05)
         self._stopping = False
-        self.thread = threading.Thread(target=self._accept_loop, name="fake-daemon", daemon=True)
+        self.thread = threading.Thread(target=self._accept_loop, name="scripted-peer", daemon=True)
         self.thread.start()
 
     def _accept_loop(self):
@@ -133,23 +149,19 @@ class FakeDaemon(object):
                 break
             sock.settimeout(None)
             with self.cond:
-                self.conns.append(FakeConn(self, sock))
+                index = len(self.conns)
+                self.conns.append(ScriptedConn(self, sock, index, deaf=index in self.deaf))
                 self.cond.notify_all()
 
-    def _answer_hello(self, conn, hello):
+    def _answer_hello(self, conn):
         if self.silent:
             return
-        if self.refuse is not None:
-            conn.send({"type": "refused", "reason": self.refuse, "accepted_protocols": [1]})
-            conn.close()
-            return
-        index = self.conns.index(conn) if conn in self.conns else len(self.conns)
         conn.send(
             {
                 "type": "welcome",
                 "protocol": 1,
-                "daemon_version": "0.0.0-fake",
-                "session_id": "{}-{}".format(self.session_prefix, index),
+                "daemon_version": "0.0.0-scripted",
+                "session_id": "{}-{}".format(self.session_prefix, conn.index),
                 "settings": self.settings,
             }
         )
@@ -171,8 +183,7 @@ class FakeDaemon(object):
         self.listener.close()
         for conn in list(self.conns):
             conn.close()
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass

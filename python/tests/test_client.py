@@ -13,7 +13,7 @@ import pytest
 
 import scry
 from conftest import PYTHON_DIR, control, open_fds, scry_threads, wait_until
-from fakedaemon import FakeDaemon
+from scripted_peer import ScriptedPeer
 
 STATUS_KEYS = {
     "state",
@@ -174,7 +174,7 @@ def test_discovery_file(home):
 
 
 def test_discovery_file_follows_state_changes(home):
-    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
     try:
         scry.init()
         path = discovery_path(home)
@@ -210,7 +210,7 @@ def test_discovery_file_removed_at_exit(home):
 
 
 def test_goodbye_and_cleanup_at_exit_while_awake(home):
-    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
     try:
         result = run_python(
             """
@@ -251,11 +251,11 @@ def test_start_awake_without_daemon_raises_and_leaves_nothing(home):
 
 
 def test_start_awake(home):
-    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
     try:
         st = scry.init(start_state="awake")
         assert st["state"] == "awake" and st["connected"] is True
-        assert st["connection_id"] == "s-fake-0"
+        assert st["connection_id"] == "s-scripted-0"
         assert st["daemon_url"] == "unix://{}".format(home / "run" / "agent.sock")
     finally:
         scry.shutdown()
@@ -263,9 +263,9 @@ def test_start_awake(home):
 
 
 def test_daemon_url_precedence(home, monkeypatch, tmp_path):
-    env_daemon = FakeDaemon(str(tmp_path / "env.sock"), session_prefix="env")
-    init_daemon = FakeDaemon(str(tmp_path / "init.sock"), session_prefix="init")
-    arg_daemon = FakeDaemon(str(tmp_path / "arg.sock"), session_prefix="arg")
+    env_daemon = ScriptedPeer(str(tmp_path / "env.sock"), session_prefix="env")
+    init_daemon = ScriptedPeer(str(tmp_path / "init.sock"), session_prefix="init")
+    arg_daemon = ScriptedPeer(str(tmp_path / "arg.sock"), session_prefix="arg")
     try:
         monkeypatch.setenv("SCRY_DAEMON", env_daemon.url)
         scry.init()
@@ -335,7 +335,7 @@ def test_no_output_on_stdout_with_debug(home):
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_resets_the_child(home):
-    daemon = FakeDaemon(str(home / "run" / "agent.sock"))
+    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
     try:
         scry.init(name="parent", start_state="awake")
         parent_status = scry.status()

@@ -23,7 +23,7 @@ import pytest
 
 import scry
 from conftest import control, request, scry_threads, wait_until
-from fakedaemon import FakeDaemon
+from scripted_peer import ScriptedPeer
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_info(client):
 
 
 def test_wake_and_sleep(client, home):
-    daemon = FakeDaemon(str(home / "elsewhere.sock"))
+    daemon = ScriptedPeer(str(home / "elsewhere.sock"))
     try:
         status, body = control("POST", "/scry/wake", body={"daemon_url": daemon.url})
         assert status == 200, body
@@ -311,7 +311,7 @@ def test_token_file_is_used(home, netns):
 def test_remote_cannot_redirect_the_process_without_the_token(home, netns, monkeypatch, tmp_path, configured):
     if configured:
         monkeypatch.setenv("SCRY_TOKEN", configured)
-    evil = FakeDaemon(str(tmp_path / "evil.sock"))
+    evil = ScriptedPeer(str(tmp_path / "evil.sock"))
     try:
         scry.init(control_host=netns.host_addr)
         for token in (None, "guess"):

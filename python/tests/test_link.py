@@ -1,335 +1,292 @@
-"""The daemon link against a scriptable fake daemon: handshake, requests, reports, reconnects."""
+"""The daemon link: handshake, the daemon's requests, reports, reconnects, address resolution.
 
-import http.server
+Everything a real daemon does is tested against the real one (`scry serve`, see realdaemon.py):
+the handshake and what the daemon learns from hello, its sleep request, refusals, reports stored
+and acknowledged, heartbeats, a daemon that stops and comes back. The scripted peer
+(scripted_peer.py) is used only for what a real daemon never sends: bad lines, unknown or
+out-of-place messages, an over-long line, a malformed probes_sync, no answer to hello, and a
+daemon that stops reading.
+"""
+
 import json
 import os
 import socket
 import sys
-import threading
 import time
 
 import pytest
 
+import probe_targets as T
 import scry
-from conftest import open_fds, scry_threads, socket_fds, wait_until
-from fakedaemon import FakeDaemon
-from scry import _proto, _state
+from conftest import scry_threads, wait_until
+from realdaemon import RealDaemon, running, write_config
+from scripted_peer import ScriptedPeer
+from scry import _link, _proto, _state
 
 
 @pytest.fixture
-def daemon(home):
-    d = FakeDaemon(str(home / "run" / "agent.sock"))
-    yield d
-    scry.shutdown()
-    d.close()
+def daemon(home, tmp_path):
+    yield from running(home, tmp_path)
 
 
-def awake(daemon, **kw):
-    scry.init(**kw)
+@pytest.fixture
+def heartbeat_daemon(home, tmp_path):
+    """Agents flush every 20 ms and send a heartbeat after 100 ms of silence."""
+    write_config(home, flush_interval_ms=20, heartbeat_ms=100)
+    yield from running(home, tmp_path)
+
+
+@pytest.fixture
+def small_batch_daemon(home, tmp_path):
+    """At most 3 events a report."""
+    write_config(home, flush_interval_ms=20, max_batch=3)
+    yield from running(home, tmp_path)
+
+
+@pytest.fixture
+def slow_flush_daemon(home, tmp_path):
+    """Agents flush only once a minute (or when they sleep)."""
+    write_config(home, flush_interval_ms=60000, heartbeat_ms=60000)
+    yield from running(home, tmp_path)
+
+
+def free_port():
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def tcp_daemon(home, tmp_path):
+    """Also listening for agents on TCP. (A fixed port: with `--agent-tcp 127.0.0.1:0` the
+    daemon's GET /api/v1/agent-endpoint names port 0 rather than the port it bound.)"""
+    yield from running(home, tmp_path, "--agent-tcp", "127.0.0.1:{}".format(free_port()))
+
+
+def threads():
+    return sorted(t.name for t in scry_threads())
+
+
+def stored_pulses(daemon):
+    status, body = daemon.api("GET", "/api/v1/events?kind=pulse&order=oldest&limit=1000")
+    assert status == 200, body
+    return body["events"]
+
+
+def dropped_by_agents(daemon):
+    status, body = daemon.api("GET", "/api/v1/status")
+    assert status == 200, body
+    return body["dropped"]["by_agents"]
+
+
+def hide_the_unix_socket(daemon):
+    """Move the daemon's agent socket away, as if the daemon ran on another host: its
+    agent-endpoint still names the path, which no longer exists here."""
+    path = os.path.join(daemon.home, "run", "agent.sock")
+    os.rename(path, path + ".elsewhere")
+    return path
+
+
+# -- against the real daemon -----------------------------------------------------------------
+
+
+def test_hello_carries_everything(daemon):
+    scry.init(name="hello-test")
     st = scry.wake()
-    return st, daemon.wait_conn()
-
-
-def test_hello_carries_everything(daemon, home):
-    st, conn = awake(daemon, name="hello-test")
-    hello = conn.hello
-    _proto.decode(json.dumps(hello), _proto.AGENT_TYPES)  # valid for the daemon's decoder
-    assert hello["type"] == "hello"
+    assert st["connected"] and st["connection_id"].startswith("s-")
+    # What the daemon learnt from hello.
+    proc = daemon.process(os.getpid())
+    assert proc["state"] == "awake" and proc["session_id"] == st["connection_id"], proc
+    assert proc["ppid"] == os.getppid()
+    assert proc["host"] == socket.gethostname()
+    assert proc["name"] == "hello-test"
+    assert proc["origin"] == "embedded"
+    assert proc["python_version"].startswith("{}.{}.{}".format(*sys.version_info[:3]))
+    assert proc["executable"]
+    assert proc["argv"] and proc["cwd"] == os.getcwd()
+    caps = proc["capabilities"]
+    assert caps[:2] == ["control_plane", "probes"]
+    backend = "sys.monitoring" if sys.version_info >= (3, 12) else "settrace"
+    assert "backend:" + backend in caps
+    assert any(c.startswith("backend_reason:") for c in caps)
+    assert proc["control"] == {"host": st["control_host"], "port": st["control_port"]}
+    # The fields the daemon checks (it accepted them) or does not list, from the agent's builder
+    # of the hello it sent.
+    hello = _state._agent.link._make_hello(None)
+    _proto.decode(json.dumps(hello), _proto.AGENT_TYPES)
     assert hello["protocol"] == _proto.PROTOCOL_VERSION
     assert hello["agent_version"] == scry.__version__
-    assert hello["pid"] == os.getpid() and hello["ppid"] == os.getppid()
-    assert hello["host"] == socket.gethostname()
-    assert hello["name"] == "hello-test"
-    assert hello["origin"] == "embedded"
-    assert hello["capabilities"][:2] == ["control_plane", "probes"]
-    backend = "sys.monitoring" if sys.version_info >= (3, 12) else "settrace"
-    assert "backend:" + backend in hello["capabilities"]
-    assert any(c.startswith("backend_reason:") for c in hello["capabilities"])
-    assert hello["control"] == {"host": st["control_host"], "port": st["control_port"]}
-    assert hello["python"]["executable"]
-    assert hello["argv"] and hello["cwd"] == os.getcwd()
     assert hello["started_at"] <= time.time()
-    assert hello["nonce"] is None and hello["token"] is None  # no token over unix sockets
-    assert st["connected"] and st["connection_id"] == "s-fake-0"
-    assert [t.name for t in scry_threads()] == ["scry-control", "scry-link"] or sorted(
-        t.name for t in scry_threads()
-    ) == ["scry-control", "scry-link"]
-
-
-def test_ping_unknown_and_malformed(daemon):
-    _, conn = awake(daemon)
-    conn.send({"type": "ping", "id": 7})
-    assert conn.wait_type("reply", id=7) == {"type": "reply", "id": 7, "ok": True, "result": {}}
-    conn.send({"type": "frobnicate", "id": 8})
-    err = conn.wait_type("error", in_reply_to=8)
-    assert err["kind"] == "unknown_type"
-    conn.send(b"this is not json\n")
-    conn.wait_for(lambda m: m.get("type") == "error" and m.get("kind") == "malformed", what="malformed error")
-    conn.send({"type": "ping", "id": "x"})
-    conn.wait_for(lambda m: m.get("type") == "error" and "`id`" in m.get("message", ""), what="bad id error")
-    conn.send({"type": "welcome", "protocol": 1, "daemon_version": "x", "session_id": "s", "settings": {"flush_interval_ms": 1, "max_batch": 1, "heartbeat_ms": 1}})
-    conn.wait_for(lambda m: m.get("type") == "error" and m.get("kind") == "unexpected", what="unexpected error")
-    conn.send({"type": "ack", "seq": 3})
-    conn.send({"type": "error", "kind": "internal", "message": "daemon trouble", "in_reply_to": None})
-    # Still alive and answering.
-    conn.send({"type": "ping", "id": 9})
-    conn.wait_type("reply", id=9)
-    assert scry.status()["connected"]
-    # Every line the agent sent is valid for the daemon.
-    for raw in conn.raw:
-        _proto.decode(raw, _proto.AGENT_TYPES)
+    assert hello["nonce"] is None  # embedded, not injected
+    assert threads() == ["scry-control", "scry-link"]
 
 
 def test_daemon_requested_sleep(daemon, home):
-    _, conn = awake(daemon)
-    conn.send({"type": "sleep", "id": 3})
-    assert conn.wait_type("reply", id=3)["ok"] is True
-    assert conn.wait_type("goodbye")["reason"] == "sleep"
-    conn.wait_closed()
+    scry.init(name="told-to-sleep")
+    first = scry.wake()["connection_id"]
+    status, body = daemon.api("POST", "/api/v1/sleep", {"target": os.getpid()})
+    assert status == 200 and body == {"already_sleeping": False, "pid": os.getpid()}, body
     wait_until(lambda: scry.status()["state"] == "sleeping", message="sleeping")
-    wait_until(lambda: [t.name for t in scry_threads()] == ["scry-control"], message="only the control thread")
+    wait_until(lambda: threads() == ["scry-control"], message="only the control thread")
+    wait_until(lambda: daemon.goodbyes(os.getpid()) == ["sleep"], message="goodbye (sleep) in the daemon's log")
+    wait_until(lambda: daemon.process(os.getpid())["state"] == "sleeping", message="the daemon to see it asleep")
     record = json.loads((home / "clients" / "{}.json".format(os.getpid())).read_text())
     assert record["state"] == "sleeping"
     # And it can wake again.
-    assert scry.wake()["connected"]
-    assert daemon.wait_conn(2).hello["type"] == "hello"
+    st = scry.wake()
+    assert st["connected"] and st["connection_id"] != first
+    proc = daemon.process(os.getpid())
+    assert proc["state"] == "awake" and proc["session_id"] == st["connection_id"]
 
 
-def test_sleep_sends_goodbye_and_leaves_nothing(daemon):
+def test_sleep_and_shutdown_say_goodbye(daemon):
     scry.init()
-    fds, sockets = open_fds(), socket_fds()
-    threads = sorted(t.name for t in scry_threads())
     scry.wake()
-    conn = daemon.wait_conn()
     scry.sleep()
-    assert conn.wait_type("goodbye")["reason"] == "sleep"
-    conn.wait_closed()
-    assert sorted(t.name for t in scry_threads()) == threads
-    # The fake daemon's own accepted socket is in this process too: compare after closing it.
-    conn.close()
-    daemon.conns.remove(conn)
-    assert open_fds() == fds and socket_fds() == sockets
-
-
-def test_shutdown_says_goodbye(daemon):
-    _, conn = awake(daemon)
+    wait_until(lambda: daemon.goodbyes(os.getpid()) == ["sleep"], message="goodbye (sleep)")
+    scry.wake()
     scry.shutdown()
-    assert conn.wait_type("goodbye")["reason"] == "shutdown"
+    wait_until(lambda: daemon.goodbyes(os.getpid()) == ["sleep", "shutdown"], message="goodbye (shutdown)")
 
 
-def test_heartbeat_when_silent(home):
-    d = FakeDaemon(str(home / "run" / "agent.sock"), settings={"flush_interval_ms": 20, "max_batch": 10, "heartbeat_ms": 100})
-    try:
-        _, conn = awake(d)
-        conn.wait_type("heartbeat", timeout=2)
-        start = time.monotonic()
-        time.sleep(0.45)
-        count = sum(1 for m in conn.messages if m["type"] == "heartbeat")
-        assert 2 <= count <= 8, count
-        assert time.monotonic() - start < 2
-    finally:
-        scry.shutdown()
-        d.close()
+def test_heartbeat_when_silent(heartbeat_daemon):
+    d = heartbeat_daemon
+    scry.init()
+    scry.wake()
+    assert _state._agent.link.settings["heartbeat_ms"] == 100
+    # After the handshake (and the reply to the daemon's first probes_sync) nothing else is sent:
+    # no probes, no reports. Each later time the daemon last heard from the agent is a heartbeat.
+    heard = []
+    start = time.monotonic()
+    while time.monotonic() - start < 0.7:
+        t = d.process(os.getpid())["last_heard"]
+        if not heard or t != heard[-1]:
+            heard.append(t)
+        time.sleep(0.01)
+    gaps = [b - a for a, b in zip(heard, heard[1:])][1:]  # the first may be hello -> sync reply
+    assert 3 <= len(gaps) <= 10, heard
+    assert min(gaps) >= 0.05, gaps  # not one per flush
+    assert time.time() - d.process(os.getpid())["last_heard"] < 1.0
 
 
-def test_reports_in_batches_with_seq_and_dropped(home):
-    d = FakeDaemon(str(home / "run" / "agent.sock"), settings={"flush_interval_ms": 20, "max_batch": 3, "heartbeat_ms": 5000})
-    try:
-        _, conn = awake(d)
-        events = [{"kind": "pulse", "t": time.time(), "source": None, "data": {"i": i}} for i in range(7)]
-        assert _state.send_report(events, dropped=2) is True
-        reports = []
-        wait_until(
-            lambda: sum(len(m["events"]) for m in conn.messages if m["type"] == "report") >= 7,
-            message="7 events reported",
-        )
-        reports = [m for m in conn.messages if m["type"] == "report"]
-        assert [r["seq"] for r in reports] == list(range(1, len(reports) + 1))
-        assert all(len(r["events"]) <= 3 for r in reports)
-        assert [e["data"]["i"] for r in reports for e in r["events"]] == list(range(7))
-        assert sum(r["dropped"] for r in reports) == 2
-        # A bad event is dropped and counted, the others still go through.
-        bad = [{"kind": "pulse", "t": 1.0, "data": {"x": float("nan")}}, {"kind": 5, "t": 1.0}, {"kind": "pulse", "t": 2.0}]
-        _state.send_report(bad)
-        wait_until(
-            lambda: any(r.get("dropped") == 2 and len(r["events"]) == 1 for r in conn.messages if r["type"] == "report"),
-            message="a report with the good event and 2 dropped",
-        )
-        for raw in conn.raw:
-            _proto.decode(raw, _proto.AGENT_TYPES)
-    finally:
-        scry.shutdown()
-        d.close()
+def test_reports_in_batches_with_seq_and_dropped(small_batch_daemon):
+    d = small_batch_daemon
+    scry.init()
+    scry.wake()
+    link = _state._agent.link
+    t = time.time()
+    events = [{"kind": "pulse", "t": t + i, "source": "batch", "data": {"i": i}} for i in range(7)]
+    assert _state.send_report(events, dropped=2) is True
+    rows = wait_until(lambda: len(stored_pulses(d)) == 7 and stored_pulses(d), message="7 events stored")
+    assert [r["data"]["i"] for r in rows] == list(range(7))
+    assert [r["t_hit"] for r in rows] == pytest.approx([t + i for i in range(7)], abs=1e-6)
+    # At most 3 a report: 3 reports, numbered 1, 2, 3, each acknowledged once stored.
+    assert link.reports_sent == 3
+    wait_until(lambda: link.acked_seq == 3, message="the daemon to ack seq 3")
+    wait_until(lambda: dropped_by_agents(d) == 2, message="2 dropped counted by the daemon")
+    # A bad event is dropped and counted, the others still go through.
+    bad = [{"kind": "pulse", "t": 1.0, "data": {"x": float("nan")}}, {"kind": 5, "t": 1.0}, {"kind": "pulse", "t": 2.0}]
+    _state.send_report(bad)
+    wait_until(lambda: len(stored_pulses(d)) == 8, message="the good event stored")
+    assert stored_pulses(d)[0]["t_hit"] == 2.0 and stored_pulses(d)[0]["source"] is None
+    wait_until(lambda: link.acked_seq == 4, message="the daemon to ack seq 4")
+    assert link.reports_sent == 4
+    wait_until(lambda: dropped_by_agents(d) == 4, message="2 more dropped counted by the daemon")
 
 
-def test_report_buffer_is_bounded(home, monkeypatch):
-    from scry import _link
-
+def test_report_buffer_is_bounded(slow_flush_daemon, monkeypatch):
+    d = slow_flush_daemon
     monkeypatch.setattr(_link, "BUFFER_CAPACITY", 5)
-    d = FakeDaemon(str(home / "run" / "agent.sock"), settings={"flush_interval_ms": 60000, "max_batch": 100, "heartbeat_ms": 60000})
-    try:
-        _, conn = awake(d)
-        events = [{"kind": "pulse", "t": 1.0, "source": None, "data": {}}] * 8
-        assert _state.send_report(events) is False  # 3 did not fit
-        assert _state.send_report(events[:1]) is False
-        scry.sleep()  # flushes before goodbye
-        report = conn.wait_type("report")
-        assert len(report["events"]) == 5 and report["dropped"] == 4
-        goodbye_index = [m["type"] for m in conn.messages].index("goodbye")
-        assert conn.messages.index(report) < goodbye_index
-    finally:
-        scry.shutdown()
-        d.close()
+    scry.init()
+    scry.wake()
+    events = [{"kind": "pulse", "t": 1.0, "source": None, "data": {}}] * 8
+    assert _state.send_report(events) is False  # 3 did not fit
+    assert _state.send_report(events[:1]) is False
+    assert stored_pulses(d) == []  # nothing flushed yet
+    scry.sleep()  # flushes before goodbye
+    wait_until(lambda: len(stored_pulses(d)) == 5, message="the 5 buffered events stored")
+    wait_until(lambda: dropped_by_agents(d) == 4, message="4 dropped counted by the daemon")
+    wait_until(lambda: d.goodbyes(os.getpid()) == ["sleep"], message="goodbye after the report")
     assert _state.send_report(events) is False  # asleep: nothing is queued
 
 
-def test_reconnects_when_the_daemon_drops_the_connection(daemon):
-    _, conn = awake(daemon)
-    first = scry.status()["connection_id"]
-    conn.close()
-    conn2 = daemon.wait_conn(2)
-    conn2.wait_type("hello")
-    wait_until(lambda: scry.status()["connected"], message="connected again")
+def test_reconnects_when_the_daemon_stops_and_comes_back(daemon):
+    scry.init(name="patient")
+    first = scry.wake()["connection_id"]
+    daemon.stop()  # a clean stop: the daemon closes the connection itself
+    wait_until(lambda: not scry.status()["connected"], timeout=10, message="disconnected")
     st = scry.status()
-    assert st["state"] == "awake" and st["connection_id"] == "s-fake-1" != first
-    conn2.send({"type": "ping", "id": 1})
-    conn2.wait_type("reply", id=1)
+    assert st["state"] == "awake" and st["connection_id"] is None
+    assert threads() == ["scry-control", "scry-link"]
+    time.sleep(1.0)  # a few failed attempts (0.1, 0.2, 0.4 s ...)
+    daemon.start()
+    wait_until(lambda: scry.status()["connected"], timeout=10, message="reconnected")
+    second = scry.status()["connection_id"]
+    assert second != first
+    proc = daemon.process(os.getpid())
+    assert proc["state"] == "awake" and proc["session_id"] == second
+    # The new connection serves the daemon's requests.
+    location = "probe_targets.py:{}".format(T.line("compute"))
+    status, body = daemon.api("POST", "/api/v1/probes", {"location": location, "expressions": ["x"], "pid": os.getpid()})
+    assert status == 201 and body["processes"][0]["state"] == "armed", body
+    assert daemon.api("DELETE", "/api/v1/probes/" + body["id"])[0] == 200
+    # Sleeping while disconnected stops the reconnect loop.
+    daemon.stop()
+    wait_until(lambda: not scry.status()["connected"], timeout=10, message="disconnected again")
+    assert scry.sleep()["state"] == "sleeping"
+    assert threads() == ["scry-control"]
 
 
-def test_reconnects_with_backoff_after_the_daemon_disappears(home):
-    path = str(home / "run" / "agent.sock")
-    d = FakeDaemon(path)
+def test_refused_is_a_daemon_error_with_the_reason(daemon, monkeypatch):
+    monkeypatch.setattr(_proto, "PROTOCOL_VERSION", 7)  # an agent from the future
+    scry.init()
+    with pytest.raises(scry.DaemonError) as info:
+        scry.wake()
+    message = str(info.value)
+    assert "protocol version 7 is not supported" in message and "accepts protocol versions 1" in message
+    assert scry.status()["state"] == "sleeping"
+    assert threads() == ["scry-control"]
+    assert daemon.process(os.getpid())["source"] == "discovery"  # never registered
+
+
+def test_tcp_sends_the_token(home, tmp_path, monkeypatch):
+    # The daemon has its own SCRY_HOME: the agent knows its token only from SCRY_TOKEN.
+    d = RealDaemon(tmp_path / "daemon-home", str(tmp_path))
     try:
-        awake(d)
-        d.close()
-        wait_until(lambda: not scry.status()["connected"], message="disconnected")
-        st = scry.status()
-        assert st["state"] == "awake" and st["connection_id"] is None
-        time.sleep(1.0)  # a few failed attempts (0.1, 0.2, 0.4 s ...)
-        d = FakeDaemon(path, session_prefix="s-back")
-        d.wait_conn(1, timeout=5)
-        wait_until(lambda: scry.status()["connected"], message="reconnected")
-        assert scry.status()["connection_id"] == "s-back-0"
-        # Sleeping while disconnected stops the reconnect loop.
-        d.close()
-        wait_until(lambda: not scry.status()["connected"], message="disconnected again")
-        scry.sleep()
-        assert [t.name for t in scry_threads()] == ["scry-control"]
-    finally:
-        scry.shutdown()
-        d.close()
-
-
-def test_refused_is_a_daemon_error_with_the_reason(home):
-    d = FakeDaemon(str(home / "run" / "agent.sock"), refuse="protocol 1 is not supported")
-    try:
+        d.start("--agent-tcp", "127.0.0.1:{}".format(free_port()))
+        token = (tmp_path / "daemon-home" / "token").read_text().strip()
+        monkeypatch.setenv("SCRY_TOKEN", token)
         scry.init()
-        with pytest.raises(scry.DaemonError) as info:
-            scry.wake()
-        message = str(info.value)
-        assert "protocol 1 is not supported" in message and "accepts protocol versions 1" in message
-        assert scry.status()["state"] == "sleeping"
-        assert [t.name for t in scry_threads()] == ["scry-control"]
+        url = "tcp://" + d.info["agent_tcp"]
+        st = scry.wake(url)
+        assert st["connected"] and st["daemon_url"] == url
+        proc = d.process(os.getpid())
+        assert proc["state"] == "awake" and proc["session_id"] == st["connection_id"]
     finally:
         scry.shutdown()
-        d.close()
+        d.stop()
 
 
-def test_no_welcome_within_register_timeout(home):
-    d = FakeDaemon(str(home / "run" / "agent.sock"), silent=True)
-    try:
-        scry.init(register_timeout=0.3)
-        start = time.monotonic()
-        with pytest.raises(scry.DaemonError) as info:
-            scry.wake()
-        assert time.monotonic() - start < 3
-        assert "did not answer hello" in str(info.value)
-        assert scry.status()["state"] == "sleeping"
-    finally:
-        scry.shutdown()
-        d.close()
+def test_http_resolution_falls_back_to_tcp(tcp_daemon):
+    hide_the_unix_socket(tcp_daemon)
+    scry.init()  # the token from $SCRY_HOME/token, which the daemon wrote
+    url = "http://" + tcp_daemon.info["http"]
+    st = scry.wake(url)
+    assert st["connected"] and st["daemon_url"] == url
+    assert _state._agent.link.endpoint == "tcp://" + tcp_daemon.info["agent_tcp"]
+    assert tcp_daemon.process(os.getpid())["session_id"] == st["connection_id"]
 
 
-def test_tcp_sends_the_token(home, monkeypatch):
-    monkeypatch.setenv("SCRY_TOKEN", "s3cret")
-    d = FakeDaemon(tcp=True)
-    try:
-        scry.init()
-        scry.wake(d.url)
-        assert d.wait_conn().hello["token"] == "s3cret"
-        assert scry.status()["daemon_url"] == d.url
-    finally:
-        scry.shutdown()
-        d.close()
-
-
-class _EndpointServer(object):
-    """A stand-in for the daemon's HTTP API that answers GET /api/v1/agent-endpoint."""
-
-    def __init__(self, answer):
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.paths.append(self.path)
-                body = json.dumps(answer).encode()
-                self.send_response(200 if self.path == "/api/v1/agent-endpoint" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.paths = []
-        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:{}".format(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
-def test_http_resolution_prefers_the_local_unix_socket(daemon):
-    api = _EndpointServer({"unix": daemon.path, "tcp": None})
-    try:
-        scry.init()
-        st = scry.wake(api.url)
-        assert st["connected"] and st["daemon_url"] == api.url
-        assert api.paths == ["/api/v1/agent-endpoint"]
-    finally:
-        scry.shutdown()
-        api.close()
-
-
-def test_http_resolution_falls_back_to_tcp(home, monkeypatch):
-    monkeypatch.setenv("SCRY_TOKEN", "tok")
-    d = FakeDaemon(tcp=True)
-    api = _EndpointServer({"unix": "/nonexistent/agent.sock", "tcp": d.url[len("tcp://"):]})
-    try:
-        scry.init()
-        assert scry.wake(api.url)["connected"]
-        assert d.wait_conn().hello["token"] == "tok"
-    finally:
-        scry.shutdown()
-        api.close()
-        d.close()
-
-
-def test_http_resolution_without_a_usable_endpoint(home):
-    api = _EndpointServer({"unix": "/nonexistent/agent.sock", "tcp": None})
-    try:
-        scry.init()
-        with pytest.raises(scry.DaemonError) as info:
-            scry.wake(api.url)
-        assert "no agent endpoint" in str(info.value)
-    finally:
-        scry.shutdown()
-        api.close()
+def test_http_resolution_without_a_usable_endpoint(daemon):
+    path = hide_the_unix_socket(daemon)
+    scry.init()
+    with pytest.raises(scry.DaemonError) as info:
+        scry.wake("http://" + daemon.info["http"])
+    assert "no agent endpoint" in str(info.value) and path in str(info.value)
+    assert scry.status()["state"] == "sleeping"
 
 
 def test_http_resolution_without_a_daemon(home):
@@ -343,11 +300,99 @@ def test_http_resolution_without_a_daemon(home):
     assert "scry serve" in str(info.value)
 
 
-def test_probes_sync_is_answered_and_checked(daemon):
-    _, conn = awake(daemon)
-    conn.send({"type": "probes_sync", "id": 21, "probes": []})
-    reply = conn.wait_type("reply", id=21)
-    assert reply["ok"] is True and reply["result"] == {"statuses": []}
+# -- against the scripted peer: what a real daemon never sends -------------------------------
+
+
+@pytest.fixture
+def peer(home):
+    p = ScriptedPeer(str(home / "run" / "agent.sock"))
+    yield p
+    scry.shutdown()
+    p.close()
+
+
+def awake_with(peer):
+    scry.init()
+    scry.wake()
+    return peer.wait_conn()
+
+
+def test_bad_lines_from_the_daemon(peer):
+    conn = awake_with(peer)
+    conn.send({"type": "ping", "id": 7})
+    assert conn.wait_type("reply", id=7) == {"type": "reply", "id": 7, "ok": True, "result": {}}
+    conn.send({"type": "frobnicate", "id": 8})
+    err = conn.wait_type("error", in_reply_to=8)
+    assert err["kind"] == "unknown_type"
+    conn.send(b"this is not json\n")
+    conn.wait_for(lambda m: m.get("type") == "error" and m.get("kind") == "malformed", what="malformed error")
+    conn.send({"type": "ping", "id": "x"})
+    conn.wait_for(lambda m: m.get("type") == "error" and "`id`" in m.get("message", ""), what="bad id error")
+    conn.send({"type": "welcome", "protocol": 1, "daemon_version": "x", "session_id": "s", "settings": {"flush_interval_ms": 1, "max_batch": 1, "heartbeat_ms": 1}})
+    conn.wait_for(lambda m: m.get("type") == "error" and m.get("kind") == "unexpected", what="unexpected error")
+    conn.send({"type": "ack", "seq": 3})  # a report never sent
+    conn.send({"type": "error", "kind": "internal", "message": "daemon trouble", "in_reply_to": None})
+    # Still alive and answering, on the same connection.
+    conn.send({"type": "ping", "id": 9})
+    conn.wait_type("reply", id=9)
+    assert scry.status()["connected"] and len(peer.conns) == 1
+    # Every line the agent sent is valid for the daemon.
+    for raw in conn.raw:
+        _proto.decode(raw, _proto.AGENT_TYPES)
+
+
+def test_a_malformed_probes_sync_is_refused(peer):
+    conn = awake_with(peer)
     conn.send({"type": "probes_sync", "id": 22, "probes": [{"id": "p", "location": "x.py:1"}]})
     err = conn.wait_type("error", in_reply_to=22)
     assert err["kind"] == "malformed" and "expressions" in err["message"]
+    assert scry.status()["connected"]
+
+
+def test_an_over_long_line_ends_the_connection(peer):
+    conn = awake_with(peer)
+    first = scry.status()["connection_id"]
+    conn.send(b"x" * (_proto.MAX_LINE_BYTES + 1))  # and no newline, ever
+    err = conn.wait_type("error", timeout=10)
+    assert err["kind"] == "too_large", err
+    conn.wait_closed()
+    # A new connection, as after any loss.
+    peer.wait_conn(2).wait_type("hello")
+    wait_until(lambda: scry.status()["connected"], message="reconnected")
+    assert scry.status()["connection_id"] != first
+
+
+def test_no_welcome_within_register_timeout(home):
+    p = ScriptedPeer(str(home / "run" / "agent.sock"), silent=True)
+    try:
+        scry.init(register_timeout=0.3)
+        start = time.monotonic()
+        with pytest.raises(scry.DaemonError) as info:
+            scry.wake()
+        assert time.monotonic() - start < 3
+        assert "did not answer hello" in str(info.value)
+        assert scry.status()["state"] == "sleeping"
+    finally:
+        scry.shutdown()
+        p.close()
+
+
+def test_a_daemon_that_stops_reading(home, monkeypatch):
+    # Writes to a daemon that reads nothing block; after SEND_TIMEOUT the agent gives that
+    # connection up, reconnects, and counts what it could not deliver as dropped.
+    monkeypatch.setattr(_link, "SEND_TIMEOUT", 0.5)
+    p = ScriptedPeer(str(home / "run" / "agent.sock"), deaf=[0])
+    try:
+        deaf = awake_with(p)
+        events = [{"kind": "pulse", "t": 1.0, "source": None, "data": {"pad": "x" * 200}}] * 20000
+        start = time.monotonic()
+        assert _state.send_report(events) is True
+        second = p.wait_conn(2, timeout=10)
+        assert time.monotonic() - start < 8
+        wait_until(lambda: scry.status()["connected"], message="connected to the second connection")
+        report = second.wait_for(lambda m: m.get("type") == "report" and m["dropped"] > 0, timeout=10, what="a report with drops")
+        assert report["seq"] == 1
+        assert deaf.messages[0]["type"] == "hello" and len(deaf.messages) == 1
+    finally:
+        scry.shutdown()
+        p.close()
