@@ -77,6 +77,38 @@ innermost first (the running frame on top).\n\nExamples:\n  scry dump 4242\n  sc
         after_help = "Examples:\n  scry dumps\n  scry dumps 3            show dump 3\n  scry dumps 3 --json"
     )]
     Dumps(DumpsArgs),
+    /// End a process tree politely: SIGINT, wait, SIGTERM, wait, SIGKILL; says what ended when.
+    #[command(
+        after_help = "Every process of the tree (collected once, children included) is signalled \
+at once at each step; each step waits up to --grace seconds for them to end. Processes of other \
+users are never touched. --orphans PATTERN matches processes whose parent died (reparented to \
+init or a subreaper; their process group's leader is gone) by a plain substring of their \
+command line; they are listed and confirmed on a terminal (--yes skips the question).\n\n\
+Examples:\n  scry reap 4242\n  scry reap 4242 --grace 10 --json\n  scry reap --orphans worker.py --dry-run\n  scry reap --orphans worker.py --yes"
+    )]
+    Reap(ReapArgs),
+}
+
+/// `scry reap`.
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// The root of the tree to end.
+    #[arg(required_unless_present = "orphans", conflicts_with = "orphans")]
+    pub pid: Option<u32>,
+    /// Instead of a tree: your orphaned processes whose command line contains PATTERN.
+    #[arg(long, value_name = "PATTERN")]
+    pub orphans: Option<String>,
+    /// Seconds to wait after each signal for the processes to end.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    pub grace: f64,
+    /// List what would be reaped; signal nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (--orphans).
+    #[arg(long, short)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 /// `scry dumps`.

@@ -38,6 +38,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Demo(a) => a.output.json,
         Command::Dump(a) => a.output.json,
         Command::Dumps(a) => a.output.json,
+        Command::Reap(a) => a.output.json,
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
             cli::ProbeCmd::List(o) => o.json,
@@ -68,6 +69,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Serve(_) => unreachable!("handled above"),
             Command::Dump(a) => commands::dump::dump(&home, a, printer).await,
             Command::Dumps(a) => commands::dump::dumps(&home, a, printer).await,
+            Command::Reap(a) => commands::reap::reap(a, printer),
             Command::Stop(o) => commands::serve::stop(&home, o, printer).await,
             Command::Status(_) => commands::status::status(&home, printer).await,
             Command::Ps(a) => commands::ps::ps(&home, a, printer).await,

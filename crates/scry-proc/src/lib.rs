@@ -10,12 +10,14 @@
 //! error name the path it came from.
 //!
 //! [`stacks`] reads the Python stacks of a process (or a process tree) from outside, through the
-//! `py-spy` library.
+//! `py-spy` library. [`reap`] ends a process tree politely (SIGINT, SIGTERM, SIGKILL with grace
+//! periods) and finds orphaned processes.
 //!
 //! Not for: talking to agents, storing anything, or printing. Later this crate also hosts the
 //! PEP 768 writer, the other thing that reaches into a process from outside.
 #![deny(missing_docs)]
 
+pub mod reap;
 pub mod stacks;
 
 use std::path::{Path, PathBuf};

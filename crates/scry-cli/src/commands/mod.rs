@@ -6,6 +6,7 @@ pub mod dump;
 pub mod events;
 pub mod probe;
 pub mod ps;
+pub mod reap;
 pub mod serve;
 pub mod status;
 pub mod wake;

@@ -10,3 +10,4 @@ mod dump;
 mod embedded;
 mod garbage;
 mod probes;
+mod reap;
