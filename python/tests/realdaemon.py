@@ -4,6 +4,7 @@ The binary is ``$SCRY_BIN``, else ``<repo>/target/debug/scry``; when it is missi
 use it fail and say how to build it.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -124,6 +125,11 @@ class RealDaemon(object):
         finally:
             conn.close()
 
+    @property
+    def url(self):
+        """Its agents' unix socket, as a daemon_url."""
+        return "unix://" + self.info["agent_socket"]
+
     def process(self, pid):
         status, body = self.api("GET", "/api/v1/processes")
         assert status == 200, body
@@ -151,6 +157,21 @@ def running(home, tmp_path, *args):
     """For a fixture: ``yield from running(home, tmp_path)`` gives a started daemon, stopped after
     the test (and the agent shut down)."""
     d = RealDaemon(home, str(tmp_path))
+    try:
+        d.start(*args)
+        yield d
+    finally:
+        scry.shutdown()
+        d.stop()
+
+
+@contextlib.contextmanager
+def elsewhere(tmp_path, label, *args):
+    """A started daemon with a SCRY_HOME of its own (``tmp_path/label``), not the test's: for a
+    daemon at another address, or several. The agent is shut down before it stops."""
+    logs = os.path.join(str(tmp_path), label + "-logs")
+    os.makedirs(logs, exist_ok=True)
+    d = RealDaemon(os.path.join(str(tmp_path), label), logs)
     try:
         d.start(*args)
         yield d

@@ -121,11 +121,10 @@ class ScriptedPeer(object):
     the connections on which the peer stops reading right after its ``welcome``.
     """
 
-    def __init__(self, path, silent=False, deaf=(), session_prefix="s-scripted"):
+    def __init__(self, path, silent=False, deaf=()):
         self.settings = {"flush_interval_ms": 20, "max_batch": 1024, "heartbeat_ms": 5000}
         self.silent = silent
         self.deaf = set(deaf)
-        self.session_prefix = session_prefix
         self.conns = []
         self.cond = threading.Condition()
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -161,7 +160,7 @@ class ScriptedPeer(object):
                 "type": "welcome",
                 "protocol": 1,
                 "daemon_version": "0.0.0-scripted",
-                "session_id": "{}-{}".format(self.session_prefix, conn.index),
+                "session_id": "s-scripted-{}".format(conn.index),
                 "settings": self.settings,
             }
         )

@@ -11,9 +11,10 @@ import threading
 
 import pytest
 
+import probe_targets as T
 import scry
 from conftest import PYTHON_DIR, control, open_fds, scry_threads, wait_until
-from scripted_peer import ScriptedPeer
+from realdaemon import elsewhere, running
 
 STATUS_KEYS = {
     "state",
@@ -25,6 +26,12 @@ STATUS_KEYS = {
     "connection_id",
     "connected",
 }
+
+
+@pytest.fixture
+def daemon(home, tmp_path):
+    """The real daemon (`scry serve`) on this test's SCRY_HOME."""
+    yield from running(home, tmp_path)
 
 
 def discovery_path(home):
@@ -173,22 +180,17 @@ def test_discovery_file(home):
     assert not path.exists()
 
 
-def test_discovery_file_follows_state_changes(home):
-    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
-    try:
-        scry.init()
-        path = discovery_path(home)
-        assert json.loads(path.read_text())["state"] == "sleeping"
-        inode = os.stat(path).st_ino
-        scry.wake()
-        assert json.loads(path.read_text())["state"] == "awake"
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        assert os.stat(path).st_ino != inode  # replaced, not rewritten in place
-        scry.sleep()
-        assert json.loads(path.read_text())["state"] == "sleeping"
-    finally:
-        scry.shutdown()
-        daemon.close()
+def test_discovery_file_follows_state_changes(daemon, home):
+    scry.init()
+    path = discovery_path(home)
+    assert json.loads(path.read_text())["state"] == "sleeping"
+    inode = os.stat(path).st_ino
+    scry.wake()
+    assert json.loads(path.read_text())["state"] == "awake"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.stat(path).st_ino != inode  # replaced, not rewritten in place
+    scry.sleep()
+    assert json.loads(path.read_text())["state"] == "sleeping"
 
 
 def test_discovery_file_removed_at_exit(home):
@@ -209,25 +211,23 @@ def test_discovery_file_removed_at_exit(home):
     assert os.listdir(str(clients)) == []
 
 
-def test_goodbye_and_cleanup_at_exit_while_awake(home):
-    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
-    try:
-        result = run_python(
-            """
-            import scry
-            scry.init(name="awake-at-exit", start_state="awake")
-            assert scry.status()["connected"]
-            """,
-            env=dict(os.environ),
-        )
-        assert result.returncode == 0, result.stderr.decode()
-        assert result.stdout == b""
-        conn = daemon.wait_conn()
-        assert conn.wait_type("goodbye")["reason"] == "exit"
-        conn.wait_closed()
-        assert os.listdir(str(home / "clients")) == []
-    finally:
-        daemon.close()
+def test_goodbye_and_cleanup_at_exit_while_awake(daemon, home):
+    result = run_python(
+        """
+        import scry
+        scry.init(name="awake-at-exit", start_state="awake")
+        assert scry.status()["connected"]
+        """,
+        env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b""
+    status, body = daemon.api("GET", "/api/v1/processes?gone=true")
+    assert status == 200, body
+    (child,) = [p for p in body["processes"] if p.get("name") == "awake-at-exit"]
+    wait_until(lambda: daemon.goodbyes(child["pid"]) == ["exit"], message="goodbye (exit) in the daemon's log")
+    wait_until(lambda: daemon.process(child["pid"])["state"] == "gone", message="the daemon to see it gone")
+    assert os.listdir(str(home / "clients")) == []
 
 
 def test_wake_without_daemon_is_a_daemon_error(home):
@@ -250,37 +250,37 @@ def test_start_awake_without_daemon_raises_and_leaves_nothing(home):
     assert not discovery_path(home).exists()
 
 
-def test_start_awake(home):
-    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
-    try:
-        st = scry.init(start_state="awake")
-        assert st["state"] == "awake" and st["connected"] is True
-        assert st["connection_id"] == "s-scripted-0"
-        assert st["daemon_url"] == "unix://{}".format(home / "run" / "agent.sock")
-    finally:
-        scry.shutdown()
-        daemon.close()
+def test_start_awake(daemon, home):
+    st = scry.init(start_state="awake")
+    assert st["state"] == "awake" and st["connected"] is True
+    assert st["daemon_url"] == "unix://{}".format(home / "run" / "agent.sock")
+    proc = daemon.process(os.getpid())
+    assert proc["state"] == "awake" and proc["session_id"] == st["connection_id"]
+
+
+def awake_at(daemon, st):
+    """Whether this process is awake in ``daemon`` on the connection ``st`` names."""
+    proc = daemon.process(os.getpid()) or {}
+    return proc.get("state") == "awake" and proc.get("session_id") == st["connection_id"]
 
 
 def test_daemon_url_precedence(home, monkeypatch, tmp_path):
-    env_daemon = ScriptedPeer(str(tmp_path / "env.sock"), session_prefix="env")
-    init_daemon = ScriptedPeer(str(tmp_path / "init.sock"), session_prefix="init")
-    arg_daemon = ScriptedPeer(str(tmp_path / "arg.sock"), session_prefix="arg")
-    try:
+    with elsewhere(tmp_path, "env-home") as env_daemon, elsewhere(tmp_path, "init-home") as init_daemon, elsewhere(
+        tmp_path, "arg-home"
+    ) as arg_daemon:
         monkeypatch.setenv("SCRY_DAEMON", env_daemon.url)
         scry.init()
-        assert scry.wake()["connection_id"].startswith("env")
+        assert awake_at(env_daemon, scry.wake())
         scry.shutdown()
-        scry.init(daemon_url="unix:" + init_daemon.path)  # the unix:/abs/path form
-        assert scry.wake()["connection_id"].startswith("init")
+        scry.init(daemon_url="unix:" + init_daemon.info["agent_socket"])  # the unix:/abs/path form
+        assert awake_at(init_daemon, scry.wake())
         scry.sleep()
-        assert scry.wake(arg_daemon.url)["connection_id"].startswith("arg")
+        st = scry.wake(arg_daemon.url)
+        assert awake_at(arg_daemon, st)
         # Awake already: a no-op, whatever the address.
-        assert scry.wake(env_daemon.url)["connection_id"].startswith("arg")
-    finally:
-        scry.shutdown()
-        for d in (env_daemon, init_daemon, arg_daemon):
-            d.close()
+        assert scry.wake(env_daemon.url) == st
+        assert awake_at(arg_daemon, st)
+        assert env_daemon.process(os.getpid())["state"] == "sleeping"
 
 
 @pytest.mark.parametrize(
@@ -334,56 +334,57 @@ def test_no_output_on_stdout_with_debug(home):
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_fork_resets_the_child(home):
-    daemon = ScriptedPeer(str(home / "run" / "agent.sock"))
-    try:
-        scry.init(name="parent", start_state="awake")
-        parent_status = scry.status()
-        parent_file = discovery_path(home)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report and leave without running atexit or pytest
-            try:
-                st = scry.status()
-                threads = [t.name for t in threading.enumerate()]
-                path = parent_file
-                # init works in the child, with its own discovery file
-                own = scry.init(name="child", home=str(home))
-                child_file = json.loads((home / "clients" / "{}.json".format(os.getpid())).read_text())
-                scry.shutdown()
-                report = {
-                    "status": st,
-                    "threads": threads,
-                    "parent_file": path.exists(),
-                    "own": own["state"],
-                    "child_file": child_file["name"],
-                }
-                os.write(write_end, json.dumps(report).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        data = b""
-        while True:
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            data += chunk
-        os.close(read_end)
-        os.waitpid(pid, 0)
-        report = json.loads(data.decode())
-        assert report["status"]["state"] == "uninitialised"
-        assert report["status"]["pid"] == pid
-        assert not any(name.startswith("scry-") for name in report["threads"])
-        assert report["parent_file"] is True  # the child did not remove the parent's file
-        assert report["own"] == "sleeping" and report["child_file"] == "child"
-        # The parent is untouched: still connected, control plane still answering.
-        assert scry.status() == parent_status
-        status, body = control("GET", "/scry/status")
-        assert status == 200 and body["connected"] is True
-        conn = daemon.wait_conn()
-        conn.send({"type": "ping", "id": 99})
-        conn.wait_type("reply", id=99)
-        assert daemon.conns == [conn]
-    finally:
-        scry.shutdown()
-        daemon.close()
+def test_fork_resets_the_child(daemon, home):
+    scry.init(name="parent", start_state="awake")
+    parent_status = scry.status()
+    parent_file = discovery_path(home)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running atexit or pytest
+        try:
+            st = scry.status()
+            threads = [t.name for t in threading.enumerate()]
+            path = parent_file
+            # init works in the child, with its own discovery file
+            own = scry.init(name="child", home=str(home))
+            child_file = json.loads((home / "clients" / "{}.json".format(os.getpid())).read_text())
+            scry.shutdown()
+            report = {
+                "status": st,
+                "threads": threads,
+                "parent_file": path.exists(),
+                "own": own["state"],
+                "child_file": child_file["name"],
+            }
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    data = b""
+    while True:
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    report = json.loads(data.decode())
+    assert report["status"]["state"] == "uninitialised"
+    assert report["status"]["pid"] == pid
+    assert not any(name.startswith("scry-") for name in report["threads"])
+    assert report["parent_file"] is True  # the child did not remove the parent's file
+    assert report["own"] == "sleeping" and report["child_file"] == "child"
+    # The parent is untouched: still connected, control plane still answering.
+    assert scry.status() == parent_status
+    status, body = control("GET", "/scry/status")
+    assert status == 200 and body["connected"] is True
+    # The daemon never heard from the child, and the parent's connection is intact: the same
+    # session, no goodbye, and the daemon's requests answered.
+    assert daemon.process(pid) is None
+    proc = daemon.process(os.getpid())
+    assert proc["state"] == "awake" and proc["session_id"] == parent_status["connection_id"]
+    assert daemon.goodbyes(os.getpid()) == []
+    location = "probe_targets.py:{}".format(T.line("compute"))
+    status, probe = daemon.api("POST", "/api/v1/probes", {"location": location, "expressions": ["x"], "pid": os.getpid()})
+    assert status == 201 and probe["processes"][0]["state"] == "armed", probe
+    assert daemon.api("DELETE", "/api/v1/probes/" + probe["id"])[0] == 200

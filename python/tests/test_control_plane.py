@@ -23,7 +23,7 @@ import pytest
 
 import scry
 from conftest import control, request, scry_threads, wait_until
-from scripted_peer import ScriptedPeer
+from realdaemon import elsewhere
 
 
 @pytest.fixture
@@ -58,23 +58,21 @@ def test_info(client):
     assert body["agent_version"] == scry.__version__
 
 
-def test_wake_and_sleep(client, home):
-    daemon = ScriptedPeer(str(home / "elsewhere.sock"))
-    try:
+def test_wake_and_sleep(client, tmp_path):
+    with elsewhere(tmp_path, "elsewhere") as daemon:
         status, body = control("POST", "/scry/wake", body={"daemon_url": daemon.url})
         assert status == 200, body
         assert body["state"] == "awake" and body["connected"] is True
         assert body["daemon_url"] == daemon.url and body == scry.status()
+        proc = daemon.process(os.getpid())
+        assert proc["state"] == "awake" and proc["session_id"] == body["connection_id"]
         status, body = control("POST", "/scry/sleep")
         assert status == 200 and body["state"] == "sleeping"
-        assert daemon.wait_conn().wait_type("goodbye")["reason"] == "sleep"
+        wait_until(lambda: daemon.goodbyes(os.getpid()) == ["sleep"], message="goodbye (sleep) in the daemon's log")
         # Without a body: the default address, here with no daemon -> 502 with advice.
         status, body = control("POST", "/scry/wake")
         assert status == 502
         assert body["error"]["kind"] == "daemon" and "scry serve" in body["error"]["message"]
-    finally:
-        scry.shutdown()
-        daemon.close()
 
 
 @pytest.mark.parametrize(
@@ -311,26 +309,24 @@ def test_token_file_is_used(home, netns):
 def test_remote_cannot_redirect_the_process_without_the_token(home, netns, monkeypatch, tmp_path, configured):
     if configured:
         monkeypatch.setenv("SCRY_TOKEN", configured)
-    evil = ScriptedPeer(str(tmp_path / "evil.sock"))
-    try:
+    # Another daemon (its own SCRY_HOME) that a remote caller would like this process to join.
+    with elsewhere(tmp_path, "other") as other:
         scry.init(control_host=netns.host_addr)
         for token in (None, "guess"):
-            status, body = remote(netns, "POST", "/scry/wake", body={"daemon_url": evil.url}, token=token)
+            status, body = remote(netns, "POST", "/scry/wake", body={"daemon_url": other.url}, token=token)
             assert status == 403, body
             assert body["error"]["kind"] == "forbidden"
         time.sleep(0.3)
-        assert evil.conns == []  # nobody connected anywhere
+        assert other.process(os.getpid()) is None  # nobody connected anywhere
         st = scry.status()
         assert st["state"] == "sleeping" and st["daemon_url"] is None and not st["connected"]
         assert [t.name for t in scry_threads() if t.name == "scry-link"] == []
         if configured:
             # With the token the same request works: the refusal above was the token's doing.
-            status, body = remote(netns, "POST", "/scry/wake", body={"daemon_url": evil.url}, token=configured)
+            status, body = remote(netns, "POST", "/scry/wake", body={"daemon_url": other.url}, token=configured)
             assert status == 200 and body["connected"] is True
-            assert evil.wait_conn().hello["type"] == "hello"
-    finally:
-        scry.shutdown()
-        evil.close()
+            proc = other.process(os.getpid())
+            assert proc["state"] == "awake" and proc["session_id"] == body["connection_id"]
 
 
 def test_ipv6_loopback_and_any_address(home):

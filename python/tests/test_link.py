@@ -19,7 +19,7 @@ import pytest
 import probe_targets as T
 import scry
 from conftest import scry_threads, wait_until
-from realdaemon import RealDaemon, running, write_config
+from realdaemon import elsewhere, running, write_config
 from scripted_peer import ScriptedPeer
 from scry import _link, _proto, _state
 
@@ -192,9 +192,10 @@ def test_reports_in_batches_with_seq_and_dropped(small_batch_daemon):
     _state.send_report(bad)
     wait_until(lambda: len(stored_pulses(d)) == 8, message="the good event stored")
     assert stored_pulses(d)[0]["t_hit"] == 2.0 and stored_pulses(d)[0]["source"] is None
-    wait_until(lambda: link.acked_seq == 4, message="the daemon to ack seq 4")
-    assert link.reports_sent == 4
     wait_until(lambda: dropped_by_agents(d) == 4, message="2 more dropped counted by the daemon")
+    # (The agent's warning about the bad events may travel in a report of its own.)
+    assert link.reports_sent >= 4
+    wait_until(lambda: link.acked_seq == link.reports_sent, message="every report acknowledged")
 
 
 def test_report_buffer_is_bounded(slow_flush_daemon, monkeypatch):
@@ -253,10 +254,8 @@ def test_refused_is_a_daemon_error_with_the_reason(daemon, monkeypatch):
 
 
 def test_tcp_sends_the_token(home, tmp_path, monkeypatch):
-    # The daemon has its own SCRY_HOME: the agent knows its token only from SCRY_TOKEN.
-    d = RealDaemon(tmp_path / "daemon-home", str(tmp_path))
-    try:
-        d.start("--agent-tcp", "127.0.0.1:{}".format(free_port()))
+    # The daemon has a SCRY_HOME of its own: the agent knows its token only from SCRY_TOKEN.
+    with elsewhere(tmp_path, "daemon-home", "--agent-tcp", "127.0.0.1:{}".format(free_port())) as d:
         token = (tmp_path / "daemon-home" / "token").read_text().strip()
         monkeypatch.setenv("SCRY_TOKEN", token)
         scry.init()
@@ -265,9 +264,6 @@ def test_tcp_sends_the_token(home, tmp_path, monkeypatch):
         assert st["connected"] and st["daemon_url"] == url
         proc = d.process(os.getpid())
         assert proc["state"] == "awake" and proc["session_id"] == st["connection_id"]
-    finally:
-        scry.shutdown()
-        d.stop()
 
 
 def test_http_resolution_falls_back_to_tcp(tcp_daemon):
