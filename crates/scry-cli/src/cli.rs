@@ -43,7 +43,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  scry status\n  scry status --json | jq .events_stored")]
     Status(Output),
     /// List the processes scry knows (awake agents, sleeping embedded clients, recently gone).
-    #[command(after_help = "Examples:\n  scry ps\n  scry ps --gone --json")]
+    #[command(
+        after_help = "Examples:\n  scry ps\n  scry ps --gone --json\n  scry ps --tree 4242       the tree under 4242, Python processes marked"
+    )]
     Ps(PsArgs),
     /// Wake an embedded client: it connects to the daemon and can be observed.
     #[command(after_help = "Examples:\n  scry wake checkout\n  scry wake 4242")]
@@ -163,6 +165,10 @@ pub struct PsArgs {
     /// Include every gone process, not only those of the last 15 minutes.
     #[arg(long)]
     pub gone: bool,
+    /// Instead: the process tree under PID, read from /proc (Python version, scry state, CPU %,
+    /// RSS, age, what each process waits on). Needs no daemon; never starts one.
+    #[arg(long, value_name = "PID", conflicts_with = "gone")]
+    pub tree: Option<u32>,
     #[command(flatten)]
     pub output: Output,
 }

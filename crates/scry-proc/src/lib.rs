@@ -11,7 +11,8 @@
 //!
 //! [`stacks`] reads the Python stacks of a process (or a process tree) from outside, through the
 //! `py-spy` library. [`reap`] ends a process tree politely (SIGINT, SIGTERM, SIGKILL with grace
-//! periods) and finds orphaned processes.
+//! periods) and finds orphaned processes. [`tree`] samples a process tree for `scry ps --tree` and
+//! `scry top` (Python version, CPU %, RSS, what each process is blocked on).
 //!
 //! Not for: talking to agents, storing anything, or printing. Later this crate also hosts the
 //! PEP 768 writer, the other thing that reaches into a process from outside.
@@ -19,6 +20,7 @@
 
 pub mod reap;
 pub mod stacks;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 

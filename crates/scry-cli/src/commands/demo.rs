@@ -43,6 +43,7 @@ pub async fn demo(home: &Home, args: &DemoArgs, printer: &mut Printer) -> CmdRes
     };
     let ps_args = PsArgs {
         gone: false,
+        tree: None,
         output: crate::cli::Output { json: false },
     };
     if !printer.json {

@@ -10,4 +10,5 @@ mod dump;
 mod embedded;
 mod garbage;
 mod probes;
+mod ps_tree;
 mod reap;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::support::{pythons, text, wait_for, Ctx, Proc};
 
 /// SIGKILLs every pid of the test tree on drop (whatever a failed test left).
-struct TreeGuard(Vec<u32>);
+pub struct TreeGuard(Vec<u32>);
 
 impl Drop for TreeGuard {
     fn drop(&mut self) {
@@ -21,7 +21,7 @@ impl Drop for TreeGuard {
 }
 
 /// Starts `reap_tree.py` in MODE under its subreaper: (the subreaper, the pids, the guard).
-fn start(ctx: &Ctx, mode: &str) -> (Proc, Value, TreeGuard) {
+pub fn start(ctx: &Ctx, mode: &str) -> (Proc, Value, TreeGuard) {
     let ready = ctx.home().join(format!("reap-ready-{mode}.json"));
     let python = pythons().remove(0);
     let mut proc = ctx.python(
