@@ -531,6 +531,8 @@ pub async fn serve(
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.to_string());
+    // From here on the configured address is the one actually bound (`:0` picks a port).
+    config.agent_tcp = agent_tcp.clone();
 
     let (live, _) = broadcast::channel(4096);
     let (shutdown_tx, _) = watch::channel(false);

@@ -183,3 +183,28 @@ fn http_api_answers_garbage_with_json_errors_and_keeps_serving() {
 
     assert_eq!(ctx.get("/api/v1/health")["ok"], true);
 }
+
+#[test]
+fn agent_endpoint_names_the_tcp_port_actually_bound() {
+    let ctx = Ctx::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+        .to_string();
+    let mut child = ctx
+        .cmd(&["serve", "--port", &port, "--agent-tcp", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let addr = format!("127.0.0.1:{port}");
+    let v: Value = crate::support::wait_for("daemon", Duration::from_secs(20), || {
+        let (_, body) = crate::support::http_get(&addr, "/api/v1/agent-endpoint").ok()?;
+        serde_json::from_str(&body).ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let tcp = v["tcp"].as_str().expect("tcp");
+    assert!(tcp.starts_with("127.0.0.1:") && !tcp.ends_with(":0"), "{v}");
+}
