@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 
-from . import _hit, _proto
+from . import _hit, _logfwd, _proto
 from ._errors import ConfigError, DaemonError, ScryError
 from ._version import __version__
 
@@ -478,6 +478,8 @@ class Link(object):
         self._buf_lock = threading.Lock()
         self._dropped = 0
         self._bad_events_logged = False
+        #: Forwards the ``scry`` logger's records to the daemon while the link thread runs.
+        self.log_forwarder = _logfwd.LogForwarder()
 
     # -- called by the state, under its lock ---------------------------------------------------
 
@@ -494,7 +496,12 @@ class Link(object):
     def start(self):
         """Start the ``scry-link`` thread (RuntimeError when the process is out of threads)."""
         thread = threading.Thread(target=self._run, name="scry-link", daemon=True)
-        thread.start()
+        log.addHandler(self.log_forwarder)
+        try:
+            thread.start()
+        except BaseException:
+            log.removeHandler(self.log_forwarder)
+            raise
         self._thread = thread
 
     def stop(self, reason, timeout):
@@ -531,6 +538,10 @@ class Link(object):
         """After fork, in the child: close our copies of the fds (never shutdown(), which would
         cut the parent's connection). Takes no lock: another thread may have held one at fork."""
         self._thread = None
+        try:
+            log.removeHandler(self.log_forwarder)
+        except Exception:
+            pass
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
@@ -602,6 +613,7 @@ class Link(object):
         log.debug("connected to the daemon at %s (session %s)", self.endpoint, self.session_id)
 
     def _run(self):
+        self.log_forwarder.skip_thread = threading.get_ident()
         try:
             while not self._stop.is_set():
                 if self._sock is not None:
@@ -617,6 +629,7 @@ class Link(object):
         except BaseException as exc:  # never let the thread die with a traceback on stderr
             log.warning("the scry-link thread failed: %r", exc)
         finally:
+            log.removeHandler(self.log_forwarder)
             self._close_socket(goodbye=True)
             self._close_pipe()
 
@@ -793,7 +806,13 @@ class Link(object):
         return _proto.reply_ok(msg["id"], {"statuses": statuses})
 
     def _pump(self):
-        """Move the probe engine's hits into the report buffer; send due probe statuses."""
+        """Move the forwarded log records and the probe engine's hits into the report buffer;
+        send due probe statuses."""
+        with self._buf_lock:
+            room = BUFFER_CAPACITY - len(self._buf)
+        records, lost = self.log_forwarder.drain(max(0, room))
+        if records or lost:
+            self.send_report(records, lost)
         engine = self.engine
         if engine is None:
             return

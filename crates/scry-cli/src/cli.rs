@@ -62,6 +62,13 @@ pub enum Command {
         after_help = "Examples:\n  scry events --probe totals --since 5m\n  scry events --follow\n  scry events stats totals --since 1h"
     )]
     Events(EventsCmd),
+    /// Log records of the agents and the daemon's own events, in one time-ordered view.
+    #[command(
+        after_help = "Each line: time, process name[pid], thread, level, message. Agents forward \
+what their `scry` logger emits; the daemon adds its system events (connections, probes, errors).\n\n\
+Examples:\n  scry logs --since 10m\n  scry logs --follow --level warn\n  scry logs --pid 4242 --json"
+    )]
+    Logs(LogsArgs),
     /// Start a sample service, wake it, and show what scry sees.
     #[command(
         after_help = "Examples:\n  scry demo          start (or reuse) the sample service and wake it\n  scry demo --stop   stop the sample service"
@@ -316,6 +323,28 @@ pub struct EventsArgs {
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
     /// Keep printing new events as they arrive (ctrl-c stops).
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// The filters of `scry logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only this process (and the daemon events about it).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// From this time: a duration ago (5m, 2h) or an ISO time (2026-11-21T12:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records at this level or above: debug, info, warn, error.
+    #[arg(long)]
+    pub level: Option<String>,
+    /// At most this many lines (the newest; default 200).
+    #[arg(long, default_value_t = 200)]
+    pub limit: usize,
+    /// Keep printing new records as they arrive (ctrl-c stops).
     #[arg(long, short)]
     pub follow: bool,
     #[command(flatten)]

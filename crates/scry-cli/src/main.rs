@@ -25,6 +25,10 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && scry_daemon::env::var("NO_COLOR").is_none(),
+        )
         .with_target(true)
         .try_init();
 }
@@ -39,6 +43,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Dump(a) => a.output.json,
         Command::Dumps(a) => a.output.json,
         Command::Reap(a) => a.output.json,
+        Command::Logs(a) => a.output.json,
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
             cli::ProbeCmd::List(o) => o.json,
@@ -78,6 +83,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Demo(a) => commands::demo::demo(&home, a, printer).await,
             Command::Probe(p) => commands::probe::probe(&home, p, printer).await,
             Command::Events(e) => commands::events::events(&home, e, printer).await,
+            Command::Logs(a) => commands::logs::logs(&home, a, printer).await,
         }
     })
 }

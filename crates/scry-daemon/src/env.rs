@@ -16,8 +16,13 @@ pub const SCRY_CONTROL_HOST: &str = "SCRY_CONTROL_HOST";
 pub const SCRY_CONTROL_PORT: &str = "SCRY_CONTROL_PORT";
 /// The shared secret for non-loopback callers; else read from `$SCRY_HOME/token` (mode 0600).
 pub const SCRY_TOKEN: &str = "SCRY_TOKEN";
-/// Per-subsystem log filter, e.g. `daemon=debug,store=warn` (targets: daemon, store, proto,
-/// proc, agent_link, http, cli).
+/// Per-subsystem log filter in `tracing` `EnvFilter` syntax, e.g. `proc=debug,store=warn`
+/// (default `info` for `scry serve`, `warn` for other commands). Every scry log line carries one
+/// of these targets: `daemon` (lifecycle, system events), `store` (SQLite, migrations,
+/// retention), `proto` (wire protocol), `proc` (process layer: /proc, stacks, injection),
+/// `agent_link` (agent connections), `http` (REST API and streams), `repl` (REPL relay).
+/// Agents' own log records are not filtered here: they are stored as `log` events and shown
+/// by `scry logs`.
 pub const SCRY_LOG: &str = "SCRY_LOG";
 
 /// Reads a variable, treating an empty value as unset.

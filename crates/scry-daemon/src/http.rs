@@ -514,20 +514,22 @@ async fn events(
     };
     let store = shared.store.clone();
     let page = blocking(move || store.events(&query)).await?;
-    // Add each event's pid: what a person looks for, where the store keeps a row id.
-    let pids: std::collections::HashMap<i64, u32> = shared
+    // Add each event's pid and process name: what a person looks for, where the store keeps
+    // a row id.
+    let procs: std::collections::HashMap<i64, (u32, Option<String>)> = shared
         .registry()
         .views()
         .into_iter()
-        .map(|v| (v.id, v.pid))
+        .map(|v| (v.id, (v.pid, v.name)))
         .collect();
     let events: Vec<Value> = page
         .events
         .into_iter()
         .map(|e| {
-            let pid = pids.get(&e.process_id).copied();
+            let found = procs.get(&e.process_id);
             let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            v["pid"] = json!(pid);
+            v["pid"] = json!(found.map(|p| p.0));
+            v["name"] = json!(found.and_then(|p| p.1.clone()));
             v
         })
         .collect();

@@ -94,7 +94,7 @@ pub(crate) fn open_writer_connection(path: &Path) -> Result<Connection, StoreErr
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(
+            tracing::warn!(target: "store",
                 path = %path.display(),
                 %mode,
                 "the store could not use WAL mode; reads will wait for writes"

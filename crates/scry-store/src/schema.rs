@@ -183,7 +183,7 @@ pub(crate) fn migrate(
     tx.pragma_update(None, "application_id", APPLICATION_ID)
         .map_err(bump)?;
     tx.commit().map_err(bump)?;
-    tracing::info!(path = %path.display(), from = found, to = supported, "store schema migrated");
+    tracing::info!(target: "store", path = %path.display(), from = found, to = supported, "store schema migrated");
     Ok(Migrated {
         from: found,
         to: supported,

@@ -75,7 +75,7 @@ impl Store {
             .name("scry-store-writer".to_string())
             .spawn(move || writer.run())
             .map_err(StoreError::Spawn)?;
-        tracing::debug!(path = %path.display(), "store opened");
+        tracing::debug!(target: "store", path = %path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -401,7 +401,7 @@ impl Inner {
         // Fails only if the writer is already gone; joining tells how it ended.
         let _ = self.tx.send(Op::Shutdown);
         handle.join().map_err(|_| {
-            tracing::error!("the store writer thread panicked");
+            tracing::error!(target: "store", "the store writer thread panicked");
             StoreError::WriterGone
         })
     }
@@ -411,7 +411,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         match self.shutdown() {
             Ok(()) | Err(StoreError::Reentrant) => {}
-            Err(error) => tracing::error!(%error, "closing the store failed"),
+            Err(error) => tracing::error!(target: "store", %error, "closing the store failed"),
         }
     }
 }

@@ -176,7 +176,7 @@ impl Drop for Completion {
 
 fn run_callback(callback: CommitCallback, result: Result<(), StoreError>) {
     if catch_unwind(AssertUnwindSafe(|| callback(result))).is_err() {
-        tracing::error!("a store commit callback panicked; the writer carries on");
+        tracing::error!(target: "store", "a store commit callback panicked; the writer carries on");
     }
 }
 
@@ -313,7 +313,7 @@ fn reply_finish<T: 'static>(reply: Reply<T>, own: Result<T, StoreError>) -> Fini
 fn log_finish(what: &'static str, own: Result<(), StoreError>) -> Finish {
     Box::new(move |commit| {
         if let Err(error) = outcome(own, commit) {
-            tracing::warn!(%error, "store write ({what}) failed");
+            tracing::warn!(target: "store", %error, "store write ({what}) failed");
         }
     })
 }
@@ -393,7 +393,7 @@ impl Writer {
         // Anything still queued (sent after `close`) is dropped here and settles itself with
         // `WriterGone`.
         while self.rx.try_recv().is_ok() {}
-        tracing::debug!("store writer stopped");
+        tracing::debug!(target: "store", "store writer stopped");
     }
 
     fn scheduled_retention(&mut self) {
@@ -404,10 +404,10 @@ impl Writer {
         self.counters.retention_runs.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(report) if report != RetentionReport::default() => {
-                tracing::info!(?report, "store retention deleted rows");
+                tracing::info!(target: "store", ?report, "store retention deleted rows");
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "store retention failed"),
+            Err(error) => tracing::warn!(target: "store", %error, "store retention failed"),
         }
     }
 
@@ -418,7 +418,7 @@ impl Writer {
         }
         if let Err(e) = exec_cached(&self.conn, "BEGIN IMMEDIATE") {
             let source = Arc::new(e);
-            tracing::error!(error = %source, "cannot begin a store transaction");
+            tracing::error!(target: "store", error = %source, "cannot begin a store transaction");
             self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             Self::fail(first, &source);
             return Flow::Continue;
@@ -499,7 +499,7 @@ impl Writer {
                 Err(e) => {
                     if !self.conn.is_autocommit() {
                         if let Err(rollback) = self.conn.execute_batch("ROLLBACK") {
-                            tracing::error!(error = %rollback, "store rollback failed");
+                            tracing::error!(target: "store", error = %rollback, "store rollback failed");
                         }
                     }
                     Some(Arc::new(e))
@@ -516,7 +516,7 @@ impl Writer {
             }
             Some(source) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %source, ops = finishes.len(), "store batch commit failed");
+                tracing::error!(target: "store", error = %source, ops = finishes.len(), "store batch commit failed");
             }
         }
         for finish in finishes {
@@ -543,7 +543,7 @@ impl Writer {
             Op::DeleteProbe { reply, .. } => drop(reply.send(Err(error()))),
             Op::Retention { reply, .. } => drop(reply.send(Err(error()))),
             Op::Dropped { .. } | Op::TouchProcess { .. } | Op::SystemEvent(_) => {
-                tracing::warn!(error = %error(), "store write failed");
+                tracing::warn!(target: "store", error = %error(), "store write failed");
             }
             Op::Shutdown => {}
             #[cfg(test)]
@@ -768,7 +768,7 @@ fn in_savepoint<T>(
                 let undo = exec_cached(conn, "ROLLBACK TO op")
                     .and_then(|()| exec_cached(conn, "RELEASE op"));
                 if let Err(undo) = undo {
-                    tracing::error!(error = %undo, "store savepoint rollback failed");
+                    tracing::error!(target: "store", error = %undo, "store savepoint rollback failed");
                 }
             }
             Err(e)
@@ -788,7 +788,7 @@ fn in_transaction<T>(
     });
     if result.is_err() && !conn.is_autocommit() {
         if let Err(rollback) = conn.execute_batch("ROLLBACK") {
-            tracing::error!(error = %rollback, "store rollback failed");
+            tracing::error!(target: "store", error = %rollback, "store rollback failed");
         }
     }
     result
