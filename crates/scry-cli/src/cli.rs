@@ -96,6 +96,23 @@ command line; they are listed and confirmed on a terminal (--yes skips the quest
 Examples:\n  scry reap 4242\n  scry reap 4242 --grace 10 --json\n  scry reap --orphans worker.py --dry-run\n  scry reap --orphans worker.py --yes"
     )]
     Reap(ReapArgs),
+    /// The process tree under PID (or every Python process) refreshed live; `q` quits.
+    #[command(
+        after_help = "The columns of `scry ps --tree`: CPU % since the previous refresh, RSS, age, \
+Python version, scry state and what each process waits on (state and kernel wait channel). \
+Python processes are highlighted. q, Esc or ctrl-c quits.\n\nExamples:\n  scry top 4242\n  scry top                  every Python process\n  scry top 4242 --interval 0.5"
+    )]
+    Top(TopArgs),
+}
+
+/// `scry top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The root of the tree (default: every Python process).
+    pub pid: Option<u32>,
+    /// Seconds between refreshes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub interval: f64,
 }
 
 /// `scry reap`.

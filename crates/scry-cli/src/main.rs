@@ -43,6 +43,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Dump(a) => a.output.json,
         Command::Dumps(a) => a.output.json,
         Command::Reap(a) => a.output.json,
+        Command::Top(_) => false,
         Command::Logs(a) => a.output.json,
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
@@ -75,6 +76,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Dump(a) => commands::dump::dump(&home, a, printer).await,
             Command::Dumps(a) => commands::dump::dumps(&home, a, printer).await,
             Command::Reap(a) => commands::reap::reap(a, printer),
+            Command::Top(a) => commands::top::top(&home, a, printer).await,
             Command::Stop(o) => commands::serve::stop(&home, o, printer).await,
             Command::Status(_) => commands::status::status(&home, printer).await,
             Command::Ps(a) => commands::ps::ps(&home, a, printer).await,

@@ -10,6 +10,7 @@ pub mod ps;
 pub mod reap;
 pub mod serve;
 pub mod status;
+pub mod top;
 pub mod wake;
 
 use crate::error::{CliError, ExitStatus};

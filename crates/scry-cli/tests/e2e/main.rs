@@ -13,3 +13,4 @@ mod logs;
 mod probes;
 mod ps_tree;
 mod reap;
+mod top;
