@@ -1164,6 +1164,19 @@ mod tests {
                 })
                 .expect("system");
         }
+        for (t, pid) in [(now - 8.0 * day, 11), (now - 1.0, 12)] {
+            store
+                .put_dump(&DumpRecord {
+                    taken_at: t,
+                    root_pid: pid,
+                    tree: false,
+                    processes: 1,
+                    python_processes: 1,
+                    command: "python app.py".to_string(),
+                    data: serde_json::json!({"schema": 1}),
+                })
+                .expect("dump");
+        }
 
         let report = store.apply_retention().expect("retention");
         assert_eq!(
@@ -1172,9 +1185,13 @@ mod tests {
                 events_by_age: 3,
                 events_by_cap: 0,
                 system_events_by_age: 1,
+                dumps_by_age: 1,
                 processes: 1,
             }
         );
+        let dumps = store.dumps(10).expect("dumps");
+        assert_eq!(dumps.len(), 1, "the old dump goes, the recent one stays");
+        assert_eq!(dumps[0].dump.root_pid, 12);
         let left = store.events(&query()).expect("events");
         assert_eq!(left.events.len(), 2);
         assert!(left.events.iter().all(|e| e.t_hit >= now - 7.0 * day));

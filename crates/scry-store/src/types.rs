@@ -448,6 +448,8 @@ pub struct RetentionReport {
     pub events_by_cap: u64,
     /// System events older than `max_age`.
     pub system_events_by_age: u64,
+    /// Stack dumps taken before `max_age`.
+    pub dumps_by_age: u64,
     /// Gone processes last heard of before `max_age` with no events left.
     pub processes: u64,
 }

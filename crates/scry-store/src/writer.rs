@@ -986,6 +986,9 @@ pub(crate) fn run_retention(
         report.system_events_by_age = conn
             .prepare_cached("DELETE FROM system_events WHERE t < ?1")?
             .execute([cutoff])? as u64;
+        report.dumps_by_age = conn
+            .prepare_cached("DELETE FROM dumps WHERE taken_at < ?1")?
+            .execute([cutoff])? as u64;
         report.processes = conn
             .prepare_cached(
                 "DELETE FROM processes WHERE state = 'gone' AND last_heard < ?1 \
