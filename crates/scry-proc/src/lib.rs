@@ -207,6 +207,50 @@ pub fn all_pids() -> Vec<u32> {
     pids
 }
 
+/// The tree under `root` from one scan of `/proc`: each process with its depth below the root
+/// (the root is 0), parent before child, siblings by pid. Empty when `root` does not exist;
+/// processes that exit during the scan are left out.
+pub fn tree(root: u32) -> Vec<(ProcInfo, u32)> {
+    let mut infos: std::collections::BTreeMap<u32, ProcInfo> = std::collections::BTreeMap::new();
+    let mut children: std::collections::BTreeMap<u32, Vec<u32>> = std::collections::BTreeMap::new();
+    for pid in all_pids() {
+        if let Ok(p) = info(pid) {
+            children.entry(p.ppid).or_default().push(pid);
+            infos.insert(pid, p);
+        }
+    }
+    if let std::collections::btree_map::Entry::Vacant(slot) = infos.entry(root) {
+        match info(root) {
+            Ok(p) => {
+                slot.insert(p);
+            }
+            Err(_) => return Vec::new(),
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(root, 0u32)];
+    while let Some((pid, depth)) = stack.pop() {
+        let Some(p) = infos.remove(&pid) else {
+            continue;
+        };
+        out.push((p, depth));
+        if let Some(kids) = children.get(&pid) {
+            // Reversed so that the lowest pid is visited first.
+            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+        }
+    }
+    out
+}
+
+/// `/proc/PID/wchan`: the kernel function the process sleeps in (`None` when running, unknown
+/// or hidden).
+pub fn wchan(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .ok()
+        .map(|w| w.trim().to_owned())
+        .filter(|w| !w.is_empty() && w != "0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

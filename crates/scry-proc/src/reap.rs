@@ -12,7 +12,6 @@
 //! signalled. Processes of another user (real uid) are never signalled. Children of the caller
 //! are reaped with `waitpid` as they end, so reaping leaves no zombie of its own.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -235,27 +234,13 @@ pub fn tree(root: u32) -> Result<Vec<Target>, ReapError> {
             own,
         });
     }
-    let mut all: BTreeMap<u32, ProcInfo> = BTreeMap::new();
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for pid in crate::all_pids() {
-        if let Ok(p) = crate::info(pid) {
-            children.entry(p.ppid).or_default().push(pid);
-            all.insert(pid, p);
-        }
-    }
-    all.insert(root, info);
-    let mut out = Vec::new();
-    let mut stack = vec![(root, 0u32)];
-    while let Some((pid, depth)) = stack.pop() {
-        let Some(p) = all.get(&pid) else { continue };
-        // The caller cannot be below the root (the root would be its ancestor), but be sure.
-        if pid != std::process::id() {
-            out.push(Target::from_info(p, depth));
-        }
-        if let Some(kids) = children.get(&pid) {
-            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
-        }
-    }
+    // The caller cannot be below the root (the root would be its ancestor), but be sure.
+    let me = std::process::id();
+    let out = crate::tree(root)
+        .into_iter()
+        .filter(|(p, _)| p.pid != me)
+        .map(|(p, depth)| Target::from_info(&p, depth))
+        .collect();
     Ok(out)
 }
 

@@ -339,11 +339,7 @@ fn kernel_state(pid: u32) -> (Option<String>, Option<String>) {
                 .find_map(|l| l.strip_prefix("State:"))
                 .map(|v| v.trim().to_owned())
         });
-    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan"))
-        .ok()
-        .map(|w| w.trim().to_owned())
-        .filter(|w| !w.is_empty() && w != "0");
-    (state, wchan)
+    (state, crate::wchan(pid))
 }
 
 /// The root and, with `tree`, every process below it: (pid, depth), parent before child.
@@ -351,22 +347,10 @@ fn order(root: u32, tree: bool) -> Vec<(u32, u32)> {
     if !tree {
         return vec![(root, 0)];
     }
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for pid in crate::all_pids() {
-        if let Ok(p) = crate::info(pid) {
-            children.entry(p.ppid).or_default().push(pid);
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![(root, 0u32)];
-    while let Some((pid, depth)) = stack.pop() {
-        out.push((pid, depth));
-        if let Some(kids) = children.get(&pid) {
-            // Reversed so that the lowest pid is visited first.
-            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
-        }
-    }
-    out
+    crate::tree(root)
+        .into_iter()
+        .map(|(p, depth)| (p.pid, depth))
+        .collect()
 }
 
 /// Reads one process. With `strict` (the root of a dump without `--tree`) every failure is an

@@ -10,7 +10,7 @@
 //! `libpython3.X.so`): no interpreter memory is parsed, so it is cheap enough to refresh every
 //! second. A statically linked interpreter renamed to something else is not recognised.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -93,13 +93,6 @@ fn status(pid: u32) -> (Option<String>, Option<u64>) {
     (field("State:"), rss)
 }
 
-fn wchan(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/wchan"))
-        .ok()
-        .map(|w| w.trim().to_owned())
-        .filter(|w| !w.is_empty() && w != "0")
-}
-
 /// The Python version in a mapped file's name: `python3.11`, `libpython3.13t.so.1.0`.
 fn version_in_name(name: &str) -> Option<String> {
     let rest = name
@@ -144,25 +137,6 @@ pub fn python_version(pid: u32) -> Option<String> {
     (seen_python || name == "python3" || name == "python").then(|| "?".to_owned())
 }
 
-/// The pids of the tree under `root`, parent before child, children by pid: (pid, depth).
-fn tree_order(root: u32) -> Vec<(u32, u32)> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for pid in crate::all_pids() {
-        if let Ok(p) = crate::info(pid) {
-            children.entry(p.ppid).or_default().push(pid);
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![(root, 0u32)];
-    while let Some((pid, depth)) = stack.pop() {
-        out.push((pid, depth));
-        if let Some(kids) = children.get(&pid) {
-            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
-        }
-    }
-    out
-}
-
 impl Sampler {
     /// A sampler with no previous sample.
     pub fn new() -> Sampler {
@@ -175,7 +149,10 @@ impl Sampler {
         let pids: Vec<(u32, u32)> = match selection {
             Selection::Tree(root) => {
                 crate::info(root)?;
-                tree_order(root)
+                crate::tree(root)
+                    .into_iter()
+                    .map(|(p, d)| (p.pid, d))
+                    .collect()
             }
             Selection::Python => crate::all_pids()
                 .into_iter()
@@ -213,7 +190,7 @@ impl Sampler {
                 uid: info.uid,
                 state: info.state,
                 state_text,
-                wchan: wchan(pid),
+                wchan: crate::wchan(pid),
                 cpu_percent,
                 rss_kib,
                 started_at: info.started_at,
