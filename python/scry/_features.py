@@ -48,5 +48,10 @@ BACKEND, BACKEND_REASON = backend()
 
 
 def capabilities():
-    """What the hello message says about probes: ``probes``, the backend, and its reason."""
-    return ["probes", "backend:" + BACKEND, "backend_reason:" + BACKEND_REASON]
+    """What the hello message says: ``probes``, the backend and its reason, and one
+    ``call:<method>`` per feature reachable through ``call`` (see ``_calls``)."""
+    from . import _calls
+
+    return ["probes", "backend:" + BACKEND, "backend_reason:" + BACKEND_REASON] + [
+        "call:" + name for name in _calls.methods()
+    ]

@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 
-from . import _hit, _logfwd, _proto
+from . import _calls, _hit, _logfwd, _proto
 from ._errors import ConfigError, DaemonError, ScryError
 from ._version import __version__
 
@@ -476,6 +476,9 @@ class Link(object):
 
         self._buf = collections.deque()
         self._buf_lock = threading.Lock()
+        # Messages other threads want sent (deferred replies, notifications): the link thread
+        # owns the socket, so they wait here and a byte on the wake pipe makes it look.
+        self._outbox = collections.deque()
         self._dropped = 0
         self._bad_events_logged = False
         #: Forwards the ``scry`` logger's records to the daemon while the link thread runs.
@@ -557,6 +560,43 @@ class Link(object):
                 except OSError:
                     pass
 
+    def send_message(self, msg):
+        """Send a protocol message (a reply, a ``notify``) from any thread; never raises.
+
+        On the link thread it goes out at once; from another thread it is queued and the link
+        thread woken. Returns False when there is no connection to send it on (it is dropped:
+        a reply to a request of a connection that is gone means nothing on the next one).
+        """
+        if not self.connected:
+            return False
+        thread = self._thread
+        if thread is not None and thread is threading.current_thread():
+            try:
+                self._send(msg)
+                return True
+            except OSError:
+                return False
+        self._outbox.append(msg)
+        with self._pipe_lock:
+            if self._wake_w is not None:
+                try:
+                    os.write(self._wake_w, b"n")
+                except OSError:
+                    pass  # the pipe is full: the thread is already due to look
+        return True
+
+    def notify(self, topic, data=None):
+        """Send a ``notify`` message to the daemon (any thread)."""
+        return self.send_message(_proto.notify(topic, data))
+
+    def _send_outbox(self):
+        while self._outbox:
+            try:
+                msg = self._outbox.popleft()
+            except IndexError:
+                return
+            self._send(msg)
+
     def send_report(self, events, dropped=0):
         """Queue events for the next report; thread-safe, never waits on I/O.
 
@@ -633,9 +673,27 @@ class Link(object):
             self._close_socket(goodbye=True)
             self._close_pipe()
 
+    def _drain_wake_pipe(self):
+        with self._pipe_lock:
+            fd = self._wake_r
+            if fd is None:
+                return
+            os.set_blocking(fd, False)
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.set_blocking(fd, True)
+
     def _lost(self):
         was_connected = self.connected
         self._close_socket()
+        # What was queued for the old connection means nothing on the next one.
+        self._outbox.clear()
+        if not self._stop.is_set():
+            self._drain_wake_pipe()
         if was_connected and not self._sleep_requested:
             log.warning("lost the connection to the scry daemon at %s; reconnecting", self.endpoint)
 
@@ -647,7 +705,11 @@ class Link(object):
             try:
                 opened = self._open()
             except _Stopped:
-                return False
+                if self._stop.is_set():
+                    return False
+                # Only a late nudge from send_message: forget it and try again.
+                self._drain_wake_pipe()
+                continue
             except ScryError as exc:
                 log.debug("reconnecting to %s failed: %s", self.url, exc)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -674,6 +736,7 @@ class Link(object):
             if goodbye and was_connected:
                 self._sock = sock
                 try:
+                    self._send_outbox()
                     self._pump()
                     self._flush()
                     self._send(_proto.goodbye(self._stop_reason))
@@ -719,10 +782,17 @@ class Link(object):
                 events = poller.poll(max(0, int(timeout * 1000) + 1))
                 for fd, event in events:
                     if fd == self._wake_r:
-                        return
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except OSError:
+                            pass
+                        if self._stop.is_set():
+                            return
+                        continue
                     if event & _POLL_IN or event & _POLL_DONE:
                         if not self._receive(sock):
                             return
+                self._send_outbox()
                 now = time.monotonic()
                 if now >= last_flush + flush_every:
                     self._pump()
@@ -778,6 +848,10 @@ class Link(object):
                     self._stop.set()
         elif kind == "probes_sync":
             self._send(self._sync_probes(msg))
+        elif kind == "call":
+            _calls.dispatch_call(msg, self)
+        elif kind == "notify":
+            _calls.dispatch_notify(msg, self)
         elif kind == "ack":
             if msg["seq"] > self.acked_seq:
                 self.acked_seq = msg["seq"]

@@ -21,9 +21,13 @@ ORIGINS = ("embedded", "injected", "run")
 ERROR_KINDS = ("malformed", "unknown_type", "unexpected", "too_large", "internal")
 
 #: Types an agent sends; the daemon decodes these.
-AGENT_TYPES = ("hello", "reply", "report", "heartbeat", "goodbye", "error", "probe_status")
+AGENT_TYPES = (
+    "hello", "reply", "report", "heartbeat", "goodbye", "error", "probe_status", "notify",
+)
 #: Types the daemon sends; the agent decodes these.
-DAEMON_TYPES = ("welcome", "refused", "ping", "sleep", "reply", "ack", "error", "probes_sync")
+DAEMON_TYPES = (
+    "welcome", "refused", "ping", "sleep", "reply", "ack", "error", "probes_sync", "call", "notify",
+)
 ALL_TYPES = tuple(sorted(set(AGENT_TYPES) | set(DAEMON_TYPES)))
 
 _U16 = 2 ** 16 - 1
@@ -257,6 +261,8 @@ SCHEMAS = {
     ],
     "probes_sync": [("id", _u64, True), ("probes", _list_of(_struct(_PROBE_SPEC)), True)],
     "probe_status": [("statuses", _list_of(_struct(_PROBE_STATUS)), True)],
+    "call": [("id", _u64, True), ("method", _str, True), ("params", _any, False)],
+    "notify": [("topic", _str, True), ("data", _any, False)],
 }
 
 
@@ -408,3 +414,7 @@ def probe_status(statuses):
 def goodbye(reason):
     """The agent disconnects on purpose (``sleep``, ``shutdown``, ``exit``)."""
     return {"type": "goodbye", "reason": reason}
+
+
+def notify(topic, data=None):
+    return {"type": "notify", "topic": topic, "data": data}

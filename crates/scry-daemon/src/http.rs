@@ -103,6 +103,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/stream", get(stream))
         .merge(crate::api_probes::routes())
         .merge(crate::api_dumps::routes())
+        .merge(crate::calls::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),

@@ -20,6 +20,7 @@ pub mod api_dumps;
 pub mod api_probes;
 pub mod auth;
 pub mod bundle;
+pub mod calls;
 pub mod clients;
 pub mod config;
 pub mod env;
@@ -116,6 +117,7 @@ pub struct Shared {
     registry: Mutex<Registry>,
     probes: Mutex<probes::ProbeTable>,
     live: broadcast::Sender<LiveEvent>,
+    notices: broadcast::Sender<calls::AgentNotice>,
     shutdown_tx: watch::Sender<bool>,
     /// Events the daemon could not queue for storage (backpressure): counted, never silent.
     pub dropped_by_daemon: AtomicU64,
@@ -535,6 +537,7 @@ pub async fn serve(
     config.agent_tcp = agent_tcp.clone();
 
     let (live, _) = broadcast::channel(4096);
+    let (notices, _) = broadcast::channel(4096);
     let (shutdown_tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         home: home.clone(),
@@ -547,6 +550,7 @@ pub async fn serve(
         registry: Mutex::new(registry),
         probes: Mutex::new(probe_table),
         live,
+        notices,
         shutdown_tx,
         dropped_by_daemon: AtomicU64::new(0),
         dropped_by_source: Mutex::default(),

@@ -170,6 +170,9 @@ where
                     shared.probe_statuses_reported(process_id, statuses).await;
                 });
             }
+            Ok(AgentMessage::Notify { topic, data }) => {
+                shared.agent_notified(process_id, hello.pid, topic, data);
+            }
             Ok(AgentMessage::Goodbye { reason }) => {
                 goodbye = Some(reason.unwrap_or_else(|| "goodbye".into()));
             }

@@ -410,6 +410,15 @@ pub enum AgentMessage {
         /// One entry per probe that changed.
         statuses: Vec<ProbeStatus>,
     },
+    /// Something the agent tells the daemon unasked, for the subsystem named by `topic`
+    /// (e.g. REPL output); see [`DaemonMessage::Call`] for the other direction.
+    Notify {
+        /// Which subsystem it is for, e.g. `repl.output`.
+        topic: String,
+        /// Topic-specific payload.
+        #[serde(default)]
+        data: Value,
+    },
 }
 
 /// Messages from the daemon to an agent.
@@ -461,6 +470,28 @@ pub enum DaemonMessage {
         /// Every probe for this process.
         probes: Vec<ProbeSpec>,
     },
+    /// A request to a named agent feature (`inspect`, `find_lines`, `trace.start`, …): the
+    /// extension point that lets features be added without a new message type. The agent
+    /// answers with a `reply` carrying the same id; an agent without the method answers
+    /// `ok: false` with error kind `unknown_method`.
+    Call {
+        /// Request id.
+        id: u64,
+        /// The feature's method name.
+        method: String,
+        /// Method-specific parameters (an object).
+        #[serde(default)]
+        params: Value,
+    },
+    /// Something the daemon tells an agent unasked, for the subsystem named by `topic`
+    /// (e.g. terminal input for a REPL).
+    Notify {
+        /// Which subsystem it is for.
+        topic: String,
+        /// Topic-specific payload.
+        #[serde(default)]
+        data: Value,
+    },
 }
 
 /// Why a line could not be decoded; the kind is what goes back to the peer.
@@ -483,6 +514,7 @@ const AGENT_TYPES: &[&str] = &[
     "goodbye",
     "error",
     "probe_status",
+    "notify",
 ];
 const DAEMON_TYPES: &[&str] = &[
     "welcome",
@@ -493,6 +525,8 @@ const DAEMON_TYPES: &[&str] = &[
     "ack",
     "error",
     "probes_sync",
+    "call",
+    "notify",
 ];
 
 fn decode_with<T: serde::de::DeserializeOwned>(
@@ -591,6 +625,7 @@ impl AgentMessage {
             AgentMessage::Goodbye { .. } => "goodbye",
             AgentMessage::Error(_) => "error",
             AgentMessage::ProbeStatus { .. } => "probe_status",
+            AgentMessage::Notify { .. } => "notify",
         }
     }
 }
@@ -607,6 +642,8 @@ impl DaemonMessage {
             DaemonMessage::Ack { .. } => "ack",
             DaemonMessage::Error(_) => "error",
             DaemonMessage::ProbesSync { .. } => "probes_sync",
+            DaemonMessage::Call { .. } => "call",
+            DaemonMessage::Notify { .. } => "notify",
         }
     }
 
