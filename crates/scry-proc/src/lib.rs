@@ -14,10 +14,13 @@
 //! periods) and finds orphaned processes. [`tree`] samples a process tree for `scry ps --tree` and
 //! `scry top` (Python version, CPU %, RSS, what each process is blocked on).
 //!
-//! Not for: talking to agents, storing anything, or printing. Later this crate also hosts the
-//! PEP 768 writer, the other thing that reaches into a process from outside.
+//! [`inject`] makes a running Python process run a script: the [`inject::Injector`] trait and
+//! the native PEP 768 writer for 3.14+ ([`inject::pep768`]).
+//!
+//! Not for: talking to agents, storing anything, or printing.
 #![deny(missing_docs)]
 
+pub mod inject;
 pub mod reap;
 pub mod stacks;
 pub mod tree;
