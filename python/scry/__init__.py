@@ -19,6 +19,9 @@ from ._errors import AgentError, ConfigError, ControlPlaneError, DaemonError, Sc
 from ._state import init, shutdown, sleep, status, wake
 from ._version import __version__
 
+# Feature modules reached through `call` register their methods when imported (``_calls``).
+from . import _inspect  # noqa: E402,F401  (isort: skip)
+
 _setup_logging()
 
 __all__ = [

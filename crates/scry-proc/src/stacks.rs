@@ -134,6 +134,64 @@ pub struct ProcessDump {
     pub error: Option<String>,
     /// The Python threads (empty unless kind is `python`).
     pub threads: Vec<ThreadDump>,
+    /// What the process's connected scry agent added (absent when none is connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInside>,
+}
+
+/// What only the inside of a process can tell, asked of its connected agent after the stacks
+/// were read (the `inspect` call): asyncio tasks; thread names set in Python are merged into
+/// [`ThreadDump::name`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentInside {
+    /// The running asyncio event loops and their tasks.
+    #[serde(default)]
+    pub asyncio: Vec<AsyncLoopDump>,
+    /// Why the agent could not answer (e.g. blocked: a thread holds the GIL), when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One running asyncio event loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsyncLoopDump {
+    /// The OS thread id of the thread that runs it.
+    #[serde(default)]
+    pub thread_native_id: Option<u64>,
+    /// Its tasks (at most 1000; `note` says how many more).
+    #[serde(default)]
+    pub tasks: Vec<AsyncTaskDump>,
+    /// E.g. how many tasks were left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One asyncio task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsyncTaskDump {
+    /// `Task.get_name()`.
+    pub name: String,
+    /// The qualified name of its coroutine.
+    pub coro: String,
+    /// `pending`, `done`, `cancelled` or `unreadable`.
+    pub state: String,
+    /// What the innermost coroutine awaits (a future's repr, `task NAME`), when known.
+    #[serde(default)]
+    pub awaiting: Option<String>,
+    /// The coroutines it is suspended in, OUTERMOST first (the task's own coroutine first).
+    #[serde(default)]
+    pub stack: Vec<AsyncFrameDump>,
+}
+
+/// One coroutine of an await chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AsyncFrameDump {
+    /// The function's qualified name.
+    pub function: String,
+    /// Its file.
+    pub file: String,
+    /// The line it is suspended at.
+    pub line: u32,
 }
 
 /// One Python thread.
@@ -391,6 +449,7 @@ fn dump_one(
         wchan: None,
         error: None,
         threads: Vec::new(),
+        agent: None,
     };
     let result = read_process(pid, &info.comm, locals);
     // The kernel state after reading: the process has been resumed by then.

@@ -4,7 +4,9 @@
 use std::io::Write;
 
 use scry_daemon::Home;
-use scry_proc::stacks::{self, Dump, DumpOptions, ProcessDump, ProcessKind, StackError};
+use scry_proc::stacks::{
+    self, AgentInside, AsyncLoopDump, Dump, DumpOptions, ProcessDump, ProcessKind, StackError,
+};
 use serde_json::Value;
 
 use super::{age, CmdResult};
@@ -21,7 +23,11 @@ pub async fn dump(home: &Home, args: &DumpArgs, printer: &mut Printer) -> CmdRes
         tree: args.tree,
         locals: args.locals,
     };
-    let dump = stacks::dump(args.pid, options).map_err(stack_error)?;
+    let mut dump = stacks::dump(args.pid, options).map_err(stack_error)?;
+    let daemon = our_daemon(home).await;
+    if let Ok(client) = &daemon {
+        ask_agents(client, &mut dump).await;
+    }
     if let Some(path) = &args.out {
         let text = serde_json::to_string_pretty(&dump).map_err(std::io::Error::other)?;
         std::fs::write(path, text + "\n").map_err(|e| {
@@ -38,29 +44,102 @@ pub async fn dump(home: &Home, args: &DumpArgs, printer: &mut Printer) -> CmdRes
     if let Some(path) = &args.out {
         printer.note(format!("wrote the dump to {}", path.display()));
     }
-    keep(home, &dump, printer).await;
+    match &daemon {
+        Ok(client) => keep(client, &dump, printer).await,
+        Err(why) => printer.note(format!("scry: the dump is not kept ({why})")),
+    }
     Ok(ExitStatus::Success)
 }
 
-/// Stores the dump in the running daemon, saying what happened on stderr. Never fails the dump.
-async fn keep(home: &Home, dump: &Dump, printer: &mut Printer) {
-    let client = match DaemonClient::locate(home) {
-        Ok(c) => c,
-        Err(e) => {
-            printer.note(format!("scry: the dump is not kept: {}", e.message));
-            return;
-        }
-    };
-    // Only this SCRY_HOME's daemon (or SCRY_DAEMON's): never one that merely answers on the
-    // default port for somebody else.
+/// The running daemon of this `SCRY_HOME` (or `SCRY_DAEMON`'s), never one that merely answers
+/// on the default port for somebody else, and never started for a dump (which needs none).
+/// The error says why there is none, for a note.
+async fn our_daemon(home: &Home) -> Result<DaemonClient, String> {
+    let client = DaemonClient::locate(home).map_err(|e| e.message)?;
     let ours = client.explicit || crate::client::read_daemon_file(home).is_some();
     if !ours || !client.is_up().await {
-        printer.note(
-            "scry: the dump is not kept (no scry daemon is running; with `scry serve --daemon` \
-             every dump is kept and `scry dumps` lists them)",
+        return Err(
+            "no scry daemon is running; with `scry serve --daemon` every dump is kept \
+                    and `scry dumps` lists them"
+                .into(),
         );
-        return;
     }
+    Ok(client)
+}
+
+/// How long a connected agent has to answer `inspect`: a process whose GIL is held by a
+/// blocked thread cannot answer at all, and the dump must not wait long for it.
+const INSPECT_TIMEOUT_MS: u64 = 1500;
+
+/// Asks the connected agent of every Python process of the dump (all at once) what only the
+/// inside can see: thread names set in Python and asyncio tasks. A process without an agent is
+/// left as it is; one whose agent does not answer gets `agent.error`.
+async fn ask_agents(client: &DaemonClient, dump: &mut Dump) {
+    let connected: std::collections::HashSet<u32> = match client.get("/api/v1/processes").await {
+        Ok(list) => list["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["state"] == "awake")
+            .filter_map(|p| p["pid"].as_u64().and_then(|v| u32::try_from(v).ok()))
+            .collect(),
+        Err(_) => return,
+    };
+    let asks = dump
+        .processes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind == ProcessKind::Python && connected.contains(&p.pid))
+        .map(|(i, p)| {
+            let path = format!(
+                "/api/v1/processes/{}/call/inspect?timeout_ms={INSPECT_TIMEOUT_MS}",
+                p.pid
+            );
+            async move { (i, client.post(&path, &serde_json::json!({})).await) }
+        });
+    for (i, answer) in futures_util::future::join_all(asks).await {
+        let Some(p) = dump.processes.get_mut(i) else {
+            continue;
+        };
+        p.agent = Some(match answer {
+            Ok(inside) => merge_inside(p, &inside),
+            Err(e) => AgentInside {
+                asyncio: Vec::new(),
+                error: Some(format!("the scry agent did not answer: {}", e.message)),
+            },
+        });
+    }
+}
+
+/// Puts the Python thread names of `inspect`'s answer on the threads (by OS thread id) and
+/// returns the rest.
+fn merge_inside(p: &mut ProcessDump, inside: &Value) -> AgentInside {
+    for t in inside["threads"].as_array().into_iter().flatten() {
+        let (Some(native), Some(name)) = (t["native_id"].as_u64(), t["name"].as_str()) else {
+            continue;
+        };
+        if let Some(thread) = p
+            .threads
+            .iter_mut()
+            .find(|th| th.os_thread_id == Some(native))
+        {
+            thread.name = Some(name.to_owned());
+        }
+    }
+    match serde_json::from_value::<Vec<AsyncLoopDump>>(inside["asyncio"].clone()) {
+        Ok(asyncio) => AgentInside {
+            asyncio,
+            error: None,
+        },
+        Err(e) => AgentInside {
+            asyncio: Vec::new(),
+            error: Some(format!("the scry agent's answer was not understood: {e}")),
+        },
+    }
+}
+
+/// Stores the dump in the running daemon, saying what happened on stderr. Never fails the dump.
+async fn keep(client: &DaemonClient, dump: &Dump, printer: &mut Printer) {
     let body = match serde_json::to_value(dump) {
         Ok(v) => v,
         Err(e) => {
@@ -267,6 +346,9 @@ fn render_process(p: &ProcessDump, out: &mut impl Write) -> std::io::Result<()> 
                     }
                 }
             }
+            if let Some(agent) = &p.agent {
+                render_inside(agent, &pad, out)?;
+            }
         }
         ProcessKind::Other => writeln!(
             out,
@@ -295,6 +377,45 @@ fn render_process(p: &ProcessDump, out: &mut impl Write) -> std::io::Result<()> 
     Ok(())
 }
 
+/// The asyncio tasks the agent reported, each with its await chain (outermost first, as
+/// Python's `asyncio` task dumps show them) and what it awaits.
+fn render_inside(agent: &AgentInside, pad: &str, out: &mut impl Write) -> std::io::Result<()> {
+    if let Some(e) = &agent.error {
+        writeln!(out, "{pad}  (asyncio tasks unknown: {e})")?;
+    }
+    for lp in &agent.asyncio {
+        let thread = lp
+            .thread_native_id
+            .map(|t| format!(" on thread {t}"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{pad}  asyncio loop{thread}: {} task{}",
+            lp.tasks.len(),
+            if lp.tasks.len() == 1 { "" } else { "s" }
+        )?;
+        for t in &lp.tasks {
+            let awaiting = t
+                .awaiting
+                .as_deref()
+                .map(|a| format!(", awaiting {a}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{pad}    task \"{}\" ({}, {}{awaiting})",
+                t.name, t.coro, t.state
+            )?;
+            for f in &t.stack {
+                writeln!(out, "{pad}      {} ({}:{})", f.function, f.file, f.line)?;
+            }
+        }
+        if let Some(note) = &lp.note {
+            writeln!(out, "{pad}    ({note})")?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +435,7 @@ mod tests {
             state: Some("S (sleeping)".into()),
             wchan: None,
             error: None,
+            agent: None,
             threads: vec![ThreadDump {
                 os_thread_id: Some(10),
                 python_thread_id: 1,

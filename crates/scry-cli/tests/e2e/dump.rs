@@ -122,6 +122,29 @@ fn check_schema(dump: &Value) {
                 assert!(f["line"].is_i64(), "{f}");
             }
         }
+        // Present only when an agent is connected (docs/dump.md).
+        if let Some(agent) = p.get("agent") {
+            assert!(
+                agent["error"].is_string() || agent.get("error").is_none(),
+                "{agent}"
+            );
+            for lp in agent["asyncio"].as_array().expect("asyncio") {
+                assert!(lp["thread_native_id"].is_u64() || lp["thread_native_id"].is_null());
+                for t in lp["tasks"].as_array().expect("tasks") {
+                    assert!(t["name"].is_string() && t["coro"].is_string(), "{t}");
+                    assert!(
+                        ["pending", "done", "cancelled", "unreadable"]
+                            .contains(&t["state"].as_str().expect("state")),
+                        "{t}"
+                    );
+                    assert!(t["awaiting"].is_string() || t["awaiting"].is_null(), "{t}");
+                    for f in t["stack"].as_array().expect("stack") {
+                        assert!(f["function"].is_string() && f["file"].is_string(), "{f}");
+                        assert!(f["line"].is_u64(), "{f}");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -488,4 +511,77 @@ fn dump_is_kept_by_a_running_daemon_and_listed() {
         "{}",
         text(&out)
     );
+}
+
+/// With an agent connected, the dump adds what only the inside sees: thread names set in
+/// Python and the asyncio tasks with their await chains.
+#[test]
+fn dump_adds_asyncio_tasks_and_thread_names_from_a_connected_agent() {
+    for python in pythons() {
+        let mut ctx = Ctx::new();
+        ctx.start_daemon();
+        let mut proc = ctx.python(&python, "async_service.py", &[]);
+        let pid = proc.pid();
+        wait_for("the service's agent", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!(
+                    "async_service.py exited ({status}): {}",
+                    ctx.script_log("async_service.py")
+                );
+            }
+            (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
+        });
+        // The tasks exist once the loop ran `main` for a moment: ask until both are there.
+        let dumped = wait_for("both tasks in the dump", Duration::from_secs(30), || {
+            let d = ctx.scry_json(&["dump", &pid.to_string()]);
+            let tasks = d["processes"][0]["agent"]["asyncio"][0]["tasks"]
+                .as_array()?
+                .clone();
+            (tasks.len() >= 3).then_some(d)
+        });
+        check_schema(&dumped);
+        let p = &dumped["processes"][0];
+        let names: Vec<&str> = p["threads"]
+            .as_array()
+            .expect("threads")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert!(names.contains(&"ledger-writer"), "{python}: {names:?}");
+        let tasks = p["agent"]["asyncio"][0]["tasks"].as_array().expect("tasks");
+        let task = |name: &str| {
+            tasks
+                .iter()
+                .find(|t| t["name"] == name)
+                .unwrap_or_else(|| panic!("{python}: no task {name} in {tasks:#?}"))
+        };
+        let fetcher = task("fetcher");
+        assert_eq!(fetcher["state"], "pending");
+        assert_eq!(fetcher["stack"][0]["function"], "fetch", "{fetcher:#}");
+        assert!(
+            fetcher["awaiting"]
+                .as_str()
+                .is_some_and(|a| a.contains("Future")),
+            "{fetcher:#}"
+        );
+        let consumer = task("consumer");
+        let chain: Vec<&str> = consumer["stack"]
+            .as_array()
+            .expect("stack")
+            .iter()
+            .filter_map(|f| f["function"].as_str())
+            .collect();
+        assert_eq!(chain, ["consume", "Queue.get"], "{python}: {consumer:#}");
+
+        let out = ctx.scry(&["dump", &pid.to_string()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains("\"ledger-writer\""), "{shown}");
+        assert!(shown.contains("asyncio loop on thread"), "{shown}");
+        assert!(
+            shown.contains("task \"fetcher\" (fetch, pending, awaiting <Future"),
+            "{shown}"
+        );
+        proc.kill();
+    }
 }
