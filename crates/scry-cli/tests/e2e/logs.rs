@@ -98,3 +98,63 @@ fn scry_log_selects_levels_per_target() {
     assert!(chosen.contains("DEBUG store: store opened"), "{chosen}");
     assert!(!chosen.contains(" INFO daemon:"), "{chosen}");
 }
+
+/// `scry logs --follow --json` streams records that arrive after it started, one JSON object
+/// per line, as they arrive.
+#[test]
+fn logs_follow_streams_new_agent_records_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let py = pythons().into_iter().next().expect("a python");
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let mut follower = ctx
+        .cmd(&["logs", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("scry logs --follow");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Started after the follower: only --follow can show its record.
+    let mut client = ctx.python(&py, "log_client.py", &["e2e-follow"]);
+    let pid = client.pid();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no record of {pid} within 30 s; saw {seen:#?}"
+        );
+        let Ok(line) = rx.recv_timeout(left) else {
+            continue;
+        };
+        let record: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        if record["pid"] == pid
+            && record["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("e2e warning: disk 93% full"))
+        {
+            break record;
+        }
+        seen.push(line);
+    };
+    assert_eq!(found["name"], "e2e-follow", "{found}");
+    assert_eq!(found["thread"], "log-worker", "{found}");
+    assert_eq!(found["origin"], "agent", "{found}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = reader.join();
+    client.kill();
+}
