@@ -18,6 +18,7 @@ from ._config import setup_logging as _setup_logging
 from ._errors import AgentError, ConfigError, ControlPlaneError, DaemonError, ScryError
 from ._state import init, shutdown, sleep, status, wake
 from ._version import __version__
+from . import _lines  # noqa: F401  (registers the find_lines call)
 
 # Feature modules reached through `call` register their methods when imported (``_calls``).
 from . import _inspect  # noqa: E402,F401  (isort: skip)

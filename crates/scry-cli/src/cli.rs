@@ -103,6 +103,36 @@ Python version, scry state and what each process waits on (state and kernel wait
 Python processes are highlighted. q, Esc or ctrl-c quits.\n\nExamples:\n  scry top 4242\n  scry top                  every Python process\n  scry top 4242 --interval 0.5"
     )]
     Top(TopArgs),
+    /// Find the line to probe: a file's or function's executable lines, and where a variable is
+    /// bound and read, as loaded in the running process.
+    #[command(
+        after_help = "Asked in the target process: the answer comes from the code it has loaded \
+(its line tables and the source it was compiled from), so it holds even when the file on disk \
+was edited since (the answer then says so). For a binding, `after` is the first line at which \
+the new value can be seen: probe there to capture it.\n\n\
+Examples:\n  scry lines app/orders.py --pid 4242\n  scry lines orders:checkout --var total\n  \
+scry lines orders:Cart.add --var self.total --json"
+    )]
+    Lines(LinesArgs),
+}
+
+/// `scry lines`.
+#[derive(Debug, Args)]
+pub struct LinesArgs {
+    /// A file (app/orders.py) or a function (module:function, module:Class.method,
+    /// path.py:function).
+    pub target: String,
+    /// Where this variable (or attribute path such as order.total) is bound and read.
+    #[arg(long, value_name = "NAME")]
+    pub var: Option<String>,
+    /// The process (default: the only awake one).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// At most this many rows per table.
+    #[arg(long, default_value_t = 400)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 /// `scry top`.

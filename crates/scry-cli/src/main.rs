@@ -44,6 +44,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Dumps(a) => a.output.json,
         Command::Reap(a) => a.output.json,
         Command::Top(_) => false,
+        Command::Lines(a) => a.output.json,
         Command::Logs(a) => a.output.json,
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
@@ -86,6 +87,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Probe(p) => commands::probe::probe(&home, p, printer).await,
             Command::Events(e) => commands::events::events(&home, e, printer).await,
             Command::Logs(a) => commands::logs::logs(&home, a, printer).await,
+            Command::Lines(a) => commands::lines::lines(&home, a, printer).await,
         }
     })
 }

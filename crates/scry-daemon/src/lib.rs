@@ -27,6 +27,7 @@ pub mod env;
 mod error;
 pub mod home;
 pub mod http;
+pub mod lines;
 pub mod link;
 pub mod probes;
 pub mod registry;

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod dump;
 pub mod events;
+pub mod lines;
 pub mod logs;
 pub mod probe;
 pub mod ps;

@@ -9,6 +9,7 @@ mod demo;
 mod dump;
 mod embedded;
 mod garbage;
+mod lines;
 mod logs;
 mod probes;
 mod ps_tree;

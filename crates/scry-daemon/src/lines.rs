@@ -1,0 +1,119 @@
+//! Finding the line: `POST /api/v1/lines` asks a process's agent (the `find_lines` call) for
+//! the executable lines of a file or function and, with `var`, where a variable is bound and
+//! read. The answer comes from the code loaded in that process, never from a file on the
+//! daemon's disk; the shape is described in `docs/agents.md`.
+//!
+//! Not for: arming probes (the caller adds one at a line it chose).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http::ApiError;
+use crate::registry::ProcState;
+use crate::Shared;
+
+/// The `find_lines` route.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new().route("/api/v1/lines", post(lines_endpoint))
+}
+
+/// What to find.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinesRequest {
+    /// A file (`orders.py`, `app/orders.py`) or a function (`module:function`,
+    /// `module:Class.method`, `path.py:function`).
+    pub target: String,
+    /// A variable (`total`) or attribute path (`order.total`) to locate.
+    #[serde(default)]
+    pub var: Option<String>,
+    /// The process (default: the only awake one that can answer).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// At most this many rows per table (1..=5000, default 400).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// The process that answers a request naming `pid` (or none): its registry id and pid.
+pub fn pick_process(
+    shared: &Shared,
+    pid: Option<u32>,
+    method: &str,
+) -> Result<(i64, u32), ApiError> {
+    if let Some(pid) = pid {
+        return crate::calls::live_process_id(shared, pid).map(|id| (id, pid));
+    }
+    let want = format!("call:{method}");
+    let awake: Vec<(i64, u32)> = shared
+        .registry()
+        .views()
+        .into_iter()
+        .filter(|v| v.state == ProcState::Awake && v.capabilities.iter().any(|c| c == &want))
+        .map(|v| (v.id, v.pid))
+        .collect();
+    match awake.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no awake process can answer: give a pid",
+        )
+        .hint("see `scry ps`; wake a sleeping client with `scry wake PID`")),
+        many => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous",
+            format!(
+                "{} awake processes could answer (pids {}): say which",
+                many.len(),
+                many.iter()
+                    .map(|p| p.1.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .hint("pass `pid`")),
+    }
+}
+
+/// Asks the process's agent; the shared implementation of the REST endpoint, `scry lines` and
+/// the MCP `find_lines` tool.
+pub async fn find_lines(shared: &Shared, req: LinesRequest) -> Result<Value, ApiError> {
+    if req.target.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`target` is empty: give a file (app/orders.py) or a function (orders:checkout)",
+        ));
+    }
+    let (process_id, pid) = pick_process(shared, req.pid, "find_lines")?;
+    let mut params = json!({"target": req.target.trim()});
+    if let Some(var) = &req.var {
+        params["var"] = json!(var);
+    }
+    if let Some(limit) = req.limit {
+        params["limit"] = json!(limit);
+    }
+    let mut answer = shared
+        .call(process_id, "find_lines", params, Duration::from_secs(20))
+        .await
+        .map_err(|e| crate::calls::call_error_to_api(e, pid))?;
+    answer["pid"] = json!(pid);
+    Ok(answer)
+}
+
+async fn lines_endpoint(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<LinesRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body?;
+    find_lines(&shared, req).await.map(Json)
+}
