@@ -44,7 +44,7 @@ pub enum Command {
     Status(Output),
     /// List the processes scry knows (awake agents, sleeping embedded clients, recently gone).
     #[command(
-        after_help = "Examples:\n  scry ps\n  scry ps --gone --json\n  scry ps --tree 4242       the tree under 4242, Python processes marked"
+        after_help = "Examples:\n  scry ps\n  scry ps --gone --json\n  scry ps --tree 4242       the tree under 4242, Python processes marked\n  scry ps --all             every Python process on this host, prepared or not"
     )]
     Ps(PsArgs),
     /// Wake an embedded client: it connects to the daemon and can be observed.
@@ -223,6 +223,11 @@ pub struct PsArgs {
     /// RSS, age, what each process waits on). Needs no daemon; never starts one.
     #[arg(long, value_name = "PID", conflicts_with = "gone")]
     pub tree: Option<u32>,
+    /// Instead: every Python process on this host that you may see, recognised from its memory
+    /// image (not its name), prepared for scry or not: version, build, user, CPU %, RSS,
+    /// container, scry state, role (reload supervisor/worker, multiprocessing helper).
+    #[arg(long, conflicts_with_all = ["gone", "tree"])]
+    pub all: bool,
     #[command(flatten)]
     pub output: Output,
 }

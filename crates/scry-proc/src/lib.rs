@@ -17,10 +17,13 @@
 //! [`inject`] makes a running Python process run a script: the [`inject::Injector`] trait and
 //! the native PEP 768 writer for 3.14+ ([`inject::pep768`]).
 //!
+//! [`python`] recognises Python processes from their memory image (version, build, role).
+//!
 //! Not for: talking to agents, storing anything, or printing.
 #![deny(missing_docs)]
 
 pub mod inject;
+pub mod python;
 pub mod reap;
 pub mod stacks;
 pub mod tree;

@@ -6,9 +6,9 @@
 //! time between two samples) and [`TreeProcess`]. Everything is read from `/proc`; nothing is
 //! attached to or paused.
 //!
-//! The Python version is read from the names of the files a process maps (`python3.X` or
-//! `libpython3.X.so`): no interpreter memory is parsed, so it is cheap enough to refresh every
-//! second. A statically linked interpreter renamed to something else is not recognised.
+//! Python processes are recognised by [`crate::python::Detector`] (from the interpreter's ELF
+//! file and memory, not the process name), once per process (cached by pid and start time),
+//! so a refresh every second stays cheap.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -56,6 +56,14 @@ pub struct TreeProcess {
     pub rss_kib: Option<u64>,
     /// Start time, seconds since the epoch.
     pub started_at: f64,
+    /// The executable (`/proc/PID/exe`), when readable.
+    pub executable: Option<String>,
+    /// What was recognised of its interpreter, when it runs Python.
+    pub python_detail: Option<crate::python::PythonInfo>,
+    /// Another root or PID namespace (a container, a chroot), when it is in one.
+    pub container: Option<crate::python::Container>,
+    /// Its part in a reloading server or a multiprocessing program (Python processes only).
+    pub role: Option<crate::python::Role>,
 }
 
 /// Samples processes; CPU % is computed against the previous sample of the same `Sampler`.
@@ -64,6 +72,9 @@ pub struct Sampler {
     /// pid -> (start ticks, utime + stime ticks) at the previous sample.
     last: HashMap<u32, (u64, u64)>,
     at: Option<Instant>,
+    detector: crate::python::Detector,
+    /// (pid, start ticks) -> what detection found: a process does not change interpreter.
+    pythons: HashMap<(u32, u64), Option<crate::python::PythonInfo>>,
 }
 
 /// `utime + stime` (clock ticks) from `/proc/PID/stat`.
@@ -93,48 +104,10 @@ fn status(pid: u32) -> (Option<String>, Option<u64>) {
     (field("State:"), rss)
 }
 
-/// The Python version in a mapped file's name: `python3.11`, `libpython3.13t.so.1.0`.
-fn version_in_name(name: &str) -> Option<String> {
-    let rest = name
-        .strip_prefix("libpython")
-        .or_else(|| name.strip_prefix("python"))?;
-    let (major, tail) = rest.split_once('.')?;
-    if major != "3" {
-        return None;
-    }
-    let minor: String = tail.chars().take_while(char::is_ascii_digit).collect();
-    if minor.is_empty() {
-        return None;
-    }
-    let after = &tail[minor.len()..];
-    let suffix = if after.starts_with('t') { "t" } else { "" };
-    // `python3.11-config` or `python3.11.py` are not interpreters; `.so…` and nothing are.
-    let ok =
-        after.is_empty() || after == "t" || after.starts_with(".so") || after.starts_with("t.so");
-    ok.then(|| format!("3.{minor}{suffix}"))
-}
-
-/// Whether `pid` runs Python, and which version: from the files it maps (its executable and
-/// a libpython), else from its executable's name.
+/// Whether `pid` runs Python, and which version (`3.11`, `3.14t`), recognised from its
+/// memory image by [`crate::python::Detector`].
 pub fn python_version(pid: u32) -> Option<String> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let mut seen_python = false;
-    for line in maps.lines() {
-        let Some(path) = line.split_whitespace().nth(5) else {
-            continue;
-        };
-        let name = path.rsplit('/').next().unwrap_or(path);
-        if let Some(v) = version_in_name(name) {
-            return Some(v);
-        }
-        seen_python |= name.starts_with("libpython") || name == "python3" || name == "python";
-    }
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let name = exe.file_name()?.to_string_lossy().into_owned();
-    if let Some(v) = version_in_name(&name) {
-        return Some(v);
-    }
-    (seen_python || name == "python3" || name == "python").then(|| "?".to_owned())
+    crate::python::Detector::new().detect(pid).map(|p| p.short)
 }
 
 impl Sampler {
@@ -143,9 +116,41 @@ impl Sampler {
         Sampler::default()
     }
 
+    /// The command line of `ppid` when it runs Python (`python_cmdlines`: the Python processes
+    /// of this sample so far).
+    fn python_parent_cmdline(
+        &mut self,
+        ppid: u32,
+        python_cmdlines: &HashMap<u32, Vec<String>>,
+    ) -> Option<Vec<String>> {
+        if let Some(c) = python_cmdlines.get(&ppid) {
+            return Some(c.clone());
+        }
+        let parent = crate::info(ppid).ok()?;
+        self.python_of(ppid, parent.start_ticks)?;
+        Some(parent.cmdline)
+    }
+
+    /// What detection found for this process (cached per pid and start time).
+    fn python_of(&mut self, pid: u32, start_ticks: u64) -> Option<crate::python::PythonInfo> {
+        if let Some(known) = self.pythons.get(&(pid, start_ticks)) {
+            return known.clone();
+        }
+        let found = self.detector.detect(pid);
+        // A process that is still loading its interpreter is asked again next time.
+        if found.as_ref().is_none_or(|p| p.short != "?") {
+            self.pythons.insert((pid, start_ticks), found.clone());
+        }
+        found
+    }
+
     /// Samples the selected processes. Errors only when the root of a [`Selection::Tree`]
     /// does not exist; processes that exit meanwhile are left out.
     pub fn sample(&mut self, selection: Selection) -> Result<Vec<TreeProcess>, ProcError> {
+        let scanned: Vec<u32> = match selection {
+            Selection::Python => crate::all_pids(),
+            Selection::Tree(_) => Vec::new(),
+        };
         let pids: Vec<(u32, u32)> = match selection {
             Selection::Tree(root) => {
                 crate::info(root)?;
@@ -154,12 +159,17 @@ impl Sampler {
                     .map(|(p, d)| (p.pid, d))
                     .collect()
             }
-            Selection::Python => crate::all_pids()
-                .into_iter()
-                .filter(|&p| p != std::process::id() && python_version(p).is_some())
-                .map(|p| (p, 0))
+            Selection::Python => scanned
+                .iter()
+                .copied()
+                .filter(|&p| p != std::process::id())
+                .filter_map(|p| {
+                    let info = crate::info(p).ok()?;
+                    self.python_of(p, info.start_ticks).map(|_| (p, 0))
+                })
                 .collect(),
         };
+        let mut cmdlines: HashMap<u32, Vec<String>> = HashMap::new();
         let now = Instant::now();
         let elapsed = self.at.map(|t| now.duration_since(t).as_secs_f64());
         let hz = crate::clock_ticks();
@@ -180,11 +190,28 @@ impl Sampler {
                 next.insert(pid, (info.start_ticks, t));
             }
             let (state_text, rss_kib) = status(pid);
+            let python_detail = self.python_of(pid, info.start_ticks);
+            let role = match &python_detail {
+                Some(_) => {
+                    let parent = self.python_parent_cmdline(info.ppid, &cmdlines);
+                    crate::python::role_of(&info.cmdline, parent.as_deref())
+                }
+                None => None,
+            };
+            if python_detail.is_some() {
+                cmdlines.insert(pid, info.cmdline.clone());
+            }
             out.push(TreeProcess {
                 pid,
                 ppid: info.ppid,
                 depth,
-                python: python_version(pid),
+                python: python_detail.as_ref().map(|p| p.short.clone()),
+                executable: std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                container: crate::python::container_of(pid),
+                role,
+                python_detail,
                 comm: info.comm,
                 cmdline: info.cmdline,
                 uid: info.uid,
@@ -198,6 +225,12 @@ impl Sampler {
         }
         self.last = next;
         self.at = Some(now);
+        // Forget processes that are gone (a scan of every pid keeps every pid it saw).
+        let keep: std::collections::HashSet<u32> = scanned
+            .into_iter()
+            .chain(out.iter().map(|p: &TreeProcess| p.pid))
+            .collect();
+        self.pythons.retain(|(pid, _), _| keep.contains(pid));
         Ok(out)
     }
 }
@@ -207,23 +240,6 @@ mod tests {
     use super::*;
     use std::process::Command;
     use std::time::Duration;
-
-    #[test]
-    fn versions_from_file_names() {
-        assert_eq!(version_in_name("python3.11").as_deref(), Some("3.11"));
-        assert_eq!(
-            version_in_name("libpython3.13t.so.1.0").as_deref(),
-            Some("3.13t")
-        );
-        assert_eq!(version_in_name("libpython3.9.so").as_deref(), Some("3.9"));
-        assert_eq!(version_in_name("python3.11-config"), None);
-        assert_eq!(version_in_name("python2.7"), None);
-        assert_eq!(version_in_name("python3"), None);
-        assert_eq!(
-            version_in_name("_bisect.cpython-311-x86_64-linux-gnu.so"),
-            None
-        );
-    }
 
     #[test]
     fn samples_a_tree_with_cpu_on_the_second_sample() {

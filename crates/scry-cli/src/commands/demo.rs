@@ -44,6 +44,7 @@ pub async fn demo(home: &Home, args: &DemoArgs, printer: &mut Printer) -> CmdRes
     let ps_args = PsArgs {
         gone: false,
         tree: None,
+        all: false,
         output: crate::cli::Output { json: false },
     };
     if !printer.json {

@@ -16,6 +16,9 @@ pub async fn ps(home: &Home, args: &PsArgs, printer: &mut Printer) -> CmdResult 
     if let Some(root) = args.tree {
         return tree(home, root, printer).await;
     }
+    if args.all {
+        return all(home, printer).await;
+    }
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
     let path = if args.gone {
@@ -149,6 +152,8 @@ pub struct TreeRow {
     name: Option<String>,
     /// Seconds since it started.
     age_seconds: f64,
+    /// The user name of its uid, when known.
+    user: Option<String>,
 }
 
 /// Joins a sample with what scry knows. The daemon's Python version wins over the one read
@@ -166,11 +171,111 @@ pub fn rows_of(
                 p.python = Some(v);
             }
             TreeRow {
+                user: user_name(p.uid),
                 age_seconds: (now - p.started_at).max(0.0),
                 scry: k.map(|k| k.state.clone()).unwrap_or_else(|| "none".into()),
                 name: k.and_then(|k| k.name.clone()),
                 process: p,
             }
+        })
+        .collect()
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+/// `scry ps --all`: every Python process this user may see, two CPU samples ~200 ms apart.
+pub async fn all(home: &Home, printer: &mut Printer) -> CmdResult {
+    let mut sampler = Sampler::new();
+    sampler
+        .sample(Selection::Python)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let (known, daemon) = known(home).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let sample = sampler
+        .sample(Selection::Python)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let rows = rows_of(sample, &known, scry_daemon::now());
+    if printer.json {
+        printer.json_value(&serde_json::json!({
+            "daemon": daemon,
+            "processes": rows,
+        }))?;
+        return Ok(ExitStatus::Success);
+    }
+    if rows.is_empty() {
+        printer.line("no Python process that you may see")?;
+        return Ok(ExitStatus::Success);
+    }
+    for line in table(&ALL_HEADER, &all_cells(&rows)) {
+        printer.line(line)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The column names of `scry ps --all`.
+const ALL_HEADER: [&str; 11] = [
+    "PID",
+    "PPID",
+    "USER",
+    "PYTHON",
+    "CPU%",
+    "RSS",
+    "CONTAINER",
+    "SCRY",
+    "ROLE",
+    "EXE",
+    "COMMAND",
+];
+
+fn container_cell(p: &TreeProcess) -> String {
+    match &p.container {
+        None => "-".into(),
+        Some(c) => match (&c.root, c.other_pid_namespace) {
+            (Some(root), true) => format!("pidns,root={root}"),
+            (Some(root), false) => format!("root={root}"),
+            (None, true) => "pidns".into(),
+            (None, false) => "other-root".into(),
+        },
+    }
+}
+
+fn all_cells(rows: &[TreeRow]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            let p = &r.process;
+            let python = match &p.python_detail {
+                Some(d) => d.version.clone().map_or_else(
+                    || d.short.clone(),
+                    |v| format!("{v}{}", if d.free_threaded { "t" } else { "" }),
+                ),
+                None => p.python.clone().unwrap_or_else(|| "?".into()),
+            };
+            vec![
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                r.user.clone().unwrap_or_else(|| p.uid.to_string()),
+                python,
+                p.cpu_percent
+                    .map(|c| format!("{c:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+                p.rss_kib.map(size).unwrap_or_else(|| "-".into()),
+                container_cell(p),
+                match &r.name {
+                    Some(n) => format!("{}:{n}", r.scry),
+                    None => r.scry.clone(),
+                },
+                p.role
+                    .as_ref()
+                    .map(|r| r.label())
+                    .unwrap_or_else(|| "-".into()),
+                p.executable.clone().unwrap_or_else(|| "-".into()),
+                p.cmdline.join(" "),
+            ]
         })
         .collect()
 }
@@ -236,6 +341,10 @@ pub fn tree_cells(rows: &[TreeRow]) -> Vec<Vec<String>> {
                 p.cmdline.join(" ")
             };
             let marker = if p.depth == 0 { "" } else { "└ " };
+            let command = match &p.role {
+                Some(role) => format!("[{}] {command}", role.label()),
+                None => command,
+            };
             vec![
                 p.pid.to_string(),
                 p.cpu_percent
@@ -286,6 +395,10 @@ mod tests {
             cpu_percent: Some(1.25),
             rss_kib: Some(2048),
             started_at: 100.0,
+            executable: None,
+            python_detail: None,
+            container: None,
+            role: None,
         }
     }
 

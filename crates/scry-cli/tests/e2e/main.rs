@@ -6,6 +6,7 @@ mod support;
 
 mod daemon;
 mod demo;
+mod discovery;
 mod dump;
 mod embedded;
 mod garbage;
