@@ -22,6 +22,21 @@ from . import _lines  # noqa: F401  (registers the find_lines call)
 
 # Feature modules reached through `call` register their methods when imported (``_calls``).
 from . import _inspect  # noqa: E402,F401  (isort: skip)
+from . import _state as _state_module
+from . import _trace
+
+
+def pulse(name, **values):
+    """Record a named event with typed values: into the running trace of this process (``scry
+    trace``), else into the event stream when the agent is awake, else nowhere. Costs almost
+    nothing when nobody looks, and never raises::
+
+        scry.pulse("batch", size=len(batch), loss=loss)
+    """
+    link = _state_module._agent.link
+    if link is None and _trace._current is None:
+        return
+    _trace.pulse(name, values, link)
 
 _setup_logging()
 
@@ -31,6 +46,7 @@ __all__ = [
     "sleep",
     "status",
     "shutdown",
+    "pulse",
     "ScryError",
     "ConfigError",
     "DaemonError",

@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 
-from . import _calls, _hit, _logfwd, _proto
+from . import _calls, _hit, _logfwd, _proto, _trace
 from ._errors import ConfigError, DaemonError, ScryError
 from ._version import __version__
 
@@ -669,6 +669,10 @@ class Link(object):
         except BaseException as exc:  # never let the thread die with a traceback on stderr
             log.warning("the scry-link thread failed: %r", exc)
         finally:
+            try:
+                _trace.link_closed(self)
+            except Exception:
+                pass
             log.removeHandler(self.log_forwarder)
             self._close_socket(goodbye=True)
             self._close_pipe()
@@ -801,7 +805,7 @@ class Link(object):
                     # Hits still waiting by the batch: a hot line fills the buffer faster than
                     # one flush per interval empties it, so keep draining without sleeping
                     # (the poll above still serves the daemon in between).
-                    if len(_hit.BUFFER) >= self.settings["max_batch"]:
+                    if len(_hit.BUFFER) >= self.settings["max_batch"] or len(_trace.BUFFER) >= 64 * _trace.RECORDS_PER_EVENT:
                         last_flush = now - flush_every
                 if now - self._last_sent >= heartbeat_every:
                     self._send(_proto.heartbeat())
@@ -887,6 +891,13 @@ class Link(object):
         records, lost = self.log_forwarder.drain(max(0, room))
         if records or lost:
             self.send_report(records, lost)
+        try:
+            traced = _trace.pump(self, 64)
+        except Exception as exc:
+            log.warning("could not collect trace events: %r", exc)
+            traced = None
+        if traced:
+            self.send_report(traced)
         engine = self.engine
         if engine is None:
             return

@@ -23,6 +23,10 @@ microseconds of a walk so that no other thread (say, one that is exiting and fre
 state) runs in between. Removal undoes exactly what was done, and only where the thread state still
 holds ``func`` (a thread that installed its own tracer since keeps it).
 
+``ThreadTracer(func, profile=True)`` does the same with a profile function (``sys.setprofile``,
+``c_profilefunc``/``c_profileobj``, ``_PyEval_SetProfile``), for call tracing on 3.9-3.11; on 3.8 it
+covers the current thread and new threads only.
+
 Any failure (no ctypes, symbols not exported, an unexpected layout) leaves the current thread and
 new threads traced and says why in :attr:`ThreadTracer.note`; it never touches memory it has not
 verified.
@@ -44,8 +48,13 @@ class OtherTracer(Exception):
 class ThreadTracer(object):
     """Installs ``func`` as the trace function of every thread; see the module docstring."""
 
-    def __init__(self, func):
+    def __init__(self, func, profile=False):
         self.func = func
+        #: Install a profile function (sys.setprofile, for call tracing) instead of a trace function.
+        self.profile = profile
+        self._set_hook = sys.setprofile if profile else sys.settrace
+        self._get_hook = sys.getprofile if profile else sys.gettrace
+        self._set_thread_hook = threading.setprofile if profile else threading.settrace
         #: Why threads that already ran are not covered, or None when they are.
         self.note = None
         self._ctypes = None
@@ -62,12 +71,12 @@ class ThreadTracer(object):
     def foreign_tracers(self):
         """Descriptions of trace functions that are not ours, in any thread (empty when none)."""
         out = []
-        current = sys.gettrace()
+        current = self._get_hook()
         if current is not None and current is not self.func:
             out.append("this thread has {!r}".format(current))
-        hook = _thread_hook()
+        hook = _thread_hook(self.profile)
         if hook is not None and hook is not self.func:
-            out.append("threading.settrace() was given {!r}".format(hook))
+            out.append("threading.{}() was given {!r}".format("setprofile" if self.profile else "settrace", hook))
         if self._index is not None and self._setup():
             with _NoSwitch():
                 current = self._api.PyThreadState_Get()
@@ -86,12 +95,12 @@ class ThreadTracer(object):
         foreign = self.foreign_tracers()
         if foreign:
             raise OtherTracer("; ".join(foreign))
-        self._prev_thread_hook = _thread_hook()
-        threading.settrace(self.func)
+        self._prev_thread_hook = _thread_hook(self.profile)
+        self._set_thread_hook(self.func)
         self._installed_hook = True
         self._active = True
         if not self._setup():
-            sys.settrace(self.func)
+            self._set_hook(self.func)
             return
         try:
             self._install_everywhere()
@@ -99,14 +108,14 @@ class ThreadTracer(object):
             raise
         except Exception as exc:  # never break the host: this thread and new ones, and why
             self.note = _not_covered("installing through ctypes failed ({!r})".format(exc))
-            if sys.gettrace() is None:
-                sys.settrace(self.func)
+            if self._get_hook() is None:
+                self._set_hook(self.func)
 
     def _install_everywhere(self):
         api = self._api
         current = api.PyThreadState_Get()
         before = self._words(current)
-        sys.settrace(self.func)
+        self._set_hook(self.func)
         if self._index is None and not self._discover(before, self._words(current)):
             return
         if self._tramp != self._word(current, self._index - 2) or self._word(current, self._index) != id(self.func):
@@ -133,8 +142,8 @@ class ThreadTracer(object):
         self._active = False
         if self._installed_hook:
             self._installed_hook = False
-            if _thread_hook() is self.func:
-                threading.settrace(self._prev_thread_hook)
+            if _thread_hook(self.profile) is self.func:
+                self._set_thread_hook(self._prev_thread_hook)
             self._prev_thread_hook = None
         if self._api is not None and self._index is not None:
             current = self._api.PyThreadState_Get()
@@ -148,16 +157,16 @@ class ThreadTracer(object):
                         # sys.settrace); sys.settrace(None) below undoes that count only if this
                         # thread holds func, so give it func first (a direct write counts nothing).
                         self._set_trace(current, True)
-        if sys.gettrace() is self.func:
-            sys.settrace(None)
+        if self._get_hook() is self.func:
+            self._set_hook(None)
 
     def remove_in_child(self):
         """After fork: only this thread survives; drop our trace from it (no other state exists)."""
         self._active = False
-        if _thread_hook() is self.func:
-            threading.settrace(self._prev_thread_hook)
-        if sys.gettrace() is self.func:
-            sys.settrace(None)
+        if _thread_hook(self.profile) is self.func:
+            self._set_thread_hook(self._prev_thread_hook)
+        if self._get_hook() is self.func:
+            self._set_hook(None)
 
     # -- ctypes ------------------------------------------------------------------------------
 
@@ -166,6 +175,9 @@ class ThreadTracer(object):
         if self._api is not None:
             return True
         if self.note is not None:
+            return False
+        if self.profile and not _features.HAS_PRIVATE_SETTRACE:
+            self.note = _not_covered("Python 3.8 has no _PyEval_SetProfile")
             return False
         try:
             import ctypes
@@ -179,7 +191,7 @@ class ThreadTracer(object):
             api.PyThreadState_Next.restype = vp
             api.PyThreadState_Next.argtypes = [vp]
             if _features.HAS_PRIVATE_SETTRACE:
-                set_trace = api._PyEval_SetTrace
+                set_trace = api._PyEval_SetProfile if self.profile else api._PyEval_SetTrace
                 set_trace.restype = ctypes.c_int
                 set_trace.argtypes = [vp, vp, vp]
             else:
@@ -241,9 +253,10 @@ class ThreadTracer(object):
         ctypes = self._ctypes
         api = self._api
         if _features.HAS_PRIVATE_SETTRACE:
+            set_hook = api._PyEval_SetProfile if self.profile else api._PyEval_SetTrace
             if on:
-                return api._PyEval_SetTrace(tstate, self._tramp, id(self.func)) == 0
-            return api._PyEval_SetTrace(tstate, None, None) == 0
+                return set_hook(tstate, self._tramp, id(self.func)) == 0
+            return set_hook(tstate, None, None) == 0
         size = ctypes.sizeof(ctypes.c_void_p)
         obj = ctypes.c_void_p.from_address(tstate + self._index * size)
         tracefunc = ctypes.c_void_p.from_address(tstate + (self._index - 2) * size)
@@ -295,11 +308,11 @@ class _NoSwitch(object):
         return False
 
 
-def _thread_hook():
-    getter = getattr(threading, "gettrace", None)  # 3.10+
+def _thread_hook(profile=False):
+    getter = getattr(threading, "getprofile" if profile else "gettrace", None)  # 3.10+
     if getter is not None:
         return getter()
-    return getattr(threading, "_trace_hook", None)
+    return getattr(threading, "_profile_hook" if profile else "_trace_hook", None)
 
 
 def _not_covered(why):
