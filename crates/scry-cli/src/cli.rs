@@ -114,6 +114,9 @@ Examples:\n  scry lines app/orders.py --pid 4242\n  scry lines orders:checkout -
 scry lines orders:Cart.add --var self.total --json"
     )]
     Lines(LinesArgs),
+    /// Call tracing: watch selected functions run (calls, returns, exceptions, durations).
+    #[command(subcommand)]
+    Trace(TraceCmd),
 }
 
 /// `scry lines`.
@@ -131,6 +134,107 @@ pub struct LinesArgs {
     /// At most this many rows per table.
     #[arg(long, default_value_t = 400)]
     pub limit: u32,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry trace ...`.
+#[derive(Debug, Subcommand)]
+pub enum TraceCmd {
+    /// Start tracing selected functions in a live process (awake agent).
+    #[command(
+        after_help = "Patterns: a module (`myapp`, also its submodules; globs like `myapp.*`), a file \
+(`app/*.py`, anything with a `/` or ending in .py) or a function (`module:qualname`, globs allowed, \
+e.g. `myapp.jobs:Worker.*`). With no --include/--function the main script's functions are traced. \
+Only selected functions pay anything (Python 3.12+: sys.monitoring events on their code only).\n\n\
+Examples:\n  scry trace start 4242 --include myapp\n  scry trace start checkout --function shop.cart:total --args --returns\n  \
+scry trace start 4242 --include myapp --exclude myapp.vendor --max-rate 5000/s --duration 30s"
+    )]
+    Start(TraceStartArgs),
+    /// Stop a trace (every running trace when none is named).
+    #[command(after_help = "Examples:\n  scry trace stop\n  scry trace stop tr-3f2a9c0d1e")]
+    Stop(TraceStopArgs),
+    /// List the traces the daemon keeps.
+    #[command(after_help = "Examples:\n  scry trace list\n  scry trace list --json")]
+    List(Output),
+    /// Show a trace: per-function summary, or the call tree with durations (--tree).
+    #[command(
+        after_help = "Examples:\n  scry trace show tr-3f2a9c0d1e\n  scry trace show tr-3f2a9c0d1e --tree\n  scry trace show last --json"
+    )]
+    Show(TraceShowArgs),
+    /// Write a trace for the Perfetto UI (protobuf) or chrome://tracing (JSON).
+    #[command(
+        after_help = "Open a Perfetto file at https://ui.perfetto.dev (it is loaded in the browser, nothing is uploaded).\n\n\
+Examples:\n  scry trace export tr-3f2a9c0d1e --format perfetto -o trace.pftrace\n  scry trace export last --format chrome -o trace.json"
+    )]
+    Export(TraceExportArgs),
+}
+
+/// `scry trace start`.
+#[derive(Debug, Args)]
+pub struct TraceStartArgs {
+    /// A pid, a process name (`scry.init(name=...)` or the script's name), or `all`.
+    pub target: String,
+    /// Trace these modules, files or functions (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave these out (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Trace this function, `module:qualname` (repeatable).
+    #[arg(long, value_name = "MODULE:FUNCTION")]
+    pub function: Vec<String>,
+    /// Record the arguments of each call (bounded, typed; secret-looking names redacted).
+    #[arg(long)]
+    pub args: bool,
+    /// Record return (and yielded) values.
+    #[arg(long)]
+    pub returns: bool,
+    /// At most this many events a second per process (`5000/s` or `5000`); more are counted as dropped.
+    #[arg(long, value_name = "N/s")]
+    pub max_rate: Option<String>,
+    /// Stop by itself after this long (`30s`, `5m`, `1h`, or seconds).
+    #[arg(long, value_name = "D")]
+    pub duration: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry trace stop`.
+#[derive(Debug, Args)]
+pub struct TraceStopArgs {
+    /// The trace (default: every running trace).
+    pub trace: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry trace show`.
+#[derive(Debug, Args)]
+pub struct TraceShowArgs {
+    /// The trace id, or `last`.
+    pub trace: String,
+    /// The call tree of each thread, with durations.
+    #[arg(long)]
+    pub tree: bool,
+    /// At most this many lines of tree.
+    #[arg(long, default_value_t = 2000)]
+    pub max_lines: usize,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry trace export`.
+#[derive(Debug, Args)]
+pub struct TraceExportArgs {
+    /// The trace id, or `last`.
+    pub trace: String,
+    /// `perfetto` (protobuf, for ui.perfetto.dev) or `chrome` (JSON trace event format).
+    #[arg(long, value_parser = ["perfetto", "chrome"])]
+    pub format: String,
+    /// The file to write.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub file: std::path::PathBuf,
     #[command(flatten)]
     pub output: Output,
 }

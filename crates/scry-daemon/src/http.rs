@@ -105,6 +105,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::api_dumps::routes())
         .merge(crate::calls::routes())
         .merge(crate::lines::routes())
+        .merge(crate::api_traces::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),

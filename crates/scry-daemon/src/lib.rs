@@ -18,6 +18,7 @@
 
 pub mod api_dumps;
 pub mod api_probes;
+pub mod api_traces;
 pub mod auth;
 pub mod bundle;
 pub mod calls;

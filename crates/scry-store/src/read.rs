@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow, Order, ProbeRecord,
-    ProcessRecord, ProcessRow, StoreError, SystemEvent, SystemEventRow, MAX_QUERY_LIMIT,
+    ProcessRecord, ProcessRow, StoreError, SystemEvent, SystemEventRow, TraceRecord, MAX_QUERY_LIMIT,
 };
 
 /// How many idle read connections are kept for reuse.
@@ -125,6 +125,29 @@ impl Readers {
                  data FROM dumps WHERE id = ?1",
             )?;
             let mut rows = stmt.query_map([id], dump_row)?;
+            Ok(rows.next().transpose()?)
+        })
+    }
+
+    pub(crate) fn traces(&self, limit: usize) -> Result<Vec<TraceRecord>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, created_at, updated_at, data FROM traces \
+                 ORDER BY created_at DESC, id LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit.min(MAX_QUERY_LIMIT) as i64], trace_row)?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub(crate) fn trace(&self, id: &str) -> Result<Option<TraceRecord>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, created_at, updated_at, data FROM traces WHERE id = ?1",
+            )?;
+            let mut rows = stmt.query_map([id], trace_row)?;
             Ok(rows.next().transpose()?)
         })
     }
@@ -330,5 +353,15 @@ fn dump_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DumpRow> {
             command: r.get(6)?,
             data,
         },
+    })
+}
+
+fn trace_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TraceRecord> {
+    let Json(data): Json<Value> = r.get(3)?;
+    Ok(TraceRecord {
+        id: r.get(0)?,
+        created_at: r.get(1)?,
+        updated_at: r.get(2)?,
+        data,
     })
 }

@@ -96,8 +96,20 @@ CREATE TABLE dumps (
 CREATE INDEX dumps_taken_at ON dumps (taken_at);
 "#;
 
+/// Version 3: call traces (`scry trace`): one row per trace with its spec, targets and state as
+/// JSON; the trace's events are in `events` under `source` = the trace id.
+const V3: &str = r#"
+CREATE TABLE traces (
+    id         TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    data       TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX traces_created_at ON traces (created_at);
+"#;
+
 /// The ordered migration steps; the schema version of this build is their number.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

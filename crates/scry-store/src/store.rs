@@ -13,7 +13,7 @@ use crate::writer::{
 use crate::{
     CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, NewEvent,
     ProbeRecord, ProcessRecord, ProcessRow, ProcessState, RetentionReport, StoreError,
-    StoreOptions, SystemEvent, SystemEventRow, WriterStats,
+    StoreOptions, SystemEvent, SystemEventRow, TraceRecord, WriterStats,
 };
 
 /// The daemon's persistent memory: a handle on one SQLite database and its writer thread.
@@ -246,6 +246,29 @@ impl Store {
             data: encode("dump", &d.data)?,
         };
         self.call(|reply| Op::PutDump { dump, reply })
+    }
+
+    /// Keeps (or updates) a call trace's metadata, once committed.
+    pub fn put_trace(&self, t: &TraceRecord) -> Result<(), StoreError> {
+        let data = encode("trace", &t.data)?;
+        let (id, created_at, updated_at) = (t.id.clone(), t.created_at, t.updated_at);
+        self.call(|reply| Op::PutTrace {
+            id,
+            created_at,
+            updated_at,
+            data,
+            reply,
+        })
+    }
+
+    /// The newest `limit` traces, newest first.
+    pub fn traces(&self, limit: usize) -> Result<Vec<TraceRecord>, StoreError> {
+        self.inner.readers.traces(limit)
+    }
+
+    /// One trace, if there is one with this id.
+    pub fn trace(&self, id: &str) -> Result<Option<TraceRecord>, StoreError> {
+        self.inner.readers.trace(id)
     }
 
     /// The newest `limit` dumps, newest first, without their data.

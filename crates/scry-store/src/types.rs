@@ -200,6 +200,19 @@ pub struct DumpRecord {
     pub data: Value,
 }
 
+/// A call trace's metadata (`scry trace`); the store does not look inside `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    /// The trace id (`tr-…`), also the `source` of its events.
+    pub id: String,
+    /// When it started (seconds since the epoch).
+    pub created_at: f64,
+    /// Last change.
+    pub updated_at: f64,
+    /// Spec, targets, state (the daemon's document).
+    pub data: Value,
+}
+
 /// A stored dump: its id and record (`data` is `Null` in listings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DumpRow {

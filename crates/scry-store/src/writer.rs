@@ -222,6 +222,13 @@ pub(crate) enum Op {
         dump: EncodedDump,
         reply: Reply<i64>,
     },
+    PutTrace {
+        id: String,
+        created_at: f64,
+        updated_at: f64,
+        data: String,
+        reply: Reply<()>,
+    },
     DeleteProbe {
         id: String,
         reply: Reply<bool>,
@@ -257,6 +264,7 @@ impl Op {
                 | Op::MarkAllGone { .. }
                 | Op::PutProbe { .. }
                 | Op::PutDump { .. }
+                | Op::PutTrace { .. }
                 | Op::DeleteProbe { .. }
                 | Op::Flush { .. }
                 | Op::Retention { .. }
@@ -538,6 +546,7 @@ impl Writer {
             }
             Op::SetProcessState { reply, .. }
             | Op::PutProbe { reply, .. }
+            | Op::PutTrace { reply, .. }
             | Op::Flush { reply } => drop(reply.send(Err(error()))),
             Op::MarkAllGone { reply, .. } => drop(reply.send(Err(error()))),
             Op::DeleteProbe { reply, .. } => drop(reply.send(Err(error()))),
@@ -683,6 +692,27 @@ impl Writer {
                     }),
                 );
                 reply_finish(reply, own.map(|()| id))
+            }
+            Op::PutTrace {
+                id,
+                created_at,
+                updated_at,
+                data,
+                reply,
+            } => {
+                let own = note(
+                    &mut sqlite_error,
+                    in_savepoint(conn, |c| {
+                        c.prepare_cached(
+                            "INSERT INTO traces (id, created_at, updated_at, data) \
+                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET \
+                             updated_at = excluded.updated_at, data = excluded.data",
+                        )?
+                        .execute(params![id, created_at, updated_at, data])?;
+                        Ok(())
+                    }),
+                );
+                reply_finish(reply, own)
             }
             Op::DeleteProbe { id, reply } => {
                 let mut deleted = false;

@@ -12,6 +12,8 @@ pub mod reap;
 pub mod serve;
 pub mod status;
 pub mod top;
+pub mod trace;
+pub mod trace_export;
 pub mod wake;
 
 use crate::error::{CliError, ExitStatus};

@@ -1,0 +1,501 @@
+//! `scry trace start|stop|list|show|export`.
+
+use std::collections::BTreeMap;
+
+use scry_daemon::Home;
+use serde_json::{json, Value};
+
+use super::trace_export::{self, Model};
+use super::CmdResult;
+use crate::cli::{TraceCmd, TraceExportArgs, TraceShowArgs, TraceStartArgs, TraceStopArgs};
+use crate::client::DaemonClient;
+use crate::error::{CliError, ExitStatus};
+use crate::printer::{table, Printer};
+
+/// Whether the subcommand prints JSON.
+pub fn json_flag(cmd: &TraceCmd) -> bool {
+    match cmd {
+        TraceCmd::Start(a) => a.output.json,
+        TraceCmd::Stop(a) => a.output.json,
+        TraceCmd::List(o) => o.json,
+        TraceCmd::Show(a) => a.output.json,
+        TraceCmd::Export(a) => a.output.json,
+    }
+}
+
+/// Runs a trace subcommand.
+pub async fn trace(home: &Home, cmd: &TraceCmd, printer: &mut Printer) -> CmdResult {
+    let mut client = DaemonClient::locate(home)?;
+    client.ensure_running(printer).await?;
+    match cmd {
+        TraceCmd::Start(a) => start(&client, a, printer).await,
+        TraceCmd::Stop(a) => stop(&client, a, printer).await,
+        TraceCmd::List(_) => list(&client, printer).await,
+        TraceCmd::Show(a) => show(&client, a, printer).await,
+        TraceCmd::Export(a) => export(&client, a, printer).await,
+    }
+}
+
+/// `30s`, `5m`, `1h`, `250ms` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<f64, CliError> {
+    let t = text.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v * mult),
+        _ => Err(CliError::new(format!("`{text}` is not a duration"))
+            .hint("write e.g. `30s`, `5m`, `1h` or a number of seconds")),
+    }
+}
+
+/// `5000/s`, `5000` or `300/m`.
+pub fn parse_rate(text: &str) -> Result<f64, CliError> {
+    let t = text.trim();
+    let (num, per) = match t.split_once('/') {
+        Some((n, "s")) => (n, 1.0),
+        Some((n, "m")) => (n, 60.0),
+        Some(_) => ("", 1.0),
+        None => (t, 1.0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v / per),
+        _ => Err(CliError::new(format!("`{text}` is not a rate"))
+            .hint("write e.g. `5000/s` (events a second per process)")),
+    }
+}
+
+async fn start(client: &DaemonClient, a: &TraceStartArgs, printer: &mut Printer) -> CmdResult {
+    let max_rate = a.max_rate.as_deref().map(parse_rate).transpose()?;
+    let duration = a.duration.as_deref().map(parse_duration).transpose()?;
+    let body = json!({
+        "target": a.target, "include": a.include, "exclude": a.exclude, "functions": a.function,
+        "args": a.args, "returns": a.returns, "max_rate": max_rate, "duration": duration,
+    });
+    let doc = client.post("/api/v1/traces", &body).await?;
+    if printer.json {
+        printer.json_value(&doc)?;
+        return Ok(ExitStatus::Success);
+    }
+    let id = doc["id"].as_str().unwrap_or("?");
+    printer.line(format!("trace {id} started"))?;
+    for p in doc["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let pid = p["pid"].as_u64().unwrap_or(0);
+        if let Some(err) = p.get("error") {
+            printer.line(format!(
+                "  pid {pid}: not traced: {}",
+                err["message"].as_str().unwrap_or("?")
+            ))?;
+        } else {
+            let s = &p["status"];
+            printer.line(format!(
+                "  pid {pid}: {} functions selected ({}){}",
+                s["functions"].as_u64().unwrap_or(0),
+                s["backend"].as_str().unwrap_or("?"),
+                s["note"]
+                    .as_str()
+                    .map(|n| format!("; note: {n}"))
+                    .unwrap_or_default()
+            ))?;
+        }
+    }
+    printer.line(format!(
+        "see it: scry trace show {id} --tree   stop it: scry trace stop {id}"
+    ))?;
+    Ok(ExitStatus::Success)
+}
+
+async fn stop(client: &DaemonClient, a: &TraceStopArgs, printer: &mut Printer) -> CmdResult {
+    let ids: Vec<String> = match &a.trace {
+        Some(t) => vec![resolve(client, t).await?],
+        None => {
+            let list = client.get("/api/v1/traces").await?;
+            list["traces"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .filter(|t| t["state"] == "running")
+                .filter_map(|t| t["id"].as_str().map(str::to_owned))
+                .collect()
+        }
+    };
+    let mut docs = Vec::new();
+    for id in &ids {
+        docs.push(client.post(&format!("/api/v1/traces/{id}/stop"), &json!({})).await?);
+    }
+    if printer.json {
+        printer.json_value(&json!({"stopped": docs}))?;
+        return Ok(ExitStatus::Success);
+    }
+    if docs.is_empty() {
+        printer.line("no trace is running")?;
+    }
+    for d in &docs {
+        let mut recorded = 0;
+        let mut dropped = 0;
+        for p in d["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            recorded += p["status"]["recorded"].as_u64().unwrap_or(0);
+            dropped += p["status"]["dropped"].as_u64().unwrap_or(0);
+        }
+        printer.line(format!(
+            "trace {} {}: {recorded} events recorded, {dropped} dropped",
+            d["id"].as_str().unwrap_or("?"),
+            d["state"].as_str().unwrap_or("?"),
+        ))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
+    let doc = client.get("/api/v1/traces").await?;
+    if printer.json {
+        printer.json_value(&doc)?;
+        return Ok(ExitStatus::Success);
+    }
+    let traces = doc["traces"].as_array().cloned().unwrap_or_default();
+    if traces.is_empty() {
+        printer.line("no traces yet: scry trace start PID --include MODULE")?;
+        return Ok(ExitStatus::Success);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let rows: Vec<Vec<String>> = traces
+        .iter()
+        .map(|t| {
+            let pids: Vec<String> = t["processes"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(|p| p["pid"].as_u64().map(|p| p.to_string()))
+                .collect();
+            let spec = &t["spec"];
+            let mut what: Vec<String> = Vec::new();
+            for key in ["include", "functions"] {
+                for v in spec[key].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    what.push(v.as_str().unwrap_or("?").to_owned());
+                }
+            }
+            if what.is_empty() {
+                what.push("__main__".into());
+            }
+            vec![
+                t["id"].as_str().unwrap_or("?").to_owned(),
+                t["state"].as_str().unwrap_or("?").to_owned(),
+                super::age(now - t["started_at"].as_f64().unwrap_or(now)),
+                pids.join(","),
+                what.join(" "),
+            ]
+        })
+        .collect();
+    for line in table(&["TRACE", "STATE", "AGE", "PIDS", "SELECTION"], &rows) {
+        printer.line(line)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// A trace id, `last` meaning the newest.
+async fn resolve(client: &DaemonClient, text: &str) -> Result<String, CliError> {
+    if text != "last" {
+        return Ok(text.to_owned());
+    }
+    let doc = client.get("/api/v1/traces?limit=1").await?;
+    doc["traces"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| CliError::new("there is no trace yet").hint("scry trace start PID"))
+}
+
+/// Every stored event of the trace, oldest first.
+async fn all_events(client: &DaemonClient, id: &str) -> Result<Vec<Value>, CliError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .get(&format!(
+                "/api/v1/traces/{id}/events?after_id={after}&limit=1000"
+            ))
+            .await?;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            break;
+        }
+        after = events
+            .last()
+            .and_then(|e| e["id"].as_i64())
+            .unwrap_or(after);
+        let n = events.len();
+        out.extend(events);
+        if n < 1000 && page["truncated"] != true {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn human_ns(ns: i64) -> String {
+    let ns = ns.max(0) as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.3} s", ns / 1e9)
+    }
+}
+
+fn typed_args(args: &Value) -> String {
+    args.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={}", crate::render::value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// Per function: calls, resumptions, total/mean/max time, exceptions.
+fn summary(m: &Model) -> Vec<Value> {
+    let mut by: BTreeMap<(String, String), (u64, u64, i64, i64, u64, String)> = BTreeMap::new();
+    for s in &m.slices {
+        let key = (s.module.clone().unwrap_or_default(), s.name.clone());
+        let e = by
+            .entry(key)
+            .or_insert_with(|| (0, 0, 0, 0, 0, format!("{}:{}", s.file, s.line)));
+        if s.resumed {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+        let d = s.end - s.start;
+        e.2 += d;
+        e.3 = e.3.max(d);
+        if s.outcome == "exception" {
+            e.4 += 1;
+        }
+    }
+    let mut rows: Vec<Value> = by
+        .into_iter()
+        .map(|((module, function), (calls, resumes, total, max, exc, loc))| {
+            json!({"module": module, "function": function, "location": loc, "calls": calls,
+                   "resumptions": resumes, "total_ns": total, "max_ns": max, "exceptions": exc})
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r["total_ns"].as_i64().unwrap_or(0)));
+    rows
+}
+
+fn tree_json(m: &Model) -> Vec<Value> {
+    let mut threads: Vec<Value> = Vec::new();
+    let mut current: Option<(u32, u64)> = None;
+    // Each thread's slices in start order with their depth: nest them with a stack.
+    let mut roots: Vec<Value> = Vec::new();
+    let mut stack: Vec<Value> = Vec::new();
+    let flush = |stack: &mut Vec<Value>, roots: &mut Vec<Value>, depth: usize| {
+        while stack.len() > depth {
+            let Some(done) = stack.pop() else { break };
+            match stack.last_mut() {
+                Some(parent) => {
+                    if let Some(c) = parent["children"].as_array_mut() {
+                        c.push(done);
+                    }
+                }
+                None => roots.push(done),
+            }
+        }
+    };
+    for s in &m.slices {
+        let key = (s.pid, s.tid);
+        if current != Some(key) {
+            flush(&mut stack, &mut roots, 0);
+            if let Some((pid, tid)) = current {
+                threads.push(json!({"pid": pid, "tid": tid, "thread": m.threads.get(&(pid, tid)),
+                                    "calls": std::mem::take(&mut roots)}));
+            }
+            current = Some(key);
+        }
+        let depth = s.depth.min(stack.len());
+        flush(&mut stack, &mut roots, depth);
+        stack.push(json!({
+            "function": s.name, "module": s.module, "file": s.file, "line": s.line,
+            "resumed": s.resumed, "start_ns": s.start, "duration_ns": s.end - s.start,
+            "outcome": s.outcome, "args": s.args, "value": s.value, "exception": s.exc,
+            "raised": s.raised, "children": [],
+        }));
+    }
+    flush(&mut stack, &mut roots, 0);
+    if let Some((pid, tid)) = current {
+        threads.push(json!({"pid": pid, "tid": tid, "thread": m.threads.get(&(pid, tid)),
+                            "calls": roots}));
+    }
+    threads
+}
+
+async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -> CmdResult {
+    let id = resolve(client, &a.trace).await?;
+    let doc = client.get(&format!("/api/v1/traces/{id}")).await?;
+    let events = all_events(client, &id).await?;
+    let m = trace_export::build(&events);
+    if printer.json {
+        let mut out = json!({"trace": doc, "records": m.records, "dropped": m.dropped,
+                             "functions": summary(&m),
+                             "pulses": m.pulses.iter().map(|p| json!({"pid": p.pid, "tid": p.tid,
+                                 "name": p.name, "ts_ns": p.ts, "values": p.values})).collect::<Vec<_>>()});
+        if a.tree {
+            out["threads"] = json!(tree_json(&m));
+        }
+        printer.json_value(&out)?;
+        return Ok(ExitStatus::Success);
+    }
+    printer.line(format!(
+        "trace {id} ({}): {} records, {} calls, {} dropped{}",
+        doc["state"].as_str().unwrap_or("?"),
+        m.records,
+        m.slices.iter().filter(|s| !s.resumed).count(),
+        m.dropped,
+        if m.dropped > 0 {
+            " (over the --max-rate budget: some calls are missing)"
+        } else {
+            ""
+        }
+    ))?;
+    if a.tree {
+        let mut lines = 0usize;
+        let mut current = None;
+        for s in &m.slices {
+            if lines >= a.max_lines {
+                printer.line(format!(
+                    "... (--max-lines {} reached; --json has everything)",
+                    a.max_lines
+                ))?;
+                break;
+            }
+            if current != Some((s.pid, s.tid)) {
+                current = Some((s.pid, s.tid));
+                let name = m
+                    .threads
+                    .get(&(s.pid, s.tid))
+                    .cloned()
+                    .unwrap_or_else(|| format!("thread-{}", s.tid));
+                printer.line(format!("process {} thread {name}", s.pid))?;
+            }
+            let mut text = format!(
+                "{}{}{}({}) {}",
+                "  ".repeat(s.depth + 1),
+                s.name,
+                if s.resumed { " [resumed]" } else { "" },
+                s.args.as_ref().map(typed_args).unwrap_or_default(),
+                human_ns(s.end - s.start)
+            );
+            match s.outcome {
+                "exception" => {
+                    let x = s.exc.clone().unwrap_or(Value::Null);
+                    text.push_str(&format!(
+                        " raised {}: {}",
+                        x["type"].as_str().unwrap_or("an exception"),
+                        x["message"].as_str().unwrap_or("")
+                    ));
+                }
+                "yield" => {
+                    text.push_str(" (suspended)");
+                    if let Some(v) = &s.value {
+                        text.push_str(&format!(" yielded {}", crate::render::value(v)));
+                    }
+                }
+                "open" => text.push_str(" (running)"),
+                _ => {
+                    if let Some(v) = &s.value {
+                        text.push_str(&format!(" -> {}", crate::render::value(v)));
+                    }
+                }
+            }
+            printer.line(text)?;
+            lines += 1;
+        }
+        for p in &m.pulses {
+            printer.line(format!(
+                "pulse {} (pid {}) at +{}: {}",
+                p.name,
+                p.pid,
+                human_ns(p.ts),
+                typed_args(&p.values)
+            ))?;
+        }
+        return Ok(ExitStatus::Success);
+    }
+    let rows: Vec<Vec<String>> = summary(&m)
+        .iter()
+        .map(|r| {
+            let calls = r["calls"].as_u64().unwrap_or(0);
+            let total = r["total_ns"].as_i64().unwrap_or(0);
+            vec![
+                format!(
+                    "{}:{}",
+                    r["module"].as_str().unwrap_or(""),
+                    r["function"].as_str().unwrap_or("?")
+                ),
+                calls.to_string(),
+                r["resumptions"].to_string(),
+                human_ns(total),
+                human_ns(if calls > 0 { total / calls as i64 } else { 0 }),
+                human_ns(r["max_ns"].as_i64().unwrap_or(0)),
+                r["exceptions"].to_string(),
+            ]
+        })
+        .collect();
+    for line in table(
+        &["FUNCTION", "CALLS", "RESUMED", "TOTAL", "MEAN", "MAX", "EXC"],
+        &rows,
+    ) {
+        printer.line(line)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn export(client: &DaemonClient, a: &TraceExportArgs, printer: &mut Printer) -> CmdResult {
+    let id = resolve(client, &a.trace).await?;
+    client.get(&format!("/api/v1/traces/{id}")).await?;
+    let events = all_events(client, &id).await?;
+    let m = trace_export::build(&events);
+    let data = match a.format.as_str() {
+        "chrome" => serde_json::to_vec(&trace_export::chrome(&m))
+            .map_err(|e| CliError::new(format!("cannot encode the trace: {e}")))?,
+        _ => trace_export::perfetto(&m),
+    };
+    std::fs::write(&a.file, &data).map_err(|e| {
+        CliError::new(format!("cannot write {}: {e}", a.file.display()))
+            .hint("check that the directory exists and is writable")
+    })?;
+    let summary = json!({"trace": id, "format": a.format, "file": a.file.display().to_string(),
+                         "bytes": data.len(), "slices": m.slices.len(), "pulses": m.pulses.len()});
+    if printer.json {
+        printer.json_value(&summary)?;
+    } else {
+        printer.line(format!(
+            "wrote {} ({} bytes, {} slices) for trace {id}{}",
+            a.file.display(),
+            data.len(),
+            m.slices.len(),
+            if a.format == "perfetto" {
+                "; open it at https://ui.perfetto.dev"
+            } else {
+                "; open it in chrome://tracing or ui.perfetto.dev"
+            }
+        ))?;
+    }
+    Ok(ExitStatus::Success)
+}
