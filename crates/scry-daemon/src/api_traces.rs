@@ -133,7 +133,9 @@ async fn start(
 ) -> ApiResult {
     let Json(body) = body?;
     if body.max_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err(bad("`max_rate` must be a positive number of events a second"));
+        return Err(bad(
+            "`max_rate` must be a positive number of events a second",
+        ));
     }
     if body.duration.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
         return Err(bad("`duration` must be a positive number of seconds"));
@@ -200,8 +202,7 @@ fn trace_doc(r: &scry_store::TraceRecord, now: f64) -> Value {
     let mut doc = r.data.clone();
     doc["id"] = json!(r.id);
     if doc["state"] == "running" {
-        if let (Some(d), Some(s)) = (doc["spec"]["duration"].as_f64(), doc["started_at"].as_f64())
-        {
+        if let (Some(d), Some(s)) = (doc["spec"]["duration"].as_f64(), doc["started_at"].as_f64()) {
             if now >= s + d {
                 doc["state"] = json!("ended");
                 doc["stopped_at"] = json!(s + d);

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::{
     Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow, Order, ProbeRecord,
-    ProcessRecord, ProcessRow, StoreError, SystemEvent, SystemEventRow, TraceRecord, MAX_QUERY_LIMIT,
+    ProcessRecord, ProcessRow, StoreError, SystemEvent, SystemEventRow, TraceRecord,
+    MAX_QUERY_LIMIT,
 };
 
 /// How many idle read connections are kept for reuse.

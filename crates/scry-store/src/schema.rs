@@ -232,8 +232,9 @@ mod tests {
         let store = Store::open(&path, StoreOptions::default()).expect("open v1 store");
         assert_eq!(store.probes().expect("probes").len(), 1);
         assert!(store.dumps(10).expect("dumps table exists").is_empty());
+        assert!(store.traces(10).expect("traces table exists").is_empty());
         store.close().expect("close");
-        assert_eq!(user_version(&raw(&path)), 2);
+        assert_eq!(user_version(&raw(&path)), SCHEMA_VERSION);
     }
 
     #[test]
@@ -271,7 +272,8 @@ mod tests {
                 "events",
                 "probes",
                 "processes",
-                "system_events"
+                "system_events",
+                "traces"
             ]
         );
     }

@@ -87,7 +87,11 @@ async fn start(client: &DaemonClient, a: &TraceStartArgs, printer: &mut Printer)
     }
     let id = doc["id"].as_str().unwrap_or("?");
     printer.line(format!("trace {id} started"))?;
-    for p in doc["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for p in doc["processes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         let pid = p["pid"].as_u64().unwrap_or(0);
         if let Some(err) = p.get("error") {
             printer.line(format!(
@@ -130,7 +134,11 @@ async fn stop(client: &DaemonClient, a: &TraceStopArgs, printer: &mut Printer) -
     };
     let mut docs = Vec::new();
     for id in &ids {
-        docs.push(client.post(&format!("/api/v1/traces/{id}/stop"), &json!({})).await?);
+        docs.push(
+            client
+                .post(&format!("/api/v1/traces/{id}/stop"), &json!({}))
+                .await?,
+        );
     }
     if printer.json {
         printer.json_value(&json!({"stopped": docs}))?;
@@ -270,7 +278,9 @@ fn typed_args(args: &Value) -> String {
 
 /// Per function: calls, resumptions, total/mean/max time, exceptions.
 fn summary(m: &Model) -> Vec<Value> {
-    let mut by: BTreeMap<(String, String), (u64, u64, i64, i64, u64, String)> = BTreeMap::new();
+    // (module, function) -> (calls, resumptions, total ns, max ns, exceptions, location)
+    type Row = (u64, u64, i64, i64, u64, String);
+    let mut by: BTreeMap<(String, String), Row> = BTreeMap::new();
     for s in &m.slices {
         let key = (s.module.clone().unwrap_or_default(), s.name.clone());
         let e = by
@@ -290,10 +300,12 @@ fn summary(m: &Model) -> Vec<Value> {
     }
     let mut rows: Vec<Value> = by
         .into_iter()
-        .map(|((module, function), (calls, resumes, total, max, exc, loc))| {
-            json!({"module": module, "function": function, "location": loc, "calls": calls,
+        .map(
+            |((module, function), (calls, resumes, total, max, exc, loc))| {
+                json!({"module": module, "function": function, "location": loc, "calls": calls,
                    "resumptions": resumes, "total_ns": total, "max_ns": max, "exceptions": exc})
-        })
+            },
+        )
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r["total_ns"].as_i64().unwrap_or(0)));
     rows
@@ -323,8 +335,10 @@ fn tree_json(m: &Model) -> Vec<Value> {
         if current != Some(key) {
             flush(&mut stack, &mut roots, 0);
             if let Some((pid, tid)) = current {
-                threads.push(json!({"pid": pid, "tid": tid, "thread": m.threads.get(&(pid, tid)),
-                                    "calls": std::mem::take(&mut roots)}));
+                threads.push(
+                    json!({"pid": pid, "tid": tid, "thread": m.threads.get(&(pid, tid)),
+                                    "calls": std::mem::take(&mut roots)}),
+                );
             }
             current = Some(key);
         }
@@ -339,8 +353,10 @@ fn tree_json(m: &Model) -> Vec<Value> {
     }
     flush(&mut stack, &mut roots, 0);
     if let Some((pid, tid)) = current {
-        threads.push(json!({"pid": pid, "tid": tid, "thread": m.threads.get(&(pid, tid)),
-                            "calls": roots}));
+        threads.push(
+            json!({"pid": pid, "tid": tid, "thread": m.threads.get(&(pid, tid)),
+                            "calls": roots}),
+        );
     }
     threads
 }
@@ -374,9 +390,8 @@ async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -
         }
     ))?;
     if a.tree {
-        let mut lines = 0usize;
         let mut current = None;
-        for s in &m.slices {
+        for (lines, s) in m.slices.iter().enumerate() {
             if lines >= a.max_lines {
                 printer.line(format!(
                     "... (--max-lines {} reached; --json has everything)",
@@ -424,9 +439,12 @@ async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -
                 }
             }
             printer.line(text)?;
-            lines += 1;
         }
-        for p in &m.pulses {
+        for p in m
+            .pulses
+            .iter()
+            .take(a.max_lines.saturating_sub(m.slices.len()))
+        {
             printer.line(format!(
                 "pulse {} (pid {}) at +{}: {}",
                 p.name,
@@ -458,7 +476,9 @@ async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -
         })
         .collect();
     for line in table(
-        &["FUNCTION", "CALLS", "RESUMED", "TOTAL", "MEAN", "MAX", "EXC"],
+        &[
+            "FUNCTION", "CALLS", "RESUMED", "TOTAL", "MEAN", "MAX", "EXC",
+        ],
         &rows,
     ) {
         printer.line(line)?;

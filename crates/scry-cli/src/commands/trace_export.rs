@@ -120,9 +120,9 @@ pub fn build(events: &[Value]) -> Model {
             let tid = r["tid"].as_u64().unwrap_or(0);
             let ts = offset + r["ts"].as_i64().unwrap_or(0);
             let key = (pid, tid);
-            if !per_thread.contains_key(&key) {
+            if let std::collections::btree_map::Entry::Vacant(v) = per_thread.entry(key) {
                 order.push(key);
-                per_thread.insert(key, Vec::new());
+                v.insert(Vec::new());
             }
             last_ts.insert(key, ts);
             let kind = r["e"].as_str().unwrap_or("");
@@ -258,12 +258,16 @@ pub fn chrome(m: &Model) -> Value {
     let mut pids: Vec<u32> = numbers.keys().map(|k| k.0).collect();
     pids.dedup();
     for pid in pids {
-        events.push(json!({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
-                           "args": {"name": format!("python {pid}")}}));
+        events.push(
+            json!({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
+                           "args": {"name": format!("python {pid}")}}),
+        );
     }
     for ((pid, tid), n) in &numbers {
-        events.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": n,
-                           "args": {"name": thread_name(m, *pid, *tid)}}));
+        events.push(
+            json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": n,
+                           "args": {"name": thread_name(m, *pid, *tid)}}),
+        );
     }
     for s in &m.slices {
         let mut args = json!({"module": s.module, "location": format!("{}:{}", s.file, s.line),
@@ -437,7 +441,13 @@ pub fn perfetto(m: &Model) -> Vec<u8> {
                 let text = s
                     .exc
                     .as_ref()
-                    .map(|x| format!("{}: {}", x["type"].as_str().unwrap_or("?"), x["message"].as_str().unwrap_or("")))
+                    .map(|x| {
+                        format!(
+                            "{}: {}",
+                            x["type"].as_str().unwrap_or("?"),
+                            x["message"].as_str().unwrap_or("")
+                        )
+                    })
                     .unwrap_or_default();
                 annotation(&mut e, "exception", &text);
             }
