@@ -453,6 +453,9 @@ class Selector(object):
     def __init__(self, include, exclude, functions):
         self.modules, self.files, self.funcs = [], [], []
         self.x_modules, self.x_files, self.x_funcs = [], [], []
+        for text in functions:
+            if not isinstance(text, str) or ":" not in text:
+                raise BadPattern("`{}`: a function is `module:function` (e.g. `myapp.jobs:run`)".format(text))
         for text in list(include) + list(functions):
             self._add(text, self.modules, self.files, self.funcs)
         for text in exclude:

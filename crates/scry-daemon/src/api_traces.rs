@@ -140,6 +140,11 @@ async fn start(
     if body.duration.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
         return Err(bad("`duration` must be a positive number of seconds"));
     }
+    if let Some(f) = body.functions.iter().find(|f| !f.contains(':')) {
+        return Err(bad(format!(
+            "`{f}`: a function is `module:function` (e.g. `myapp.jobs:run`)"
+        )));
+    }
     let targets = resolve_target(&shared, body.target.trim())?;
     let id = crate::new_id("tr");
     let spec = json!({
