@@ -16,3 +16,4 @@ mod probes;
 mod ps_tree;
 mod reap;
 mod top;
+mod trace;
