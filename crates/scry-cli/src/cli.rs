@@ -59,7 +59,7 @@ pub enum Command {
     /// Captured events: query, follow live, or summarize.
     #[command(
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  scry events --probe totals --since 5m\n  scry events --follow\n  scry events stats totals --since 1h"
+        after_help = "Examples:\n  scry events --probe totals --since 5m\n  scry events --probe totals --where 'total>100' --order oldest\n  scry events --follow\n  scry events stats totals --since 1h\n  scry events wait totals --count 5 --timeout 30s"
     )]
     Events(EventsCmd),
     /// Log records of the agents and the daemon's own events, in one time-ordered view.
@@ -460,24 +460,41 @@ pub struct EventsCmd {
     pub query: EventsArgs,
 }
 
-/// The filters of `scry events`.
-#[derive(Debug, Args)]
-pub struct EventsArgs {
-    /// Only this probe (id or name).
-    #[arg(long)]
-    pub probe: Option<String>,
+/// Which events: the filters `scry events`, `events stats` and `events wait` share.
+#[derive(Debug, Clone, Args)]
+pub struct EventFilterArgs {
     /// Only this process.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Only processes registered under this name.
+    #[arg(long, value_name = "NAME")]
+    pub process: Option<String>,
     /// From this time: a duration ago (5m, 2h) or an ISO time (2026-11-21T12:00:00Z).
     #[arg(long)]
     pub since: Option<String>,
     /// Until this time (same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
-    /// At most this many events (the newest; default 50).
+    /// Only events whose captured value satisfies EXPR OP VALUE, e.g. 'total>100',
+    /// "customer=='c1'" (OP: == != < <= > >=); repeat to require several.
+    #[arg(long = "where", value_name = "COND")]
+    pub where_: Vec<String>,
+}
+
+/// `scry events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this probe (id or name).
+    #[arg(long)]
+    pub probe: Option<String>,
+    #[command(flatten)]
+    pub filter: EventFilterArgs,
+    /// At most this many events (default 50).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Which end to take: the newest (default) or the oldest events of the window.
+    #[arg(long, value_parser = ["newest", "oldest"], default_value = "newest")]
+    pub order: String,
     /// Keep printing new events as they arrive (ctrl-c stops).
     #[arg(long, short)]
     pub follow: bool,
@@ -507,28 +524,49 @@ pub struct LogsArgs {
     pub output: Output,
 }
 
-/// `scry events stats`.
+/// `scry events stats` and `scry events wait`.
 #[derive(Debug, Subcommand)]
 pub enum EventsSub {
-    /// Count, min, max, mean, p50, p95 and p99 of each numeric expression of a probe.
-    #[command(after_help = "Example:\n  scry events stats totals --since 10m")]
+    /// Count, min, max, mean, p50, p95 and p99 of each numeric expression; value counts of the rest.
+    #[command(
+        after_help = "Examples:\n  scry events stats totals --since 10m\n  scry events stats totals --where 'total>100' --json"
+    )]
     Stats(StatsArgs),
+    /// Block until new hits arrive (or the timeout passes), then print them.
+    #[command(
+        after_help = "Examples:\n  scry events wait totals --count 5 --timeout 30s\n  scry events wait --pid 4242 --where 'total>100'"
+    )]
+    Wait(WaitArgs),
 }
 
-/// `scry events stats PROBE`.
+/// `scry events stats [PROBE]`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// The probe's id or name.
-    pub probe: String,
-    /// Only this process.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// From this time (5m, 2h, or an ISO time).
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Until this time.
-    #[arg(long)]
-    pub until: Option<String>,
+    /// The probe's id or name (default: every probe's events).
+    pub probe: Option<String>,
+    #[command(flatten)]
+    pub filter: EventFilterArgs,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry events wait [PROBE]`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The probe's id or name (default: any probe).
+    pub probe: Option<String>,
+    /// How many new hits to wait for.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// The longest to wait (e.g. 30s, 2m; at most 10m).
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+    /// Count hits stored after this event id (an `id` or a previous wait's `cursor`) instead
+    /// of from now.
+    #[arg(long, value_name = "EVENT_ID")]
+    pub after: Option<i64>,
+    #[command(flatten)]
+    pub filter: EventFilterArgs,
     #[command(flatten)]
     pub output: Output,
 }

@@ -108,6 +108,12 @@ impl DaemonClient {
         self.call(self.http.get(self.url(path))).await
     }
 
+    /// GET a JSON document that may take up to `timeout` to come (a long poll).
+    pub async fn get_with_timeout(&self, path: &str, timeout: Duration) -> Result<Value, CliError> {
+        self.call_within(self.http.get(self.url(path)), timeout)
+            .await
+    }
+
     /// POST a JSON body and read the JSON answer.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.call(self.http.post(self.url(path)).json(body)).await
@@ -122,22 +128,26 @@ impl DaemonClient {
         format!("{}{path}", self.base)
     }
 
-    async fn call(&self, mut req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        self.call_within(req, Duration::from_secs(60)).await
+    }
+
+    async fn call_within(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Value, CliError> {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| {
-                CliError::new(format!(
-                    "cannot reach the scry daemon at {}: {}",
-                    self.base,
-                    root_cause(&e)
-                ))
-                .hint("is it running? `scry status` tells; `scry serve --daemon` starts it")
-            })?;
+        let resp = req.timeout(timeout).send().await.map_err(|e| {
+            CliError::new(format!(
+                "cannot reach the scry daemon at {}: {}",
+                self.base,
+                root_cause(&e)
+            ))
+            .hint("is it running? `scry status` tells; `scry serve --daemon` starts it")
+        })?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {

@@ -56,6 +56,7 @@ fn json_flag(cmd: &Command) -> bool {
         },
         Command::Events(e) => match &e.sub {
             Some(cli::EventsSub::Stats(s)) => s.output.json,
+            Some(cli::EventsSub::Wait(w)) => w.output.json,
             None => e.query.output.json,
         },
     }

@@ -14,7 +14,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{blocking, ApiError};
+use crate::http::ApiError;
 use crate::probes::{self, NewProbe, ProbeDef};
 use crate::Shared;
 
@@ -30,7 +30,6 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/groups/{group}/enable", post(enable_group))
         .route("/api/v1/groups/{group}/disable", post(disable_group))
         .route("/api/v1/events/stream", get(stream))
-        .route("/api/v1/events/stats", get(stats))
 }
 
 fn not_found(key: &str) -> ApiError {
@@ -292,52 +291,4 @@ async fn stream(
         }
         Some("event")
     }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StatsQuery {
-    probe: String,
-    since: Option<f64>,
-    until: Option<f64>,
-    pid: Option<u32>,
-}
-
-/// The most events one stats query reads.
-const STATS_MAX_EVENTS: usize = 10_000;
-
-async fn stats(
-    State(shared): State<Arc<Shared>>,
-    q: Result<Query<StatsQuery>, QueryRejection>,
-) -> ApiResult {
-    let Query(q) = q?;
-    let source = resolve_source(&shared, Some(q.probe.clone()))?;
-    let process_ids = q.pid.map(|p| process_ids_for_pid(&shared, p));
-    let query = scry_store::EventQuery {
-        source,
-        kind: Some("probe".into()),
-        since: q.since,
-        until: q.until,
-        limit: STATS_MAX_EVENTS,
-        order: scry_store::Order::Newest,
-        ..Default::default()
-    };
-    let store = shared.store.clone();
-    let page = blocking(move || store.events(&query)).await?;
-    let events: Vec<&scry_store::EventRow> = page
-        .events
-        .iter()
-        .filter(|e| {
-            process_ids
-                .as_ref()
-                .is_none_or(|ids| ids.contains(&e.process_id))
-        })
-        .collect();
-    let values = events.iter().map(|e| &e.data["values"]);
-    Ok(Json(json!({
-        "probe": q.probe,
-        "count": events.len(),
-        "truncated": page.truncated,
-        "expressions": crate::stats::summarize(values),
-    })))
 }

@@ -99,13 +99,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/shutdown", post(shutdown))
         .route("/api/v1/agent-endpoint", get(agent_endpoint))
         .route("/api/v1/system-events", get(system_events))
-        .route("/api/v1/events", get(events))
         .route("/api/v1/stream", get(stream))
         .merge(crate::api_probes::routes())
         .merge(crate::api_dumps::routes())
         .merge(crate::calls::routes())
         .merge(crate::lines::routes())
         .merge(crate::api_traces::routes())
+        .merge(crate::query::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -452,91 +452,6 @@ async fn system_events(
     let limit = q.limit.unwrap_or(100).min(10_000);
     let rows = blocking(move || store.system_events(q.since, limit)).await?;
     Ok(Json(json!({"system_events": rows})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsQuery {
-    /// A probe id or name (same as `source` for probe events).
-    probe: Option<String>,
-    /// A pid: the newest process with that pid.
-    pid: Option<u32>,
-    source: Option<String>,
-    process_id: Option<i64>,
-    kind: Option<String>,
-    since: Option<f64>,
-    until: Option<f64>,
-    after_id: Option<i64>,
-    limit: Option<usize>,
-    order: Option<String>,
-}
-
-async fn events(
-    State(shared): State<Arc<Shared>>,
-    q: Result<Query<EventsQuery>, QueryRejection>,
-) -> ApiResult {
-    let Query(q) = q?;
-    let order = match q.order.as_deref() {
-        None | Some("newest") => scry_store::Order::Newest,
-        Some("oldest") => scry_store::Order::Oldest,
-        Some(o) => {
-            return Err(ApiError::bad_request(format!(
-                "order must be `newest` or `oldest`, not `{o}`"
-            )))
-        }
-    };
-    let source = match q.probe {
-        Some(_) => crate::api_probes::resolve_source(&shared, q.probe)?,
-        None => q.source,
-    };
-    let process_id = match q.pid {
-        Some(pid) => Some(
-            crate::api_probes::process_ids_for_pid(&shared, pid)
-                .first()
-                .copied()
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!("scry knows no process {pid}"),
-                    )
-                    .hint("see `scry ps`")
-                })?,
-        ),
-        None => q.process_id,
-    };
-    let query = scry_store::EventQuery {
-        source,
-        process_id,
-        kind: q.kind,
-        since: q.since,
-        until: q.until,
-        after_id: q.after_id,
-        limit: q.limit.unwrap_or(100),
-        order,
-    };
-    let store = shared.store.clone();
-    let page = blocking(move || store.events(&query)).await?;
-    // Add each event's pid and process name: what a person looks for, where the store keeps
-    // a row id.
-    let procs: std::collections::HashMap<i64, (u32, Option<String>)> = shared
-        .registry()
-        .views()
-        .into_iter()
-        .map(|v| (v.id, (v.pid, v.name)))
-        .collect();
-    let events: Vec<Value> = page
-        .events
-        .into_iter()
-        .map(|e| {
-            let found = procs.get(&e.process_id);
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            v["pid"] = json!(found.map(|p| p.0));
-            v["name"] = json!(found.and_then(|p| p.1.clone()));
-            v
-        })
-        .collect();
-    Ok(Json(json!({"events": events, "truncated": page.truncated})))
 }
 
 #[derive(Deserialize)]

@@ -31,6 +31,7 @@ pub mod http;
 pub mod lines;
 pub mod link;
 pub mod probes;
+pub mod query;
 pub mod registry;
 pub mod stats;
 

@@ -7,26 +7,19 @@ use serde_json::Value;
 
 use super::probe::enc;
 use super::CmdResult;
-use crate::cli::{EventsArgs, EventsCmd, EventsSub, StatsArgs};
+use crate::cli::{EventFilterArgs, EventsArgs, EventsCmd, EventsSub, StatsArgs, WaitArgs};
 use crate::client::DaemonClient;
 use crate::error::{CliError, ExitStatus};
 use crate::printer::Printer;
 use crate::render;
 
-/// Parses `--since`/`--until`: a duration ago (`5m`) or an RFC 3339 time.
+/// Parses `--since`/`--until`: a duration ago (`5m`) or an RFC 3339 time (the daemon's own
+/// parser, so that the CLI and the API agree).
 pub fn parse_time(text: &str) -> Result<f64, CliError> {
-    if let Ok(d) = scry_daemon::config::parse_duration(text) {
-        return Ok(scry_daemon::now() - d.as_secs_f64());
-    }
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64())
-        .ok_or_else(|| {
-            CliError::new(format!("`{text}` is neither a duration nor a time")).hint(
-                "use a duration ago such as 30s, 5m, 2h, or a time such as 2026-11-21T12:00:00Z",
-            )
-        })
+    scry_daemon::query::parse_time(text).map_err(|e| {
+        CliError::new(e)
+            .hint("use a duration ago such as 30s, 5m, 2h, or a time such as 2026-11-21T12:00:00Z")
+    })
 }
 
 /// Runs `scry events`.
@@ -35,42 +28,53 @@ pub async fn events(home: &Home, cmd: &EventsCmd, printer: &mut Printer) -> CmdR
     client.ensure_running(printer).await?;
     match &cmd.sub {
         Some(EventsSub::Stats(a)) => stats(&client, a, printer).await,
+        Some(EventsSub::Wait(a)) => wait(&client, a, printer).await,
         None => query(&client, &cmd.query, printer).await,
     }
 }
 
-fn filters(
-    probe: &Option<String>,
-    pid: Option<u32>,
-    since: &Option<String>,
-    until: &Option<String>,
-) -> Result<String, CliError> {
+/// The query string of the shared filters (times checked here, so that a typo fails early).
+fn filters(probe: Option<&str>, f: &EventFilterArgs) -> Result<String, CliError> {
     let mut q = Vec::new();
     if let Some(p) = probe {
         q.push(format!("probe={}", enc(p)));
     }
-    if let Some(p) = pid {
+    if let Some(p) = f.pid {
         q.push(format!("pid={p}"));
     }
-    if let Some(s) = since {
+    if let Some(p) = &f.process {
+        q.push(format!("process={}", enc(p)));
+    }
+    if let Some(s) = &f.since {
         q.push(format!("since={}", parse_time(s)?));
     }
-    if let Some(u) = until {
+    if let Some(u) = &f.until {
         q.push(format!("until={}", parse_time(u)?));
+    }
+    if !f.where_.is_empty() {
+        let joined = f.where_.join(" && ");
+        scry_daemon::query::parse_where(&joined).map_err(|e| {
+            CliError::new(format!("--where: {e}"))
+                .hint("quote the condition for the shell: --where 'total>100'")
+        })?;
+        q.push(format!("where={}", enc(&joined)));
     }
     Ok(q.join("&"))
 }
 
 async fn query(client: &DaemonClient, a: &EventsArgs, printer: &mut Printer) -> CmdResult {
-    let base = filters(&a.probe, a.pid, &a.since, &a.until)?;
+    let base = filters(a.probe.as_deref(), &a.filter)?;
     let page = client
         .get(&format!(
-            "/api/v1/events?{base}&limit={}&order=newest",
-            a.limit.clamp(1, 10_000)
+            "/api/v1/events?{base}&limit={}&order={}",
+            a.limit.clamp(1, 10_000),
+            a.order
         ))
         .await?;
     let mut events: Vec<Value> = page["events"].as_array().cloned().unwrap_or_default();
-    events.reverse(); // oldest first on screen
+    if a.order == "newest" {
+        events.reverse(); // oldest first on screen
+    }
     if printer.json && !a.follow {
         printer.json_value(&page)?;
         return Ok(ExitStatus::Success);
@@ -81,8 +85,15 @@ async fn query(client: &DaemonClient, a: &EventsArgs, printer: &mut Printer) -> 
     }
     if page["truncated"] == true && !printer.json {
         printer.note(format!(
-            "(showing the newest {}; --limit shows more)",
-            events.len()
+            "(showing the {} {} of {} matching{}; --limit shows more)",
+            a.order,
+            events.len(),
+            page["counts"]["matched"],
+            if page["counts"]["scan_truncated"] == true {
+                " in the 10000 events scanned"
+            } else {
+                ""
+            }
         ));
     }
     if !a.follow {
@@ -125,15 +136,18 @@ fn show(printer: &mut Printer, e: &Value) -> std::io::Result<()> {
 }
 
 async fn stats(client: &DaemonClient, a: &StatsArgs, printer: &mut Printer) -> CmdResult {
-    let q = filters(&Some(a.probe.clone()), a.pid, &a.since, &a.until)?;
+    let q = filters(a.probe.as_deref(), &a.filter)?;
     let s = client.get(&format!("/api/v1/events/stats?{q}")).await?;
     if printer.json {
         printer.json_value(&s)?;
         return Ok(ExitStatus::Success);
     }
     printer.line(format!(
-        "probe {}: {} events{}",
-        a.probe,
+        "{}: {} events{}",
+        a.probe
+            .as_deref()
+            .map(|p| format!("probe {p}"))
+            .unwrap_or_else(|| "every probe".into()),
         s["count"],
         if s["truncated"] == true {
             " (the newest 10000)"
@@ -181,4 +195,41 @@ async fn stats(client: &DaemonClient, a: &StatsArgs, printer: &mut Printer) -> C
         }
     }
     Ok(ExitStatus::Success)
+}
+
+async fn wait(client: &DaemonClient, a: &WaitArgs, printer: &mut Printer) -> CmdResult {
+    let timeout = scry_daemon::config::parse_duration(&a.timeout)
+        .map_err(|e| CliError::new(format!("--timeout: {e}")))?;
+    let mut q = filters(a.probe.as_deref(), &a.filter)?;
+    if let Some(after) = a.after {
+        q.push_str(&format!("&after_id={after}"));
+    }
+    let answer = client
+        .get_with_timeout(
+            &format!(
+                "/api/v1/events/wait?{q}&count={}&timeout={}",
+                a.count.max(1),
+                timeout.as_secs_f64()
+            ),
+            timeout + Duration::from_secs(30),
+        )
+        .await?;
+    if printer.json {
+        printer.json_value(&answer)?;
+    } else {
+        for e in answer["events"].as_array().into_iter().flatten() {
+            show(printer, e)?;
+        }
+        if answer["reached"] != true {
+            printer.note(format!(
+                "timed out: {} of {} hits arrived",
+                answer["count"], answer["wanted"]
+            ));
+        }
+    }
+    Ok(if answer["reached"] == true {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
 }

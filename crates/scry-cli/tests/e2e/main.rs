@@ -14,6 +14,7 @@ mod lines;
 mod logs;
 mod probes;
 mod ps_tree;
+mod queries;
 mod reap;
 mod top;
 mod trace;
