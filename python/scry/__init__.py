@@ -17,6 +17,7 @@ logger (to stderr as well with ``SCRY_DEBUG=1``). Environment variables are docu
 from ._config import setup_logging as _setup_logging
 from ._errors import AgentError, ConfigError, ControlPlaneError, DaemonError, ScryError
 from ._state import init, shutdown, sleep, status, wake
+from ._repl import crash_handler, pause, post_mortem
 from ._version import __version__
 from . import _lines  # noqa: F401  (registers the find_lines call)
 
@@ -47,6 +48,9 @@ __all__ = [
     "status",
     "shutdown",
     "pulse",
+    "pause",
+    "post_mortem",
+    "crash_handler",
     "ScryError",
     "ConfigError",
     "DaemonError",

@@ -26,6 +26,9 @@ from ._link import Link
 
 log = logging.getLogger("scry")
 
+#: What ``hello.origin`` says: ``run`` once ``scry run``'s bootstrap loaded the agent.
+ORIGIN = "embedded"
+
 UNINITIALISED = "uninitialised"
 SLEEPING = "sleeping"
 AWAKE = "awake"
@@ -205,7 +208,7 @@ def _wake_locked(agent, daemon_url):
             ppid=os.getppid(),
             host=_process.hostname(),
             name=config.name,
-            origin="embedded",
+            origin=ORIGIN,
             python=_process.python_info(),
             argv=_process.argv(),
             cwd=_process.cwd(),

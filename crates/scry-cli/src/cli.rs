@@ -117,6 +117,21 @@ scry lines orders:Cart.add --var self.total --json"
     /// Call tracing: watch selected functions run (calls, returns, exceptions, durations).
     #[command(subcommand)]
     Trace(TraceCmd),
+    /// Run a command with every Python process of its tree debuggable from this terminal.
+    #[command(
+        after_help = "breakpoint() (or scry.pause()) in any process or thread of the tree opens a pdb \
+REPL here, one at a time in arrival order; `c` hands the terminal to the next, `q` detaches the \
+debugger and lets the process run on. With --debug an uncaught exception anywhere opens a \
+post-mortem REPL before the process dies. ctrl-c goes to the open REPL, else to the program. \
+The exit status is the command's.\n\nExamples:\n  scry run -- python app.py\n  scry run --debug -- python -m myapp --workers 4\n  scry run --debug --debug-filter ValueError -- pytest -x"
+    )]
+    Run(RunArgs),
+    /// Break into a running Python process (an awake agent) and open a REPL here.
+    #[command(
+        after_help = "The chosen thread (main by default) stops at its next Python line. `c` lets it \
+run on and ends the command.\n\nExamples:\n  scry repl 4242\n  scry repl 4242 --thread worker-1"
+    )]
+    Repl(ReplArgs),
 }
 
 /// `scry lines`.
@@ -569,4 +584,31 @@ pub struct WaitArgs {
     pub filter: EventFilterArgs,
     #[command(flatten)]
     pub output: Output,
+}
+
+/// `scry run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Open a post-mortem REPL on an uncaught exception in any process of the tree.
+    #[arg(long)]
+    pub debug: bool,
+    /// With --debug: exception class names (or module.Class) that never open a REPL.
+    #[arg(long, value_name = "EXC")]
+    pub debug_filter: Vec<String>,
+    /// A name for the processes of the tree (SCRY_NAME).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// `scry repl`.
+#[derive(Debug, Args)]
+pub struct ReplArgs {
+    /// The process.
+    pub pid: u32,
+    /// The thread to stop (name or id; default: the main thread).
+    #[arg(long)]
+    pub thread: Option<String>,
 }

@@ -124,6 +124,28 @@ impl DaemonClient {
         self.call(self.http.delete(self.url(path))).await
     }
 
+    /// GET a streaming response (no overall timeout), e.g. a REPL session's terminal stream.
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response, CliError> {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            CliError::new(format!(
+                "cannot reach the scry daemon at {}: {}",
+                self.base,
+                root_cause(&e)
+            ))
+        })?;
+        if !resp.status().is_success() {
+            return Err(CliError::new(format!(
+                "the daemon refused the stream {path}: HTTP {}",
+                resp.status()
+            )));
+        }
+        Ok(resp)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -46,6 +46,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Reap(a) => a.output.json,
         Command::Top(_) => false,
         Command::Lines(a) => a.output.json,
+        Command::Run(_) | Command::Repl(_) => false,
         Command::Logs(a) => a.output.json,
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
@@ -91,6 +92,37 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Events(e) => commands::events::events(&home, e, printer).await,
             Command::Logs(a) => commands::logs::logs(&home, a, printer).await,
             Command::Lines(a) => commands::lines::lines(&home, a, printer).await,
+            Command::Run(_) | Command::Repl(_) => unreachable!("handled in run_with_status"),
+        }
+    })
+}
+
+/// `scry run` and `scry repl` exit with the status of what they ran.
+fn run_with_status(cli: &Cli, printer: &mut Printer) -> Option<ExitCode> {
+    let home = Home::from_env();
+    init_logging("warn");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            printer.note(format!("error: cannot start the async runtime: {e}"));
+            return Some(ExitCode::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Run(a) => Some(commands::run::run(&home, a, printer).await),
+            Command::Repl(a) => Some(commands::run::repl(&home, a, printer).await),
+            _ => None,
+        }
+    })?;
+    Some(match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            printer.note(e.render());
+            ExitCode::FAILURE
         }
     })
 }
@@ -98,6 +130,11 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut printer = Printer::stdio(json_flag(&cli.command));
+    if matches!(cli.command, Command::Run(_) | Command::Repl(_)) {
+        if let Some(code) = run_with_status(&cli, &mut printer) {
+            return code;
+        }
+    }
     match run(cli, &mut printer) {
         Ok(status) => ExitCode::from(status as u8),
         Err(e) if e.message.contains("Broken pipe") => ExitCode::SUCCESS,

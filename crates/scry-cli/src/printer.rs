@@ -43,6 +43,12 @@ impl Printer {
         self.line(text)
     }
 
+    /// Terminal text as is (a REPL's output, a prompt): stdout, no newline added, flushed.
+    pub fn raw(&mut self, text: &str) {
+        let _ = self.out.write_all(text.as_bytes());
+        let _ = self.out.flush();
+    }
+
     /// A message for the person on stderr (never mixed with data).
     pub fn note(&mut self, text: impl AsRef<str>) {
         let _ = writeln!(self.err, "{}", text.as_ref());

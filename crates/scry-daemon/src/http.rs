@@ -106,6 +106,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::lines::routes())
         .merge(crate::api_traces::routes())
         .merge(crate::query::routes())
+        .merge(crate::repl::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),

@@ -33,6 +33,7 @@ pub mod link;
 pub mod probes;
 pub mod query;
 pub mod registry;
+pub mod repl;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -126,6 +127,8 @@ pub struct Shared {
     pub dropped_by_daemon: AtomicU64,
     /// The same, per source (probe id), shown with each probe.
     dropped_by_source: Mutex<std::collections::HashMap<String, u64>>,
+    /// The REPL relay's sessions.
+    pub repl: repl::ReplHub,
 }
 
 impl Shared {
@@ -557,6 +560,7 @@ pub async fn serve(
         shutdown_tx,
         dropped_by_daemon: AtomicU64::new(0),
         dropped_by_source: Mutex::default(),
+        repl: repl::ReplHub::default(),
     });
 
     let info = DaemonFile {

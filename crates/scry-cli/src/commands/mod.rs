@@ -9,6 +9,7 @@ pub mod logs;
 pub mod probe;
 pub mod ps;
 pub mod reap;
+pub mod run;
 pub mod serve;
 pub mod status;
 pub mod top;

@@ -1,0 +1,404 @@
+"""`scry run` and `scry repl` through a real pseudo-terminal (pexpect): REPLs of a whole process
+tree in one terminal, one at a time in arrival order; crash REPLs; ctrl-c; completion; listing;
+the program's own sitecustomize; breaking into a running process.
+
+Every wait is for something the terminal shows (a header, a prompt) or the daemon's state, never
+a sleep. The programs run under the interpreter that runs the tests.
+"""
+
+import json
+import os
+import re
+import signal
+import sys
+import textwrap
+
+import pytest
+
+from realdaemon import SCRY_BIN, running
+
+pexpect = pytest.importorskip("pexpect")
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+HEADER = re.compile(r"── scry REPL: (\S+) pid (\d+), thread (\S+) \((\S+) at ([^)]*)\) ──")
+PROMPT = re.compile(r"\(Pdb (\S+) pid (\d+)\) ")
+TIMEOUT = 60
+
+
+@pytest.fixture
+def daemon(home, tmp_path):
+    yield from running(home, tmp_path)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def spawn(args, tmp_path, env=None):
+    full = dict(os.environ)
+    full["NO_COLOR"] = "1"
+    full["PYTHONUNBUFFERED"] = "1"
+    full.update(env or {})
+    child = pexpect.spawn(
+        SCRY_BIN, args, env=full, encoding="utf-8", timeout=TIMEOUT, cwd=str(tmp_path),
+        dimensions=(50, 200),
+    )
+    child.logfile_read = open(str(tmp_path / "terminal.log"), "a")
+    return child
+
+
+def scry_run(tmp_path, script, *args, debug=False, extra=()):
+    argv = ["run"] + (["--debug"] if debug else []) + list(extra) + ["--", sys.executable, script]
+    return spawn(argv + list(args), tmp_path)
+
+
+class Repl(object):
+    """What a REPL's header said."""
+
+    def __init__(self, m):
+        self.name, self.pid, self.thread, self.kind, self.where = (
+            m.group(1), int(m.group(2)), m.group(3), m.group(4), m.group(5),
+        )
+
+
+def next_repl(child):
+    """Waits for the next REPL's header and its first prompt; checks they name one process."""
+    child.expect(HEADER)
+    repl = Repl(child.match)
+    child.expect(PROMPT)
+    assert int(child.match.group(2)) == repl.pid, "the prompt names the header's process"
+    repl.before = ANSI.sub("", child.before)
+    return repl
+
+
+def command(child, line, pid):
+    """Runs a pdb command and returns its output (up to the next prompt, which must be pid's)."""
+    child.sendline(line)
+    child.expect(re.escape(line) + "\r*\n")  # the line editor's echo, then the output
+    child.expect(PROMPT)
+    assert int(child.match.group(2)) == pid, "output of {!r} came with another process's prompt".format(line)
+    return ANSI.sub("", child.before)
+
+
+def finish(child, status=0):
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == status, (child.exitstatus, child.signalstatus)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    with open("/proc/{}/stat".format(pid)) as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+POOL = """
+    import multiprocessing as mp
+    import sys
+
+    class Holder(object):
+        alpha_value = 1
+        beta = 2
+
+    def init(barrier):
+        global both_busy
+        both_busy = barrier
+
+    def work(i):
+        value = i * 10
+        both_busy.wait()  # each worker takes one task
+        breakpoint()
+        return value
+
+    if __name__ == "__main__":
+        mp.set_start_method(sys.argv[1])
+        holder = Holder()
+        breakpoint()
+        with mp.Pool(2, initializer=init, initargs=(mp.Barrier(2),)) as pool:
+            print("results", pool.map(work, [1, 2], chunksize=1))
+        print("all done")
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_a_root_and_two_pool_workers_take_turns_in_arrival_order(daemon, tmp_path, method):
+    script = write(tmp_path, "pool.py", POOL)
+    child = scry_run(tmp_path, script, method)
+    root = next_repl(child)
+    assert root.kind == "breakpoint" and root.thread == "MainThread"
+    assert "pool.py" in root.where and "<module>" in root.where
+    if method == "spawn":
+        # `l` lists the source; tab completes an attribute of a local from the target.
+        listing = command(child, "l", root.pid)
+        assert "holder = Holder()" in listing and "breakpoint()" in listing
+        child.send("p holder.alp\t")
+        child.expect("alpha_value")
+        assert command(child, "", root.pid).strip().endswith("1")
+    child.sendline("c")
+    first = next_repl(child)
+    assert first.pid != root.pid and "PoolWorker" in first.name
+    waiting = re.search(r"1 REPL waiting: (\S+) pid (\d+)", ANSI.sub("", child.before + first.before))
+    out = command(child, "p value", first.pid)
+    assert re.search(r"\b(10|20)\b", out)
+    child.sendline("c")
+    second = next_repl(child)
+    assert second.pid not in (root.pid, first.pid)
+    if waiting is not None:
+        assert int(waiting.group(2)) == second.pid, "the one waiting was served next"
+    child.sendline("c")
+    child.expect("results \\[10, 20\\]")
+    child.expect("all done")
+    finish(child, 0)
+
+
+CRASH = """
+    import multiprocessing as mp
+    import sys
+
+    def work(i):
+        local_in_child = i + 100
+        raise ValueError("boom in child {}".format(i))
+
+    if __name__ == "__main__":
+        mp.set_start_method("spawn")
+        with mp.Pool(1) as pool:
+            pool.map(work, [7])
+"""
+
+
+def test_crash_repl_in_a_spawned_worker_then_in_the_parent(daemon, tmp_path):
+    script = write(tmp_path, "crash.py", CRASH)
+    child = scry_run(tmp_path, script, debug=True)
+    worker = next_repl(child)
+    assert worker.kind == "post-mortem"
+    assert "ValueError: boom in child 7" in worker.before
+    assert "107" in command(child, "p local_in_child", worker.pid)
+    child.sendline("c")
+    parent = next_repl(child)
+    assert parent.kind == "post-mortem" and parent.pid != worker.pid
+    assert "ValueError: boom in child 7" in parent.before
+    child.sendline("c")
+    child.expect("ValueError")
+    finish(child, 1)
+
+
+def test_debug_filter_skips_chosen_exceptions(daemon, tmp_path):
+    script = write(tmp_path, "skip.py", """
+        raise LookupError("not for a REPL")
+    """)
+    child = scry_run(tmp_path, script, debug=True, extra=["--debug-filter", "LookupError"])
+    child.expect("LookupError: not for a REPL")
+    finish(child, 1)
+    assert "scry REPL" not in ANSI.sub("", child.before or "")
+
+
+LOOPER = """
+    import multiprocessing as mp
+    import sys
+
+    def looper():
+        for round in range(3):
+            breakpoint()
+
+    def raiser():
+        raise RuntimeError("sibling fails")
+
+    if __name__ == "__main__":
+        mp.set_start_method("spawn")
+        a = mp.Process(target=looper, name="looper")
+        b = mp.Process(target=raiser, name="raiser")
+        a.start(); b.start()
+        a.join(); b.join()
+        print("exit codes", a.exitcode, b.exitcode)
+"""
+
+
+def test_a_looping_breakpoint_and_a_crashing_sibling_never_interleave(daemon, tmp_path):
+    script = write(tmp_path, "loop.py", LOOPER)
+    child = scry_run(tmp_path, script, debug=True)
+    seen = []
+    while len(seen) < 4:
+        repl = next_repl(child)
+        seen.append(repl.name)
+        # Every line of output until `c` comes with this REPL's prompt (command() checks).
+        command(child, "p 1 + 1", repl.pid)
+        command(child, "w", repl.pid)
+        child.sendline("c")
+    assert seen.count("looper") == 3 and seen.count("raiser") == 1, seen
+    child.expect("exit codes 0 1")
+    finish(child, 0)
+
+
+CTRL_C = """
+    import multiprocessing as mp
+    import os
+    import sys
+    import time
+
+    def idle(flag):
+        while not os.path.exists(flag):
+            time.sleep(0.05)
+
+    if __name__ == "__main__":
+        mp.set_start_method("spawn")
+        flag = sys.argv[1]
+        kids = [mp.Process(target=idle, args=(flag,)) for _ in range(2)]
+        for k in kids:
+            k.start()
+        print("pids", os.getpid(), " ".join(str(k.pid) for k in kids))
+        breakpoint()
+        open(flag, "w").close()
+        for k in kids:
+            k.join()
+        print("children ended", [k.exitcode for k in kids])
+"""
+
+
+def test_ctrl_c_goes_to_the_open_repl_and_nothing_dies(daemon, tmp_path):
+    script = write(tmp_path, "ctrlc.py", CTRL_C)
+    child = scry_run(tmp_path, script, str(tmp_path / "flag"))
+    child.expect(r"pids (\d+) (\d+) (\d+)")
+    pids = [int(p) for p in child.match.groups()]
+    repl = next_repl(child)
+    assert repl.pid == pids[0]
+    for _ in range(3):
+        child.sendcontrol("c")
+        child.expect("KeyboardInterrupt")
+        child.expect(PROMPT)
+        assert int(child.match.group(2)) == repl.pid
+        assert all(alive(p) for p in pids), "ctrl-c reached the tree"
+    # A command running in the REPL is interrupted too, and the prompt comes back.
+    child.sendline("import time; time.sleep(60)")
+    child.expect("import time")
+    child.sendcontrol("c")
+    child.expect("KeyboardInterrupt")
+    child.expect(PROMPT)
+    assert all(alive(p) for p in pids)
+    child.sendline("c")
+    child.expect(r"children ended \[0, 0\]")
+    finish(child, 0)
+
+
+def test_ctrl_c_without_a_repl_ends_the_program_as_usual(daemon, tmp_path):
+    script = write(tmp_path, "sleepy.py", """
+        import time
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    child = scry_run(tmp_path, script)
+    child.expect("ready")
+    child.sendcontrol("c")
+    child.expect("KeyboardInterrupt")
+    finish(child, 128 + signal.SIGINT)
+
+
+HOLDERS = """
+    import multiprocessing as mp
+    import os
+    import sys
+
+    def work():
+        breakpoint()
+        print("worker", os.getpid(), "went on")
+
+    if __name__ == "__main__":
+        mp.set_start_method("spawn")
+        kids = [mp.Process(target=work) for _ in range(2)]
+        for k in kids:
+            k.start()
+        for k in kids:
+            k.join()
+        print("exit codes", sorted(k.exitcode for k in kids))
+"""
+
+
+def test_a_killed_holder_hands_the_terminal_to_the_next(daemon, tmp_path):
+    script = write(tmp_path, "holders.py", HOLDERS)
+    child = scry_run(tmp_path, script)
+    first = next_repl(child)
+    # Wait (daemon state) until the other REPL is queued, then kill the holder.
+    session = re.search(r"session (r-[0-9a-f]+)", open(str(tmp_path / "terminal.log")).read()).group(1)
+    deadline_ok = False
+    for _ in range(600):
+        status, state = daemon.api("GET", "/api/v1/repl/sessions/" + session)
+        assert status == 200, state
+        if state["waiting"]:
+            deadline_ok = True
+            break
+        child.expect([pexpect.TIMEOUT], timeout=0.05)
+    assert deadline_ok, "the second REPL never queued"
+    os.kill(first.pid, signal.SIGKILL)
+    second = next_repl(child)
+    assert second.pid != first.pid
+    child.sendline("c")
+    child.expect("worker {} went on".format(second.pid))
+    child.expect(r"exit codes \[-9, 0\]")
+    finish(child, 0)
+
+
+def test_the_programs_own_sitecustomize_still_runs(daemon, tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import os\nos.environ['OWN_SITE'] = 'yes'\n")
+    script = write(tmp_path, "site.py", """
+        import os, sys
+        print("own site:", os.environ.get("OWN_SITE"), "agent:", "scry" in sys.modules)
+    """)
+    child = spawn(["run", "--", sys.executable, script], tmp_path, env={"PYTHONPATH": str(own)})
+    child.expect("own site: yes agent: True")
+    finish(child, 0)
+
+
+def test_exit_status_is_the_commands(daemon, tmp_path):
+    script = write(tmp_path, "exit.py", "import sys; sys.exit(7)\n")
+    child = scry_run(tmp_path, script)
+    finish(child, 7)
+
+
+BUSY = """
+    import os
+    import sys
+    import scry
+
+    scry.init(name="busy", start_state="awake")
+    print("busy", os.getpid(), flush=True)
+    counter = 0
+    while True:
+        counter += 1
+"""
+
+
+def test_scry_repl_breaks_into_a_busy_loop(daemon, tmp_path):
+    script = write(tmp_path, "busy.py", BUSY)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = pexpect.spawn(sys.executable, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
+    try:
+        target.expect(r"busy (\d+)")
+        pid = int(target.match.group(1))
+        for _ in range(600):
+            proc = daemon.process(pid)
+            if proc is not None and proc["state"] == "awake":
+                break
+            target.expect([pexpect.TIMEOUT], timeout=0.05)
+        child = spawn(["repl", str(pid)], tmp_path)
+        repl = next_repl(child)
+        assert repl.pid == pid and repl.kind == "break-in"
+        first = int(re.search(r"(\d+)", command(child, "p counter", pid)).group(1))
+        assert first > 0
+        child.sendline("c")
+        finish(child, 0)
+        # It runs on.
+        for _ in range(600):
+            proc = daemon.process(pid)
+            if proc is not None and alive(pid):
+                break
+        assert alive(pid)
+    finally:
+        target.kill(signal.SIGKILL)
+        target.close()
