@@ -395,10 +395,12 @@ def _crash(exc, tb=None):
     session = _session()
     if session is None or _link() is None:
         return
-    if getattr(exc, "_scry_crash_seen", False):
+    # Once per exception and process (the attribute travels with a pickled exception to the
+    # parent, whose own REPL must still open).
+    if getattr(exc, "_scry_crash_seen", None) == os.getpid():
         return
     try:
-        exc._scry_crash_seen = True
+        exc._scry_crash_seen = os.getpid()
     except Exception:
         pass
     try:
@@ -593,18 +595,18 @@ def _arm_break(ident, frame):
         f.f_trace_lines = True
         touched.append(f)
         f = f.f_back
-    # f_trace only fires while a global trace function is set for that thread: install one via
-    # threading's hook for running threads is impossible, so use sys.settrace's sibling.
+    # f_trace fires only while the thread has a global trace function too.
     _set_thread_trace(ident, tracer)
 
 
 def _set_thread_trace(ident, tracer):
-    """A global trace function in another thread (3.8-3.11): ``threading.settrace_all_threads``
-    exists from 3.12 only, so use the C API through ctypes on the target's thread state."""
+    """Installs ``tracer`` as the global trace function of thread ``ident`` (3.8-3.11).
+
+    ``sys.settrace`` acts on the calling thread only; a pending call (``Py_AddPendingCall``)
+    runs in the main thread at its next bytecode boundary, so only the main thread is reachable.
+    """
     import ctypes
 
-    # PyEval_SetTrace works on the calling thread only; instead set it from inside the target
-    # thread: a pending call runs in the main thread only, so this supports the main thread.
     if ident != threading.main_thread().ident:
         raise _calls.CallError(
             "unsupported", "on Python < 3.12 only the main thread can be broken into"

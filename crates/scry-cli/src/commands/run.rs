@@ -382,12 +382,10 @@ impl<'p> Terminal<'p> {
                     }
                 }
             }
-            "queue" => {
-                if self.holder.is_some() {
-                    let waiting = waiting_text(ev.get("waiting"));
-                    if !waiting.is_empty() {
-                        self.note(&waiting);
-                    }
+            "queue" if self.holder.is_some() => {
+                let waiting = waiting_text(ev.get("waiting"));
+                if !waiting.is_empty() {
+                    self.note(&waiting);
                 }
             }
             _ => {}
@@ -510,11 +508,9 @@ impl<'p> Terminal<'p> {
                     self.insert(&typed);
                     self.complete().await;
                 }
-                0x7f | 8 => {
-                    if self.cursor > 0 {
-                        self.cursor -= 1;
-                        self.buf.remove(self.cursor);
-                    }
+                0x7f | 8 if self.cursor > 0 => {
+                    self.cursor -= 1;
+                    self.buf.remove(self.cursor);
                 }
                 1 => self.cursor = 0,
                 5 => self.cursor = self.buf.len(),
@@ -575,10 +571,8 @@ impl<'p> Terminal<'p> {
             "D" => self.cursor = self.cursor.saturating_sub(1),
             "H" | "1~" => self.cursor = 0,
             "F" | "4~" => self.cursor = self.buf.len(),
-            "3~" => {
-                if self.cursor < self.buf.len() {
-                    self.buf.remove(self.cursor);
-                }
+            "3~" if self.cursor < self.buf.len() => {
+                self.buf.remove(self.cursor);
             }
             _ => {}
         }
@@ -641,9 +635,6 @@ impl<'p> Terminal<'p> {
         if common.chars().count() > text.chars().count() {
             let rest: String = common.chars().skip(text.chars().count()).collect();
             self.insert(&rest);
-            if matches.len() == 1 && !rest.ends_with('(') && !rest.ends_with('.') {
-                // Like readline: a unique match is followed by a space only for commands.
-            }
         } else if matches.len() > 1 {
             let list = matches.join("  ");
             self.out("\r\x1b[K");
