@@ -402,3 +402,102 @@ def test_scry_repl_breaks_into_a_busy_loop(daemon, tmp_path):
     finally:
         target.kill(signal.SIGKILL)
         target.close()
+
+
+THREADS = """
+    import threading
+
+    def in_thread():
+        thread_local = "from the worker thread"
+        breakpoint()
+
+    t = threading.Thread(target=in_thread, name="worker-thread")
+    main_local = "from main"
+    t.start()
+    breakpoint()
+    t.join()
+    print("threads done")
+"""
+
+
+def test_a_second_thread_queues_behind_the_first(daemon, tmp_path):
+    script = write(tmp_path, "threads.py", THREADS)
+    child = scry_run(tmp_path, script)
+    first = next_repl(child)
+    child.sendline("c")
+    second = next_repl(child)
+    assert first.pid == second.pid
+    assert {first.thread, second.thread} == {"MainThread", "worker-thread"}
+    local = "thread_local" if second.thread == "worker-thread" else "main_local"
+    assert "from" in command(child, "p " + local, second.pid)
+    child.sendline("c")
+    child.expect("threads done")
+    finish(child, 0)
+
+
+HANDLED = """
+    import sys
+    import scry
+
+    def risky(n):
+        inside = n * 2
+        raise KeyError(n)
+
+    try:
+        risky(21)
+    except KeyError:
+        scry.post_mortem()
+    with scry.crash_handler(ignore=(KeyError,)):
+        risky(1)
+"""
+
+
+def test_post_mortem_and_crash_handler_are_relayed_under_scry_run(daemon, tmp_path):
+    script = write(tmp_path, "handled.py", HANDLED)
+    child = scry_run(tmp_path, script)
+    repl = next_repl(child)
+    assert repl.kind == "post-mortem"
+    assert "42" in command(child, "p inside", repl.pid)
+    child.sendline("c")
+    # crash_handler(ignore=KeyError) lets the second KeyError through without a REPL.
+    child.expect("KeyError: 1")
+    finish(child, 1)
+    assert "scry REPL" not in ANSI.sub("", child.before)
+
+
+def test_post_mortem_and_crash_handler_fall_back_to_a_local_pdb(tmp_path, home):
+    script = write(tmp_path, "local.py", """
+        import scry
+
+        def risky():
+            here = "local frame"
+            raise ValueError("no session")
+
+        with scry.crash_handler():
+            risky()
+    """)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = pexpect.spawn(sys.executable, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
+    child.expect(r"\(Pdb\) ")
+    child.sendline("p here")
+    child.expect("'local frame'")
+    child.sendline("c")
+    child.expect("ValueError: no session")
+    finish(child, 1)
+
+
+def test_nothing_stays_behind(daemon, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = write(tmp_path, "quick.py", "breakpoint()\nprint('quick done')\n")
+    child = spawn(["run", "--", sys.executable, script], tmp_path, env={"TMPDIR": str(tmp)})
+    repl = next_repl(child)
+    child.sendline("c")
+    child.expect("quick done")
+    finish(child, 0)
+    assert os.listdir(str(tmp)) == [], "the bootstrap directory was removed"
+    session = re.search(r"session (r-[0-9a-f]+)", open(str(tmp_path / "terminal.log")).read()).group(1)
+    status, _ = daemon.api("GET", "/api/v1/repl/sessions/" + session)
+    assert status == 404, "the session was closed"
+    assert not alive(repl.pid)
