@@ -377,6 +377,7 @@ def test_scry_repl_breaks_into_a_busy_loop(daemon, tmp_path):
     script = write(tmp_path, "busy.py", BUSY)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["NO_COLOR"] = "1"
     target = pexpect.spawn(sys.executable, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
     try:
         target.expect(r"busy (\d+)")
@@ -478,6 +479,7 @@ def test_post_mortem_and_crash_handler_fall_back_to_a_local_pdb(tmp_path, home):
     """)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["NO_COLOR"] = "1"
     child = pexpect.spawn(sys.executable, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
     child.expect(r"\(Pdb\) ")
     child.sendline("p here")
