@@ -1,6 +1,7 @@
 //! Embeds the Python agent (`python/scry/**/*.py`) and the demo's sample service
 //! (`python/scry_demo.py`) into the binary, so that `scry` can place
-//! it wherever a target process needs it without any Python packaging on the scry side.
+//! it wherever a target process needs it without any Python packaging on the scry side; and the
+//! web UI's static files (`web/`), served by the daemon at `/`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -54,8 +55,40 @@ fn main() {
         );
     }
     code.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("agent_files.rs");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default());
+    let out = out_dir.join("agent_files.rs");
     if let Err(e) = std::fs::write(&out, code) {
+        panic!("cannot write {}: {e}", out.display());
+    }
+    embed_web(&manifest.join("../../web"), &out_dir.join("web_files.rs"));
+}
+
+/// The web UI: every file directly under `web/` (plain HTML, CSS, JS; no build step).
+fn embed_web(web: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed={}", web.display());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(web)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut code = String::from("/// The web UI's files: (file name, contents).\npub const WEB_FILES: &[(&str, &str)] = &[\n");
+    for p in &files {
+        println!("cargo:rerun-if-changed={}", p.display());
+        let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let _ = writeln!(
+            code,
+            "    ({name:?}, include_str!({:?})),",
+            p.display().to_string()
+        );
+    }
+    code.push_str("];\n");
+    if let Err(e) = std::fs::write(out, code) {
         panic!("cannot write {}: {e}", out.display());
     }
 }

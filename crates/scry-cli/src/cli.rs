@@ -69,6 +69,15 @@ what their `scry` logger emits; the daemon adds its system events (connections, 
 Examples:\n  scry logs --since 10m\n  scry logs --follow --level warn\n  scry logs --pid 4242 --json"
     )]
     Logs(LogsArgs),
+    /// Open the web UI: processes, probes, live events and the live call-flow view.
+    #[command(
+        after_help = "Prints the UI's URL (starting the daemon if needed) and opens it in a browser \
+when one is available ($BROWSER, else xdg-open on a desktop). When the daemon listens on a \
+non-loopback address the URL carries the token after `#` (never sent to the server; the page \
+keeps it for this tab).\n\n\
+Examples:\n  scry ui\n  scry ui --no-open        only print the URL\n  scry ui --json           {\"url\", \"opened\", \"browser\"}"
+    )]
+    Ui(UiArgs),
     /// Start a sample service, wake it, and show what scry sees.
     #[command(
         after_help = "Examples:\n  scry demo          start (or reuse) the sample service and wake it\n  scry demo --stop   stop the sample service"
@@ -347,6 +356,16 @@ pub struct PsArgs {
     /// container, scry state, role (reload supervisor/worker, multiprocessing helper).
     #[arg(long, conflicts_with_all = ["gone", "tree"])]
     pub all: bool,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Only print the URL; do not start a browser.
+    #[arg(long)]
+    pub no_open: bool,
     #[command(flatten)]
     pub output: Output,
 }

@@ -56,6 +56,11 @@ impl DaemonClient {
         })
     }
 
+    /// The token sent to the daemon, if there is one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// Re-reads the address after a daemon was started.
     fn refresh(&mut self) {
         if !self.explicit {
@@ -67,10 +72,14 @@ impl DaemonClient {
 
     /// Whether a daemon answers at the address.
     pub async fn is_up(&self) -> bool {
-        let req = self
+        let mut req = self
             .http
             .get(format!("{}/api/v1/health", self.base))
             .timeout(Duration::from_secs(2));
+        // A daemon on a non-loopback address answers only with the token.
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         matches!(req.send().await, Ok(r) if r.status().is_success())
     }
 

@@ -48,6 +48,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Lines(a) => a.output.json,
         Command::Run(_) | Command::Repl(_) => false,
         Command::Logs(a) => a.output.json,
+        Command::Ui(a) => a.output.json,
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
             cli::ProbeCmd::List(o) => o.json,
@@ -92,6 +93,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Events(e) => commands::events::events(&home, e, printer).await,
             Command::Logs(a) => commands::logs::logs(&home, a, printer).await,
             Command::Lines(a) => commands::lines::lines(&home, a, printer).await,
+            Command::Ui(a) => commands::ui::ui(&home, a, printer).await,
             Command::Run(_) | Command::Repl(_) => unreachable!("handled in run_with_status"),
         }
     })

@@ -1,7 +1,9 @@
 //! The daemon's HTTP API: REST under `/api/v1/`, server-sent events for live streams.
 //!
 //! Every error is a JSON body `{"error": {"kind", "message", "hint"}}` with a fitting status;
-//! loopback callers need no token, every other caller needs `Authorization: Bearer <token>`.
+//! loopback callers need no token, every other caller needs `Authorization: Bearer <token>`
+//! (or, for the server-sent-event streams only, `?token=`; the web UI's files need none: see
+//! `web.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -90,6 +92,7 @@ type ApiResult = Result<Json<Value>, ApiError>;
 /// Builds the router.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .merge(crate::web::routes())
         .route("/api/v1/health", get(health))
         .route("/api/v1/status", get(status))
         .route("/api/v1/processes", get(processes))
@@ -118,10 +121,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
 async fn require_token(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    if peer.ip().is_loopback() || is_mapped_loopback(&peer) {
+    // A browser's EventSource cannot send headers: the streams take `?token=`, which is removed
+    // here so that no handler (their queries refuse unknown fields) or log ever sees it.
+    let mut query_token = None;
+    if crate::web::is_event_stream(req.method(), req.uri().path()) {
+        let (token, uri) = crate::web::take_query_token(req.uri());
+        query_token = token;
+        *req.uri_mut() = uri;
+    }
+    if peer.ip().is_loopback()
+        || is_mapped_loopback(&peer)
+        || crate::web::is_public_asset(req.method(), req.uri().path())
+    {
         return next.run(req).await;
     }
     let Some(want) = shared.token.as_deref() else {
@@ -133,7 +147,8 @@ async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(query_token.as_deref());
     match got {
         Some(t) if crate::auth::constant_time_eq(t.as_bytes(), want.as_bytes()) => {
             next.run(req).await

@@ -35,6 +35,7 @@ pub mod query;
 pub mod registry;
 pub mod repl;
 pub mod stats;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

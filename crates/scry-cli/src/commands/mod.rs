@@ -15,6 +15,7 @@ pub mod status;
 pub mod top;
 pub mod trace;
 pub mod trace_export;
+pub mod ui;
 pub mod wake;
 
 use crate::error::{CliError, ExitStatus};

@@ -18,3 +18,5 @@ mod queries;
 mod reap;
 mod top;
 mod trace;
+mod web;
+mod webdriver;

@@ -1,0 +1,253 @@
+//! The web UI in real headless Chromium (Debian's `chromium` through `chromedriver`), against a
+//! real daemon and a real Python process, in one browser session: the processes page lists the
+//! live process, a probe added through the form streams events into the table (and a chart),
+//! and the page works through the token when the daemon is not on loopback.
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{http_get, http_request, pythons, text, wait_for, Ctx, Proc};
+use crate::webdriver::{artifacts_dir, Browser};
+
+const TOKEN: &str = "web-e2e-token-3f9a";
+
+/// This host's address on its default route (no packet is sent: a UDP connect only picks the
+/// source address), so that the browser reaches the daemon as a non-loopback caller.
+fn non_loopback_ip() -> Option<String> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.255:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+}
+
+/// Starts `scry serve --http IP:0` with a token file; returns the HTTP address.
+fn start_daemon_on(ctx: &mut Ctx, ip: &str) -> String {
+    std::fs::create_dir_all(ctx.home()).expect("home");
+    let token_file = ctx.home().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    std::fs::set_permissions(
+        &token_file,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .expect("chmod");
+    let daemon_file = ctx.home().join("run/daemon.json");
+    let child = ctx
+        .cmd(&["serve", "--http", &format!("{ip}:0")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(ctx.home().join("test-daemon.log")).expect("log"),
+        ))
+        .spawn()
+        .expect("spawn daemon");
+    ctx.daemon = Some(Proc {
+        child,
+        label: "daemon".into(),
+    });
+    wait_for("the daemon to serve", Duration::from_secs(20), || {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
+        let http = v["http"].as_str()?.to_owned();
+        http_get(&http, "/").ok().filter(|(s, _)| *s == 200)?;
+        Some(http)
+    })
+}
+
+/// The line of `tests/scripts/orders_loop.py` marked `# PROBE: total`.
+fn total_line() -> u32 {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/orders_loop.py");
+    let src = std::fs::read_to_string(path).expect("script");
+    src.lines()
+        .position(|l| l.contains("# PROBE: total"))
+        .expect("marked line") as u32
+        + 1
+}
+
+#[test]
+fn web_ui_in_chromium() {
+    let py = pythons().into_iter().next().expect("an interpreter");
+    let mut ctx = Ctx::new();
+    let ip = non_loopback_ip();
+    let http = match &ip {
+        Some(ip) => start_daemon_on(&mut ctx, ip),
+        None => {
+            // No address but loopback on this machine: the token path cannot be exercised.
+            ctx.start_daemon();
+            ctx.http()
+        }
+    };
+
+    if ip.is_some() {
+        // The page's files need no token, the API does; the streams accept `?token=`.
+        let (status, body) = http_get(&http, "/").expect("GET /");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("/ui/app.js"), "{body}");
+        let (status, _) = http_get(&http, "/api/v1/processes").expect("GET");
+        assert_eq!(
+            status, 401,
+            "the API refuses a non-loopback caller without token"
+        );
+        let (status, _) =
+            http_get(&http, &format!("/api/v1/processes?token={TOKEN}")).expect("GET");
+        assert_eq!(status, 401, "`?token=` is for the event streams only");
+        let (status, _) = http_request(
+            &http,
+            "GET",
+            "/api/v1/processes",
+            None,
+            &format!("Authorization: Bearer {TOKEN}\r\n"),
+        )
+        .expect("GET");
+        assert_eq!(status, 200);
+    }
+
+    let target = ctx.python(&py, "orders_loop.py", &["web-e2e"]);
+    let pid = target.pid();
+    wait_for("the target awake", Duration::from_secs(30), || {
+        (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
+    });
+
+    let browser = Browser::start(ctx.home());
+    let url = match &ip {
+        Some(_) => format!("http://{http}/#token={TOKEN}"),
+        None => format!("http://{http}/"),
+    };
+    browser.go(&url);
+
+    // Processes: the live process is listed, awake, with its Python version and a Sleep button.
+    let row = browser.wait_script(
+        "the processes page to list the target",
+        Duration::from_secs(20),
+        &format!(
+            "const r = document.getElementById('proc-{pid}');
+             return r && r.dataset.state === 'awake' ? r.innerText : null;"
+        ),
+    );
+    let row = row.as_str().unwrap_or_default().to_owned();
+    assert!(row.contains("web-e2e") && row.contains("awake"), "{row}");
+    assert!(row.contains("3."), "the Python version is shown: {row}");
+    let sleep_button = browser.script(
+        &format!("return !!document.getElementById('sleep-{pid}')"),
+        json!([]),
+    );
+    assert_eq!(sleep_button, json!(true));
+    // The token came in the fragment and left the address bar.
+    let hash = browser.script("return location.hash", json!([]));
+    assert_eq!(
+        hash,
+        json!("#/processes"),
+        "the token is not left in the URL"
+    );
+
+    // The live stream is connected (with `?token=` when not on loopback).
+    browser.wait_script(
+        "the live stream",
+        Duration::from_secs(20),
+        "return document.getElementById('conn').textContent === 'live'",
+    );
+
+    // Probes: add one through the form, for this process.
+    browser.click("a[data-page=probes]");
+    browser.wait_script(
+        "the probe form's process list",
+        Duration::from_secs(20),
+        &format!("return !!document.querySelector('#probe-target option[value=\"{pid}\"]')"),
+    );
+    browser.type_into(
+        "#probe-location",
+        &format!("orders_loop.py:{}", total_line()),
+    );
+    browser.type_into("#probe-expressions", "subtotal\norder['id']");
+    browser.type_into("#probe-name", "webtotals");
+    browser.script(
+        "const s = document.getElementById('probe-target'); s.value = arguments[0];",
+        json!([pid.to_string()]),
+    );
+    browser.click("#probe-add");
+    let armed = browser.wait_script(
+        "the probe armed in the target",
+        Duration::from_secs(30),
+        "for (const r of document.querySelectorAll('#probe-body tr')) {
+           if (r.innerText.includes('webtotals') && r.innerText.includes('armed')) return r.innerText;
+         }
+         return null;",
+    );
+    let error = browser.script(
+        "return document.getElementById('probe-error').textContent",
+        json!([]),
+    );
+    assert_eq!(error, json!(""), "the form reports no error");
+    assert!(armed.to_string().contains(&pid.to_string()), "{armed}");
+    let listed = ctx.scry_json(&["probe", "list"]);
+    let probe_id = listed["probes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "webtotals"))
+        .and_then(|p| p["id"].as_str())
+        .unwrap_or_else(|| panic!("the daemon keeps the probe: {listed}"))
+        .to_owned();
+
+    // Events: hits stream into the table as they happen, and `subtotal` gets a chart.
+    browser.click("a[data-page=events]");
+    let first = browser.wait_script(
+        "probe events in the table",
+        Duration::from_secs(20),
+        &format!(
+            "return document.querySelectorAll('#events-body tr[data-source=\"{probe_id}\"]').length"
+        ),
+    );
+    let first = first.as_u64().unwrap_or(0);
+    browser.wait_script(
+        "more events streaming in",
+        Duration::from_secs(20),
+        &format!(
+            "return document.querySelectorAll('#events-body tr[data-source=\"{probe_id}\"]').length >= {}",
+            first + 10
+        ),
+    );
+    let cells = browser.script(
+        &format!(
+            "return document.querySelector('#events-body tr[data-source=\"{probe_id}\"]').innerText"
+        ),
+        json!([]),
+    );
+    let cells = cells.as_str().unwrap_or_default();
+    assert!(
+        cells.contains("subtotal=")
+            && cells.contains("order['id']=")
+            && cells.contains("webtotals"),
+        "{cells}"
+    );
+    browser.wait_script(
+        "a chart for subtotal",
+        Duration::from_secs(10),
+        "const c = document.querySelector('.chart[data-key=\"webtotals · subtotal\"] canvas');
+         return c && c.width > 0;",
+    );
+    let shot = browser.screenshot(None, &artifacts_dir().join("events.png"));
+    assert!(shot.starts_with(b"\x89PNG\r\n\x1a\n") && shot.len() > 1000);
+
+    // Remove the probe from the page.
+    browser.click("a[data-page=probes]");
+    browser.wait_script(
+        "the remove button",
+        Duration::from_secs(10),
+        &format!("return !!document.getElementById('remove-{probe_id}')"),
+    );
+    browser.click(&format!("#remove-{probe_id}"));
+    wait_for("the probe removed", Duration::from_secs(20), || {
+        let listed = ctx.scry_json(&["probe", "list"]);
+        listed["probes"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|p| p["name"] != "webtotals"))
+            .then_some(())
+    });
+
+    // `scry ui` prints the URL that was used here (with the token when not on loopback).
+    let out = ctx.scry(&["ui", "--no-open", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["url"], json!(url), "{v}");
+    assert_eq!(v["opened"], json!(false));
+}

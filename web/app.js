@@ -1,0 +1,692 @@
+// scry web UI: plain JavaScript, no build step, no external resources. Everything it shows comes
+// from this daemon's REST API and its server-sent events (one EventSource for the whole page).
+'use strict';
+
+(function () {
+  const TOKEN_KEY = 'scry.token';
+  const EDITOR_KEY = 'scry.editorTemplate';
+  const DEFAULT_EDITOR = 'vscode://file/{path}:{line}';
+  const MAX_EVENT_ROWS = 300;
+  const CHART_POINTS = 120;
+  const MAX_FLOW_NODES = 400;
+  const MAX_QUEUE = 200000;
+
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+
+  // ---- The token: given once in the URL fragment (never sent to a server), kept per tab. ----
+  function takeToken() {
+    const m = location.hash.match(/[#&]token=([^&]+)/);
+    if (m) {
+      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+      history.replaceState(null, '', location.pathname + '#/processes');
+    }
+    return sessionStorage.getItem(TOKEN_KEY) || '';
+  }
+  const token = takeToken();
+
+  async function api(method, path, body) {
+    const headers = {};
+    if (token) headers.Authorization = 'Bearer ' + token;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const r = await fetch(path, {
+      method, headers, cache: 'no-store',
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await r.json(); } catch (_) { data = null; }
+    if (!r.ok) {
+      const e = data && data.error;
+      const err = new Error(e ? e.message + (e.hint ? ' (hint: ' + e.hint + ')' : '') : 'HTTP ' + r.status);
+      err.status = r.status;
+      throw err;
+    }
+    return data;
+  }
+
+  function streamUrl(path) {
+    if (!token) return path;
+    return path + (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
+  }
+
+  function notice(text) {
+    const n = $('notice');
+    n.textContent = text || '';
+    n.hidden = !text;
+  }
+
+  // ---- Typed values (docs/protocol.md "Typed values") ----
+  function fmt(v, depth) {
+    depth = depth || 0;
+    if (v === null || v === undefined) return '';
+    if (typeof v !== 'object') return String(v);
+    const more = (n, shown) => (n !== undefined && n > shown ? ', …' : '');
+    switch (v.t) {
+      case 'int': case 'float': return String(v.v);
+      case 'bool': return v.v ? 'True' : 'False';
+      case 'none': return 'None';
+      case 'str': return JSON.stringify(v.v) + (v.len !== undefined ? '…' : '');
+      case 'bytes': return 'b<' + (v.len !== undefined ? v.len : (v.v || '').length / 2) + ' bytes>';
+      case 'list': case 'tuple': case 'set': {
+        if (!v.v) return v.t + '(len ' + v.len + ')';
+        const [o, c] = v.t === 'list' ? ['[', ']'] : v.t === 'tuple' ? ['(', ')'] : ['{', '}'];
+        return o + v.v.map((x) => fmt(x, depth + 1)).join(', ') + more(v.len, v.v.length) + c;
+      }
+      case 'dict':
+        if (!v.v) return 'dict(len ' + v.len + ')';
+        return '{' + v.v.map((kv) => fmt(kv[0], depth + 1) + ': ' + fmt(kv[1], depth + 1)).join(', ') + more(v.len, v.v.length) + '}';
+      case 'obj': return v.repr || ('<' + v.type + '>');
+      case 'error': return '!' + v.type + ': ' + v.message;
+      case 'redacted': return '<redacted>';
+      case 'ndarray': case 'tensor': return v.t + '[' + (v.shape || []).join('×') + '] ' + (v.dtype || '');
+      case 'dataframe': return 'DataFrame[' + (v.shape || []).join('×') + ']';
+      case 'series': return 'Series(len ' + v.len + ')';
+      case 'enum': return v.type + '.' + v.name;
+      case 'cycle': return '<cycle>';
+      default: return JSON.stringify(v);
+    }
+  }
+  function numeric(v) {
+    if (!v || (v.t !== 'int' && v.t !== 'float')) return null;
+    return typeof v.v === 'number' && isFinite(v.v) ? v.v : null;
+  }
+  const clock = (t) => {
+    const d = new Date(t * 1000);
+    return d.toTimeString().slice(0, 8) + '.' + String(d.getMilliseconds()).padStart(3, '0');
+  };
+
+  // ---- Pages ----
+  const pages = ['processes', 'probes', 'events', 'flow', 'settings'];
+  let page = 'processes';
+  function route() {
+    const m = location.hash.match(/^#\/(\w+)/);
+    page = m && pages.includes(m[1]) ? m[1] : 'processes';
+    for (const p of pages) $('page-' + p).hidden = p !== page;
+    for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
+    if (page === 'processes') loadProcesses();
+    if (page === 'probes') loadProbes();
+    if (page === 'events') loadRecentEvents();
+    if (page === 'flow') flow.show();
+  }
+  window.addEventListener('hashchange', route);
+
+  // ---- Processes ----
+  let processes = [];
+  async function loadProcesses() {
+    try {
+      processes = (await api('GET', '/api/v1/processes')).processes || [];
+      notice('');
+    } catch (e) { notice('Cannot list processes: ' + e.message); return; }
+    renderProcesses();
+    fillTargets();
+  }
+
+  function processTree(list) {
+    // Children under their parent (by ppid) when the parent is listed too; live ones first.
+    const live = list.filter((p) => p.state !== 'gone');
+    const byPid = new Map(live.map((p) => [p.pid, p]));
+    const kids = new Map();
+    const roots = [];
+    for (const p of list) {
+      if (p.state !== 'gone' && p.ppid && byPid.has(p.ppid) && p.ppid !== p.pid) {
+        if (!kids.has(p.ppid)) kids.set(p.ppid, []);
+        kids.get(p.ppid).push(p);
+      } else roots.push(p);
+    }
+    const rank = { awake: 0, sleeping: 1, gone: 2 };
+    const order = (a, b) => (rank[a.state] - rank[b.state]) || (a.pid - b.pid);
+    const out = [];
+    const walk = (p, depth) => {
+      out.push([p, depth]);
+      for (const k of (kids.get(p.pid) || []).sort(order)) walk(k, depth + 1);
+    };
+    for (const r of roots.sort(order)) walk(r, 0);
+    return out;
+  }
+
+  function renderProcesses() {
+    const body = $('proc-body');
+    body.textContent = '';
+    $('proc-empty').hidden = processes.length > 0;
+    for (const [p, depth] of processTree(processes)) {
+      const tr = el('tr');
+      tr.id = 'proc-' + p.pid + (p.state === 'gone' ? '-gone-' + (p.id || '') : '');
+      tr.dataset.pid = p.pid;
+      tr.dataset.state = p.state;
+      const pidCell = el('td', 'mono');
+      pidCell.append(el('span', 'tree', depth ? '  '.repeat(depth - 1) + '└ ' : ''), document.createTextNode(String(p.pid)));
+      tr.append(pidCell, el('td', '', p.name || ''));
+      const st = el('td');
+      st.append(el('span', 'state ' + p.state, p.state));
+      tr.append(st, el('td', '', p.python_version || ''), el('td', 'muted', p.origin || p.source || ''));
+      const cmd = (p.argv || []).join(' ') || p.executable || '';
+      const c = el('td', 'cmd mono', cmd);
+      c.title = cmd;
+      tr.append(c);
+      const actions = el('td');
+      if (p.state === 'sleeping') actions.append(button('Wake', () => act('wake', p.pid), 'wake-' + p.pid));
+      if (p.state === 'awake') actions.append(button('Sleep', () => act('sleep', p.pid), 'sleep-' + p.pid));
+      tr.append(actions);
+      body.append(tr);
+    }
+  }
+
+  function button(label, onclick, id) {
+    const b = el('button', '', label);
+    b.type = 'button';
+    if (id) b.id = id;
+    b.addEventListener('click', async () => {
+      b.disabled = true;
+      try { await onclick(); } finally { b.disabled = false; }
+    });
+    return b;
+  }
+
+  async function act(what, pid) {
+    try {
+      await api('POST', '/api/v1/' + what, { target: pid });
+      notice('');
+    } catch (e) { notice(what + ' ' + pid + ': ' + e.message); }
+    loadProcesses();
+  }
+
+  function fillTargets() {
+    for (const id of ['probe-target', 'trace-target']) {
+      const sel = $(id);
+      const keep = sel.value;
+      const first = id === 'probe-target' ? '<all>' : null;
+      sel.textContent = '';
+      if (first) sel.append(new Option('all processes', ''));
+      for (const p of processes.filter((x) => x.state === 'awake')) {
+        sel.append(new Option(p.pid + (p.name ? ' ' + p.name : ''), String(p.pid)));
+      }
+      sel.value = keep;
+      if (sel.selectedIndex < 0 && sel.options.length) sel.selectedIndex = 0;
+    }
+  }
+
+  // ---- Probes ----
+  let probes = [];
+  async function loadProbes() {
+    if (!processes.length) loadProcesses();
+    try {
+      probes = (await api('GET', '/api/v1/probes')).probes || [];
+    } catch (e) { notice('Cannot list probes: ' + e.message); return; }
+    renderProbes();
+    const sel = $('events-probe');
+    const keep = sel.value;
+    sel.textContent = '';
+    sel.append(new Option('all', ''));
+    for (const p of probes) sel.append(new Option(p.name || p.id, p.id));
+    sel.value = keep;
+  }
+
+  function renderProbes() {
+    const body = $('probe-body');
+    body.textContent = '';
+    $('probe-empty').hidden = probes.length > 0;
+    for (const p of probes) {
+      const tr = el('tr');
+      tr.id = 'probe-' + p.id;
+      const name = el('td', 'mono', p.name || p.id);
+      if (!p.enabled) name.append(el('span', 'state disabled', p.expired ? 'expired' : 'disabled'));
+      const per = el('td');
+      for (const s of p.processes || []) {
+        const line = el('span', 'pstat');
+        line.append(document.createTextNode(s.pid + ' '), el('span', 'state ' + s.state, s.state),
+          document.createTextNode(' ' + (s.line ? ':' + s.line : '') + ' ' + s.hits + ' hits'));
+        if (s.reason) line.title = s.reason;
+        per.append(line);
+      }
+      const t = p.totals || {};
+      tr.append(name, el('td', 'mono', p.location), el('td', 'mono', (p.expressions || []).join('\n')), per,
+        el('td', '', String(t.hits || 0)), el('td', '', String(t.recorded || 0)),
+        el('td', '', String((t.dropped || 0) + (t.dropped_by_daemon || 0))), el('td', '', String(t.errors || 0)));
+      const actions = el('td');
+      actions.append(button(p.enabled ? 'Disable' : 'Enable', async () => {
+        try { await api('POST', '/api/v1/probes/' + encodeURIComponent(p.id) + (p.enabled ? '/disable' : '/enable')); } catch (e) { notice(e.message); }
+        loadProbes();
+      }), document.createTextNode(' '), button('Remove', async () => {
+        try { await api('DELETE', '/api/v1/probes/' + encodeURIComponent(p.id)); } catch (e) { notice(e.message); }
+        loadProbes();
+      }, 'remove-' + p.id));
+      tr.append(actions);
+      body.append(tr);
+    }
+  }
+
+  $('probe-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const body = {
+      location: $('probe-location').value.trim(),
+      expressions: $('probe-expressions').value.split('\n').map((s) => s.trim()).filter(Boolean),
+    };
+    const name = $('probe-name').value.trim();
+    if (name) body.name = name;
+    const cond = $('probe-condition').value.trim();
+    if (cond) body.condition = cond;
+    const target = $('probe-target').value;
+    if (target) body.pid = Number(target); else body.all = true;
+    $('probe-error').textContent = '';
+    $('probe-add').disabled = true;
+    try {
+      await api('POST', '/api/v1/probes', body);
+      $('probe-form').reset();
+    } catch (e) {
+      $('probe-error').textContent = e.message;
+    } finally {
+      $('probe-add').disabled = false;
+    }
+    loadProbes();
+  });
+
+  // ---- Live events: a table and one small chart per numeric expression ----
+  const eventQueue = [];
+  let eventsSeen = 0;
+  const charts = new Map();
+
+  async function loadRecentEvents() {
+    if (!probes.length) loadProbes();
+    if ($('events-body').rows.length) return;
+    try {
+      const d = await api('GET', '/api/v1/events?limit=50&order=newest');
+      for (const e of (d.events || []).reverse()) {
+        eventQueue.push({ pid: e.pid, kind: e.kind, source: e.source, t_hit: e.t_hit, data: e.data });
+      }
+      schedule();
+    } catch (e) { notice('Cannot read events: ' + e.message); }
+  }
+
+  function onLiveEvent(ev) {
+    eventsSeen += 1;
+    if (flow.accepts(ev)) flow.push(ev);
+    if (ev.kind === 'trace') return;
+    eventQueue.push(ev);
+    if (eventQueue.length > MAX_QUEUE) eventQueue.splice(0, eventQueue.length - MAX_QUEUE);
+    schedule();
+  }
+
+  function probeLabel(id) {
+    const p = probes.find((x) => x.id === id);
+    return p ? (p.name || p.id) : (id || '');
+  }
+
+  function drainEvents() {
+    if (!eventQueue.length) return;
+    const batch = eventQueue.splice(0, eventQueue.length);
+    const only = $('events-probe').value;
+    const paused = $('events-paused').checked;
+    const rows = [];
+    for (const ev of batch) {
+      if (only && ev.source !== only) continue;
+      const d = ev.data || {};
+      if (ev.kind === 'probe' && d.values) {
+        for (const [expr, v] of Object.entries(d.values)) {
+          const n = numeric(v);
+          if (n !== null) chartPoint(probeLabel(ev.source) + ' · ' + expr, n);
+        }
+      }
+      if (!paused) rows.push(ev);
+    }
+    const body = $('events-body');
+    const frag = document.createDocumentFragment();
+    for (const ev of rows.slice(-MAX_EVENT_ROWS).reverse()) frag.append(eventRow(ev));
+    body.insertBefore(frag, body.firstChild);
+    while (body.rows.length > MAX_EVENT_ROWS) body.deleteRow(-1);
+    $('events-count').textContent = eventsSeen + ' live events';
+  }
+
+  function eventRow(ev) {
+    const d = ev.data || {};
+    const tr = el('tr', 'fresh');
+    tr.dataset.source = ev.source || '';
+    tr.dataset.kind = ev.kind || '';
+    let where = d.file ? d.file.split('/').pop() + ':' + d.line + (d.function ? ' ' + d.function : '') : (d.logger || '');
+    let values;
+    if (d.values) values = Object.entries(d.values).map(([k, v]) => k + '=' + fmt(v)).join('  ');
+    else if (d.message !== undefined) values = (d.level ? d.level + ' ' : '') + d.message;
+    else values = JSON.stringify(d).slice(0, 300);
+    tr.append(el('td', '', ev.t_hit ? clock(ev.t_hit) : ''), el('td', '', String(ev.pid || '')), el('td', '', ev.kind || ''),
+      el('td', '', ev.kind === 'probe' ? probeLabel(ev.source) : (ev.source || '')), el('td', '', where), el('td', 'vals', values));
+    return tr;
+  }
+
+  function chartPoint(key, n) {
+    let c = charts.get(key);
+    if (!c) {
+      const box = el('div', 'chart');
+      const title = el('div', 'title', key);
+      const last = el('span', 'last');
+      title.append(last);
+      const canvas = el('canvas');
+      const dpr = window.devicePixelRatio || 1;
+      canvas.width = 240 * dpr; canvas.height = 54 * dpr;
+      canvas.style.width = '240px'; canvas.style.height = '54px';
+      box.dataset.key = key;
+      box.append(title, canvas);
+      $('charts').append(box);
+      c = { points: [], canvas, last, dirty: true };
+      charts.set(key, c);
+    }
+    c.points.push(n);
+    if (c.points.length > CHART_POINTS) c.points.shift();
+    c.dirty = true;
+  }
+
+  function drawCharts() {
+    for (const c of charts.values()) {
+      if (!c.dirty) continue;
+      c.dirty = false;
+      const ctx = c.canvas.getContext('2d');
+      const w = c.canvas.width, h = c.canvas.height, pad = 4;
+      ctx.clearRect(0, 0, w, h);
+      const pts = c.points;
+      let lo = Math.min(...pts), hi = Math.max(...pts);
+      if (hi === lo) { hi += 1; lo -= 1; }
+      ctx.strokeStyle = '#5fb3f9';
+      ctx.lineWidth = 1.5 * (window.devicePixelRatio || 1);
+      ctx.beginPath();
+      pts.forEach((v, i) => {
+        const x = pad + (w - 2 * pad) * (pts.length === 1 ? 1 : i / (CHART_POINTS - 1));
+        const y = h - pad - (h - 2 * pad) * (v - lo) / (hi - lo);
+        if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      });
+      ctx.stroke();
+      c.last.textContent = String(pts[pts.length - 1]);
+    }
+  }
+
+  // ---- One animation frame applies everything that arrived since the last one. ----
+  let frameRequested = false;
+  function schedule() {
+    if (frameRequested) return;
+    frameRequested = true;
+    requestAnimationFrame(frame);
+  }
+  function frame() {
+    frameRequested = false;
+    drainEvents();
+    drawCharts();
+    flow.frame();
+  }
+
+  // ---- The live call-flow view ----
+  // One node per traced function along a vertical spine, indented by its call depth. A call
+  // pulses the node and marks it running while on the stack; a return settles it green; an
+  // exception flashes it red and keeps the text. Events are queued as they arrive and applied
+  // once per animation frame; at most MAX_FLOW_NODES nodes are kept (least recently active go).
+  const flow = (function () {
+    const queue = [];
+    const nodes = new Map();
+    const stacks = new Map();
+    const dirty = new Set();
+    let active = null;
+    let total = 0;
+    let skipped = 0;
+
+    function accepts(ev) { return ev.kind === 'trace'; }
+
+    function push(ev) {
+      queue.push(ev);
+      if (queue.length > MAX_QUEUE) { skipped += queue.length - MAX_QUEUE; queue.splice(0, queue.length - MAX_QUEUE); }
+      schedule();
+    }
+
+    // A trace event's fields (docs/protocol.md, trace events).
+    function parse(ev) {
+      const d = ev.data || {};
+      const fn = d.function || d.qualname || '?';
+      const module = d.module || '';
+      return {
+        what: d.event || d.phase || d.type,
+        key: (ev.pid || '') + '|' + module + '|' + (d.file || '') + '|' + fn,
+        fn, module, file: d.file || '', line: d.line || d.first_line || 0,
+        thread: (ev.pid || '') + ':' + (d.thread !== undefined ? d.thread : d.tid),
+        args: d.args, value: d.value !== undefined ? d.value : d.return_value,
+        duration: d.duration !== undefined ? d.duration : d.duration_s,
+        exc: d.exception || (d.exc_type ? { type: d.exc_type, message: d.exc_message } : null),
+        pid: ev.pid, t: ev.t_hit,
+      };
+    }
+
+    function node(e) {
+      let n = nodes.get(e.key);
+      if (!n) {
+        n = { key: e.key, fn: e.fn, module: e.module, file: e.file, line: e.line, pid: e.pid, depth: 0,
+          running: 0, state: 'new', calls: 0, raised: 0, args: null, value: null, duration: null, exc: null, el: null, touched: 0 };
+        nodes.set(e.key, n);
+        if (nodes.size > MAX_FLOW_NODES) evict();
+      }
+      n.touched = ++total;
+      return n;
+    }
+
+    function evict() {
+      let oldest = null;
+      for (const n of nodes.values()) if (!n.running && (!oldest || n.touched < oldest.touched)) oldest = n;
+      if (!oldest) return;
+      nodes.delete(oldest.key);
+      if (oldest.el) oldest.el.remove();
+      dirty.delete(oldest);
+    }
+
+    function apply(e) {
+      let stack = stacks.get(e.thread);
+      if (!stack) { stack = []; stacks.set(e.thread, stack); }
+      const n = node(e);
+      switch (e.what) {
+        case 'call': case 'resume': case 'start':
+          n.depth = Math.min(stack.length, 16);
+          stack.push(n);
+          n.running += 1;
+          if (e.what !== 'resume') { n.calls += 1; n.args = e.args; n.pulse = true; }
+          n.state = 'running';
+          active = n;
+          break;
+        case 'return': case 'yield': {
+          const i = stack.lastIndexOf(n);
+          if (i >= 0) stack.splice(i, 1);
+          n.running = Math.max(0, n.running - 1);
+          n.value = e.value;
+          if (e.duration !== undefined && e.duration !== null) n.duration = e.duration;
+          n.state = n.running ? 'running' : (e.what === 'yield' ? 'suspended' : 'returned');
+          active = stack.length ? stack[stack.length - 1] : n;
+          break;
+        }
+        case 'exception': case 'unwind': {
+          const i = stack.lastIndexOf(n);
+          if (i >= 0) stack.splice(i, 1);
+          n.running = Math.max(0, n.running - 1);
+          n.exc = e.exc;
+          n.raised += 1;
+          if (e.duration !== undefined && e.duration !== null) n.duration = e.duration;
+          n.state = 'raised';
+          n.flash = true;
+          active = stack.length ? stack[stack.length - 1] : n;
+          break;
+        }
+        default:
+          return;
+      }
+      dirty.add(n);
+    }
+
+    function render(n) {
+      if (!n.el) {
+        const d = el('div', 'node');
+        d.dataset.key = n.key;
+        d.dataset.fn = n.fn;
+        d.append(el('span', 'dot'), el('span', 'fn', n.fn), el('span', 'dur'), el('span', 'exc'));
+        n.el = d;
+        $('flow').append(d);
+      }
+      const d = n.el;
+      d.style.marginLeft = (n.depth * 22) + 'px';
+      d.dataset.state = n.state;
+      d.dataset.calls = n.calls;
+      d.classList.toggle('running', n.state === 'running');
+      d.classList.toggle('returned', n.state === 'returned');
+      d.classList.toggle('suspended', n.state === 'suspended');
+      d.classList.toggle('raised', n.state === 'raised');
+      if (n.pulse) {
+        // Two class names for one animation: switching restarts it without a forced layout.
+        n.flip = !n.flip;
+        d.classList.remove('called', 'called2', 'flash', 'flash2');
+        d.classList.add(n.flip ? 'called' : 'called2');
+        n.pulse = false;
+      }
+      if (n.flash) {
+        n.flip = !n.flip;
+        d.classList.remove('flash', 'flash2', 'called', 'called2');
+        d.classList.add(n.flip ? 'flash' : 'flash2');
+        n.flash = false;
+      }
+      d.children[2].textContent = n.duration !== null ? ms(n.duration) : '';
+      d.children[3].textContent = n.exc ? excText(n.exc) : '';
+      d.dataset.href = editorUrl(n.file, n.line);
+    }
+
+    function ms(s) { return s < 0.001 ? (s * 1e6).toFixed(0) + ' µs' : s < 1 ? (s * 1e3).toFixed(2) + ' ms' : s.toFixed(2) + ' s'; }
+    function excText(x) { return typeof x === 'string' ? x : (x.type || 'Exception') + ': ' + (x.message || ''); }
+
+    function frame() {
+      if (queue.length) {
+        const batch = queue.splice(0, queue.length);
+        for (const ev of batch) apply(parse(ev));
+      }
+      if (!dirty.size) return;
+      if (!$('page-flow').hidden) {
+        let last = null;
+        for (const n of dirty) { render(n); last = n; }
+        dirty.clear();
+        document.querySelectorAll('.node.active').forEach((x) => x.classList.remove('active'));
+        const focus = active && active.el ? active : last;
+        if (focus && focus.el) {
+          focus.el.classList.add('active');
+          if ($('flow-follow').checked) focus.el.scrollIntoView({ block: 'nearest' });
+        }
+      }
+      $('flow-stats').textContent = nodes.size + ' functions · ' + total + ' trace events' + (skipped ? ' · ' + skipped + ' skipped (tab in background)' : '');
+    }
+
+    function show() {
+      for (const n of nodes.values()) dirty.add(n);
+      schedule();
+      traces.detect();
+    }
+
+    function clear() {
+      nodes.clear(); stacks.clear(); dirty.clear(); active = null;
+      for (const d of document.querySelectorAll('#flow .node')) d.remove();
+      $('flow-stats').textContent = '';
+    }
+
+    function tipFor(target) {
+      const key = target && target.closest && target.closest('.node') && target.closest('.node').dataset.key;
+      return key ? nodes.get(key) : null;
+    }
+    $('flow').addEventListener('mousemove', (ev) => {
+      const n = tipFor(ev.target);
+      const tip = $('flow-tip');
+      if (!n) { tip.hidden = true; return; }
+      const lines = [n.fn, 'module   ' + n.module, 'at       ' + n.file + ':' + n.line, 'calls    ' + n.calls + (n.raised ? '  (raised ' + n.raised + ')' : '')];
+      if (n.args) lines.push('args     ' + (typeof n.args === 'object' && !n.args.t ? Object.entries(n.args).map(([k, v]) => k + '=' + fmt(v)).join(', ') : fmt(n.args)));
+      if (n.value !== null && n.value !== undefined) lines.push('returned ' + fmt(n.value));
+      if (n.duration !== null) lines.push('took     ' + ms(n.duration));
+      if (n.exc) lines.push('raised   ' + excText(n.exc));
+      tip.textContent = lines.join('\n');
+      tip.style.left = Math.min(ev.clientX + 14, window.innerWidth - 420) + 'px';
+      tip.style.top = (ev.clientY + 14) + 'px';
+      tip.hidden = false;
+    });
+    $('flow').addEventListener('mouseleave', () => { $('flow-tip').hidden = true; });
+    $('flow').addEventListener('click', (ev) => {
+      const n = tipFor(ev.target);
+      if (n && n.file) window.location.href = editorUrl(n.file, n.line);
+    });
+    $('flow-clear').addEventListener('click', clear);
+
+    return { accepts, push, frame, show, clear, nodes };
+  }());
+
+  // ---- Starting and stopping traces from the UI (when the daemon offers /api/v1/traces) ----
+  const traces = (function () {
+    let known = null;
+    async function detect() {
+      if (known !== null) return;
+      try { await api('GET', '/api/v1/traces'); known = true; } catch (e) { known = !(e.status === 404); }
+      $('trace-form').hidden = !known;
+      if (!processes.length) loadProcesses();
+    }
+    let current = null;
+    $('trace-form').addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      $('trace-error').textContent = '';
+      const include = $('trace-include').value.split(/[\s,]+/).filter(Boolean);
+      const body = { target: $('trace-target').value, include, args: $('trace-args').checked, returns: $('trace-returns').checked };
+      try {
+        const t = await api('POST', '/api/v1/traces', body);
+        current = t.id || (t.trace && t.trace.id) || null;
+        $('trace-error').textContent = '';
+        $('trace-start').textContent = 'Restart trace';
+      } catch (e) { $('trace-error').textContent = e.message; }
+    });
+    $('trace-stop').addEventListener('click', async () => {
+      if (!current) return;
+      try { await api('POST', '/api/v1/traces/' + encodeURIComponent(current) + '/stop'); current = null; $('trace-start').textContent = 'Start trace'; } catch (e) { $('trace-error').textContent = e.message; }
+    });
+    return { detect };
+  }());
+
+  // ---- Settings: the editor link template, kept in this browser ----
+  function editorTemplate() { return localStorage.getItem(EDITOR_KEY) || DEFAULT_EDITOR; }
+  function editorUrl(path, line) {
+    return editorTemplate().split('{path}').join(encodeURI(path || '')).split('{line}').join(String(line || 1));
+  }
+  $('editor-default').textContent = DEFAULT_EDITOR;
+  $('editor-template').value = editorTemplate();
+  $('settings-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = $('editor-template').value.trim();
+    if (v && v !== DEFAULT_EDITOR) localStorage.setItem(EDITOR_KEY, v); else localStorage.removeItem(EDITOR_KEY);
+    $('settings-saved').textContent = 'saved';
+  });
+  $('editor-reset').addEventListener('click', () => {
+    localStorage.removeItem(EDITOR_KEY);
+    $('editor-template').value = DEFAULT_EDITOR;
+    $('settings-saved').textContent = 'reset to the default';
+  });
+
+  // ---- The live stream: process changes, probe statuses, events ----
+  let reloadTimer = null;
+  function reloadSoon(fn) {
+    if (reloadTimer) return;
+    reloadTimer = setTimeout(() => { reloadTimer = null; fn(); }, 250);
+  }
+  function connect() {
+    const es = new EventSource(streamUrl('/api/v1/stream'));
+    const conn = $('conn');
+    es.onopen = () => { conn.textContent = 'live'; conn.className = 'conn live'; };
+    es.onerror = () => { conn.textContent = 'reconnecting…'; conn.className = 'conn down'; };
+    const parse = (m) => { try { return JSON.parse(m.data); } catch (_) { return null; } };
+    es.addEventListener('event', (m) => { const d = parse(m); if (d) onLiveEvent(d); });
+    es.addEventListener('process', () => reloadSoon(() => { loadProcesses(); if (page === 'probes') loadProbes(); }));
+    es.addEventListener('probe_status', () => { if (page === 'probes') reloadSoon(loadProbes); });
+    es.addEventListener('lagged', (m) => { const d = parse(m); if (d) $('events-count').textContent = 'missed ' + d.missed + ' (slow reader)'; });
+  }
+
+  // Counters change without a status message for every hit: refresh the visible lists.
+  setInterval(() => {
+    if (document.hidden) return;
+    if (page === 'probes') loadProbes();
+    if (page === 'processes') loadProcesses();
+  }, 2000);
+
+  connect();
+  route();
+}());
