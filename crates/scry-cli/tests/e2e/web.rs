@@ -47,7 +47,7 @@ fn start_daemon_on(ctx: &mut Ctx, ip: &str) -> String {
         child,
         label: "daemon".into(),
     });
-    wait_for("the daemon to serve", Duration::from_secs(20), || {
+    wait_for("the daemon to serve", Duration::from_secs(60), || {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
         let http = v["http"].as_str()?.to_owned();
         http_get(&http, "/").ok().filter(|(s, _)| *s == 200)?;
@@ -105,7 +105,7 @@ fn web_ui_in_chromium() {
 
     let target = ctx.python(&py, "orders_loop.py", &["web-e2e"]);
     let pid = target.pid();
-    wait_for("the target awake", Duration::from_secs(30), || {
+    wait_for("the target awake", Duration::from_secs(60), || {
         (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
     });
 
@@ -119,7 +119,7 @@ fn web_ui_in_chromium() {
     // Processes: the live process is listed, awake, with its Python version and a Sleep button.
     let row = browser.wait_script(
         "the processes page to list the target",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &format!(
             "const r = document.getElementById('proc-{pid}');
              return r && r.dataset.state === 'awake' ? r.innerText : null;"
@@ -144,7 +144,7 @@ fn web_ui_in_chromium() {
     // The live stream is connected (with `?token=` when not on loopback).
     browser.wait_script(
         "the live stream",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "return document.getElementById('conn').textContent === 'live'",
     );
 
@@ -152,7 +152,7 @@ fn web_ui_in_chromium() {
     browser.click("a[data-page=probes]");
     browser.wait_script(
         "the probe form's process list",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &format!("return !!document.querySelector('#probe-target option[value=\"{pid}\"]')"),
     );
     browser.type_into(
@@ -168,7 +168,7 @@ fn web_ui_in_chromium() {
     browser.click("#probe-add");
     let armed = browser.wait_script(
         "the probe armed in the target",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "for (const r of document.querySelectorAll('#probe-body tr')) {
            if (r.innerText.includes('webtotals') && r.innerText.includes('armed')) return r.innerText;
          }
@@ -192,7 +192,7 @@ fn web_ui_in_chromium() {
     browser.click("a[data-page=events]");
     let first = browser.wait_script(
         "probe events in the table",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &format!(
             "return document.querySelectorAll('#events-body tr[data-source=\"{probe_id}\"]').length"
         ),
@@ -200,7 +200,7 @@ fn web_ui_in_chromium() {
     let first = first.as_u64().unwrap_or(0);
     browser.wait_script(
         "more events streaming in",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         &format!(
             "return document.querySelectorAll('#events-body tr[data-source=\"{probe_id}\"]').length >= {}",
             first + 10
@@ -221,7 +221,7 @@ fn web_ui_in_chromium() {
     );
     browser.wait_script(
         "a chart for subtotal",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         "const c = document.querySelector('.chart[data-key=\"webtotals · subtotal\"] canvas');
          return c && c.width > 0;",
     );
@@ -232,11 +232,11 @@ fn web_ui_in_chromium() {
     browser.click("a[data-page=probes]");
     browser.wait_script(
         "the remove button",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         &format!("return !!document.getElementById('remove-{probe_id}')"),
     );
     browser.click(&format!("#remove-{probe_id}"));
-    wait_for("the probe removed", Duration::from_secs(20), || {
+    wait_for("the probe removed", Duration::from_secs(60), || {
         let listed = ctx.scry_json(&["probe", "list"]);
         listed["probes"]
             .as_array()

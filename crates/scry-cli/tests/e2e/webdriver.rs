@@ -88,7 +88,7 @@ fn http_request(
     Ok((status, String::from_utf8_lossy(&raw).into_owned()))
 }
 
-fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
+fn try_call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
     let text = body.map(|b| b.to_string());
     let (status, reply) = http_request(
         addr,
@@ -97,15 +97,20 @@ fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
         text.as_deref(),
         "Content-Type: application/json\r\n",
     )
-    .unwrap_or_else(|e| panic!("chromedriver {method} {path}: {e}"));
+    .map_err(|e| format!("chromedriver {method} {path}: {e}"))?;
     let v: Value = serde_json::from_str(&reply)
-        .unwrap_or_else(|e| panic!("chromedriver {method} {path}: bad JSON ({e}): {reply}"));
-    assert!(
-        status < 400,
-        "chromedriver {method} {path} -> {status}: {}",
-        v["value"]
-    );
-    v["value"].clone()
+        .map_err(|e| format!("chromedriver {method} {path}: bad JSON ({e}): {reply}"))?;
+    if status >= 400 {
+        return Err(format!(
+            "chromedriver {method} {path} -> {status}: {}",
+            v["value"]
+        ));
+    }
+    Ok(v["value"].clone())
+}
+
+fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
+    try_call(addr, method, path, body).unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Browser {
@@ -130,7 +135,7 @@ impl Browser {
             label: "chromedriver".into(),
         };
         let addr = format!("127.0.0.1:{port}");
-        wait_for("chromedriver to serve", Duration::from_secs(20), || {
+        wait_for("chromedriver to serve", Duration::from_secs(60), || {
             let (status, body) = http_request(&addr, "GET", "/status", None, "").ok()?;
             (status == 200 && body.contains("\"ready\":true")).then_some(())
         });
@@ -155,7 +160,11 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
-        let v = call(&addr, "POST", "/session", Some(&caps));
+        // A loaded machine sometimes fails the browser's first start (chromedriver gives up
+        // waiting for its DevTools port): one more try.
+        let v = try_call(&addr, "POST", "/session", Some(&caps))
+            .or_else(|_| try_call(&addr, "POST", "/session", Some(&caps)))
+            .unwrap_or_else(|e| panic!("{e}"));
         let session = v["sessionId"].as_str().expect("sessionId").to_owned();
         Browser {
             driver_addr: addr,
@@ -221,10 +230,20 @@ impl Browser {
         );
     }
 
-    /// Clicks an element.
+    /// Clicks an element. The page rebuilds its lists as updates stream in, so an element
+    /// replaced between finding and clicking is found again.
     pub fn click(&self, css: &str) {
-        let id = self.find(css);
-        self.cmd("POST", &format!("/element/{id}/click"), Some(&json!({})));
+        let mut last = String::new();
+        for _ in 0..5 {
+            let id = self.find(css);
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            match try_call(&self.driver_addr, "POST", &path, Some(&json!({}))) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{last}");
     }
 
     /// A PNG of an element (or of the viewport when `css` is None), written to `path`.
