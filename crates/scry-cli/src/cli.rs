@@ -315,6 +315,10 @@ pub struct DumpArgs {
     /// Local variables of each frame (values bounded).
     #[arg(long)]
     pub locals: bool,
+    /// Native (C) frames too, merged with the Python frames (pauses each process while read;
+    /// needs a scry built with the `native` feature).
+    #[arg(long)]
+    pub native: bool,
     /// Also write the dump, as JSON, to FILE.
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,

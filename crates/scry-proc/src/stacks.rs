@@ -69,7 +69,13 @@ pub struct DumpOptions {
     pub tree: bool,
     /// Local variables of each frame (values bounded by py-spy: 128 characters).
     pub locals: bool,
+    /// Native (C) frames merged with the Python frames (needs the `native` feature; pauses
+    /// the process, which must then be allowed).
+    pub native: bool,
 }
+
+/// Whether this build can read native frames (`scry dump --native`).
+pub const NATIVE_SUPPORTED: bool = cfg!(feature = "native");
 
 /// A dump: every process asked for, parent before child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +229,13 @@ pub struct FrameDump {
     /// Local variables, only with `--locals`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub locals: Option<Vec<LocalDump>>,
+    /// A native (C) frame, only with `--native`: `function` is its symbol (or address),
+    /// `module` the shared object it is in.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub native: bool,
+    /// The shared object of a native frame.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub module: Option<String>,
 }
 
 /// One local variable.
@@ -317,10 +330,11 @@ fn chain_text(err: &anyhow::Error) -> String {
 }
 
 /// Reads every thread of one Python process: paused if allowed, else without pausing.
-fn read_process(pid: u32, comm: &str, locals: bool) -> Result<Read, StackError> {
+fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read, StackError> {
     let config = py_spy::Config {
         blocking: LockingStrategy::Lock,
         dump_locals: u64::from(locals),
+        native: native && NATIVE_SUPPORTED,
         ..Default::default()
     };
     let mut spy =
@@ -332,6 +346,8 @@ fn read_process(pid: u32, comm: &str, locals: bool) -> Result<Read, StackError> 
             let why = chain_text(&e);
             tracing::debug!(target: "proc", pid, error = %why, "pausing refused; reading without pausing");
             spy.config.blocking = LockingStrategy::NonBlocking;
+            // Native frames are unwound from the registers of a paused thread only.
+            spy.config.native = false;
             // Without pausing, the interpreter may change the memory under the reader: retry.
             let mut last = None;
             let mut got = None;
@@ -364,6 +380,11 @@ fn read_process(pid: u32, comm: &str, locals: bool) -> Result<Read, StackError> 
                 .frames
                 .into_iter()
                 .map(|f| FrameDump {
+                    // py-spy names the shared object of a symbolised native frame; one it could
+                    // not place at all is a bare address in file "?".
+                    native: f.module.is_some()
+                        || (f.filename == "?" && f.line == 0 && f.name.starts_with("0x")),
+                    module: f.module,
                     function: f.name,
                     file: f.filename,
                     line: f.line,
@@ -418,6 +439,7 @@ fn dump_one(
     depth: u32,
     ppid: u32,
     locals: bool,
+    native: bool,
     strict: bool,
 ) -> Result<ProcessDump, StackError> {
     let info = match crate::info(pid) {
@@ -451,7 +473,7 @@ fn dump_one(
         threads: Vec::new(),
         agent: None,
     };
-    let result = read_process(pid, &info.comm, locals);
+    let result = read_process(pid, &info.comm, locals, native);
     // The kernel state after reading: the process has been resumed by then.
     let (state, wchan) = kernel_state(pid);
     entry.state = state;
@@ -522,7 +544,7 @@ pub fn dump(root: u32, options: DumpOptions) -> Result<Dump, StackError> {
                 // With --tree the root is one process among others: not Python is not fatal.
                 let strict = !options.tree;
                 let ppid = ppids.get(&pid).copied().unwrap_or(0);
-                s.spawn(move || dump_one(pid, depth, ppid, options.locals, strict))
+                s.spawn(move || dump_one(pid, depth, ppid, options.locals, options.native, strict))
             })
             .collect();
         handles
@@ -588,6 +610,7 @@ mod tests {
             DumpOptions {
                 tree: true,
                 locals: false,
+                native: false,
             },
         )
         .expect("dump");

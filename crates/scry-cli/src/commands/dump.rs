@@ -19,9 +19,19 @@ use crate::printer::{table, Printer};
 /// dump in the daemon's store if a daemon is running (it is never started for this: the dump
 /// itself needs no daemon).
 pub async fn dump(home: &Home, args: &DumpArgs, printer: &mut Printer) -> CmdResult {
+    if args.native && !stacks::NATIVE_SUPPORTED {
+        return Err(CliError::new(
+            "this scry was built without native unwinding, so `--native` cannot show C frames",
+        )
+        .hint(
+            "install libunwind-dev and liblzma-dev, then rebuild: \
+             cargo install --locked --path crates/scry-cli --features native",
+        ));
+    }
     let options = DumpOptions {
         tree: args.tree,
         locals: args.locals,
+        native: args.native,
     };
     let mut dump = stacks::dump(args.pid, options).map_err(stack_error)?;
     let daemon = our_daemon(home).await;
@@ -334,6 +344,12 @@ fn render_process(p: &ProcessDump, out: &mut impl Write) -> std::io::Result<()> 
                 let gil = if t.holds_gil { ", holds the GIL" } else { "" };
                 writeln!(out, "{pad}  thread {tid}{name}: {}{gil}", t.status)?;
                 for f in &t.frames {
+                    if f.native {
+                        let module = f.module.as_deref().unwrap_or("?");
+                        let module = module.rsplit('/').next().unwrap_or(module);
+                        writeln!(out, "{pad}    [native] {} ({module})", f.function)?;
+                        continue;
+                    }
                     writeln!(out, "{pad}    {} ({}:{})", f.function, f.file, f.line)?;
                     for l in f.locals.iter().flatten() {
                         let kind = if l.arg { " (arg)" } else { "" };
@@ -444,16 +460,28 @@ mod tests {
                 status: "idle".into(),
                 frames: vec![
                     FrameDump {
+                        function: "__libc_read".into(),
+                        file: "?".into(),
+                        line: 0,
+                        locals: None,
+                        native: true,
+                        module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
+                    },
+                    FrameDump {
                         function: "wait_forever".into(),
                         file: "app.py".into(),
                         line: 3,
                         locals: None,
+                        native: false,
+                        module: None,
                     },
                     FrameDump {
                         function: "<module>".into(),
                         file: "app.py".into(),
                         line: 9,
                         locals: None,
+                        native: false,
+                        module: None,
                     },
                 ],
             }],
@@ -492,6 +520,7 @@ mod tests {
              \n\
              process 10 (python 3.11.2, paused while read): python3 app.py\n  \
              thread 10 \"MainThread\": idle, holds the GIL\n    \
+             [native] __libc_read (libc.so.6)\n    \
              wait_forever (app.py:3)\n    \
              <module> (app.py:9)\n\
              \n    \

@@ -585,3 +585,56 @@ fn dump_adds_asyncio_tasks_and_thread_names_from_a_connected_agent() {
         proc.kill();
     }
 }
+
+/// `--native`: the C frames under the Python ones. The worker blocked in `os.read` shows the
+/// libc frame it waits in, then its Python frame.
+#[test]
+fn dump_native_shows_the_c_frames_a_blocked_worker_waits_in() {
+    for python in pythons() {
+        let ctx = Ctx::new();
+        let (_proc, pids, _guard) = start_tree(&ctx, &python);
+        let blocked = pids["blocked"].as_u64().expect("blocked").to_string();
+        let out = ctx.scry(&["dump", "--native", &blocked, "--json"]);
+        if !out.status.success() {
+            // A build without the `native` feature (scripts/test builds with it) must say so
+            // and how to get it.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("built without native unwinding") && err.contains("--features native"),
+                "{}",
+                text(&out)
+            );
+            return;
+        }
+        let dump: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        check_schema(&dump);
+        let frames = dump["processes"][0]["threads"]
+            .as_array()
+            .expect("threads")
+            .iter()
+            .map(|t| t["frames"].as_array().expect("frames"))
+            .find(|fs| fs.iter().any(|f| f["function"] == "blocked_in_read"))
+            .unwrap_or_else(|| panic!("{python}: no blocked thread in {dump:#}"));
+        let first = &frames[0];
+        assert_eq!(first["native"], true, "{python}: {frames:#?}");
+        assert!(
+            first["module"].as_str().is_some_and(|m| m.contains("libc")),
+            "{python}: the innermost frame is not in libc: {frames:#?}"
+        );
+        let python_at = frames
+            .iter()
+            .position(|f| f["function"] == "blocked_in_read")
+            .expect("the Python frame");
+        assert!(
+            frames[..python_at].iter().all(|f| f["native"] == true),
+            "{python}: {frames:#?}"
+        );
+        let out = ctx.scry(&["dump", "--native", &blocked]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("[native] "),
+            "{}",
+            text(&out)
+        );
+    }
+}
