@@ -630,11 +630,12 @@ mod tests {
     #[test]
     fn a_process_gone_during_a_tree_dump_is_reported() {
         let gone_pid = u32::MAX - 1;
-        let entry = dump_one(gone_pid, 1, 42, false, false).expect("not fatal below the root");
+        let entry =
+            dump_one(gone_pid, 1, 42, false, false, false).expect("not fatal below the root");
         assert_eq!(entry.kind, ProcessKind::Gone);
         assert_eq!(entry.ppid, 42);
         assert!(entry.error.is_some());
-        let err = dump_one(gone_pid, 0, 42, false, true).err();
+        let err = dump_one(gone_pid, 0, 42, false, false, true).err();
         assert!(
             matches!(err, Some(StackError::NoSuchProcess { .. })),
             "{err:?}"
@@ -655,7 +656,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(zombie, "the child never became a zombie");
-        let entry = dump_one(pid, 1, 1, false, false).expect("not fatal");
+        let entry = dump_one(pid, 1, 1, false, false, false).expect("not fatal");
         let _ = child.wait();
         assert_eq!(entry.kind, ProcessKind::Gone);
         assert!(
