@@ -1,6 +1,6 @@
-"""A process tree for `scry dump --tree`: a parent, a multiprocessing pool of workers, one more
-Python worker blocked reading a pipe nobody writes to while holding the GIL (its second thread
-waits for the GIL forever), and a non-Python child (`sleep`).
+"""A process tree for `scry dump --tree`: a parent, a multiprocessing pool of four workers, one of
+which is deadlocked: blocked reading a pipe nobody writes to while holding the GIL (its second
+thread waits for the GIL forever), and a non-Python child (`sleep`).
 
 Usage: dump_tree.py READY_FILE. Writes READY_FILE (the pids, as JSON) once every process is in
 place: the pool workers idle, the blocked worker inside its read, `sleep` started. Then waits
@@ -32,8 +32,7 @@ def blocked_in_read(fd, started_fd):
     libc = ctypes.PyDLL(None)
     buf = ctypes.create_string_buffer(1)
     threading.Thread(target=starved, name="starved", daemon=True).start()
-    os.write(started_fd, b"x")
-    os.close(started_fd)
+    os.write(started_fd, str(os.getpid()).encode().rjust(12))
     # Blocks forever: the write end stays open (here and in the parent) and nobody writes.
     libc.read(fd, buf, 1)
 
@@ -60,27 +59,25 @@ def parent_waits_forever():
 def main():
     ready_file = sys.argv[1]
     multiprocessing.set_start_method("fork")
-    pool = multiprocessing.Pool(3)
-    # The workers are up once each has run a task.
-    pool.map(square, range(12))
+    # Made before the pool so that its (forked) workers inherit them.
     read_end, write_end = os.pipe()
     started_r, started_w = os.pipe()
-    blocked = multiprocessing.Process(
-        target=blocked_in_read, args=(read_end, started_w), name="blocked-worker"
-    )
-    blocked.start()
-    os.close(started_w)
-    os.read(started_r, 1)  # the worker is about to read
+    pool = multiprocessing.Pool(4)
+    # The workers are up once each has run a task.
+    pool.map(square, range(16))
+    # One of them takes the deadlocking task and says which one it is.
+    pool.apply_async(blocked_in_read, (read_end, started_w))
+    blocked_pid = int(os.read(started_r, 12).decode())
     sleeper = subprocess.Popen(["sleep", "600"])
     pids = {
         "parent": os.getpid(),
         "pool": [p.pid for p in pool._pool],
-        "blocked": blocked.pid,
+        "blocked": blocked_pid,
         "sleep": sleeper.pid,
     }
     # The blocked worker is inside read(2) once the kernel says so.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not in_pipe_read(blocked.pid):
+    while time.monotonic() < deadline and not in_pipe_read(blocked_pid):
         time.sleep(0.01)
     tmp = ready_file + ".tmp"
     with open(tmp, "w") as f:
