@@ -437,29 +437,27 @@
       schedule();
     }
 
-    // A trace event's fields (docs/protocol.md, trace events).
-    function parse(ev) {
+    // One trace event is a batch of records (docs/protocol.md "Trace events"): its own
+    // function table, thread names, and records `{e, f, tid, ts, depth, dur, args, value, exc}`.
+    function applyBatch(ev) {
       const d = ev.data || {};
-      const fn = d.function || d.qualname || '?';
-      const module = d.module || '';
-      return {
-        what: d.event || d.phase || d.type,
-        key: (ev.pid || '') + '|' + module + '|' + (d.file || '') + '|' + fn,
-        fn, module, file: d.file || '', line: d.line || d.first_line || 0,
-        thread: (ev.pid || '') + ':' + (d.thread !== undefined ? d.thread : d.tid),
-        args: d.args, value: d.value !== undefined ? d.value : d.return_value,
-        duration: d.duration !== undefined ? d.duration : d.duration_s,
-        exc: d.exception || (d.exc_type ? { type: d.exc_type, message: d.exc_message } : null),
-        pid: ev.pid, t: ev.t_hit,
-      };
+      if (d.ended) { settle(ev.pid); return; }
+      const fns = d.functions || [];
+      for (const r of d.records || []) {
+        const f = fns[r.f];
+        if (!f) continue;
+        apply(ev.pid, f, r);
+      }
     }
 
-    function node(e) {
-      let n = nodes.get(e.key);
+    function node(pid, f) {
+      const key = pid + '|' + (f.module || '') + '|' + f.function;
+      let n = nodes.get(key);
       if (!n) {
-        n = { key: e.key, fn: e.fn, module: e.module, file: e.file, line: e.line, pid: e.pid, depth: 0,
-          running: 0, state: 'new', calls: 0, raised: 0, args: null, value: null, duration: null, exc: null, el: null, touched: 0 };
-        nodes.set(e.key, n);
+        n = { key, fn: f.function, module: f.module || '', file: f.file || '', line: f.line || 0, pid, depth: 0,
+          running: 0, state: 'new', calls: 0, raised: 0, args: null, value: null, duration: null, exc: null,
+          excNote: '', raisedInCall: false, el: null, touched: 0, flip: false };
+        nodes.set(key, n);
         if (nodes.size > MAX_FLOW_NODES) evict();
       }
       n.touched = ++total;
@@ -475,45 +473,73 @@
       dirty.delete(oldest);
     }
 
-    function apply(e) {
-      let stack = stacks.get(e.thread);
-      if (!stack) { stack = []; stacks.set(e.thread, stack); }
-      const n = node(e);
-      switch (e.what) {
-        case 'call': case 'resume': case 'start':
-          n.depth = Math.min(stack.length, 16);
+    // Pops `stack` down to `len` entries: frames whose return was dropped stop running.
+    function unwindTo(stack, len) {
+      while (stack.length > len) {
+        const gone = stack.pop();
+        gone.running = Math.max(0, gone.running - 1);
+        if (!gone.running && gone.state === 'running') gone.state = 'returned';
+        dirty.add(gone);
+      }
+    }
+
+    function leave(stack, n) {
+      const i = stack.lastIndexOf(n);
+      if (i >= 0) { unwindTo(stack, i + 1); stack.pop(); n.running = Math.max(0, n.running - 1); }
+      active = stack.length ? stack[stack.length - 1] : n;
+    }
+
+    function apply(pid, f, r) {
+      const tkey = pid + ':' + r.tid;
+      let stack = stacks.get(tkey);
+      if (!stack) { stack = []; stacks.set(tkey, stack); }
+      const n = node(pid, f);
+      const depth = typeof r.depth === 'number' ? r.depth : stack.length;
+      switch (r.e) {
+        case 'call': case 'resume':
+          unwindTo(stack, Math.min(depth, stack.length));
           stack.push(n);
           n.running += 1;
-          if (e.what !== 'resume') { n.calls += 1; n.args = e.args; n.pulse = true; }
+          n.depth = Math.min(depth, 16);
+          if (r.e === 'call') { n.calls += 1; n.args = r.args || null; n.pulse = true; n.raisedInCall = false; }
           n.state = 'running';
           active = n;
           break;
-        case 'return': case 'yield': {
-          const i = stack.lastIndexOf(n);
-          if (i >= 0) stack.splice(i, 1);
-          n.running = Math.max(0, n.running - 1);
-          n.value = e.value;
-          if (e.duration !== undefined && e.duration !== null) n.duration = e.duration;
-          n.state = n.running ? 'running' : (e.what === 'yield' ? 'suspended' : 'returned');
-          active = stack.length ? stack[stack.length - 1] : n;
+        case 'return': case 'yield':
+          leave(stack, n);
+          if (r.value !== undefined) n.value = r.value;
+          if (typeof r.dur === 'number') n.duration = r.dur / 1e9;
+          // An exception of this very call that did not escape was caught here; one of an
+          // earlier call stays shown as that.
+          if (n.exc) n.excNote = n.raisedInCall ? 'caught' : 'earlier call';
+          n.state = n.running ? 'running' : (r.e === 'yield' ? 'suspended' : 'returned');
           break;
-        }
-        case 'exception': case 'unwind': {
-          const i = stack.lastIndexOf(n);
-          if (i >= 0) stack.splice(i, 1);
-          n.running = Math.max(0, n.running - 1);
-          n.exc = e.exc;
-          n.raised += 1;
-          if (e.duration !== undefined && e.duration !== null) n.duration = e.duration;
-          n.state = 'raised';
+        case 'raise':
+          // Raised here or passing through: it may still be caught here.
+          n.exc = r.exc || n.exc;
+          n.excNote = '';
+          n.raisedInCall = true;
           n.flash = true;
-          active = stack.length ? stack[stack.length - 1] : n;
           break;
-        }
+        case 'exception':
+          leave(stack, n);
+          n.exc = r.exc || n.exc || { type: null, message: '' };
+          n.excNote = '';
+          n.raised += 1;
+          if (typeof r.dur === 'number') n.duration = r.dur / 1e9;
+          n.state = n.running ? 'running' : 'raised';
+          n.flash = true;
+          break;
         default:
           return;
       }
       dirty.add(n);
+    }
+
+    // The trace ended in that process: nothing of it runs any more.
+    function settle(pid) {
+      for (const [k, stack] of stacks) if (k.startsWith(pid + ':')) { unwindTo(stack, 0); stacks.delete(k); }
+      for (const n of nodes.values()) if (n.pid === pid && n.running) { n.running = 0; n.state = 'returned'; dirty.add(n); }
     }
 
     function render(n) {
@@ -547,17 +573,18 @@
         n.flash = false;
       }
       d.children[2].textContent = n.duration !== null ? ms(n.duration) : '';
-      d.children[3].textContent = n.exc ? excText(n.exc) : '';
+      d.children[3].textContent = n.exc ? excText(n.exc) + (n.excNote ? ' (' + n.excNote + ')' : '') : '';
+      d.children[3].classList.toggle('caught', !!n.excNote);
       d.dataset.href = editorUrl(n.file, n.line);
     }
 
     function ms(s) { return s < 0.001 ? (s * 1e6).toFixed(0) + ' µs' : s < 1 ? (s * 1e3).toFixed(2) + ' ms' : s.toFixed(2) + ' s'; }
-    function excText(x) { return typeof x === 'string' ? x : (x.type || 'Exception') + ': ' + (x.message || ''); }
+    function excText(x) { return typeof x === 'string' ? x : (x.type || 'exception') + (x.message ? ': ' + x.message : ''); }
 
     function frame() {
       if (queue.length) {
         const batch = queue.splice(0, queue.length);
-        for (const ev of batch) apply(parse(ev));
+        for (const ev of batch) applyBatch(ev);
       }
       if (!dirty.size) return;
       if (!$('page-flow').hidden) {
@@ -594,11 +621,11 @@
       const n = tipFor(ev.target);
       const tip = $('flow-tip');
       if (!n) { tip.hidden = true; return; }
-      const lines = [n.fn, 'module   ' + n.module, 'at       ' + n.file + ':' + n.line, 'calls    ' + n.calls + (n.raised ? '  (raised ' + n.raised + ')' : '')];
+      const lines = [n.fn + '  (pid ' + n.pid + ', ' + n.state + ')', 'module   ' + n.module, 'at       ' + n.file + ':' + n.line, 'calls    ' + n.calls + (n.raised ? '  (raised ' + n.raised + ')' : '')];
       if (n.args) lines.push('args     ' + (typeof n.args === 'object' && !n.args.t ? Object.entries(n.args).map(([k, v]) => k + '=' + fmt(v)).join(', ') : fmt(n.args)));
       if (n.value !== null && n.value !== undefined) lines.push('returned ' + fmt(n.value));
       if (n.duration !== null) lines.push('took     ' + ms(n.duration));
-      if (n.exc) lines.push('raised   ' + excText(n.exc));
+      if (n.exc) lines.push('raised   ' + excText(n.exc) + (n.excNote ? ' (' + n.excNote + ')' : ''));
       tip.textContent = lines.join('\n');
       tip.style.left = Math.min(ev.clientX + 14, window.innerWidth - 420) + 'px';
       tip.style.top = (ev.clientY + 14) + 'px';
@@ -631,7 +658,7 @@
       const body = { target: $('trace-target').value, include, args: $('trace-args').checked, returns: $('trace-returns').checked };
       try {
         const t = await api('POST', '/api/v1/traces', body);
-        current = t.id || (t.trace && t.trace.id) || null;
+        current = t.id || null;
         $('trace-error').textContent = '';
         $('trace-start').textContent = 'Restart trace';
       } catch (e) { $('trace-error').textContent = e.message; }
