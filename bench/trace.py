@@ -11,7 +11,7 @@ release binary: `cargo build --release --bin scry` first unless --no-build) and 
 processes running bench/trace_target.py:
 
   scry       scry.init(), woken with `scry wake`; in each repetition the workloads run once with
-             no trace ("off") and once while `scry trace start PID --function trace_target:leaf
+             no trace ("off") and once while `scry trace start PID --function __main__:leaf
              --max-rate 1000000000/s` runs ("on"), the trace being stopped with `scry trace stop`
              in between (the harness checks that the trace is running, that nothing was dropped,
              and that no hook is left after the stop);
@@ -23,7 +23,10 @@ The workloads (N calls each): `traced` calls `leaf` (the function scry traces), 
 `other` (which scry does not select; VizTracer traces it like everything). Figures, minimum over
 the repetitions (medians in the JSON):
 
-  per traced call    (t_on - t_off) / N for `traced`, in ns: the cost of one call+return recorded
+  per traced call    (t_on - t_off) / N for `traced`, in ns: the cost of one call+return recorded,
+                     as CPU time of the program's thread (time.thread_time: recording only) and as
+                     wall time (with the agent's link thread shipping the records, which holds the
+                     GIL while it encodes them)
   untraced overhead  (t_on - t_off) / t_off for `untraced`, in %: what code outside the selection pays
   noise              the spread of t_off between repetitions, in %: below it nothing is measurable
 
@@ -148,7 +151,7 @@ def measure(py, reps, n):
         rows = {"scry": [], "viztracer": []}
         for rep in range(reps):
             off = t_scry.ask("run")
-            started = scry(home, "trace", "start", pid, "--function", "trace_target:leaf",
+            started = scry(home, "trace", "start", pid, "--function", "__main__:leaf",
                            "--max-rate", "1000000000/s", "--json")
             trace_id = started["id"]
             wait("the trace to run", lambda: t_scry.ask("status")["tracing"])
@@ -156,6 +159,9 @@ def measure(py, reps, n):
             status = t_scry.ask("status")["status"]
             stopped = scry(home, "trace", "stop", trace_id, "--json")
             final = stopped["stopped"][0]["processes"][0]["status"]
+            if final["recorded"] < 2 * n:
+                raise RuntimeError("the trace recorded {} events, not the {} of the traced run: {}".format(
+                    final["recorded"], 2 * n, final))
             after = t_scry.ask("status")
             if after["hooks"]:
                 raise RuntimeError("a tracing hook is left after the stop")
@@ -173,7 +179,14 @@ def measure(py, reps, n):
             offs = [r["off"]["untraced"] for r in runs]
             mins = {"traced_off": min(r["off"]["traced"] for r in runs), "traced_on": min(r["on"]["traced"] for r in runs),
                     "untraced_off": min(offs), "untraced_on": min(r["on"]["untraced"] for r in runs)}
+            cpu_per_call = [(r["on"]["traced_cpu"] - r["off"]["traced_cpu"]) / n * 1e9 for r in runs]
+            cpu_untraced = [(r["on"]["untraced_cpu"] - r["off"]["untraced_cpu"]) / r["off"]["untraced_cpu"] * 100 for r in runs]
+            cpu_min_on = min(r["on"]["traced_cpu"] for r in runs)
+            cpu_min_off = min(r["off"]["traced_cpu"] for r in runs)
             result[tool] = {
+                "per_traced_call_cpu_ns_min": (cpu_min_on - cpu_min_off) / n * 1e9,
+                "per_traced_call_cpu_ns_median": statistics.median(cpu_per_call),
+                "untraced_overhead_cpu_pct_median": statistics.median(cpu_untraced),
                 "per_traced_call_ns_min": (mins["traced_on"] - mins["traced_off"]) / n * 1e9,
                 "per_traced_call_ns_median": statistics.median(per_call),
                 "untraced_overhead_pct_min": (mins["untraced_on"] - mins["untraced_off"]) / mins["untraced_off"] * 100,
@@ -207,27 +220,33 @@ def main():
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--n", type=int, default=100000, help="calls per workload run (the agent buffers 262,144 records: keep 2n below)")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--scry-bin", help="a scry binary to use instead of target/release/scry (implies --no-build)")
     a = ap.parse_args()
-    if not a.no_build:
+    global SCRY_BIN
+    if a.scry_bin:
+        SCRY_BIN = Path(a.scry_bin).resolve()
+    elif not a.no_build:
         log("cargo build --release --bin scry")
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "scry"], cwd=str(REPO), check=True)
     load0 = os.getloadavg()
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "n": a.n, "reps": a.reps,
                "viztracer": VIZTRACER, "load_start": load0, "interpreters": []}
     for py in a.python or default_pythons():
-        results["interpreters"].append(measure(py, a.reps, a.n))
+        results["interpreters"].append(measure(str(Path(py).absolute()) if os.sep in py else py, a.reps, a.n))
     results["load_end"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "trace-{}.json".format(results["date"].replace(":", ""))
     path.write_text(json.dumps(results, indent=2))
     print("call tracing, {} calls per run, min of {} repetitions (median in brackets); load {:.2f} -> {:.2f}".format(
         a.n, a.reps, load0[0], results["load_end"][0]))
-    print("| Python | scry: per traced call | VizTracer {}: per traced call | scry: untraced code | VizTracer: untraced code | noise (scry / viz) | plain call |".format(VIZTRACER))
-    print("|---|---|---|---|---|---|---|")
+    print("| Python | scry: per traced call, program thread CPU | same, wall (with shipping) | VizTracer {}: per traced call, CPU | same, wall | scry: untraced code (wall) | VizTracer: untraced code (wall) | noise (scry / viz) | plain call |".format(VIZTRACER))
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results["interpreters"]:
         s, v = r["scry"], r["viztracer"]
-        print("| {} | {:.0f} ns ({:.0f}) | {:.0f} ns ({:.0f}) | {:+.1f} % ({:+.1f}) | {:+.1f} % ({:+.1f}) | {:.1f} % / {:.1f} % | {:.0f} ns |".format(
-            r["python"], s["per_traced_call_ns_min"], s["per_traced_call_ns_median"],
+        print("| {} | {:.0f} ns ({:.0f}) | {:.0f} ns ({:.0f}) | {:.0f} ns ({:.0f}) | {:.0f} ns ({:.0f}) | {:+.1f} % ({:+.1f}) | {:+.1f} % ({:+.1f}) | {:.1f} % / {:.1f} % | {:.0f} ns |".format(
+            r["python"], s["per_traced_call_cpu_ns_min"], s["per_traced_call_cpu_ns_median"],
+            s["per_traced_call_ns_min"], s["per_traced_call_ns_median"],
+            v["per_traced_call_cpu_ns_min"], v["per_traced_call_cpu_ns_median"],
             v["per_traced_call_ns_min"], v["per_traced_call_ns_median"],
             s["untraced_overhead_pct_min"], s["untraced_overhead_pct_median"],
             v["untraced_overhead_pct_min"], v["untraced_overhead_pct_median"],

@@ -701,7 +701,8 @@ class Trace(object):
             "tool_id": getattr(self.tracer, "tool", None),
             "functions": len(self.codes),
             "not_instrumented": self.failed,
-            "recorded": self.recorded,
+            # Sent, plus waiting for the link (the buffer only ever holds this trace's records).
+            "recorded": self.recorded + len(BUFFER),
             "dropped": self.dropped + _B[3],
             "ended": self.ended,
             "note": getattr(self.tracer, "note", None),
@@ -747,66 +748,75 @@ class Trace(object):
         return names
 
     def _event(self, records, dropped):
+        """One report event, already JSON text (the link sends it as it is): the records are
+        written as text directly, which is what keeps the link thread's share of a busy trace small."""
+        quote = _capture.quote
+        dumps = _capture.dumps
+        encode = _capture.encode
         functions = []
         fn_slots = {}
         threads = {}
-        out = []
+        parts = []
+        append = parts.append
         names = None
         perf0 = self.perf0
         stacks = self._stacks
         for kind, code, t, tid, value in records:
             ts = t - perf0
-            if kind == PULSE:
-                rec = {"e": "pulse", "tid": tid, "ts": ts, "name": code,
-                       "values": {k: _capture.encode(v, LIMITS) for k, v in value}}
-            else:
-                key = id(code)
-                slot = fn_slots.get(key)
-                if slot is None:
-                    slot = fn_slots[key] = len(functions)
-                    functions.append(self._function(code))
-                rec = {"e": KIND_NAMES[kind], "f": slot, "tid": tid, "ts": ts}
-                stack = stacks.get(tid)
-                if stack is None:
-                    stack = stacks[tid] = []
-                if kind == CALL or kind == RESUME:
-                    rec["depth"] = len(stack)
-                    stack.append((key, ts))
-                    if kind == CALL and value is not None:
-                        rec["args"] = self._args(code, value)
-                elif kind == RAISE:
-                    rec["depth"] = max(0, len(stack) - 1)
-                    rec["exc"] = {"type": value[0], "message": value[1]}
-                else:
-                    # Pop to the matching entry (entries above it lost their exit to the budget).
-                    for i in range(len(stack) - 1, -1, -1):
-                        if stack[i][0] == key:
-                            rec["dur"] = ts - stack[i][1]
-                            rec["depth"] = i
-                            del stack[i:]
-                            break
-                    else:
-                        rec["depth"] = len(stack)
-                    if kind == EXCEPTION:
-                        rec["exc"] = {"type": value[0], "message": value[1]}
-                    elif value is not None:
-                        rec["value"] = _capture.encode(value, LIMITS)
             if tid not in threads:
                 if names is None:
                     names = self._names()
                 threads[tid] = names.get(tid, "thread-{}".format(tid))
-            out.append(rec)
-        self.recorded += len(out)
-        data = {
-            "trace": self.id,
-            "start": self.wall0,
-            "functions": functions,
-            "threads": {str(k): v for k, v in threads.items()},
-            "records": out,
-            "dropped": dropped,
-        }
+            if kind == PULSE:
+                append('{"e":"pulse","tid":%d,"ts":%d,"name":%s,"values":%s}' % (
+                    tid, ts, quote(code), dumps({k: encode(v, LIMITS) for k, v in value})))
+                continue
+            key = id(code)
+            slot = fn_slots.get(key)
+            if slot is None:
+                slot = fn_slots[key] = len(functions)
+                functions.append(self._function(code))
+            stack = stacks.get(tid)
+            if stack is None:
+                stack = stacks[tid] = []
+            if kind == CALL or kind == RESUME:
+                depth = len(stack)
+                stack.append((key, ts))
+                if kind == CALL:
+                    if value is not None:
+                        append('{"e":"call","f":%d,"tid":%d,"ts":%d,"depth":%d,"args":%s}' % (
+                            slot, tid, ts, depth, dumps(self._args(code, value))))
+                    else:
+                        append('{"e":"call","f":%d,"tid":%d,"ts":%d,"depth":%d}' % (slot, tid, ts, depth))
+                else:
+                    append('{"e":"resume","f":%d,"tid":%d,"ts":%d,"depth":%d}' % (slot, tid, ts, depth))
+                continue
+            if kind == RAISE:
+                append('{"e":"raise","f":%d,"tid":%d,"ts":%d,"depth":%d,"exc":%s}' % (
+                    slot, tid, ts, max(0, len(stack) - 1), dumps({"type": value[0], "message": value[1]})))
+                continue
+            # Pop to the matching entry (entries above it lost their exit to the budget).
+            dur = ""
+            depth = len(stack)
+            for i in range(len(stack) - 1, -1, -1):
+                if stack[i][0] == key:
+                    dur = ',"dur":%d' % (ts - stack[i][1])
+                    depth = i
+                    del stack[i:]
+                    break
+            if kind == EXCEPTION:
+                extra = ',"exc":' + dumps({"type": value[0], "message": value[1]})
+            elif self.returns:
+                extra = ',"value":' + _capture.to_json(value, LIMITS)
+            else:
+                extra = ""
+            append('{"e":"%s","f":%d,"tid":%d,"ts":%d,"depth":%d%s%s}' % (
+                KIND_NAMES[kind], slot, tid, ts, depth, dur, extra))
+        self.recorded += len(parts)
         t = self.wall0 + (records[0][2] - perf0) / 1e9 if records else time.time()
-        return {"kind": "trace", "source": self.id, "t": t, "data": data}
+        return '{"kind":"trace","source":%s,"t":%s,"data":{"trace":%s,"start":%s,"functions":%s,"threads":%s,"records":[%s],"dropped":%d}}' % (
+            quote(self.id), repr(float(t)), quote(self.id), repr(float(self.wall0)), dumps(functions),
+            dumps({str(k): v for k, v in threads.items()}), ",".join(parts), dropped)
 
     def _function(self, code):
         entry = self.codes.get(id(code))
