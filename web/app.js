@@ -428,6 +428,7 @@
     let active = null;
     let total = 0;
     let skipped = 0;
+    let dropped = 0;
 
     function accepts(ev) { return ev.kind === 'trace'; }
 
@@ -441,6 +442,7 @@
     // function table, thread names, and records `{e, f, tid, ts, depth, dur, args, value, exc}`.
     function applyBatch(ev) {
       const d = ev.data || {};
+      if (typeof d.dropped === 'number') dropped += d.dropped;
       if (d.ended) { settle(ev.pid); return; }
       const fns = d.functions || [];
       for (const r of d.records || []) {
@@ -598,7 +600,9 @@
           if ($('flow-follow').checked) focus.el.scrollIntoView({ block: 'nearest' });
         }
       }
-      $('flow-stats').textContent = nodes.size + ' functions · ' + total + ' trace events' + (skipped ? ' · ' + skipped + ' skipped (tab in background)' : '');
+      $('flow-stats').textContent = nodes.size + ' functions · ' + total + ' records' +
+        (dropped ? ' · ' + dropped + ' dropped by the trace budget' : '') +
+        (skipped ? ' · ' + skipped + ' batches skipped (tab in background)' : '');
     }
 
     function show() {
@@ -667,7 +671,15 @@
       if (!current) return;
       try { await api('POST', '/api/v1/traces/' + encodeURIComponent(current) + '/stop'); current = null; $('trace-start').textContent = 'Start trace'; } catch (e) { $('trace-error').textContent = e.message; }
     });
-    return { detect };
+    // Starts and stops (from here, the CLI or a duration) arrive on the live stream.
+    function changed(d) {
+      if (!d || !d.trace) return;
+      if (d.state === 'running') current = d.trace;
+      else if (d.trace === current) current = null;
+      $('trace-start').textContent = current ? 'Restart trace' : 'Start trace';
+      $('trace-state').textContent = current ? 'tracing ' + current : '';
+    }
+    return { detect, changed };
   }());
 
   // ---- Settings: the editor link template, kept in this browser ----
@@ -704,6 +716,7 @@
     es.addEventListener('event', (m) => { const d = parse(m); if (d) onLiveEvent(d); });
     es.addEventListener('process', () => reloadSoon(() => { loadProcesses(); if (page === 'probes') loadProbes(); }));
     es.addEventListener('probe_status', () => { if (page === 'probes') reloadSoon(loadProbes); });
+    es.addEventListener('trace', (m) => traces.changed(parse(m)));
     es.addEventListener('lagged', (m) => { const d = parse(m); if (d) $('events-count').textContent = 'missed ' + d.missed + ' (slow reader)'; });
   }
 

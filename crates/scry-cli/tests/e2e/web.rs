@@ -303,6 +303,11 @@ fn call_flow(http: &str, browser: &Browser, pid: u32, version: &str) {
     );
     browser.type_into("#trace-include", "flow_app.py");
     browser.click("#trace-start");
+    browser.wait_script(
+        "the page to say it traces",
+        Duration::from_secs(60),
+        "return document.getElementById('trace-state').textContent.startsWith('tracing tr-')",
+    );
 
     // An exception that escapes validate() turns its node red and keeps the text.
     let wait = Duration::from_secs(60);
@@ -394,4 +399,9 @@ fn call_flow(http: &str, browser: &Browser, pid: u32, version: &str) {
         let traces = list["traces"].as_array().cloned().unwrap_or_default();
         (!traces.is_empty() && traces.iter().all(|t| t["state"] != "running")).then_some(())
     });
+    browser.wait_script(
+        "the page to say the trace stopped",
+        wait,
+        "return document.getElementById('trace-state').textContent === ''",
+    );
 }
