@@ -6,12 +6,14 @@
 //! [`InjectError`]s that say what is wrong and what to do.
 //!
 //! Implementations: [`pep768::Pep768`] (CPython 3.14+, PEP 768 remote debugging, written
-//! natively: it reads and writes the target's memory, no Python on the scry side). A gdb-based
-//! injector for older versions implements the same trait.
+//! natively: it reads and writes the target's memory, no Python on the scry side) and
+//! [`gdb::Gdb`] (CPython 3.8–3.13 through `gdb -p PID -batch`; it stops the process briefly, as
+//! [`Injector::notice`] says). [`for_version`] picks one for a target.
 //!
 //! Not for: placing the script where the target can read it, or talking to the agent the
 //! script starts (that is the daemon's `attach` module).
 
+pub mod gdb;
 pub mod memory;
 pub mod pep768;
 
@@ -27,6 +29,33 @@ pub trait Injector: Send + Sync {
     /// once, and returns when the target has started to run it (or fails within `timeout`).
     /// On every failure nothing stays armed in the target.
     fn inject(&self, pid: u32, script: &Path, timeout: Duration) -> Result<Injection, InjectError>;
+
+    /// What the user should know before this injector runs (e.g. that it stops the process).
+    fn notice(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The injector for a target of Python `(major, minor)`: PEP 768 on 3.14+, gdb on 3.8–3.13
+/// (an error saying how to install gdb, or to embed the client, when gdb is missing).
+pub fn for_version(pid: u32, version: (u64, u64)) -> Result<Box<dyn Injector>, InjectError> {
+    match version {
+        (3, 14..) => Ok(Box::new(pep768::Pep768)),
+        (3, 8..=13) => match gdb::Gdb::from_path() {
+            Some(g) => Ok(Box::new(g)),
+            None => Err(InjectError::GdbMissing {
+                pid,
+                version: format!("{}.{}", version.0, version.1),
+            }),
+        },
+        (major, minor) => Err(InjectError::UnsupportedVersion {
+            pid,
+            version: format!("{major}.{minor}"),
+            injector: "scry",
+            supported: "scry attaches to CPython 3.8 to 3.13 (through gdb) and 3.14 (natively)"
+                .into(),
+        }),
+    }
 }
 
 /// What an injection did.
@@ -188,6 +217,14 @@ pub enum InjectError {
         /// The limit (excluding the NUL).
         max: usize,
     },
+    /// Python 3.8–3.13 needs gdb, which is not installed.
+    #[error("process {pid} runs Python {version}, which has no remote-attach hook (PEP 768 is 3.14+), and gdb, which scry uses for it, is not installed")]
+    GdbMissing {
+        /// The pid.
+        pid: u32,
+        /// The target's version.
+        version: String,
+    },
     /// Another I/O failure.
     #[error("process {pid}: {what}")]
     Io {
@@ -217,6 +254,7 @@ impl InjectError {
             InjectError::BadLayout { .. } => "bad_layout",
             InjectError::PathTooLong { .. } => "path_too_long",
             InjectError::Io { .. } => "io",
+            InjectError::GdbMissing { .. } => "gdb_missing",
         }
     }
 
@@ -236,6 +274,9 @@ impl InjectError {
                 "see where it is stuck with `scry dump {pid}` (reads its stacks without its help), or attach again once it runs Python code"
             )),
             InjectError::Busy { .. } => Some("wait for the other debugger to finish, then attach again".into()),
+            InjectError::GdbMissing { .. } => Some(
+                "install gdb (`sudo apt install gdb`, `sudo dnf install gdb`; in a container the scry side needs it, not the target), or embed the client in the program: `import scry; scry.init()`, then `scry wake PID`".into(),
+            ),
             _ => None,
         }
     }
