@@ -384,6 +384,28 @@ fn call_flow(http: &str, browser: &Browser, pid: u32, version: &str) {
         "{href}"
     );
 
+    // The editor template comes from the settings page (kept in localStorage).
+    browser.click("a[data-page=settings]");
+    browser.script(
+        "document.getElementById('editor-template').value = 'myeditor://open?file={path}&line={line}';",
+        json!([]),
+    );
+    browser.click("#settings-form button[type=submit]");
+    browser.click("a[data-page=flow]");
+    let custom = browser.wait_script(
+        "the editor link from the template",
+        Duration::from_secs(60),
+        "const h = document.querySelector('#flow .node[data-fn=\"compute\"]').dataset.href;
+         return h.startsWith('myeditor://') ? h : null;",
+    );
+    assert!(
+        custom
+            .as_str()
+            .unwrap_or_default()
+            .contains("flow_app.py&line="),
+        "{custom}"
+    );
+
     // Stop: the trace is stopped for the daemon too.
     browser.click("#trace-stop");
     wait_for("the trace stopped", wait, || {
@@ -403,5 +425,66 @@ fn call_flow(http: &str, browser: &Browser, pid: u32, version: &str) {
         "the page to say the trace stopped",
         wait,
         "return document.getElementById('trace-state').textContent === ''",
+    );
+}
+
+/// `scry ui` opens the URL with `$BROWSER` (here a script that writes down what it was given),
+/// and only prints it with `--no-open` or when there is no browser at all.
+#[test]
+fn scry_ui_opens_the_browser_it_is_given() {
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let opened = ctx.home().join("opened.txt");
+    let browser = ctx.home().join("fake-browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > {}\n", opened.display()),
+    )
+    .expect("script");
+    std::fs::set_permissions(
+        &browser,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+    )
+    .expect("chmod");
+    let url = format!("http://{}/", ctx.http());
+
+    let out = ctx
+        .cmd(&["ui", "--json"])
+        .env("BROWSER", &browser)
+        .output()
+        .expect("scry ui");
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["url"],
+        json!(url),
+        "a loopback daemon needs no token in the URL"
+    );
+    assert_eq!(v["opened"], json!(true), "{v}");
+    let got = wait_for("the browser to be started", Duration::from_secs(20), || {
+        std::fs::read_to_string(&opened)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    assert_eq!(got, url);
+
+    // No browser anywhere: the URL is printed and the command still succeeds.
+    let out = ctx
+        .cmd(&["ui"])
+        .env_remove("BROWSER")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("scry ui");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&url),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no browser"),
+        "{}",
+        text(&out)
     );
 }
