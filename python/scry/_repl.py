@@ -17,7 +17,7 @@ crash hooks that ``scry run --debug`` installs (they run only when an exception 
 import logging
 import os
 import pdb
-import queue
+import collections
 import sys
 import threading
 import uuid
@@ -163,11 +163,14 @@ class _Relay(object):
         self.id = uuid.uuid4().hex[:12]
         self.session = session
         self.kind = kind
-        self.inbox = queue.Queue()
+        # Lines typed in the terminal; `reading` says whether pdb waits for one (under `lock`).
+        self.inbox = collections.deque()
+        self.lock = threading.Condition()
+        self.reading = False
+        self.cancel_next_line = False
         self.granted = threading.Event()
         self.cancelled = False
         self.holding = False
-        self.in_readline = False
         self.thread_ident = threading.get_ident()
         self.debugger = None
         self._out = []
@@ -209,18 +212,26 @@ class _Relay(object):
         if text:
             self._notify("repl.output", {"text": text})
         self._notify("repl.prompt", {"prompt": prompt})
-        self.in_readline = True
+        item = None
+        cancel = False
         try:
-            while True:
-                try:
-                    item = self.inbox.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    if _link() is None:  # the daemon went away: let the program run on
-                        item = _CANCEL
-                        break
+            while item is None:
+                with self.lock:
+                    self.reading = True
+                    if not self.inbox:
+                        self.lock.wait(1.0)
+                    if self.inbox:
+                        # Taking the line and leaving `reading` is one step for interrupt().
+                        item = self.inbox.popleft()
+                        self.reading = False
+                        cancel = self.cancel_next_line
+                        self.cancel_next_line = False
+                if item is None and _link() is None:
+                    item = _CANCEL  # the daemon went away: let the program run on
         finally:
-            self.in_readline = False
+            self.reading = False
+        if cancel and isinstance(item, str):
+            raise KeyboardInterrupt  # ctrl-c came before the command could start
         if item is _INTERRUPT:
             raise KeyboardInterrupt
         if item is _CANCEL:
@@ -282,6 +293,24 @@ class _Relay(object):
             self._notify("repl.output", {"text": text})
         self.holding = False
         self._notify("repl.release", {})
+
+    def put(self, item):
+        with self.lock:
+            self.inbox.append(item)
+            self.lock.notify()
+
+    def interrupt(self):
+        """ctrl-c in the terminal: a fresh prompt when pdb waits for a line, else a
+        KeyboardInterrupt in the command it runs."""
+        with self.lock:
+            if self.reading:
+                if self.inbox:
+                    self.cancel_next_line = True
+                else:
+                    self.inbox.append(_INTERRUPT)
+                    self.lock.notify()
+                return
+        _interrupt_thread(self.thread_ident)
 
     def close(self):
         self.release()
@@ -440,7 +469,7 @@ def _on_input(data, link):
     relay = _relay_of(data)
     line = data.get("line") if isinstance(data, dict) else None
     if relay is not None and isinstance(line, str):
-        relay.inbox.put(line.replace("\n", " "))
+        relay.put(line.replace("\n", " "))
 
 
 @_calls.topic("repl.cancel")
@@ -448,7 +477,7 @@ def _on_cancel(data, link):
     relay = _relay_of(data)
     if relay is not None:
         relay.cancelled = True
-        relay.inbox.put(_CANCEL)
+        relay.put(_CANCEL)
         relay.granted.set()
 
 
@@ -457,10 +486,7 @@ def _on_interrupt(data, link):
     relay = _relay_of(data)
     if relay is None or not relay.holding:
         return
-    if relay.in_readline:
-        relay.inbox.put(_INTERRUPT)
-        return
-    _interrupt_thread(relay.thread_ident)
+    relay.interrupt()
 
 
 def _interrupt_thread(ident):

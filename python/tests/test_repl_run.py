@@ -15,6 +15,7 @@ import textwrap
 
 import pytest
 
+from conftest import wait_until
 from realdaemon import SCRY_BIN, running
 
 pexpect = pytest.importorskip("pexpect")
@@ -323,15 +324,10 @@ def test_a_killed_holder_hands_the_terminal_to_the_next(daemon, tmp_path):
     first = next_repl(child)
     # Wait (daemon state) until the other REPL is queued, then kill the holder.
     session = re.search(r"session (r-[0-9a-f]+)", open(str(tmp_path / "terminal.log")).read()).group(1)
-    deadline_ok = False
-    for _ in range(600):
-        status, state = daemon.api("GET", "/api/v1/repl/sessions/" + session)
-        assert status == 200, state
-        if state["waiting"]:
-            deadline_ok = True
-            break
-        child.expect([pexpect.TIMEOUT], timeout=0.05)
-    assert deadline_ok, "the second REPL never queued"
+    wait_until(
+        lambda: daemon.api("GET", "/api/v1/repl/sessions/" + session)[1]["waiting"],
+        timeout=TIMEOUT, message="the second REPL to queue",
+    )
     os.kill(first.pid, signal.SIGKILL)
     second = next_repl(child)
     assert second.pid != first.pid
@@ -382,11 +378,10 @@ def test_scry_repl_breaks_into_a_busy_loop(daemon, tmp_path):
     try:
         target.expect(r"busy (\d+)")
         pid = int(target.match.group(1))
-        for _ in range(600):
-            proc = daemon.process(pid)
-            if proc is not None and proc["state"] == "awake":
-                break
-            target.expect([pexpect.TIMEOUT], timeout=0.05)
+        wait_until(
+            lambda: (daemon.process(pid) or {}).get("state") == "awake",
+            timeout=TIMEOUT, message="the agent to connect",
+        )
         child = spawn(["repl", str(pid)], tmp_path)
         repl = next_repl(child)
         assert repl.pid == pid and repl.kind == "break-in"
@@ -394,12 +389,13 @@ def test_scry_repl_breaks_into_a_busy_loop(daemon, tmp_path):
         assert first > 0
         child.sendline("c")
         finish(child, 0)
-        # It runs on.
-        for _ in range(600):
-            proc = daemon.process(pid)
-            if proc is not None and alive(pid):
-                break
-        assert alive(pid)
+        # It runs on: the counter keeps moving, seen by a second break-in.
+        child = spawn(["repl", str(pid)], tmp_path)
+        repl = next_repl(child)
+        later = int(re.search(r"(\d+)", command(child, "p counter", pid)).group(1))
+        assert later > first
+        child.sendline("c")
+        finish(child, 0)
     finally:
         target.kill(signal.SIGKILL)
         target.close()
@@ -503,3 +499,19 @@ def test_nothing_stays_behind(daemon, tmp_path):
     status, _ = daemon.api("GET", "/api/v1/repl/sessions/" + session)
     assert status == 404, "the session was closed"
     assert not alive(repl.pid)
+
+
+def test_a_killed_scry_run_lets_its_repls_run_on(daemon, tmp_path):
+    marker = tmp_path / "went-on"
+    script = write(tmp_path, "orphan.py", """
+        import sys
+        breakpoint()
+        open(sys.argv[1], "w").close()
+    """)
+    child = scry_run(tmp_path, script, str(marker))
+    repl = next_repl(child)
+    child.kill(signal.SIGKILL)
+    child.close()
+    # The daemon notices that the terminal is gone and cancels the REPL: the process runs on.
+    wait_until(marker.exists, timeout=TIMEOUT, message="the process to run on")
+    wait_until(lambda: not alive(repl.pid), timeout=TIMEOUT, message="the process to end")

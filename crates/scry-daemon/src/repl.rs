@@ -227,8 +227,20 @@ fn drop_dead(shared: &Arc<Shared>) {
             .is_some_and(|e| e.agent.is_some())
     };
     let mut grants = Vec::new();
+    let mut cancels = Vec::new();
     {
         let mut sessions = shared.repl.sessions();
+        // A terminal that went away (scry run killed) ends its session: its REPLs run on.
+        sessions.retain(|id, s| {
+            let gone = s.terminal_rx.is_none() && s.terminal.is_closed();
+            if gone {
+                tracing::info!(target: "repl", session = %id, "terminal gone; session closed");
+                for r in s.holder.iter().chain(s.waiting.iter()) {
+                    cancels.push((r.process_id, r.id.clone()));
+                }
+            }
+            !gone
+        });
         for s in sessions.values_mut() {
             let before = s.waiting.len();
             s.waiting.retain(|w| connected(w.process_id));
@@ -250,6 +262,9 @@ fn drop_dead(shared: &Arc<Shared>) {
     }
     for (process_id, repl) in grants {
         shared.notify_agent(process_id, "repl.grant", json!({"repl": repl}));
+    }
+    for (process_id, repl) in cancels {
+        shared.notify_agent(process_id, "repl.cancel", json!({"repl": repl}));
     }
 }
 

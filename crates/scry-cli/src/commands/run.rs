@@ -93,7 +93,10 @@ pub async fn run(home: &Home, a: &RunArgs, printer: &mut Printer) -> Result<u8, 
         python_path.push(":");
         python_path.push(old);
     }
-    let tty = isatty(0).unwrap_or(false);
+    // Only a foreground `scry run` moves the terminal between groups (never steal it from the
+    // shell when started in the background).
+    let tty = isatty(0).unwrap_or(false)
+        && nix::unistd::tcgetpgrp(stdin_fd()).is_ok_and(|fg| fg == getpgrp());
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env("PYTHONPATH", python_path)
