@@ -148,6 +148,8 @@ fn web_ui_in_chromium() {
         "the token is not left in the URL"
     );
 
+    browser.screenshot(None, &artifacts_dir().join("processes.png"));
+
     // The live stream is connected (with `?token=` when not on loopback).
     browser.wait_script(
         "the live stream",
@@ -186,6 +188,7 @@ fn web_ui_in_chromium() {
         json!([]),
     );
     assert_eq!(error, json!(""), "the form reports no error");
+    browser.screenshot(None, &artifacts_dir().join("probes.png"));
     assert!(armed.to_string().contains(&pid.to_string()), "{armed}");
     let listed = ctx.scry_json(&["probe", "list"]);
     let probe_id = listed["probes"]
