@@ -515,3 +515,44 @@ def test_a_killed_scry_run_lets_its_repls_run_on(daemon, tmp_path):
     # The daemon notices that the terminal is gone and cancels the REPL: the process runs on.
     wait_until(marker.exists, timeout=TIMEOUT, message="the process to run on")
     wait_until(lambda: not alive(repl.pid), timeout=TIMEOUT, message="the process to end")
+
+
+FUTURES = """
+    import concurrent.futures
+    import multiprocessing as mp
+    import threading
+
+    def task(n):
+        in_task = n + 1
+        raise ZeroDivisionError("in a futures worker")
+
+    def thread_body():
+        in_thread = "thread"
+        raise OSError("in a thread")
+
+    if __name__ == "__main__":
+        t = threading.Thread(target=thread_body, name="failing-thread")
+        t.start()
+        t.join()
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+            ex.submit(task, 41).result()
+"""
+
+
+def test_crash_repls_for_a_thread_a_futures_worker_and_the_parent(daemon, tmp_path):
+    script = write(tmp_path, "futures_crash.py", FUTURES)
+    child = spawn(["run", "--debug", "--", sys.executable, "-m", "futures_crash"], tmp_path,
+                  env={"PYTHONPATH": str(tmp_path)})
+    thread = next_repl(child)
+    assert thread.kind == "post-mortem" and thread.thread == "failing-thread"
+    assert "'thread'" in command(child, "p in_thread", thread.pid)
+    child.sendline("c")
+    worker = next_repl(child)
+    assert worker.pid != thread.pid and "ZeroDivisionError" in worker.before
+    assert "42" in command(child, "p in_task", worker.pid)
+    child.sendline("c")
+    parent = next_repl(child)
+    assert parent.pid == thread.pid and "ZeroDivisionError" in parent.before
+    child.sendline("q")
+    child.expect("ZeroDivisionError: in a futures worker")
+    finish(child, 1)
