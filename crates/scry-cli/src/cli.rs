@@ -123,6 +123,15 @@ Examples:\n  scry lines app/orders.py --pid 4242\n  scry lines orders:checkout -
 scry lines orders:Cart.add --var self.total --json"
     )]
     Lines(LinesArgs),
+    /// Start debugpy in a running Python process (loopback only) and print the VS Code and
+    /// nvim-dap attach configurations.
+    #[command(
+        after_help = "Python 3.14+ is injected natively (PEP 768); 3.8-3.13 through gdb, which stops the \
+process briefly. debugpy must be importable by the target (`python -m pip install debugpy` for its \
+interpreter); scry says so when it is not.\n\n\
+Examples:\n  scry debug 4242\n  scry debug 4242 --port 5679\n  scry debug 4242 --json | jq .vscode"
+    )]
+    Debug(DebugArgs),
     /// Call tracing: watch selected functions run (calls, returns, exceptions, durations).
     #[command(subcommand)]
     Trace(TraceCmd),
@@ -634,4 +643,19 @@ pub struct ReplArgs {
     /// The thread to stop (name or id; default: the main thread).
     #[arg(long)]
     pub thread: Option<String>,
+}
+
+/// `scry debug`.
+#[derive(Debug, Args)]
+pub struct DebugArgs {
+    /// The Python process.
+    pub pid: u32,
+    /// The loopback port debugpy listens on (0: any free port).
+    #[arg(long, default_value_t = 5678)]
+    pub port: u16,
+    /// Seconds to wait for the target to pick the script up.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    #[command(flatten)]
+    pub output: Output,
 }

@@ -46,6 +46,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Reap(a) => a.output.json,
         Command::Top(_) => false,
         Command::Lines(a) => a.output.json,
+        Command::Debug(a) => a.output.json,
         Command::Run(_) | Command::Repl(_) => false,
         Command::Logs(a) => a.output.json,
         Command::Ui(a) => a.output.json,
@@ -93,6 +94,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Events(e) => commands::events::events(&home, e, printer).await,
             Command::Logs(a) => commands::logs::logs(&home, a, printer).await,
             Command::Lines(a) => commands::lines::lines(&home, a, printer).await,
+            Command::Debug(a) => commands::debug::debug(a, printer).await,
             Command::Ui(a) => commands::ui::ui(&home, a, printer).await,
             Command::Run(_) | Command::Repl(_) => unreachable!("handled in run_with_status"),
         }

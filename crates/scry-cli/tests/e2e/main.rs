@@ -5,6 +5,7 @@
 mod support;
 
 mod daemon;
+mod debug;
 mod demo;
 mod discovery;
 mod dump;

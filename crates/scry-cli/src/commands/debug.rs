@@ -1,0 +1,334 @@
+//! `scry debug PID [--port P]`: start debugpy inside a running Python process, listening on
+//! loopback only, and print how to attach VS Code or nvim-dap to it.
+//!
+//! Steps: recognise the target's Python (`scry_proc::python`), pick the injector for its version
+//! (PEP 768 on 3.14+, gdb on 3.8–3.13, saying first that gdb stops it briefly), place a small
+//! script in the target's own root (`/proc/PID/root/tmp/scry-debug-<random>/`, created
+//! exclusively, mode 0700, owned by the target's user), run it in the target. The script starts
+//! a thread that imports debugpy and calls `debugpy.listen(("127.0.0.1", port))`, then writes a
+//! status file (port, working directory) or why it failed (debugpy not importable: with the
+//! target's interpreter and `sys.path`, to say how to install it). scry waits for that file and
+//! for the port to be in LISTEN state in `/proc/PID/net/tcp`, removes the directory, and
+//! prints the attach configurations. Injecting again into a process where scry already started
+//! debugpy reports the port it listens on.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::CmdResult;
+use crate::cli::DebugArgs;
+use crate::error::{CliError, ExitStatus};
+use crate::printer::Printer;
+
+/// The script run in the target. `{STATUS}` and `{PORT}` are substituted.
+const SCRIPT: &str = r#"
+import json as _json, os as _os, sys as _sys, threading as _threading
+
+_STATUS = {STATUS}
+_PORT = {PORT}
+
+
+def _scry_write(data):
+    tmp = _STATUS + ".tmp"
+    with open(tmp, "w") as f:
+        _json.dump(data, f)
+    _os.replace(tmp, _STATUS)
+
+
+def _scry_listen():
+    base = {"pid": _os.getpid(), "cwd": _os.getcwd(), "executable": _sys.executable,
+            "python": _sys.version.split()[0]}
+    try:
+        already = getattr(_sys, "_scry_debugpy_port", None)
+        if already:
+            base.update(ok=True, port=already, already=True)
+            _scry_write(base)
+            return
+        try:
+            import debugpy
+        except Exception as exc:
+            base.update(ok=False, kind="no_debugpy", error=repr(exc), path=list(_sys.path))
+            _scry_write(base)
+            return
+        addr = debugpy.listen(("127.0.0.1", _PORT))
+        port = addr[1] if isinstance(addr, tuple) else _PORT
+        _sys._scry_debugpy_port = port
+        base.update(ok=True, port=port, already=False, debugpy=getattr(debugpy, "__version__", "?"))
+        _scry_write(base)
+    except BaseException as exc:
+        base.update(ok=False, kind="listen_failed", error=repr(exc))
+        try:
+            _scry_write(base)
+        except Exception:
+            pass
+
+
+_threading.Thread(target=_scry_listen, name="scry-debugpy", daemon=True).start()
+"#;
+
+/// A directory in the target's root, removed when dropped.
+struct Placement {
+    host_dir: PathBuf,
+    target_dir: PathBuf,
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.host_dir);
+    }
+}
+
+fn place(pid: u32, uid: u32, gid: u32) -> Result<Placement, CliError> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let tmp = ["tmp", "var/tmp", "dev/shm"]
+        .into_iter()
+        .find(|d| root.join(d).is_dir())
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "process {pid} has no /tmp, /var/tmp or /dev/shm where scry could place its script"
+            ))
+        })?;
+    let name = format!("scry-debug-{:016x}", rand::thread_rng().gen::<u64>());
+    let host_dir = root.join(tmp).join(&name);
+    let target_dir = Path::new("/").join(tmp).join(&name);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&host_dir)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", host_dir.display())))?;
+    let placement = Placement {
+        host_dir,
+        target_dir,
+    };
+    nix::unistd::chown(
+        &placement.host_dir,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(|e| {
+        CliError::new(format!(
+            "cannot give {} to the target's user: {e}",
+            placement.host_dir.display()
+        ))
+    })?;
+    Ok(placement)
+}
+
+/// A Python string literal.
+fn py_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
+}
+
+/// Whether `pid` has a TCP socket listening on 127.0.0.1:`port` (its own network namespace's
+/// `/proc/PID/net/tcp`).
+fn listening(pid: u32, port: u16) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    let want = format!("0100007F:{port:04X}");
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
+    })
+}
+
+fn gid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Gid:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The VS Code and nvim-dap configurations for a debugpy on 127.0.0.1:`port`.
+pub fn configurations(port: u16, remote_root: &str) -> (Value, String) {
+    let vscode = json!({
+        "version": "0.2.0",
+        "configurations": [{
+            "name": format!("scry: attach to 127.0.0.1:{port}"),
+            "type": "debugpy",
+            "request": "attach",
+            "connect": {"host": "127.0.0.1", "port": port},
+            "pathMappings": [{"localRoot": "${workspaceFolder}", "remoteRoot": remote_root}],
+            "justMyCode": false
+        }]
+    });
+    let nvim = format!(
+        "require('dap').configurations.python = {{\n  {{\n    type = 'python',\n    request = 'attach',\n    name = 'scry: attach to 127.0.0.1:{port}',\n    connect = {{ host = '127.0.0.1', port = {port} }},\n    pathMappings = {{ {{ localRoot = vim.fn.getcwd(), remoteRoot = {} }} }},\n    justMyCode = false,\n  }},\n}}",
+        py_str(remote_root).replace('"', "'")
+    );
+    (vscode, nvim)
+}
+
+/// `scry debug PID [--port P]`.
+pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
+    let pid = args.pid;
+    let info = scry_proc::info(pid).map_err(|_| {
+        CliError::new(format!("no process with pid {pid}"))
+            .hint("list Python processes with `scry ps --all`")
+    })?;
+    let python = scry_proc::python::Detector::new()
+        .detect(pid)
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "process {pid} ({}) is not a Python process: no CPython interpreter is mapped in its memory",
+                info.comm
+            ))
+            .hint("list Python processes with `scry ps --all`")
+        })?;
+    let version = python
+        .version_hex
+        .map(|h| ((h >> 24) & 0xff, (h >> 16) & 0xff))
+        .or_else(|| {
+            let (a, b) = python.short.trim_end_matches('t').split_once('.')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((0, 0));
+    let injector = scry_proc::inject::for_version(pid, version).map_err(inject_error)?;
+    if let Some(notice) = injector.notice() {
+        printer.note(format!("note: {notice}"));
+    }
+    let placement = place(pid, info.uid, gid_of(pid))?;
+    let status_host = placement.host_dir.join("status.json");
+    let status_target = placement.target_dir.join("status.json");
+    let script = SCRIPT
+        .replace("{STATUS}", &py_str(&status_target.to_string_lossy()))
+        .replace("{PORT}", &args.port.to_string());
+    let script_host = placement.host_dir.join("debug.py");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&script_host)
+        .map_err(|e| CliError::new(format!("cannot write {}: {e}", script_host.display())))?;
+    f.write_all(script.as_bytes())
+        .map_err(|e| CliError::new(format!("cannot write {}: {e}", script_host.display())))?;
+    drop(f);
+    let _ = nix::unistd::chown(
+        &script_host,
+        Some(nix::unistd::Uid::from_raw(info.uid)),
+        Some(nix::unistd::Gid::from_raw(gid_of(pid))),
+    );
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let script_target = placement.target_dir.join("debug.py");
+    let injection = {
+        let injector = injector;
+        tokio::task::spawn_blocking(move || injector.inject(pid, &script_target, timeout))
+            .await
+            .map_err(|e| CliError::new(format!("the injection task failed: {e}")))?
+            .map_err(inject_error)?
+    };
+    // debugpy starts its adapter process: allow for a slow machine.
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(30));
+    let status: Value = loop {
+        if let Some(v) = std::fs::read_to_string(&status_host)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
+            break v;
+        }
+        if !scry_proc::alive(pid, Some(info.start_ticks)) {
+            return Err(CliError::new(format!(
+                "process {pid} exited while debugpy started"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::new(format!(
+                "process {pid} ran the script but debugpy did not report listening within {:.0} s",
+                timeout.max(Duration::from_secs(30)).as_secs_f64()
+            ))
+            .hint(format!(
+                "its stderr may say why; `scry dump {pid}` shows what it is doing"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(placement);
+    if status["ok"] != true {
+        let kind = status["kind"].as_str().unwrap_or("");
+        let exe = status["executable"].as_str().unwrap_or("python");
+        let error = status["error"].as_str().unwrap_or("?");
+        return Err(if kind == "no_debugpy" {
+            CliError::new(format!(
+                "process {pid} cannot import debugpy ({error})"
+            ))
+            .hint(format!(
+                "install it for the target's interpreter: `{exe} -m pip install debugpy` (or into the virtualenv/container image it runs from; its sys.path is {}), then run `scry debug {pid}` again",
+                status["path"]
+            ))
+        } else {
+            CliError::new(format!(
+                "debugpy failed to listen in process {pid}: {error}"
+            ))
+            .hint(format!(
+                "pick another port with `scry debug {pid} --port P` if this one is taken"
+            ))
+        });
+    }
+    let port = status["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| CliError::new(format!("process {pid} reported no port: {status}")))?;
+    while !listening(pid, port) {
+        if Instant::now() > deadline {
+            return Err(CliError::new(format!(
+                "debugpy said it listens on 127.0.0.1:{port} in process {pid}, but no such socket is listening"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cwd = status["cwd"].as_str().unwrap_or("/");
+    let (vscode, nvim) = configurations(port, cwd);
+    if printer.json {
+        printer.json_value(&json!({
+            "pid": pid,
+            "host": "127.0.0.1",
+            "port": port,
+            "already": status["already"],
+            "cwd": cwd,
+            "python_version": status["python"],
+            "debugpy": status["debugpy"],
+            "injector": injection.injector,
+            "vscode": vscode,
+            "nvim_dap": nvim,
+        }))?;
+        return Ok(ExitStatus::Success);
+    }
+    let what = if status["already"] == true {
+        "already listens"
+    } else {
+        "listens"
+    };
+    printer.line(format!(
+        "debugpy {what} in process {pid} on 127.0.0.1:{port} (loopback only; injected with {})",
+        injection.injector
+    ))?;
+    printer.line("")?;
+    printer.line("VS Code (.vscode/launch.json):")?;
+    let pretty = serde_json::to_string_pretty(&vscode).unwrap_or_default();
+    for line in pretty.lines() {
+        printer.line(format!("  {line}"))?;
+    }
+    printer.line("")?;
+    printer.line("nvim-dap:")?;
+    for line in nvim.lines() {
+        printer.line(format!("  {line}"))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn inject_error(e: scry_proc::inject::InjectError) -> CliError {
+    let hint = e.hint();
+    let mut err = CliError::new(e.to_string());
+    if let Some(h) = hint {
+        err = err.hint(h);
+    }
+    err
+}
