@@ -296,6 +296,7 @@
     try {
       const d = await api('GET', '/api/v1/events?limit=50&order=newest');
       for (const e of (d.events || []).reverse()) {
+        if (e.kind === 'trace') continue; // call records belong to the call-flow view
         eventQueue.push({ pid: e.pid, kind: e.kind, source: e.source, t_hit: e.t_hit, data: e.data });
       }
       schedule();
@@ -325,10 +326,11 @@
     for (const ev of batch) {
       if (only && ev.source !== only) continue;
       const d = ev.data || {};
-      if (ev.kind === 'probe' && d.values) {
+      if ((ev.kind === 'probe' || ev.kind === 'pulse') && d.values) {
+        const label = ev.kind === 'probe' ? probeLabel(ev.source) : 'pulse ' + (d.name || ev.source);
         for (const [expr, v] of Object.entries(d.values)) {
           const n = numeric(v);
-          if (n !== null) chartPoint(probeLabel(ev.source) + ' · ' + expr, n);
+          if (n !== null) chartPoint(label + ' · ' + expr, n);
         }
       }
       if (!paused) rows.push(ev);

@@ -235,6 +235,12 @@ fn web_ui_in_chromium() {
         "const c = document.querySelector('.chart[data-key=\"webtotals · subtotal\"] canvas');
          return c && c.width > 0;",
     );
+    // `scry.pulse("request", n=n)` of the other process: pulse events get a chart too.
+    browser.wait_script(
+        "a chart for the pulses",
+        Duration::from_secs(60),
+        "return !!document.querySelector('.chart[data-key=\"pulse request · n\"] canvas');",
+    );
     let shot = browser.screenshot(None, &artifacts_dir().join("events.png"));
     assert!(shot.starts_with(b"\x89PNG\r\n\x1a\n") && shot.len() > 1000);
 

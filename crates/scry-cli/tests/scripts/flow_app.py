@@ -2,7 +2,7 @@
 
 handle() calls parse(), then validate() (which raises for every third request; handle() catches
 it), then compute(); every fifth request also calls slow_step(), long enough to be seen running.
-argv[1]: the name to register.
+Each request also sends `scry.pulse("request", n=n)`. argv[1]: the name to register.
 """
 import sys
 import time
@@ -46,6 +46,7 @@ def main():
     while True:
         n += 1
         handle(n)
+        scry.pulse("request", n=n)
         time.sleep(0.02)
 
 
