@@ -150,6 +150,15 @@ The exit status is the command's.\n\nExamples:\n  scry run -- python app.py\n  s
 run on and ends the command.\n\nExamples:\n  scry repl 4242\n  scry repl 4242 --thread worker-1"
     )]
     Repl(ReplArgs),
+    /// MCP for AI agents over stdio (starts the daemon when needed; tools run in the daemon).
+    #[command(
+        after_help = "Register it with an agent as one command, e.g. for Claude Code:\n  \
+claude mcp add scry -- scry mcp\nor in a JSON MCP configuration:\n  \
+{\"mcpServers\": {\"scry\": {\"command\": \"scry\", \"args\": [\"mcp\"]}}}\n\n\
+stdout carries only MCP messages; notes go to stderr. The same tools are served over \
+streamable HTTP at /mcp on the daemon. See docs/agents.md."
+    )]
+    Mcp,
 }
 
 /// `scry lines`.

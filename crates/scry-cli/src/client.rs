@@ -117,6 +117,16 @@ impl DaemonClient {
         self.call(self.http.get(self.url(path))).await
     }
 
+    /// A request to `path` on the daemon with the token attached (for `scry mcp`'s relay, which
+    /// streams the answer itself).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     /// GET a JSON document that may take up to `timeout` to come (a long poll).
     pub async fn get_with_timeout(&self, path: &str, timeout: Duration) -> Result<Value, CliError> {
         self.call_within(self.http.get(self.url(path)), timeout)

@@ -48,6 +48,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Lines(a) => a.output.json,
         Command::Debug(a) => a.output.json,
         Command::Run(_) | Command::Repl(_) => false,
+        Command::Mcp => false,
         Command::Logs(a) => a.output.json,
         Command::Ui(a) => a.output.json,
         Command::Probe(p) => match p {
@@ -95,6 +96,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Logs(a) => commands::logs::logs(&home, a, printer).await,
             Command::Lines(a) => commands::lines::lines(&home, a, printer).await,
             Command::Debug(a) => commands::debug::debug(a, printer).await,
+            Command::Mcp => commands::mcp::mcp(&home, printer).await,
             Command::Ui(a) => commands::ui::ui(&home, a, printer).await,
             Command::Run(_) | Command::Repl(_) => unreachable!("handled in run_with_status"),
         }

@@ -52,6 +52,10 @@ impl ApiError {
         self.hint = Some(hint.into());
         self
     }
+    /// Kind, message and hint (for MCP tool errors).
+    pub fn parts(&self) -> (&str, &str, Option<&str>) {
+        (self.kind, &self.message, self.hint.as_deref())
+    }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
@@ -89,8 +93,21 @@ impl From<scry_store::StoreError> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// Builds the router.
+/// Builds the router: the REST API, MCP at `/mcp`, the token check in front of both.
 pub fn router(shared: Arc<Shared>) -> Router {
+    api_routes()
+        .nest_service("/mcp", crate::mcp::service(shared.clone()))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+        .with_state(shared)
+}
+
+/// The REST routes alone, without the token check (MCP tools call them in process, after
+/// `/mcp` itself passed the check).
+pub(crate) fn api_routes() -> Router<Arc<Shared>> {
     Router::new()
         .merge(crate::web::routes())
         .route("/api/v1/health", get(health))
@@ -110,12 +127,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::api_traces::routes())
         .merge(crate::query::routes())
         .merge(crate::repl::routes())
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            require_token,
-        ))
-        .with_state(shared)
+}
+
+/// The REST API as a service for in-process requests.
+pub(crate) fn local_api(shared: Arc<Shared>) -> Router {
+    api_routes().fallback(not_found).with_state(shared)
 }
 
 async fn require_token(
@@ -223,7 +239,7 @@ struct ProcessesQuery {
 /// How long a gone process stays in the default listing.
 const RECENTLY_GONE: f64 = 15.0 * 60.0;
 
-fn process_list(shared: &Shared, all_gone: bool) -> Vec<Value> {
+pub(crate) fn process_list(shared: &Shared, all_gone: bool) -> Vec<Value> {
     let views = shared.registry().views();
     let cutoff = crate::now() - RECENTLY_GONE;
     let mut out: Vec<Value> = Vec::new();

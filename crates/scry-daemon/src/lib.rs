@@ -30,6 +30,7 @@ pub mod home;
 pub mod http;
 pub mod lines;
 pub mod link;
+pub mod mcp;
 pub mod probes;
 pub mod query;
 pub mod registry;

@@ -7,6 +7,7 @@ pub mod dump;
 pub mod events;
 pub mod lines;
 pub mod logs;
+pub mod mcp;
 pub mod probe;
 pub mod ps;
 pub mod reap;
