@@ -25,7 +25,7 @@ from realdaemon import SCRY_BIN, running  # noqa: E402
 TOOLS = {
     "list_processes", "wake", "sleep", "find_lines", "add_probe", "list_probes", "remove_probe",
     "enable_probe", "disable_probe", "observe", "query_events", "event_stats", "wait_for_hits",
-    "dump_stacks",
+    "dump_stacks", "trace_start", "trace_stop", "trace_summary",
 }
 
 
@@ -132,6 +132,21 @@ async def realistic_session(session, pid):
     assert (await call(session, "enable_probe", probe="totals"))["enabled"] is True
     await call(session, "remove_probe", probe="totals")
 
+    # A short trace of checkout(): counts and durations, summarized.
+    started = await call(session, "trace_start", target=str(pid), functions=["__main__:checkout"])
+    trace_id = started["id"]
+    await asyncio.sleep(0.5)
+    await call(session, "trace_stop", trace=trace_id)
+    summary = None
+    for _ in range(50):  # the last batch is stored shortly after the stop
+        summary = await call(session, "trace_summary", trace=trace_id)
+        if rows(summary["functions"]) and rows(summary["functions"])[0]["calls"] >= 5:
+            break
+        await asyncio.sleep(0.1)
+    fn = rows(summary["functions"])[0]
+    assert fn["function"] == "__main__:checkout" and fn["calls"] >= 5 and fn["exceptions"] == 0, summary
+    assert rows(summary["slowest_calls"])[0]["pid"] == pid, summary
+
     # Stacks from outside: the main thread runs checkout() or sleeps in main().
     dump = await call(session, "dump_stacks", pid=pid)
     frames = [f for t in dump["processes"][0]["threads"] for f in t["frames"]]
@@ -161,6 +176,10 @@ BAD_CALLS = [
     ("wait_for_hits", {"count": "many"}),
     ("dump_stacks", {"pid": -1}),
     ("dump_stacks", {"pid": 999999999}),
+    ("trace_start", {"target": "1"}),
+    ("trace_start", {"target": "no-such", "functions": ["x:y"]}),
+    ("trace_stop", {"trace": "tr-nope"}),
+    ("trace_summary", {"trace": "tr-nope", "top": 0}),
 ]
 
 

@@ -324,6 +324,44 @@ pub struct DumpArgs {
     pub locals: bool,
 }
 
+/// `trace_start`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceStartArgs {
+    /// A pid, a process name, or "all" (every connected process).
+    pub target: String,
+    /// Functions to trace exactly: "module:function" or "module:Class.method".
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// Module prefixes whose functions are traced, e.g. ["myapp."].
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Module prefixes left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Capture the arguments of each call.
+    #[serde(default)]
+    pub args: bool,
+    /// Capture return values.
+    #[serde(default)]
+    pub returns: bool,
+    /// Stop by itself after this many seconds.
+    #[serde(default)]
+    pub duration_s: Option<f64>,
+}
+
+/// A trace named by id.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceArgs {
+    /// The trace id ("tr-..."), as trace_start returned it.
+    pub trace: String,
+    /// Rows per table (default 10).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub top: Option<usize>,
+}
+
 // -- tools ---------------------------------------------------------------------------------------
 
 #[tool_router]
@@ -579,6 +617,42 @@ impl ScryMcp {
             }),
         })
     }
+
+    #[tool(
+        description = "Start tracing calls of selected functions (functions, or module prefixes in include) in a process: every call, return and exception with its duration, at a small cost only in the traced functions. Returns the trace id; stop it with trace_stop and read trace_summary."
+    )]
+    async fn trace_start(&self, Parameters(a): Parameters<TraceStartArgs>) -> CallToolResult {
+        if a.functions.is_empty() && a.include.is_empty() {
+            return answer(Err(invalid("give `functions` (module:function) or `include` (module prefixes): tracing everything is refused")));
+        }
+        let mut body = json!({"target": a.target, "functions": a.functions, "include": a.include,
+                              "exclude": a.exclude, "args": a.args, "returns": a.returns});
+        if let Some(d) = a.duration_s {
+            body["duration"] = json!(d);
+        }
+        answer(self.local(Method::POST, "/api/v1/traces", Some(body)).await)
+    }
+
+    #[tool(
+        description = "Stop a trace (by id) in every process it runs in; its records stay for trace_summary."
+    )]
+    async fn trace_stop(&self, Parameters(a): Parameters<TraceArgs>) -> CallToolResult {
+        answer(
+            self.local(
+                Method::POST,
+                &format!("/api/v1/traces/{}/stop", enc(&a.trace)),
+                None,
+            )
+            .await,
+        )
+    }
+
+    #[tool(
+        description = "Summarize a trace (running or stopped): per function the call count, total, mean and max duration and exceptions; the slowest calls; the exceptions by type. Read this instead of raw trace records."
+    )]
+    async fn trace_summary(&self, Parameters(a): Parameters<TraceArgs>) -> CallToolResult {
+        answer(self.trace_summary_impl(&a.trace, a.top.unwrap_or(10)).await)
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -749,6 +823,151 @@ impl ScryMcp {
             "file_differs": found["file_differs"],
         }))
     }
+}
+
+impl ScryMcp {
+    async fn trace_summary_impl(&self, id: &str, top: usize) -> ToolResult {
+        let meta = self
+            .local(Method::GET, &format!("/api/v1/traces/{}", enc(id)), None)
+            .await?;
+        let store = self.shared.store.clone();
+        let q = scry_store::EventQuery {
+            source: Some(id.to_owned()),
+            kind: Some("trace".into()),
+            limit: scry_store::MAX_QUERY_LIMIT,
+            order: scry_store::Order::Oldest,
+            after_id: Some(0),
+            ..Default::default()
+        };
+        let page = crate::http::blocking(move || store.events(&q)).await?;
+        let pids: std::collections::HashMap<i64, u32> = self
+            .shared
+            .registry()
+            .views()
+            .into_iter()
+            .map(|v| (v.id, v.pid))
+            .collect();
+        Ok(summarize_trace(
+            meta,
+            &page.events,
+            page.truncated,
+            top,
+            &pids,
+        ))
+    }
+}
+
+#[derive(Default)]
+struct FnStats {
+    calls: u64,
+    total_ns: f64,
+    max_ns: f64,
+    exceptions: u64,
+}
+
+/// Per-function counts and durations, the slowest calls and the exceptions of trace batches.
+fn summarize_trace(
+    meta: Value,
+    batches: &[scry_store::EventRow],
+    truncated: bool,
+    top: usize,
+    pids: &std::collections::HashMap<i64, u32>,
+) -> Value {
+    use std::collections::BTreeMap;
+    let mut per_fn: BTreeMap<String, FnStats> = BTreeMap::new();
+    let mut slowest: Vec<(f64, String, i64, String)> = Vec::new();
+    let mut exceptions: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
+    let mut records = 0u64;
+    for batch in batches {
+        let d = &batch.data;
+        let names: Vec<String> = d["functions"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .map(|f| {
+                        format!(
+                            "{}:{}",
+                            f["module"].as_str().unwrap_or("?"),
+                            f["function"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for r in d["records"].as_array().into_iter().flatten() {
+            records += 1;
+            let Some(name) = r["f"].as_u64().and_then(|i| names.get(i as usize)) else {
+                continue;
+            };
+            let s = per_fn.entry(name.clone()).or_default();
+            match r["e"].as_str() {
+                Some("call") => s.calls += 1,
+                Some(e @ ("return" | "exception")) => {
+                    let dur = r["dur"].as_f64().unwrap_or(0.0);
+                    s.total_ns += dur;
+                    s.max_ns = s.max_ns.max(dur);
+                    let thread = d["threads"][r["tid"].to_string().as_str()]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned();
+                    slowest.push((dur, name.clone(), batch.process_id, thread));
+                    if e == "exception" {
+                        s.exceptions += 1;
+                        let ty = r["exc"]["type"].as_str().unwrap_or("exception").to_owned();
+                        let entry = exceptions
+                            .entry((name.clone(), ty))
+                            .or_insert((0, String::new()));
+                        entry.0 += 1;
+                        if entry.1.is_empty() {
+                            entry.1 = r["exc"]["message"]
+                                .as_str()
+                                .unwrap_or("")
+                                .chars()
+                                .take(200)
+                                .collect();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let ms = |ns: f64| (ns / 1e4).round() / 100.0;
+    let mut fns: Vec<(&String, &FnStats)> = per_fn.iter().collect();
+    fns.sort_by(|a, b| b.1.total_ns.total_cmp(&a.1.total_ns));
+    let fn_rows: Vec<Value> = fns
+        .iter()
+        .take(top)
+        .map(|(n, s)| {
+            let ended = s.calls.max(1) as f64;
+            json!([
+                n,
+                s.calls,
+                ms(s.total_ns),
+                ms(s.total_ns / ended),
+                ms(s.max_ns),
+                s.exceptions
+            ])
+        })
+        .collect();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slow_rows: Vec<Value> = slowest
+        .iter()
+        .take(top)
+        .map(|(d, n, p, t)| json!([n, ms(*d), pids.get(p).copied(), t]))
+        .collect();
+    let exc_rows: Vec<Value> = exceptions
+        .iter()
+        .take(top)
+        .map(|((n, t), (c, m))| json!([n, t, c, m]))
+        .collect();
+    json!({
+        "trace": meta["id"], "state": meta["state"],
+        "records": records, "batches_truncated": truncated,
+        "functions": {"columns": ["function", "calls", "total_ms", "mean_ms", "max_ms", "exceptions"], "rows": fn_rows, "total": per_fn.len(), "truncated": per_fn.len() > top},
+        "slowest_calls": {"columns": ["function", "ms", "pid", "thread"], "rows": slow_rows, "truncated": slowest.len() > top},
+        "exceptions": {"columns": ["function", "type", "count", "first_message"], "rows": exc_rows, "truncated": exceptions.len() > top},
+    })
 }
 
 /// The line for `observe`: after the first binding (or at it), else at the first read.
