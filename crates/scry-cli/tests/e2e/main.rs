@@ -13,6 +13,7 @@ mod embedded;
 mod garbage;
 mod lines;
 mod logs;
+mod mcp;
 mod probes;
 mod ps_tree;
 mod queries;

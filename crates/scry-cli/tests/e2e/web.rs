@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 use crate::support::{http_get, http_request, pythons, text, wait_for, Ctx, Proc};
 use crate::webdriver::{artifacts_dir, Browser};
 
-const TOKEN: &str = "web-e2e-token-3f9a";
+pub(crate) const TOKEN: &str = "web-e2e-token-3f9a";
 
 /// This host's address on its default route (no packet is sent: a UDP connect only picks the
 /// source address), so that the browser reaches the daemon as a non-loopback caller.
-fn non_loopback_ip() -> Option<String> {
+pub(crate) fn non_loopback_ip() -> Option<String> {
     let s = UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect("10.255.255.255:9").ok()?;
     let ip = s.local_addr().ok()?.ip();
@@ -25,7 +25,7 @@ fn non_loopback_ip() -> Option<String> {
 }
 
 /// Starts `scry serve --http IP:0` with a token file; returns the HTTP address.
-fn start_daemon_on(ctx: &mut Ctx, ip: &str) -> String {
+pub(crate) fn start_daemon_on(ctx: &mut Ctx, ip: &str) -> String {
     std::fs::create_dir_all(ctx.home()).expect("home");
     let token_file = ctx.home().join("token");
     std::fs::write(&token_file, TOKEN).expect("token");
