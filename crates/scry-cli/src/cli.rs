@@ -129,7 +129,7 @@ scry lines orders:Cart.add --var self.total --json"
         after_help = "Python 3.14+ is injected natively (PEP 768); 3.8-3.13 through gdb, which stops the \
 process briefly. debugpy must be importable by the target (`python -m pip install debugpy` for its \
 interpreter); scry says so when it is not.\n\n\
-Examples:\n  scry debug 4242\n  scry debug 4242 --port 5679\n  scry debug 4242 --json | jq .vscode"
+Examples:\n  scry debug 4242\n  scry debug 4242 --port 5679\n  scry debug 4200 --follow   4200 runs `uvicorn --reload`: debug its worker, again after each reload\n  scry debug 4242 --json | jq .vscode"
     )]
     Debug(DebugArgs),
     /// Call tracing: watch selected functions run (calls, returns, exceptions, durations).
@@ -665,6 +665,11 @@ pub struct DebugArgs {
     /// Seconds to wait for the target to pick the script up.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    /// Keep going: when the worker restarts (a reload), start debugpy in the new one on the
+    /// same port. PID may be the reload supervisor (its worker is debugged) or the worker.
+    /// Runs until the supervisor exits or ctrl-c; with --json, one JSON line per worker.
+    #[arg(long)]
+    pub follow: bool,
     #[command(flatten)]
     pub output: Output,
 }

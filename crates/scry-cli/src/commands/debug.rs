@@ -167,9 +167,20 @@ pub fn configurations(port: u16, remote_root: &str) -> (Value, String) {
     (vscode, nvim)
 }
 
-/// `scry debug PID [--port P]`.
-pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
-    let pid = args.pid;
+/// What an injection of debugpy reported.
+struct Started {
+    status: Value,
+    port: u16,
+    injector: &'static str,
+}
+
+/// Injects debugpy into `pid` listening on 127.0.0.1:`port` and waits until it listens.
+async fn start_debugpy(
+    pid: u32,
+    port: u16,
+    timeout: Duration,
+    printer: &mut Printer,
+) -> Result<Started, CliError> {
     let info = scry_proc::info(pid).map_err(|_| {
         CliError::new(format!("no process with pid {pid}"))
             .hint("list Python processes with `scry ps --all`")
@@ -200,7 +211,7 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
     let status_target = placement.target_dir.join("status.json");
     let script = SCRIPT
         .replace("{STATUS}", &py_str(&status_target.to_string_lossy()))
-        .replace("{PORT}", &args.port.to_string());
+        .replace("{PORT}", &port.to_string());
     let script_host = placement.host_dir.join("debug.py");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -216,7 +227,6 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
         Some(nix::unistd::Uid::from_raw(info.uid)),
         Some(nix::unistd::Gid::from_raw(gid_of(pid))),
     );
-    let timeout = Duration::from_secs_f64(args.timeout);
     let script_target = placement.target_dir.join("debug.py");
     let injection = {
         let injector = injector;
@@ -284,22 +294,131 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(Started {
+        status,
+        port,
+        injector: injection.injector,
+    })
+}
+
+/// The worker to debug under a reload supervisor: its first Python child that is not a
+/// multiprocessing helper.
+fn worker_of(supervisor: u32) -> Option<u32> {
+    let mut detector = scry_proc::python::Detector::new();
+    scry_proc::tree(supervisor)
+        .into_iter()
+        .filter(|(p, depth)| *depth == 1 && p.state != 'Z')
+        .filter(|(p, _)| {
+            !matches!(
+                scry_proc::python::role_of(&p.cmdline, None),
+                Some(
+                    scry_proc::python::Role::ResourceTracker | scry_proc::python::Role::Forkserver
+                )
+            )
+        })
+        .find(|(p, _)| detector.detect(p.pid).is_some_and(|i| i.short != "?"))
+        .map(|(p, _)| p.pid)
+}
+
+/// `scry debug PID [--port P] [--follow]`.
+pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
+    let timeout = Duration::from_secs_f64(args.timeout);
+    // With --follow, PID may be a reload supervisor: debug its worker, and the next one.
+    let (mut pid, supervisor) = if args.follow {
+        let info = scry_proc::info(args.pid).map_err(|_| {
+            CliError::new(format!("no process with pid {}", args.pid))
+                .hint("list Python processes with `scry ps --all`")
+        })?;
+        let parent_cmdline = scry_proc::info(info.ppid).ok().map(|p| p.cmdline);
+        match scry_proc::python::role_of(&info.cmdline, parent_cmdline.as_deref()) {
+            Some(scry_proc::python::Role::ReloadSupervisor { .. }) => {
+                let deadline = Instant::now() + timeout;
+                let worker = loop {
+                    if let Some(w) = worker_of(args.pid) {
+                        break w;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(CliError::new(format!(
+                            "reload supervisor {} has no Python worker to debug",
+                            args.pid
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                (worker, args.pid)
+            }
+            _ => (args.pid, info.ppid),
+        }
+    } else {
+        (args.pid, 0)
+    };
+    let started = start_debugpy(pid, args.port, timeout, printer).await?;
+    print_started(printer, pid, &started)?;
+    if !args.follow {
+        return Ok(ExitStatus::Success);
+    }
+    // Follow: when the worker is replaced (a reload), start debugpy in the new one on the same
+    // port. Runs until the supervisor exits or ctrl-c.
+    let port = started.port;
+    printer.note(format!(
+        "following: debugpy is started again on port {port} in each new worker of {supervisor} (ctrl-c stops)"
+    ));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitStatus::Success),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        if !scry_proc::alive(supervisor, None) {
+            printer.note(format!("{supervisor} exited: stopped following"));
+            return Ok(ExitStatus::Success);
+        }
+        let Some(worker) = worker_of(supervisor) else {
+            continue;
+        };
+        if worker == pid {
+            continue;
+        }
+        // The old worker's port is free only once it exited.
+        if listening(worker, port) || scry_proc::alive(pid, None) && listening(pid, port) {
+            continue;
+        }
+        printer.note(format!("restart: pid {pid} -> pid {worker}"));
+        match start_debugpy(worker, port, timeout, printer).await {
+            Ok(s) => {
+                pid = worker;
+                print_started(printer, pid, &s)?;
+            }
+            Err(e) => {
+                printer.note(format!("error: pid {worker}: {}", e.message));
+                pid = worker;
+            }
+        }
+    }
+}
+
+fn print_started(printer: &mut Printer, pid: u32, started: &Started) -> Result<(), CliError> {
+    let status = &started.status;
+    let port = started.port;
     let cwd = status["cwd"].as_str().unwrap_or("/");
     let (vscode, nvim) = configurations(port, cwd);
     if printer.json {
-        printer.json_value(&json!({
-            "pid": pid,
-            "host": "127.0.0.1",
-            "port": port,
-            "already": status["already"],
-            "cwd": cwd,
-            "python_version": status["python"],
-            "debugpy": status["debugpy"],
-            "injector": injection.injector,
-            "vscode": vscode,
-            "nvim_dap": nvim,
-        }))?;
-        return Ok(ExitStatus::Success);
+        // One JSON document per line (with --follow, one per worker).
+        printer.line(
+            json!({
+                "pid": pid,
+                "host": "127.0.0.1",
+                "port": port,
+                "already": status["already"],
+                "cwd": cwd,
+                "python_version": status["python"],
+                "debugpy": status["debugpy"],
+                "injector": started.injector,
+                "vscode": vscode,
+                "nvim_dap": nvim,
+            })
+            .to_string(),
+        )?;
+        return Ok(());
     }
     let what = if status["already"] == true {
         "already listens"
@@ -308,7 +427,7 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
     };
     printer.line(format!(
         "debugpy {what} in process {pid} on 127.0.0.1:{port} (loopback only; injected with {})",
-        injection.injector
+        started.injector
     ))?;
     printer.line("")?;
     printer.line("VS Code (.vscode/launch.json):")?;
@@ -321,7 +440,7 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
     for line in nvim.lines() {
         printer.line(format!("  {line}"))?;
     }
-    Ok(ExitStatus::Success)
+    Ok(())
 }
 
 fn inject_error(e: scry_proc::inject::InjectError) -> CliError {

@@ -55,7 +55,7 @@ fn start(ctx: &Ctx, python: &str, extra: &[&str], counter: &std::path::Path) -> 
 }
 
 /// A DAP connection: requests with sequence numbers, messages read with Content-Length framing.
-struct Dap {
+pub struct Dap {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     seq: i64,
@@ -63,7 +63,7 @@ struct Dap {
 }
 
 impl Dap {
-    fn connect(port: u16) -> Dap {
+    pub fn connect(port: u16) -> Dap {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to debugpy");
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
@@ -76,7 +76,7 @@ impl Dap {
         }
     }
 
-    fn send(&mut self, command: &str, arguments: Value) -> i64 {
+    pub fn send(&mut self, command: &str, arguments: Value) -> i64 {
         self.seq += 1;
         let body =
             json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments})
@@ -125,7 +125,7 @@ impl Dap {
         panic!("no {what}; seen: {:#?}", self.seen);
     }
 
-    fn response(&mut self, seq: i64) -> Value {
+    pub fn response(&mut self, seq: i64) -> Value {
         let v = self.until(&format!("response to {seq}"), |v| {
             v["type"] == "response" && v["request_seq"] == seq
         });
@@ -253,4 +253,66 @@ fn scry_debug_says_how_to_install_debugpy() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn scry_debug_follow_starts_debugpy_again_in_a_restarted_worker() {
+    let ctx = Ctx::new();
+    let Some(python) = pythons().into_iter().find(|p| minor_of(p) >= 14) else {
+        return; // needs 3.14+; the matrix has it
+    };
+    let (_server, status) = crate::discovery::start_reload_server(&ctx, &python);
+    let (supervisor, first) = wait_for("the first worker", Duration::from_secs(30), || {
+        crate::discovery::reload_starts(&status).first().copied()
+    });
+    let mut follower = Proc {
+        child: ctx
+            .cmd(&[
+                "debug",
+                &supervisor.to_string(),
+                "--follow",
+                "--port",
+                "0",
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("scry debug --follow"),
+        label: "scry debug --follow".into(),
+    };
+    let stdout = follower.child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let one = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("debugpy in the first worker");
+    assert_eq!(one["pid"], first, "{one}");
+    let port = one["port"].as_u64().expect("port") as u16;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let second = wait_for("a new worker", Duration::from_secs(30), || {
+        crate::discovery::reload_starts(&status).get(1).map(|s| s.1)
+    });
+    let two = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("debugpy in the new worker");
+    assert_eq!(two["pid"], second, "{two}");
+    assert_eq!(two["port"], port, "the same port: {two}");
+    let mut dap = Dap::connect(port);
+    let init = dap.send(
+        "initialize",
+        json!({"clientID": "scry-test", "adapterID": "python", "pathFormat": "path"}),
+    );
+    dap.response(init);
+    drop(dap);
+    follower.kill();
 }
