@@ -556,3 +556,31 @@ def test_crash_repls_for_a_thread_a_futures_worker_and_the_parent(daemon, tmp_pa
     child.sendline("q")
     child.expect("ZeroDivisionError: in a futures worker")
     finish(child, 1)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="attaching without preparation needs PEP 768 (3.14)")
+def test_scry_repl_attaches_an_unprepared_314_process_first(daemon, tmp_path):
+    script = write(tmp_path, "plain_busy.py", """
+        import os
+        print("plain", os.getpid(), flush=True)
+        counter = 0
+        while True:
+            counter += 1
+    """)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    target = pexpect.spawn(sys.executable, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
+    try:
+        target.expect(r"plain (\d+)")
+        pid = int(target.match.group(1))
+        child = spawn(["repl", str(pid)], tmp_path)
+        child.expect("attaching one")
+        repl = next_repl(child)
+        assert repl.pid == pid and repl.kind == "break-in"
+        assert int(re.search(r"(\d+)", command(child, "p counter", pid)).group(1)) > 0
+        child.sendline("c")
+        finish(child, 0)
+        assert alive(pid)
+    finally:
+        target.kill(signal.SIGKILL)
+        target.close()

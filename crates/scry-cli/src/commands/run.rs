@@ -798,9 +798,22 @@ pub async fn repl(
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
     let body = json!({"thread": a.thread});
-    let answer = client
-        .post(&format!("/api/v1/processes/{}/repl", a.pid), &body)
-        .await?;
+    let path = format!("/api/v1/processes/{}/repl", a.pid);
+    let answer = match client.post(&path, &body).await {
+        Ok(answer) => answer,
+        Err(first) => {
+            // No agent: on CPython 3.14 load one through PEP 768 first, then ask again.
+            if scry_proc::inject::pep768::check(a.pid).is_err() {
+                return Err(first);
+            }
+            printer.note(format!(
+                "scry repl: pid {} has no agent; attaching one (PEP 768)",
+                a.pid
+            ));
+            attach_agent(home, &client, a.pid).await?;
+            client.post(&path, &body).await?
+        }
+    };
     let session = answer
         .get("id")
         .and_then(Value::as_str)
@@ -859,6 +872,87 @@ pub async fn repl(
             }
         }
     }
+}
+
+/// Loads an awake agent into a Python 3.14 process with no preparation (PEP 768): the agent
+/// package from `$SCRY_HOME/agent/<version>` and a one-shot script placed where the target sees
+/// them (its own root), then waits until the daemon lists the process awake.
+async fn attach_agent(home: &Home, client: &DaemonClient, pid: u32) -> Result<(), CliError> {
+    use scry_proc::inject::Injector;
+    let agent_dir = scry_daemon::bundle::unpack(home).map_err(CliError::from_daemon)?;
+    let target_root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    let seen = |p: &std::path::Path| -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let inside = target_root.join(p.strip_prefix("/").unwrap_or(p));
+        match (std::fs::metadata(p), std::fs::metadata(&inside)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    };
+    let socket = home.agent_socket();
+    if !seen(&agent_dir) || !seen(&socket) {
+        return Err(CliError::new(format!(
+            "process {pid} does not see {} (another mount namespace or container)",
+            home.root().display()
+        ))
+        .hint(
+            "use `scry attach` for processes in containers, or set SCRY_HOME to a path both see",
+        ));
+    }
+    let name = format!("scry-repl-attach-{}-{}.py", pid, std::process::id());
+    let script_in_target = std::env::temp_dir().join(&name);
+    let script_here = target_root.join(
+        script_in_target
+            .strip_prefix("/")
+            .unwrap_or(&script_in_target),
+    );
+    let text = format!(
+        "import sys\nsys.path.insert(0, {dir:?})\ntry:\n    import scry\n    from scry import _state\n    _state.ORIGIN = 'injected'\n    if _state._agent.state == 'uninitialised':\n        scry.init(start_state='awake', daemon_url={url:?}, home={home:?})\n    else:\n        scry.wake({url:?})\nfinally:\n    try:\n        sys.path.remove({dir:?})\n    except ValueError:\n        pass\n",
+        dir = agent_dir.display().to_string(),
+        url = format!("unix://{}", socket.display()),
+        home = home.root().display().to_string(),
+    );
+    std::fs::write(&script_here, text)
+        .map_err(|e| CliError::new(format!("cannot write {}: {e}", script_here.display())))?;
+    let injected = tokio::task::spawn_blocking(move || {
+        scry_proc::inject::pep768::Pep768.inject(pid, &script_in_target, Duration::from_secs(10))
+    })
+    .await;
+    let result = match injected {
+        Ok(Ok(_)) => {
+            let mut awake = false;
+            for _ in 0..200 {
+                if let Ok(p) = client.get(&format!("/api/v1/processes/{pid}")).await {
+                    let state = p
+                        .get("state")
+                        .or_else(|| p.pointer("/process/state"))
+                        .and_then(Value::as_str);
+                    if state == Some("awake") {
+                        awake = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if awake {
+                Ok(())
+            } else {
+                Err(CliError::new(format!(
+                    "the agent injected into {pid} did not connect within 10 s"
+                )))
+            }
+        }
+        Ok(Err(e)) => {
+            let mut err = CliError::new(format!("cannot attach to {pid}: {e}"));
+            if let Some(h) = e.hint() {
+                err = err.hint(h);
+            }
+            Err(err)
+        }
+        Err(e) => Err(CliError::new(format!("the injector failed: {e}"))),
+    };
+    let _ = std::fs::remove_file(&script_here);
+    result
 }
 
 #[cfg(test)]
