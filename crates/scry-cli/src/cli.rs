@@ -215,7 +215,8 @@ Examples:\n  scry trace export tr-3f2a9c0d1e --format perfetto -o trace.pftrace\
 /// `scry trace start`.
 #[derive(Debug, Args)]
 pub struct TraceStartArgs {
-    /// A pid, a process name (`scry.init(name=...)` or the script's name), or `all`.
+    /// A pid, a process name (`scry.init(name=...)` or the script's name), `all`, `run` (every
+    /// process started by `scry run`) or `run:SESSION` (those of one `scry run` session).
     pub target: String,
     /// Trace these modules, files or functions (repeatable).
     #[arg(long, value_name = "PATTERN")]

@@ -45,7 +45,8 @@ pub fn routes() -> Router<Arc<Shared>> {
 #[serde(deny_unknown_fields)]
 struct StartBody {
     /// A pid or a process name (matched against the name given to `scry.init`, else the
-    /// script's file name); `all` traces every connected process.
+    /// script's file name); `all` traces every connected process, `run` the processes of every
+    /// `scry run`, `run:SESSION` those of one `scry run` session.
     target: String,
     #[serde(default)]
     include: Vec<String>,
@@ -73,16 +74,30 @@ fn script_name(argv: &[String]) -> Option<String> {
         .map(|n| n.to_string_lossy().into_owned())
 }
 
-/// The connected processes `target` names: (registry id, pid).
+/// The `scry run` session a process belongs to: `SCRY_RUN_SESSION` in its environment (read
+/// from /proc; None when unreadable, e.g. another user's process).
+fn run_session_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"SCRY_RUN_SESSION="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The connected processes `target` names: (registry id, pid). `run` means every process of
+/// any `scry run`, `run:SESSION` those of one `scry run` session.
 fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>, ApiError> {
     let views = shared.registry().views();
     let by_pid: Option<u32> = target.parse().ok();
+    let session = target.strip_prefix("run:");
     let matching: Vec<_> = views
         .iter()
         .filter(|v| v.state != ProcState::Gone)
-        .filter(|v| match by_pid {
-            Some(pid) => v.pid == pid,
-            None => {
+        .filter(|v| match (by_pid, session) {
+            (Some(pid), _) => v.pid == pid,
+            (None, Some(id)) => run_session_of(v.pid).as_deref() == Some(id),
+            (None, None) if target == "run" => run_session_of(v.pid).is_some(),
+            (None, None) => {
                 target == "all"
                     || v.name.as_deref() == Some(target)
                     || script_name(&v.argv).as_deref() == Some(target)
