@@ -508,3 +508,92 @@ pub fn perfetto(m: &Model) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(records: Value) -> Value {
+        json!({"pid": 7, "data": {"trace": "tr-x", "start": 100.0,
+            "functions": [{"function": "outer", "module": "m", "file": "m.py", "line": 1},
+                          {"function": "inner", "module": "m", "file": "m.py", "line": 5}],
+            "threads": {"1": "MainThread"}, "records": records, "dropped": 2}})
+    }
+
+    #[test]
+    fn slices_nest_and_tolerate_lost_records() {
+        let events = vec![batch(json!([
+            {"e": "call", "f": 0, "tid": 1, "ts": 0},
+            {"e": "call", "f": 1, "tid": 1, "ts": 10},
+            // inner's return was dropped by the budget: outer's return closes it too.
+            {"e": "return", "f": 0, "tid": 1, "ts": 50, "value": {"t": "int", "v": 1}},
+            {"e": "return", "f": 1, "tid": 1, "ts": 60},
+            {"e": "call", "f": 1, "tid": 1, "ts": 70},
+            {"e": "yield", "f": 1, "tid": 1, "ts": 80},
+            {"e": "resume", "f": 1, "tid": 1, "ts": 90},
+            {"e": "exception", "f": 1, "tid": 1, "ts": 95, "exc": {"type": "E", "message": "m"}},
+            {"e": "call", "f": 0, "tid": 1, "ts": 100},
+        ]))];
+        let m = build(&events);
+        assert_eq!(m.records, 9);
+        assert_eq!(m.dropped, 2);
+        let got: Vec<(&str, i64, i64, usize, &str)> = m
+            .slices
+            .iter()
+            .map(|s| (s.name.as_str(), s.start, s.end, s.depth, s.outcome))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("outer", 0, 50, 0, "return"),
+                ("inner", 10, 50, 1, "open"),
+                ("inner", 70, 80, 0, "yield"),
+                ("inner", 90, 95, 0, "exception"),
+                ("outer", 100, 100, 0, "open"),
+            ]
+        );
+        assert!(m.slices[3].resumed);
+        let chrome = chrome(&m);
+        let xs: Vec<&Value> = chrome["traceEvents"]
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["ph"] == "X").collect())
+            .unwrap_or_default();
+        assert_eq!(xs.len(), 5);
+        assert_eq!(xs[3]["name"], "inner (resumed)");
+        assert_eq!(xs[3]["args"]["exception"]["type"], "E");
+    }
+
+    #[test]
+    fn perfetto_varints_and_packets() {
+        let mut b = Vec::new();
+        varint(&mut b, 300);
+        assert_eq!(b, [0xac, 0x02]);
+        let m = build(&[batch(json!([
+            {"e": "call", "f": 0, "tid": 1, "ts": 0},
+            {"e": "return", "f": 0, "tid": 1, "ts": 5},
+        ]))]);
+        let data = perfetto(&m);
+        // Trace.packet (field 1, length-delimited) repeated: 2 descriptors + begin + end.
+        let mut pos = 0;
+        let mut packets = 0;
+        while pos < data.len() {
+            assert_eq!(data[pos], 0x0a);
+            pos += 1;
+            let mut len = 0usize;
+            let mut shift = 0;
+            loop {
+                let byte = data[pos];
+                pos += 1;
+                len |= usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            pos += len;
+            packets += 1;
+        }
+        assert_eq!(pos, data.len());
+        assert_eq!(packets, 4);
+    }
+}
