@@ -25,6 +25,7 @@ from . import _lines  # noqa: F401  (registers the find_lines call)
 from . import _inspect  # noqa: E402,F401  (isort: skip)
 from . import _state as _state_module
 from . import _trace
+from . import _attach  # noqa: F401  (registers agent.detach and agent.state)
 
 
 def pulse(name, **values):

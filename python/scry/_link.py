@@ -437,7 +437,16 @@ class Link(object):
     """One wake: the connection (and reconnections) to one daemon address."""
 
     def __init__(
-        self, url, token, token_hint, make_hello, register_timeout, on_daemon_sleep, home=None, engine=None
+        self,
+        url,
+        token,
+        token_hint,
+        make_hello,
+        register_timeout,
+        on_daemon_sleep,
+        home=None,
+        engine=None,
+        on_lost=None,
     ):
         self.url = url
         #: The probe engine (``_engine.Engine``) whose hits this link ships, or None.
@@ -451,6 +460,9 @@ class Link(object):
         self._make_hello = make_hello
         self._register_timeout = register_timeout
         self._on_daemon_sleep = on_daemon_sleep
+        # None: reconnect with backoff when the connection drops. Else called instead (an
+        # injected agent's nonce is single-use, so it cannot reconnect: it detaches).
+        self._on_lost = on_lost
 
         # Read by status() from other threads; written by the link thread.
         self.connected = False
@@ -662,6 +674,10 @@ class Link(object):
                     break
                 self._lost()
                 if self._sleep_requested:
+                    self._stop.wait()
+                    break
+                if self._on_lost is not None:
+                    self._on_lost(self)
                     self._stop.wait()
                     break
                 if not self._reconnect():

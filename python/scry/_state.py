@@ -48,6 +48,12 @@ class _Agent(object):
         self.discovery_path = None
         self.link = None
         self.engine = None
+        #: None (the module's ORIGIN), or "injected" for an agent started by `scry attach`.
+        self.origin = None
+        #: The one-time nonce an injected agent presents in its hello.
+        self.nonce = None
+        #: Called (from the link thread) when an injected agent loses its daemon: it detaches.
+        self.on_lost = None
 
 
 _agent = _Agent()
@@ -208,7 +214,7 @@ def _wake_locked(agent, daemon_url):
             ppid=os.getppid(),
             host=_process.hostname(),
             name=config.name,
-            origin=ORIGIN,
+            origin=agent.origin or ORIGIN,
             python=_process.python_info(),
             argv=_process.argv(),
             cwd=_process.cwd(),
@@ -216,6 +222,7 @@ def _wake_locked(agent, daemon_url):
             capabilities=["control_plane"] + _features.capabilities(),
             control={"host": control.host, "port": control.port} if control is not None else None,
             token=token,
+            nonce=agent.nonce,
         )
 
     engine = Engine()
@@ -228,6 +235,7 @@ def _wake_locked(agent, daemon_url):
         _on_daemon_sleep,
         home=config.home,
         engine=engine,
+        on_lost=agent.on_lost,
     )
     try:
         link.connect_first()
@@ -291,11 +299,19 @@ def _teardown_locked(agent, reason):
     agent.link = None
     agent.engine = None
     agent.config = None
+    agent.origin = None
+    agent.nonce = None
+    agent.on_lost = None
     agent.state = UNINITIALISED
 
 
 def _on_daemon_sleep(link):
     """The daemon sent ``sleep``: do the ordinary sleep from a short-lived thread."""
+
+    agent = _agent
+    if agent.origin == "injected" and agent.on_lost is not None:
+        agent.on_lost(link)  # an injected agent has nothing to sleep into: it detaches
+        return
 
     def run():
         try:

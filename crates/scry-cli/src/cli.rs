@@ -159,6 +159,44 @@ stdout carries only MCP messages; notes go to stderr. The same tools are served 
 streamable HTTP at /mcp on the daemon. See docs/agents.md."
     )]
     Mcp,
+    /// Attach to a running Python process that was never prepared: it becomes an awake agent.
+    #[command(
+        after_help = "Python 3.14+: natively through PEP 768 remote debugging (nothing is \
+paused; the process runs the agent's bootstrap at its next bytecode). The agent and a one-time \
+bootstrap are placed inside the process's own root (containers and chroots work) and removed \
+once it is connected. Attaching to a process that already has an agent connected does nothing \
+and says so. `scry detach PID` removes everything again.\n\n\
+Examples:\n  scry attach 4242\n  scry attach 4242 --timeout 10 --json\n  scry attach 4242 && scry probe add app.py:42 'order.total' --pid 4242"
+    )]
+    Attach(AttachArgs),
+    /// Detach scry from a process: every hook removed, threads ended, connection closed.
+    #[command(after_help = "Examples:\n  scry detach 4242\n  scry detach 4242 --json")]
+    Detach(DetachArgs),
+}
+
+/// `scry attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The process id.
+    pub pid: u32,
+    /// Seconds the process has to pick the bootstrap up (a process blocked in a system call
+    /// does not run Python code; after this nothing is left armed in it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Which injector: `auto` (the best for the target's Python) or `pep768` (3.14+ only).
+    #[arg(long, value_name = "NAME", default_value = "auto")]
+    pub injector: String,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// The process id.
+    pub pid: u32,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 /// `scry lines`.

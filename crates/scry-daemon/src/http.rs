@@ -123,6 +123,7 @@ pub(crate) fn api_routes() -> Router<Arc<Shared>> {
         .merge(crate::api_probes::routes())
         .merge(crate::api_dumps::routes())
         .merge(crate::calls::routes())
+        .merge(crate::attach::routes())
         .merge(crate::lines::routes())
         .merge(crate::api_traces::routes())
         .merge(crate::query::routes())

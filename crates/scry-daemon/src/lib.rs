@@ -19,6 +19,7 @@
 pub mod api_dumps;
 pub mod api_probes;
 pub mod api_traces;
+pub mod attach;
 pub mod auth;
 pub mod bundle;
 pub mod calls;
@@ -129,6 +130,8 @@ pub struct Shared {
     pub dropped_by_daemon: AtomicU64,
     /// The same, per source (probe id), shown with each probe.
     dropped_by_source: Mutex<std::collections::HashMap<String, u64>>,
+    /// Nonces of `scry attach` runs in progress, checked in injected agents' hellos.
+    pub attaches: attach::Pending,
     /// The REPL relay's sessions.
     pub repl: repl::ReplHub,
 }
@@ -334,7 +337,13 @@ impl Shared {
             } else {
                 ProcState::Gone
             };
-            entry.view.clone()
+            let view = entry.view.clone();
+            // An injected agent cannot come back on its own (its nonce is used up): once it
+            // is gone the process is an ordinary one again, not a sleeping client.
+            if view.origin == "injected" && alive {
+                reg.remove(process_id);
+            }
+            view
         };
         tracing::info!(target: "agent_link", pid = view.pid, state = view.state.as_str(), reason = ?goodbye, "agent disconnected");
         self.state_changed(&view).await;
@@ -562,6 +571,7 @@ pub async fn serve(
         shutdown_tx,
         dropped_by_daemon: AtomicU64::new(0),
         dropped_by_source: Mutex::default(),
+        attaches: attach::Pending::default(),
         repl: repl::ReplHub::default(),
     });
 

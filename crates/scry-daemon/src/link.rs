@@ -103,6 +103,21 @@ where
         return;
     }
 
+    // An injected agent must present the nonce of an attach in progress (used up here).
+    let claim = match shared.attaches.claim(&hello, &peer) {
+        Ok(claim) => claim,
+        Err(reason) => {
+            tracing::warn!(target: "agent_link", pid = hello.pid, "refused agent: {reason}");
+            let _ = tx.send(DaemonMessage::Refused {
+                reason,
+                accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
+            });
+            drop(tx);
+            let _ = writer_task.await;
+            return;
+        }
+    };
+
     let session_id = crate::new_id("s");
     let agent = AgentHandle::new(session_id.clone(), tx.clone());
     let process_id = match register(&shared, &hello, &peer, agent.clone()).await {
@@ -118,6 +133,9 @@ where
             return;
         }
     };
+    if let Some(claim) = claim {
+        claim.registered(process_id);
+    }
     let _ = tx.send(DaemonMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         daemon_version: env!("CARGO_PKG_VERSION").into(),

@@ -194,6 +194,10 @@ impl Registry {
     pub fn get_mut(&mut self, id: i64) -> Option<&mut Entry> {
         self.entries.get_mut(&id)
     }
+    /// Forgets an entry (an injected agent that detached: nothing of scry is left in it).
+    pub fn remove(&mut self, id: i64) -> Option<Entry> {
+        self.entries.remove(&id)
+    }
     /// An entry by identity key.
     pub fn by_key(&self, key: &str) -> Option<&Entry> {
         self.entries.values().find(|e| e.view.key == key)

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each takes its parsed arguments and a [`Printer`] and returns
 //! the exit status or a [`CliError`].
 
+pub mod attach;
 pub mod debug;
 pub mod demo;
 pub mod dump;

@@ -1,0 +1,61 @@
+//! `scry attach` and `scry detach`: presentation only; the daemon does the work
+//! (`POST /api/v1/attach`, `POST /api/v1/detach`, see `scry_daemon::attach`).
+
+use scry_daemon::Home;
+use serde_json::json;
+
+use super::{emit, CmdResult};
+use crate::cli::{AttachArgs, DetachArgs};
+use crate::client::DaemonClient;
+use crate::error::CliError;
+use crate::printer::Printer;
+
+/// The longest `--timeout`: the whole attach must fit in one HTTP request.
+const MAX_TIMEOUT_S: f64 = 30.0;
+
+/// Attaches to a process through the daemon (started if needed).
+pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> CmdResult {
+    if !(args.timeout > 0.0 && args.timeout <= MAX_TIMEOUT_S) {
+        return Err(CliError::new(format!(
+            "--timeout must be between 0 and {MAX_TIMEOUT_S} seconds, not {}",
+            args.timeout
+        )));
+    }
+    let mut client = DaemonClient::locate(home)?;
+    client.ensure_running(printer).await?;
+    let answer = client
+        .post(
+            "/api/v1/attach",
+            &json!({"pid": args.pid, "timeout_ms": args.timeout * 1e3, "injector": args.injector}),
+        )
+        .await?;
+    let pid = args.pid;
+    emit(printer, &answer, |p| {
+        if answer["already_attached"].as_bool().unwrap_or(false) {
+            return p.line(format!(
+                "pid {pid} already has a scry agent connected: nothing to do"
+            ));
+        }
+        p.line(format!(
+            "attached to pid {pid} (Python {}, {}): agent connected in {:.0} ms; `scry detach {pid}` removes it",
+            answer["python_version"].as_str().unwrap_or("?"),
+            answer["injector"].as_str().unwrap_or("?"),
+            answer["connected_ms"].as_f64().unwrap_or(0.0),
+        ))
+    })
+}
+
+/// Detaches the agent of a process.
+pub async fn detach(home: &Home, args: &DetachArgs, printer: &mut Printer) -> CmdResult {
+    let mut client = DaemonClient::locate(home)?;
+    client.ensure_running(printer).await?;
+    let answer = client
+        .post("/api/v1/detach", &json!({"pid": args.pid}))
+        .await?;
+    let pid = args.pid;
+    emit(printer, &answer, |p| {
+        p.line(format!(
+            "detached from pid {pid}: hooks removed, connection closed"
+        ))
+    })
+}

@@ -1,0 +1,654 @@
+//! `scry attach PID` and `scry detach PID`: turning an unprepared Python process into an awake
+//! agent, and back.
+//!
+//! An attach: (1) refuse early what cannot work (no such process, not Python, unsupported
+//! version, remote debugging disabled, no permission) without touching the target; (2) place
+//! the agent package, a bootstrap script and a unix socket in a fresh directory *inside the
+//! target's own root* ([`Placement`]: `/proc/PID/root/tmp/scry-attach-<random>`, created
+//! exclusively, owned by the target's user, mode 0700), so a chroot, a container or a process
+//! in its own PID namespace reads the files and reaches the socket at `/tmp/scry-attach-...`;
+//! (3) register a one-time nonce ([`Pending`]) that the agent must present in its `hello`
+//! (origin `injected`) from the target's pid, so no other local process can pose as it;
+//! (4) make the target run the bootstrap through an [`Injector`]; (5) wait for the agent's
+//! hello; then remove the directory (the connected socket lives on). On every failure the
+//! directory, the socket and the nonce are removed, and the bootstrap itself refuses to run
+//! after its deadline.
+//!
+//! The injector is chosen by [`injector_for`]: the native PEP 768 writer for CPython 3.14+;
+//! another implementation of [`Injector`] (gdb for older versions) plugs in there.
+//!
+//! Detach asks the agent to remove every hook and close its connection (the `agent.detach`
+//! call), then waits until it is gone.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use rand::Rng;
+use scry_proc::inject::{pep768, InjectError, Injector};
+use scry_proto::{Hello, Origin};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
+
+use crate::http::ApiError;
+use crate::link::Peer;
+use crate::registry::ProcState;
+use crate::{link, Shared};
+
+/// How long an agent has, after the target picked the bootstrap up, to say hello.
+const HELLO_WAIT: Duration = Duration::from_secs(15);
+/// The default time the target has to pick the bootstrap up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long detach waits for the agent to go.
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Nonces of attaches in progress: the agent's hello must present one, from the right pid.
+#[derive(Default)]
+pub struct Pending {
+    map: Mutex<HashMap<String, PendingAttach>>,
+}
+
+struct PendingAttach {
+    pid: u32,
+    expires: Instant,
+    connected: Option<oneshot::Sender<i64>>,
+}
+
+/// A claimed nonce: tell the attach which process row the agent got.
+pub struct Claim(Option<oneshot::Sender<i64>>);
+
+impl Claim {
+    /// The agent is registered as `process_id`.
+    pub fn registered(mut self, process_id: i64) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(process_id);
+        }
+    }
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingAttach>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, nonce: String, pid: u32, expires: Instant) -> oneshot::Receiver<i64> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(
+            nonce,
+            PendingAttach {
+                pid,
+                expires,
+                connected: Some(tx),
+            },
+        );
+        rx
+    }
+
+    fn forget(&self, nonce: &str) {
+        self.lock().remove(nonce);
+    }
+
+    /// Checks an agent's hello: an injected agent must present a nonce of an attach in
+    /// progress, from the pid that attach targets; the nonce is used up. Other origins pass.
+    pub fn claim(&self, hello: &Hello, peer: &Peer) -> Result<Option<Claim>, String> {
+        if hello.origin != Origin::Injected {
+            return Ok(None);
+        }
+        let refuse = || {
+            "an injected agent must present the one-time nonce of an attach in progress (`scry attach PID`); this one is unknown, used or expired".to_string()
+        };
+        let Some(nonce) = hello.nonce.as_deref() else {
+            return Err(refuse());
+        };
+        let mut map = self.lock();
+        let Some(entry) = map.get(nonce) else {
+            return Err(refuse());
+        };
+        let peer_pid = match peer {
+            Peer::Unix { pid } => *pid,
+            Peer::Tcp(_) => None,
+        };
+        if peer_pid != Some(entry.pid) {
+            return Err(format!(
+                "the nonce was issued for pid {}, not for this peer ({peer_pid:?})",
+                entry.pid
+            ));
+        }
+        let Some(entry) = map.remove(nonce) else {
+            return Err(refuse());
+        };
+        if Instant::now() > entry.expires {
+            return Err(refuse());
+        }
+        Ok(Some(Claim(entry.connected)))
+    }
+}
+
+/// Why an attach or a detach failed: what the HTTP API answers.
+#[derive(Debug)]
+pub struct AttachError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    hint: Option<String>,
+}
+
+impl AttachError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> AttachError {
+        AttachError {
+            status,
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    fn hint(mut self, hint: impl Into<String>) -> AttachError {
+        self.hint = Some(hint.into());
+        self
+    }
+    /// The machine-readable kind.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<InjectError> for AttachError {
+    fn from(e: InjectError) -> Self {
+        let status = match &e {
+            InjectError::NoSuchProcess { .. } => StatusCode::NOT_FOUND,
+            InjectError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+            InjectError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InjectError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::CONFLICT,
+        };
+        let hint = e.hint();
+        let mut err = AttachError::new(status, e.kind(), e.to_string());
+        err.hint = hint;
+        err
+    }
+}
+
+impl From<AttachError> for ApiError {
+    fn from(e: AttachError) -> Self {
+        let err = ApiError::new(e.status, e.kind, e.message);
+        match e.hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    }
+}
+
+/// What a successful attach reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachReport {
+    /// The pid.
+    pub pid: u32,
+    /// The process's row (as in `scry ps`).
+    pub process_id: i64,
+    /// True when an agent was already connected: nothing was done.
+    pub already_attached: bool,
+    /// The injector used (`pep768`, `gdb`), when one ran.
+    pub injector: Option<&'static str>,
+    /// The target's Python version, when an injector ran.
+    pub python_version: Option<String>,
+    /// Milliseconds until the target picked the bootstrap up.
+    pub picked_up_ms: Option<f64>,
+    /// Milliseconds from the start of the attach until the agent was registered.
+    pub connected_ms: Option<f64>,
+}
+
+/// The injector for `pid`, after checking (without writing anything) that it can work.
+///
+/// Today: the native PEP 768 writer, which refuses versions before 3.14 with
+/// [`InjectError::UnsupportedVersion`] (a gdb injector for 3.8-3.13 is chosen here when added).
+/// `only` names one injector to use (`pep768`), else the best one for the target is chosen.
+pub fn injector_for(pid: u32, only: Option<&str>) -> Result<Box<dyn Injector>, InjectError> {
+    let _ = only; // one injector today: `pep768` and automatic choice are the same
+    pep768::check(pid)?;
+    Ok(Box::new(pep768::Pep768))
+}
+
+/// The injector names `POST /api/v1/attach` accepts in `injector` (besides `auto`).
+pub const INJECTORS: &[&str] = &["pep768"];
+
+/// A directory inside the target's root holding the agent package, the bootstrap and the
+/// socket the agent connects to. Removed (with the socket) when dropped.
+pub struct Placement {
+    /// The directory as the daemon reaches it (`/proc/PID/root/tmp/scry-attach-...`).
+    pub host_dir: PathBuf,
+    /// The same directory as the target sees it (`/tmp/scry-attach-...`).
+    pub target_dir: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl Placement {
+    /// Creates the directory (exclusively, mode 0700, owned by the target's user), writes the
+    /// agent package and a bootstrap carrying `nonce` that refuses to run after
+    /// `expires_epoch`, and binds the socket.
+    pub fn create(pid: u32, nonce: &str, expires_epoch: f64) -> Result<Placement, AttachError> {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let tmp = ["/tmp", "/var/tmp", "/dev/shm"]
+            .into_iter()
+            .find(|d| root.join(d.trim_start_matches('/')).is_dir())
+            .ok_or_else(|| {
+                AttachError::new(
+                    StatusCode::CONFLICT,
+                    "no_place",
+                    format!("process {pid} has no /tmp, /var/tmp or /dev/shm where scry could place its agent"),
+                )
+            })?;
+        let name = format!("scry-attach-{:016x}", rand::thread_rng().gen::<u64>());
+        let target_dir = Path::new(tmp).join(&name);
+        let host_dir = root.join(tmp.trim_start_matches('/')).join(&name);
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            AttachError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "placement",
+                format!("cannot {what} {}: {e}", path.display()),
+            )
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&host_dir)
+            .map_err(|e| io("create", &host_dir, e))?;
+        let mut placement = Placement {
+            host_dir: host_dir.clone(),
+            target_dir: target_dir.clone(),
+            listener: None,
+        };
+        let owner = target_owner(pid);
+        let chown = |path: &Path| -> Result<(), AttachError> {
+            if let Some((uid, gid)) = owner {
+                if nix::unistd::geteuid().as_raw() == 0 && uid != 0 {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                        .map_err(|e| io("chown", path, e))?;
+                }
+            }
+            Ok(())
+        };
+        chown(&host_dir)?;
+        let write = |rel: &str, contents: &[u8]| -> Result<(), AttachError> {
+            let path = host_dir.join(rel);
+            if let Some(parent) = path.parent() {
+                if !parent.exists() {
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|e| io("create", parent, e))?;
+                    chown(parent)?;
+                }
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| io("create", &path, e))?;
+            std::io::Write::write_all(&mut f, contents).map_err(|e| io("write", &path, e))?;
+            chown(&path)
+        };
+        for (rel, contents) in crate::bundle::AGENT_FILES {
+            if rel.starts_with("scry/") {
+                write(rel, contents.as_bytes())?;
+            }
+        }
+        let socket_target = target_dir.join("agent.sock");
+        let socket_host = host_dir.join("agent.sock");
+        let listener = UnixListener::bind(&socket_host).map_err(|e| io("bind", &socket_host, e))?;
+        chown(&socket_host)?;
+        placement.listener = Some(listener);
+        let bootstrap = bootstrap_source(
+            &target_dir.to_string_lossy(),
+            &socket_target.to_string_lossy(),
+            nonce,
+            expires_epoch,
+        );
+        write("bootstrap.py", bootstrap.as_bytes())?;
+        Ok(placement)
+    }
+
+    /// The bootstrap's path as the target sees it.
+    pub fn bootstrap_in_target(&self) -> PathBuf {
+        self.target_dir.join("bootstrap.py")
+    }
+
+    fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.host_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(target: "daemon", dir = %self.host_dir.display(), "cannot remove the attach directory: {e}");
+            }
+        }
+    }
+}
+
+fn target_owner(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let first = |key: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    // The effective ids: what the target's file accesses run as.
+    Some((first("Uid:")?, first("Gid:")?))
+}
+
+/// The bootstrap the target runs (in a fresh namespace, on its main thread): it starts a
+/// thread that imports the placed agent and connects. JSON strings are Python literals.
+fn bootstrap_source(package_dir: &str, socket: &str, nonce: &str, expires_epoch: f64) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        r#"# scry attach bootstrap: one use, removed by scry once the agent connects.
+def _scry_attach_bootstrap():
+    import sys, threading, time
+    if time.time() > {expires:.3}:
+        return  # the attach that placed this gave up: do nothing
+    package_dir = {pkg}
+    modules_before = set(sys.modules)
+
+    def run():
+        sys.path.insert(0, package_dir)
+        try:
+            from scry import _attach
+            _attach.attach({sock}, {nonce}, package_dir, modules_before)
+        except BaseException as exc:
+            try:
+                sys.stderr.write("scry attach: the agent could not start: %r\n" % (exc,))
+            except BaseException:
+                pass
+        finally:
+            while package_dir in sys.path:
+                sys.path.remove(package_dir)
+
+    threading.Thread(target=run, name="scry-attach", daemon=True).start()
+
+
+_scry_attach_bootstrap()
+"#,
+        expires = expires_epoch,
+        pkg = q(package_dir),
+        sock = q(socket),
+        nonce = q(nonce),
+    )
+}
+
+/// Serves the attach socket: each connection is an ordinary agent link (the hello's nonce and
+/// the peer's pid are checked by the link through [`Pending::claim`]).
+async fn accept_attach(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        let (r, w) = stream.into_split();
+        tokio::spawn(link::serve(shared.clone(), r, w, Peer::Unix { pid }));
+    }
+}
+
+fn awake_process(shared: &Shared, pid: u32) -> Option<(i64, String)> {
+    let reg = shared.registry();
+    reg.find(&pid.to_string())
+        .into_iter()
+        .find(|e| e.view.state == ProcState::Awake && e.agent.is_some())
+        .map(|e| (e.view.id, e.view.origin.clone()))
+}
+
+/// Attaches to `pid`: see the module docs.
+pub async fn attach(
+    shared: &Arc<Shared>,
+    pid: u32,
+    timeout: Duration,
+    only: Option<String>,
+) -> Result<AttachReport, AttachError> {
+    let started = Instant::now();
+    if pid == std::process::id() {
+        return Err(AttachError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "that is the scry daemon itself",
+        ));
+    }
+    if let Some((process_id, _)) = awake_process(shared, pid) {
+        return Ok(AttachReport {
+            pid,
+            process_id,
+            already_attached: true,
+            injector: None,
+            python_version: None,
+            picked_up_ms: None,
+            connected_ms: None,
+        });
+    }
+    let injector = tokio::task::spawn_blocking(move || injector_for(pid, only.as_deref()))
+        .await
+        .map_err(|e| internal(format!("the attach task failed: {e}")))??;
+
+    let nonce = format!("n-{:032x}", rand::thread_rng().gen::<u128>());
+    let expires = Instant::now() + timeout + HELLO_WAIT;
+    let expires_epoch = crate::now() + (timeout + HELLO_WAIT).as_secs_f64();
+    let mut placement = Placement::create(pid, &nonce, expires_epoch)?;
+    let connected = shared.attaches.add(nonce.clone(), pid, expires);
+    // Forget the nonce on every way out, so a late hello is refused.
+    struct Forget<'a>(&'a Pending, &'a str);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            self.0.forget(self.1);
+        }
+    }
+    let _forget = Forget(&shared.attaches, &nonce);
+    let accept = placement
+        .take_listener()
+        .map(|l| tokio::spawn(accept_attach(shared.clone(), l)));
+    struct Abort(Option<tokio::task::JoinHandle<()>>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            if let Some(h) = self.0.take() {
+                h.abort();
+            }
+        }
+    }
+    let _accept = Abort(accept);
+
+    let script = placement.bootstrap_in_target();
+    tracing::info!(target: "daemon", pid, injector = injector.name(), script = %script.display(), "attaching");
+    let injection = tokio::task::spawn_blocking(move || injector.inject(pid, &script, timeout))
+        .await
+        .map_err(|e| internal(format!("the attach task failed: {e}")))??;
+
+    let process_id = wait_connected(pid, connected).await?;
+    drop(placement);
+    let report = AttachReport {
+        pid,
+        process_id,
+        already_attached: false,
+        injector: Some(injection.injector),
+        python_version: Some(injection.python_version.clone()),
+        picked_up_ms: Some(injection.picked_up_after.as_secs_f64() * 1e3),
+        connected_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+    };
+    shared.system_event(
+        scry_store::Level::Info,
+        "attached",
+        format!(
+            "attached to pid {pid} (Python {}, {}) in {:.0} ms",
+            injection.python_version,
+            injection.injector,
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+        serde_json::to_value(&report).unwrap_or(Value::Null),
+    );
+    Ok(report)
+}
+
+async fn wait_connected(
+    pid: u32,
+    mut connected: oneshot::Receiver<i64>,
+) -> Result<i64, AttachError> {
+    let deadline = tokio::time::Instant::now() + HELLO_WAIT;
+    loop {
+        tokio::select! {
+            got = &mut connected => {
+                return got.map_err(|_| internal("the attach was abandoned".into()));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        if !scry_proc::alive(pid, None) {
+            return Err(InjectError::Exited { pid }.into());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AttachError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "no_hello",
+                format!(
+                    "process {pid} ran the bootstrap but its agent did not connect within {} s",
+                    HELLO_WAIT.as_secs()
+                ),
+            )
+            .hint("the target's stderr says why (a line starting with `scry attach:`)"));
+        }
+    }
+}
+
+fn internal(message: String) -> AttachError {
+    AttachError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+/// Detaches the agent of `pid`: every hook removed, connection closed. Returns what happened.
+pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value, AttachError> {
+    let Some((process_id, origin)) = awake_process(shared, pid) else {
+        return Err(AttachError::new(
+            StatusCode::NOT_FOUND,
+            "not_attached",
+            format!("process {pid} has no scry agent connected"),
+        )
+        .hint("`scry ps` lists the processes scry is attached to"));
+    };
+    shared
+        .call(process_id, "agent.detach", json!({}), DETACH_WAIT)
+        .await
+        .map_err(|e| {
+            AttachError::new(
+                StatusCode::BAD_GATEWAY,
+                "detach_failed",
+                format!("process {pid} did not detach: {e}"),
+            )
+        })?;
+    let deadline = Instant::now() + DETACH_WAIT;
+    while awake_process(shared, pid).is_some() {
+        if Instant::now() >= deadline {
+            return Err(AttachError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "detach_failed",
+                format!(
+                    "process {pid} accepted to detach but is still connected after {} s",
+                    DETACH_WAIT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(json!({"pid": pid, "process_id": process_id, "detached": true, "origin": origin}))
+}
+
+/// `POST /api/v1/attach` and `POST /api/v1/detach`.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/attach", post(attach_handler))
+        .route("/api/v1/detach", post(detach_handler))
+}
+
+fn pid_of(body: &Value) -> Result<u32, ApiError> {
+    body.get("pid")
+        .and_then(Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`pid` must be a positive process id",
+            )
+        })
+}
+
+async fn attach_handler(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    let pid = pid_of(&body)?;
+    let timeout = match body.get("timeout_ms") {
+        None | Some(Value::Null) => DEFAULT_TIMEOUT,
+        Some(v) => match v.as_f64() {
+            Some(ms) if ms > 0.0 && ms <= 600_000.0 => Duration::from_secs_f64(ms / 1e3),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "`timeout_ms` must be a number of milliseconds between 1 and 600000",
+                ))
+            }
+        },
+    };
+    let only = match body.get("injector").and_then(Value::as_str) {
+        None | Some("auto") => None,
+        Some(name) if INJECTORS.contains(&name) => Some(name.to_owned()),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("unknown injector `{other}`: use auto or one of {INJECTORS:?}"),
+            ))
+        }
+    };
+    let report = attach(&shared, pid, timeout, only).await?;
+    Ok(Json(serde_json::to_value(&report).unwrap_or(Value::Null)))
+}
+
+async fn detach_handler(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    let pid = pid_of(&body)?;
+    Ok(Json(detach(&shared, pid).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_quotes_its_values() {
+        let src = bootstrap_source("/tmp/d \"x\"", "/tmp/d/agent.sock", "n-1", 12.5);
+        assert!(src.contains(r#"package_dir = "/tmp/d \"x\"""#), "{src}");
+        assert!(src.contains("if time.time() > 12.500:"), "{src}");
+        assert!(src.contains(r#"_attach.attach("/tmp/d/agent.sock", "n-1", package_dir"#));
+    }
+}

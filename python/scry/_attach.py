@@ -1,0 +1,141 @@
+"""The agent started by ``scry attach`` inside a process that never imported scry, and detach.
+
+``scry attach PID`` places this package and a one-time bootstrap script in the target's own
+root and makes the target run the bootstrap (PEP 768 on 3.14+, or gdb). The bootstrap calls
+:func:`attach` from a ``scry-attach`` thread with the unix socket the daemon bound for this
+attach (a path inside the target's root, so it works in chroots, containers and PID
+namespaces) and the nonce the daemon expects in ``hello``.
+
+An injected agent has no control plane and no discovery file: it is awake or gone. Losing the
+daemon, ``scry sleep`` and ``agent.detach`` all end it the same way (:func:`detach`): probes
+and every ``sys.monitoring`` hook removed, the link closed, its threads ended, and the ``scry``
+modules it loaded removed from ``sys.modules`` (and the package directory from ``sys.path``).
+
+The ``agent.detach`` call method exists in every agent: an embedded client goes to sleep
+instead (its owner keeps the sleeping client).
+"""
+
+import importlib
+import logging
+import os
+import sys
+import threading
+
+from . import _calls, _config, _state
+from ._errors import AgentError
+
+log = logging.getLogger("scry")
+
+#: Set by :func:`attach`: the modules to forget on detach (those that were not there before).
+_loaded_by_attach = []
+_package_dir = [None]
+
+
+def _import_all(package_dir):
+    """Import every module of the package now: the daemon removes the placed files once we
+    are connected, so nothing may be imported lazily from them later."""
+    pkg = os.path.join(package_dir, "scry")
+    try:
+        names = sorted(os.listdir(pkg))
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".py") and not name.startswith("__"):
+            try:
+                importlib.import_module("scry." + name[:-3])
+            except Exception as exc:
+                log.warning("cannot import scry.%s: %r", name[:-3], exc)
+
+
+def attach(socket_path, nonce, package_dir=None, modules_before=None):
+    """Connect to the daemon at ``socket_path`` as an injected agent presenting ``nonce``.
+
+    Raises AgentError when this process already has a scry client, and what ``wake()`` raises.
+    """
+    if package_dir:
+        _import_all(package_dir)
+    agent = _state._agent
+    with agent.lock:
+        if agent.state != _state.UNINITIALISED:
+            raise AgentError(
+                "this process already has a scry client ({}): use `scry wake {}`".format(
+                    agent.state, os.getpid()
+                )
+            )
+        if modules_before is not None:
+            del _loaded_by_attach[:]
+            _loaded_by_attach.extend(
+                name for name in list(sys.modules) if name not in modules_before and _is_ours(name)
+            )
+        _package_dir[0] = package_dir
+        agent.config = _config.Config(
+            home=_config.resolve_home(None),
+            name=None,
+            control_host=None,
+            control_port=None,
+            daemon_url="unix://" + socket_path,
+            token=None,
+            token_source=None,
+            start_state="awake",
+            health_check_timeout=2.0,
+            register_timeout=5.0,
+            unregister_timeout=2.0,
+        )
+        agent.origin = "injected"
+        agent.nonce = nonce
+        agent.on_lost = _on_lost
+        agent.state = _state.SLEEPING
+        try:
+            return _state._wake_locked(agent, None)
+        except BaseException:
+            _state._teardown_locked(agent, "shutdown")
+            raise
+
+
+def _is_ours(name):
+    return name == "scry" or name.startswith("scry.")
+
+
+def detach():
+    """Remove everything an injected agent installed; never raises."""
+    agent = _state._agent
+    try:
+        with agent.lock:
+            if agent.origin != "injected":
+                return
+            _state._teardown_locked(agent, "detach")
+    except Exception as exc:
+        log.warning("error while detaching: %r", exc)
+    # The modules go last: this function's own module is among them (it keeps running, as
+    # module objects stay alive while referenced).
+    for name in list(_loaded_by_attach):
+        sys.modules.pop(name, None)
+    del _loaded_by_attach[:]
+    pkg = _package_dir[0]
+    while pkg and pkg in sys.path:
+        sys.path.remove(pkg)
+    try:
+        import atexit
+
+        atexit.unregister(_state._at_exit)
+    except Exception:
+        pass
+
+
+def _on_lost(link):
+    """The injected agent lost its daemon (or was told to sleep): detach from a thread of its
+    own, since the caller may be the link thread that detach joins."""
+    threading.Thread(target=detach, name="scry-detach", daemon=True).start()
+
+
+@_calls.method("agent.detach")
+def _detach_method(params, call):
+    """Daemon -> agent: detach (injected) or sleep (embedded). Answers before going."""
+    agent = _state._agent
+    injected = agent.origin == "injected"
+    call.reply({"detaching": True, "origin": agent.origin or _state.ORIGIN})
+    if injected:
+        threading.Thread(target=detach, name="scry-detach", daemon=True).start()
+    else:
+        threading.Thread(target=_state.sleep, name="scry-sleep", daemon=True).start()
+    return _calls.DEFERRED
