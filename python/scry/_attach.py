@@ -103,6 +103,11 @@ def detach():
         with agent.lock:
             if agent.origin != "injected":
                 return
+            engine, link = agent.engine, agent.link
+            if engine is not None:
+                engine.stop()  # no more hits ...
+            if link is not None:
+                link.discard_buffer()  # ... and none of the backlog
             _state._teardown_locked(agent, "detach")
     except Exception as exc:
         log.warning("error while detaching: %r", exc)
@@ -139,3 +144,26 @@ def _detach_method(params, call):
     else:
         threading.Thread(target=_state.sleep, name="scry-sleep", daemon=True).start()
     return _calls.DEFERRED
+
+
+@_calls.method("agent.state")
+def _state_method(params, call):
+    """What scry occupies in this process right now (for `scry attach` checks and tests):
+    ``sys.monitoring`` tool ids in use and by whom (3.12+), threads by name, how many
+    ``scry`` modules are loaded, the origin."""
+    mon = getattr(sys, "monitoring", None)
+    tools = {}
+    if mon is not None:
+        for tool in range(6):
+            try:
+                name = mon.get_tool(tool)
+            except Exception:
+                name = None
+            if name is not None:
+                tools[str(tool)] = name
+    return {
+        "origin": _state._agent.origin,
+        "monitoring_tools": tools,
+        "threads": sorted(t.name for t in threading.enumerate()),
+        "scry_modules": sum(1 for name in list(sys.modules) if _is_ours(name)),
+    }

@@ -628,6 +628,12 @@ class Link(object):
             self._dropped += count - max(room, 0)
             return False
 
+    def discard_buffer(self):
+        """Drop the events not shipped yet (detach: the user stopped looking; a busy probe's
+        backlog must not hold the process's GIL-starved link thread for seconds)."""
+        with self._buf_lock:
+            self._buf.clear()
+
     # -- connection management ------------------------------------------------------------------
 
     def _open(self, wake=True):

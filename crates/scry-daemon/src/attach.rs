@@ -49,7 +49,7 @@ const HELLO_WAIT: Duration = Duration::from_secs(15);
 /// The default time the target has to pick the bootstrap up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long detach waits for the agent to go.
-const DETACH_WAIT: Duration = Duration::from_secs(5);
+const DETACH_WAIT: Duration = Duration::from_secs(10);
 
 /// Nonces of attaches in progress: the agent's hello must present one, from the right pid.
 #[derive(Default)]
@@ -210,6 +210,8 @@ pub struct AttachReport {
     pub picked_up_ms: Option<f64>,
     /// Milliseconds from the start of the attach until the agent was registered.
     pub connected_ms: Option<f64>,
+    /// Where the agent and bootstrap were placed (as the target sees it; removed by now).
+    pub placed_in: Option<PathBuf>,
 }
 
 /// The injector for `pid`, after checking (without writing anything) that it can work.
@@ -443,6 +445,7 @@ pub async fn attach(
             python_version: None,
             picked_up_ms: None,
             connected_ms: None,
+            placed_in: None,
         });
     }
     let injector = tokio::task::spawn_blocking(move || injector_for(pid, only.as_deref()))
@@ -482,6 +485,7 @@ pub async fn attach(
         .map_err(|e| internal(format!("the attach task failed: {e}")))??;
 
     let process_id = wait_connected(pid, connected).await?;
+    let placed_in = placement.target_dir.clone();
     drop(placement);
     let report = AttachReport {
         pid,
@@ -491,6 +495,7 @@ pub async fn attach(
         python_version: Some(injection.python_version.clone()),
         picked_up_ms: Some(injection.picked_up_after.as_secs_f64() * 1e3),
         connected_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+        placed_in: Some(placed_in),
     };
     shared.system_event(
         scry_store::Level::Info,

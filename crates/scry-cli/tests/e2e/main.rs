@@ -4,6 +4,7 @@
 
 mod support;
 
+mod attach;
 mod daemon;
 mod debug;
 mod demo;
