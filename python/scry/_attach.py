@@ -162,7 +162,7 @@ def _state_method(params, call):
             if name is not None:
                 tools[str(tool)] = name
     return {
-        "origin": _state._agent.origin,
+        "origin": _state._agent.origin or _state.ORIGIN,
         "monitoring_tools": tools,
         "threads": sorted(t.name for t in threading.enumerate()),
         "scry_modules": sum(1 for name in list(sys.modules) if _is_ours(name)),

@@ -378,16 +378,11 @@ fn attach_failures_are_clear() {
     }
 
     let Some(py) = py314() else { return };
-    let mut env_off = Command::new(&py);
-    env_off
-        .arg(script())
-        .arg("sleep")
-        .env("PYTHON_DISABLE_REMOTE_DEBUG", "1");
-    let mut x_off = Command::new(&py);
-    x_off
-        .args(["-X", "disable-remote-debug"])
-        .arg(script())
-        .arg("sleep");
+    // A private /tmp (when root) shows exactly what this attach placed: nothing.
+    let private = is_root();
+    let mut env_off = private_tmp_command(&py, &[], "sleep", private);
+    env_off.env("PYTHON_DISABLE_REMOTE_DEBUG", "1");
+    let x_off = private_tmp_command(&py, &["-X", "disable-remote-debug"], "sleep", private);
     for cmd in [env_off, x_off] {
         let target = Target::spawn(cmd);
         target.line("ready");
@@ -400,20 +395,30 @@ fn attach_failures_are_clear() {
                 "-X disable-remote-debug",
             ],
         );
-        assert!(attach_dirs(target.pid()).is_empty(), "nothing placed");
+        if private {
+            assert!(attach_dirs(target.pid()).is_empty(), "nothing placed");
+        }
     }
 }
 
-/// `py` in a private mount namespace with its own empty /tmp (the chroot wrapper binds it),
-/// so that the test sees exactly what an attach placed there.
+/// `py ARGS script MODE`, in a private mount namespace with its own empty /tmp (the chroot
+/// wrapper binds it) when `private`, so that the test sees exactly what an attach placed there.
+fn private_tmp_command(py: &str, args: &[&str], mode: &str, private: bool) -> Command {
+    let mut cmd;
+    if private {
+        cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs scry-attach-test /tmp && exec \"$0\" \"$@\"")
+            .arg(py);
+    } else {
+        cmd = Command::new(py);
+    }
+    cmd.args(args).arg(script()).arg(mode);
+    cmd
+}
+
 fn private_tmp_python(py: &str, mode: &str) -> Target {
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount -t tmpfs scry-attach-test /tmp && exec \"$0\" \"$@\"")
-        .arg(py)
-        .arg(script())
-        .arg(mode);
-    Target::spawn(cmd)
+    Target::spawn(private_tmp_command(py, &[], mode, true))
 }
 
 fn is_root() -> bool {

@@ -446,12 +446,35 @@ fn disarm(mem: &Memory, t: &Target) {
     let _ = mem.write(t.path, &[0u8]);
 }
 
+/// Whether `pid` is gone or a zombie (so any failure reading it means it exited).
+fn gone(pid: u32) -> bool {
+    crate::info(pid).map_or(true, |p| p.state == 'Z' || p.state == 'X')
+}
+
 impl Injector for Pep768 {
     fn name(&self) -> &'static str {
         "pep768"
     }
 
     fn inject(&self, pid: u32, script: &Path, timeout: Duration) -> Result<Injection, InjectError> {
+        let existed = Path::new(&format!("/proc/{pid}")).exists();
+        self.inject_once(pid, script, timeout).map_err(|e| {
+            if existed && !matches!(e, InjectError::Exited { .. }) && gone(pid) {
+                InjectError::Exited { pid }
+            } else {
+                e
+            }
+        })
+    }
+}
+
+impl Pep768 {
+    fn inject_once(
+        &self,
+        pid: u32,
+        script: &Path,
+        timeout: Duration,
+    ) -> Result<Injection, InjectError> {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return Err(InjectError::NoSuchProcess { pid });
         }
@@ -507,9 +530,6 @@ impl Injector for Pep768 {
             }),
             Err(e) => {
                 disarm(&mem, &target);
-                if !crate::alive(pid, None) {
-                    return Err(InjectError::Exited { pid });
-                }
                 Err(e)
             }
         }
