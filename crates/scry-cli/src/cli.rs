@@ -186,6 +186,11 @@ pub struct AttachArgs {
     /// Which injector: `auto` (the best for the target's Python) or `pep768` (3.14+ only).
     #[arg(long, value_name = "NAME", default_value = "auto")]
     pub injector: String,
+    /// Also attach to every Python process below PID, now and as they appear (a reload worker
+    /// that restarts, a pool that spawns), until PID exits or `scry detach PID`. The daemon
+    /// follows; this command returns after attaching to PID.
+    #[arg(long)]
+    pub follow: bool,
     #[command(flatten)]
     pub output: Output,
 }

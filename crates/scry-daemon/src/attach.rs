@@ -216,17 +216,45 @@ pub struct AttachReport {
 
 /// The injector for `pid`, after checking (without writing anything) that it can work.
 ///
-/// Today: the native PEP 768 writer, which refuses versions before 3.14 with
-/// [`InjectError::UnsupportedVersion`] (a gdb injector for 3.8-3.13 is chosen here when added).
-/// `only` names one injector to use (`pep768`), else the best one for the target is chosen.
+/// `auto` (`only` = `None`): the native PEP 768 writer for CPython 3.14+, gdb for 3.8-3.13
+/// (`scry_proc::inject::for_version`, an error saying how to install gdb when it is missing).
+/// `only` names one injector to use (`pep768`, `gdb`).
 pub fn injector_for(pid: u32, only: Option<&str>) -> Result<Box<dyn Injector>, InjectError> {
-    let _ = only; // one injector today: `pep768` and automatic choice are the same
-    pep768::check(pid)?;
-    Ok(Box::new(pep768::Pep768))
+    match only {
+        Some("pep768") => {
+            pep768::check(pid)?;
+            Ok(Box::new(pep768::Pep768))
+        }
+        Some("gdb") => scry_proc::inject::gdb::Gdb::from_path()
+            .map(|g| Box::new(g) as Box<dyn Injector>)
+            .ok_or(InjectError::GdbMissing {
+                pid,
+                version: "?".into(),
+            }),
+        _ => {
+            let info = scry_proc::python::Detector::new().detect(pid);
+            let minor = info.as_ref().and_then(|p| {
+                p.version_hex
+                    .map(|h| ((h >> 24) & 0xff, (h >> 16) & 0xff))
+                    .or_else(|| {
+                        let (a, b) = p.short.trim_end_matches('t').split_once('.')?;
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+            });
+            match minor {
+                // Not Python, not recognised, or 3.14+: the native injector says precisely why.
+                None | Some((3, 14..)) => {
+                    pep768::check(pid)?;
+                    Ok(Box::new(pep768::Pep768))
+                }
+                Some(v) => scry_proc::inject::for_version(pid, v),
+            }
+        }
+    }
 }
 
 /// The injector names `POST /api/v1/attach` accepts in `injector` (besides `auto`).
-pub const INJECTORS: &[&str] = &["pep768"];
+pub const INJECTORS: &[&str] = &["pep768", "gdb"];
 
 /// A directory inside the target's root holding the agent package, the bootstrap and the
 /// socket the agent connects to. Removed (with the socket) when dropped.
@@ -546,6 +574,10 @@ fn internal(message: String) -> AttachError {
 
 /// Detaches the agent of `pid`: every hook removed, connection closed. Returns what happened.
 pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value, AttachError> {
+    let unfollowed = shared.follows.stop(pid);
+    if unfollowed && awake_process(shared, pid).is_none() {
+        return Ok(json!({"pid": pid, "detached": false, "unfollowed": true}));
+    }
     let Some((process_id, origin)) = awake_process(shared, pid) else {
         return Err(AttachError::new(
             StatusCode::NOT_FOUND,

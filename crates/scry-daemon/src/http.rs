@@ -124,6 +124,7 @@ pub(crate) fn api_routes() -> Router<Arc<Shared>> {
         .merge(crate::api_dumps::routes())
         .merge(crate::calls::routes())
         .merge(crate::attach::routes())
+        .merge(crate::follow::routes())
         .merge(crate::lines::routes())
         .merge(crate::api_traces::routes())
         .merge(crate::query::routes())

@@ -27,6 +27,7 @@ pub mod clients;
 pub mod config;
 pub mod env;
 mod error;
+pub mod follow;
 pub mod home;
 pub mod http;
 pub mod lines;
@@ -132,6 +133,8 @@ pub struct Shared {
     dropped_by_source: Mutex<std::collections::HashMap<String, u64>>,
     /// Nonces of `scry attach` runs in progress, checked in injected agents' hellos.
     pub attaches: attach::Pending,
+    /// `scry attach --follow` trees being followed.
+    pub follows: follow::Follows,
     /// The REPL relay's sessions.
     pub repl: repl::ReplHub,
 }
@@ -572,6 +575,7 @@ pub async fn serve(
         dropped_by_daemon: AtomicU64::new(0),
         dropped_by_source: Mutex::default(),
         attaches: attach::Pending::default(),
+        follows: follow::Follows::default(),
         repl: repl::ReplHub::default(),
     });
 

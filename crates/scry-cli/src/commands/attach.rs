@@ -23,14 +23,42 @@ pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> Cm
     }
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
+    // Before 3.14 the daemon attaches through gdb, which stops the process: say so first.
+    let before_314 = scry_proc::python::Detector::new()
+        .detect(args.pid)
+        .and_then(|p| p.version_hex)
+        .is_some_and(|h| (h >> 16) & 0xffff < 0x030e);
+    if before_314 && args.injector != "pep768" {
+        if let Some(notice) = scry_proc::inject::gdb::Gdb::from_path().and_then(|g| {
+            use scry_proc::inject::Injector;
+            g.notice()
+        }) {
+            printer.note(format!("note: {notice}"));
+        }
+    }
+    let path = if args.follow {
+        "/api/v1/follow"
+    } else {
+        "/api/v1/attach"
+    };
     let answer = client
         .post(
-            "/api/v1/attach",
+            path,
             &json!({"pid": args.pid, "timeout_ms": args.timeout * 1e3, "injector": args.injector}),
         )
         .await?;
     let pid = args.pid;
     emit(printer, &answer, |p| {
+        if answer["following"] == true {
+            let what = if answer["already_following"] == true {
+                "already followed"
+            } else {
+                "followed"
+            };
+            p.line(format!(
+                "pid {pid} and every Python process below it are {what}: new ones are attached as they appear (restarts are reported in `scry logs`); `scry detach {pid}` stops it"
+            ))?;
+        }
         if answer["already_attached"].as_bool().unwrap_or(false) {
             return p.line(format!(
                 "pid {pid} already has a scry agent connected: nothing to do"

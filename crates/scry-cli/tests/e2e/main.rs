@@ -5,6 +5,7 @@
 mod support;
 
 mod attach;
+mod attach_follow;
 mod daemon;
 mod debug;
 mod demo;

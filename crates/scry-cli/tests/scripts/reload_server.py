@@ -35,7 +35,10 @@ def main():
         proc.start()
         with open(status, "a") as f:
             f.write(json.dumps({"supervisor": os.getpid(), "worker": proc.pid}) + "\n")
-        proc.join()
+        # Like uvicorn's reloader, wake up regularly (it checks for changed files) rather
+        # than block in waitpid.
+        while proc.is_alive():
+            proc.join(0.2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,361 @@
+//! `scry attach --follow PID`: attach to a process and to every Python process below it, now and
+//! as they appear (a reload worker that restarts, a pool that spawns), until the root exits or
+//! `scry detach PID` stops it.
+//!
+//! One task per followed root, in the daemon (so it outlives the CLI): every [`POLL`] it walks
+//! the tree under the root from `/proc`, recognises Python processes from their memory image
+//! (`scry_proc::python`, cached per pid and start time; multiprocessing's resource tracker and
+//! fork server are left out) and attaches to those without an awake
+//! agent ([`crate::attach::attach`], each on its own task so that a slow gdb attach does not
+//! hold the others back). A process whose attach failed is retried a few times, then left
+//! alone (its error is kept and shown). Probes need nothing here: the daemon syncs the probes
+//! meant for a process when its agent connects, so a new worker gets them.
+//!
+//! A restart is recognised when a followed process exits and a new Python process appears under
+//! the same parent (the supervisor of a reloading server, a pool): it is reported as a system
+//! event `follow_restart` (old pid → new pid) and kept in the follow's state
+//! (`GET /api/v1/follow`).
+//!
+//! Not for: processes outside the tree, or deciding which probes a process gets.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use scry_proc::python::Role;
+
+use crate::attach::{self, AttachError};
+use crate::http::ApiError;
+use crate::Shared;
+
+/// How often a followed tree is walked.
+pub const POLL: Duration = Duration::from_millis(200);
+/// Attempts per process before it is left alone.
+const MAX_ATTEMPTS: u32 = 5;
+/// Between two attempts on the same process (one that is still starting fails at first).
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// The time each attach gives the target to pick the bootstrap up.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One restart seen: a followed process exited and another appeared under the same parent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restart {
+    /// The pid that exited.
+    pub old_pid: u32,
+    /// The pid that replaced it.
+    pub new_pid: u32,
+    /// Their parent.
+    pub parent: u32,
+    /// When (epoch seconds).
+    pub at: f64,
+}
+
+/// What a follow knows, as `GET /api/v1/follow` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FollowState {
+    /// The followed root.
+    pub root: u32,
+    /// Since when (epoch seconds).
+    pub since: f64,
+    /// Pids attached by this follow (and still alive), with their parent.
+    pub attached: Vec<u32>,
+    /// Pids it could not attach to, with the last error.
+    pub failed: HashMap<u32, String>,
+    /// Restarts seen.
+    pub restarts: Vec<Restart>,
+}
+
+struct Follow {
+    state: Arc<Mutex<FollowState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The follows in progress, by root pid.
+#[derive(Default)]
+pub struct Follows {
+    map: Mutex<HashMap<u32, Follow>>,
+}
+
+impl Follows {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Follow>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops following `root` (and a follow whose tree holds `root`); true when one was.
+    pub fn stop(&self, pid: u32) -> bool {
+        let mut map = self.lock();
+        let roots: Vec<u32> = map
+            .iter()
+            .filter(|(root, f)| {
+                **root == pid
+                    || f.state
+                        .lock()
+                        .map(|s| s.attached.contains(&pid))
+                        .unwrap_or(false)
+            })
+            .map(|(root, _)| *root)
+            .collect();
+        for root in &roots {
+            if let Some(f) = map.remove(root) {
+                f.task.abort();
+            }
+        }
+        !roots.is_empty()
+    }
+
+    /// The state of every follow.
+    pub fn states(&self) -> Vec<FollowState> {
+        self.lock()
+            .values()
+            .map(|f| f.state.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect()
+    }
+
+    fn is_following(&self, root: u32) -> bool {
+        self.lock()
+            .get(&root)
+            .is_some_and(|f| !f.task.is_finished())
+    }
+}
+
+/// Per process (pid, start ticks): Python or not, attempts, outcome.
+#[derive(Default)]
+struct Seen {
+    /// Processes recognised as Python (only positives: a process that is still loading its
+    /// interpreter is asked again next time).
+    python: HashSet<(u32, u64)>,
+    /// Attempts so far and when the last one started.
+    attempts: HashMap<(u32, u64), (u32, std::time::Instant)>,
+    in_flight: HashSet<u32>,
+    /// Followed pids still alive last time, with their parent.
+    alive: HashMap<u32, u32>,
+    /// Parents whose followed child exited and is not replaced yet: parent -> old pids.
+    orphaned_slots: HashMap<u32, Vec<u32>>,
+}
+
+/// Whether `pid` has an awake agent connected.
+fn is_attached(shared: &Shared, pid: u32) -> bool {
+    shared
+        .registry()
+        .find(&pid.to_string())
+        .into_iter()
+        .any(|e| e.view.state == crate::registry::ProcState::Awake && e.agent.is_some())
+}
+
+async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
+    let mut seen = Seen::default();
+    let mut detector = scry_proc::python::Detector::new();
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(u32, u64, Result<(), String>)>();
+    loop {
+        while let Ok((pid, start, result)) = done_rx.try_recv() {
+            seen.in_flight.remove(&pid);
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(()) => {
+                    st.failed.remove(&pid);
+                }
+                Err(e) => {
+                    if seen.attempts.get(&(pid, start)).map_or(0, |a| a.0) >= MAX_ATTEMPTS {
+                        tracing::warn!(target: "daemon", pid, error = %e, "follow: giving up attaching");
+                    }
+                    st.failed.insert(pid, e);
+                }
+            }
+        }
+        if !scry_proc::alive(root, None) {
+            shared.system_event(
+                scry_store::Level::Info,
+                "follow_ended",
+                format!("stopped following {root}: it exited"),
+                json!({"root": root}),
+            );
+            return;
+        }
+        let tree = scry_proc::tree(root);
+        let mut present: HashMap<u32, u32> = HashMap::new();
+        for (p, _) in &tree {
+            if p.state == 'Z' {
+                continue;
+            }
+            let key = (p.pid, p.start_ticks);
+            if !seen.python.contains(&key) {
+                if detector.detect(p.pid).is_none_or(|i| i.short == "?") {
+                    continue;
+                }
+                // multiprocessing's resource tracker and fork server run no user code and
+                // block in a read: not worth an agent.
+                let helper = matches!(
+                    scry_proc::python::role_of(&p.cmdline, None),
+                    Some(Role::ResourceTracker | Role::Forkserver)
+                );
+                if helper {
+                    continue;
+                }
+                seen.python.insert(key);
+            }
+            present.insert(p.pid, p.ppid);
+            if is_attached(&shared, p.pid) || seen.in_flight.contains(&p.pid) {
+                continue;
+            }
+            let now = std::time::Instant::now();
+            let (attempts, last) = seen.attempts.entry(key).or_insert((0, now - RETRY_AFTER));
+            if *attempts >= MAX_ATTEMPTS || now.duration_since(*last) < RETRY_AFTER {
+                continue;
+            }
+            *attempts += 1;
+            *last = now;
+            seen.in_flight.insert(p.pid);
+            let (shared2, tx, pid, start) = (shared.clone(), done_tx.clone(), p.pid, p.start_ticks);
+            tokio::spawn(async move {
+                let result = attach::attach(&shared2, pid, ATTACH_TIMEOUT, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e: AttachError| e.to_string());
+                let _ = tx.send((pid, start, result));
+            });
+        }
+        // Restarts: a followed pid gone, a new one under the same parent.
+        let now = crate::now();
+        for (old, parent) in seen.alive.clone() {
+            if !present.contains_key(&old) {
+                seen.orphaned_slots.entry(parent).or_default().push(old);
+            }
+        }
+        let mut restarts = Vec::new();
+        for (&pid, &parent) in &present {
+            if seen.alive.contains_key(&pid) {
+                continue;
+            }
+            if let Some(olds) = seen.orphaned_slots.get_mut(&parent) {
+                if let Some(old) = olds.pop() {
+                    restarts.push(Restart {
+                        old_pid: old,
+                        new_pid: pid,
+                        parent,
+                        at: now,
+                    });
+                }
+            }
+        }
+        seen.orphaned_slots.retain(|_, v| !v.is_empty());
+        seen.alive = present;
+        {
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            st.attached = seen
+                .alive
+                .keys()
+                .copied()
+                .filter(|p| is_attached(&shared, *p))
+                .collect();
+            st.attached.sort_unstable();
+            st.restarts.extend(restarts.iter().cloned());
+        }
+        for r in restarts {
+            shared.system_event(
+                scry_store::Level::Info,
+                "follow_restart",
+                format!(
+                    "restart under {}: pid {} -> pid {} (attaching to the new one)",
+                    r.parent, r.old_pid, r.new_pid
+                ),
+                serde_json::to_value(&r).unwrap_or(Value::Null),
+            );
+        }
+        // Forget processes that are gone.
+        seen.python
+            .retain(|(pid, _)| tree.iter().any(|(p, _)| p.pid == *pid));
+        seen.attempts
+            .retain(|(pid, _), _| tree.iter().any(|(p, _)| p.pid == *pid));
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Attaches to `root` now (the answer of `scry attach --follow`), then follows its tree.
+pub async fn follow(
+    shared: &Arc<Shared>,
+    root: u32,
+    timeout: Duration,
+    only: Option<String>,
+) -> Result<Value, AttachError> {
+    let report = attach::attach(shared, root, timeout, only).await?;
+    let already_following = shared.follows.is_following(root);
+    if !already_following {
+        let state = Arc::new(Mutex::new(FollowState {
+            root,
+            since: crate::now(),
+            ..FollowState::default()
+        }));
+        let task = tokio::spawn(run(shared.clone(), root, state.clone()));
+        let previous = shared.follows.lock().insert(root, Follow { state, task });
+        if let Some(p) = previous {
+            p.task.abort();
+        }
+    }
+    let mut answer = serde_json::to_value(&report).unwrap_or(Value::Null);
+    answer["following"] = json!(true);
+    answer["already_following"] = json!(already_following);
+    Ok(answer)
+}
+
+/// `POST /api/v1/follow {pid, timeout_ms?, injector?}`, `GET /api/v1/follow`,
+/// `POST /api/v1/unfollow {pid}`.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/follow", post(follow_handler).get(list_handler))
+        .route("/api/v1/unfollow", post(unfollow_handler))
+}
+
+fn pid_of(body: &Value) -> Result<u32, ApiError> {
+    body.get("pid")
+        .and_then(Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`pid` must be a positive process id",
+            )
+        })
+}
+
+async fn follow_handler(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let pid = pid_of(&body)?;
+    let timeout = body
+        .get("timeout_ms")
+        .and_then(Value::as_f64)
+        .filter(|t| *t > 0.0 && *t <= 30_000.0)
+        .map(|t| Duration::from_secs_f64(t / 1e3))
+        .unwrap_or(attach::DEFAULT_TIMEOUT);
+    let only = body
+        .get("injector")
+        .and_then(Value::as_str)
+        .filter(|s| *s != "auto")
+        .map(str::to_owned);
+    Ok(Json(follow(&shared, pid, timeout, only).await?))
+}
+
+async fn list_handler(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({"follows": shared.follows.states()}))
+}
+
+async fn unfollow_handler(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let pid = pid_of(&body)?;
+    Ok(Json(
+        json!({"pid": pid, "stopped": shared.follows.stop(pid)}),
+    ))
+}
