@@ -106,10 +106,19 @@ impl Gdb {
             .args(["-ex", "detach"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // gdb must not take the terminal's signals (a ctrl-c in the CLI must not stop the
-            // target in the middle of a call).
-            .process_group(0);
+            .stderr(Stdio::piped());
+        // A session of its own, without a controlling terminal: a ctrl-c in the CLI must not
+        // reach gdb in the middle of a call, and gdb in a background process group of a
+        // terminal would be stopped by SIGTTOU when it sets the terminal up (leaving the
+        // target stopped under ptrace).
+        // SAFETY: only setsid, async-signal-safe, runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
         cmd
     }
 }
