@@ -108,7 +108,7 @@
     page = m && pages.includes(m[1]) ? m[1] : 'processes';
     for (const p of pages) $('page-' + p).hidden = p !== page;
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
-    if (page === 'processes') loadProcesses();
+    if (page === 'processes') { loadProcesses(); detectAttach(); }
     if (page === 'probes') loadProbes();
     if (page === 'events') loadRecentEvents();
     if (page === 'flow') flow.show();
@@ -194,6 +194,29 @@
     } catch (e) { notice(what + ' ' + pid + ': ' + e.message); }
     loadProcesses();
   }
+
+  // Attaching to a process that never loaded scry, when the daemon offers it
+  // (`POST /api/v1/attach`; a GET there answers 405, where a daemon without it answers 404).
+  let attachKnown = null;
+  async function detectAttach() {
+    if (attachKnown !== null) return;
+    try { await api('GET', '/api/v1/attach'); attachKnown = true; } catch (e) { attachKnown = e.status === 405; }
+    $('attach-form').hidden = !attachKnown;
+  }
+  $('attach-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const pid = Number($('attach-pid').value.trim());
+    const out = $('attach-result');
+    if (!Number.isInteger(pid) || pid <= 0) { out.textContent = 'give a process id'; return; }
+    out.textContent = 'attaching…';
+    $('attach-go').disabled = true;
+    try {
+      const r = await api('POST', '/api/v1/attach', { pid });
+      out.textContent = 'attached to ' + pid + (r && r.injector ? ' (' + r.injector + ')' : '');
+    } catch (e) { out.textContent = e.message; }
+    finally { $('attach-go').disabled = false; }
+    loadProcesses();
+  });
 
   function fillTargets() {
     for (const id of ['probe-target', 'trace-target']) {

@@ -148,6 +148,32 @@ fn web_ui_in_chromium() {
         "the token is not left in the URL"
     );
 
+    // Attach from the page: a process that never loaded scry shows up awake.
+    let plain = ctx.python(&flow_py, "plain_loop.py", &[]);
+    browser.wait_script(
+        "the attach form (the daemon offers /api/v1/attach)",
+        Duration::from_secs(60),
+        "return !document.getElementById('attach-form').hidden",
+    );
+    browser.type_into("#attach-pid", &plain.pid().to_string());
+    browser.click("#attach-go");
+    let attached = browser.wait_script(
+        "the attached process listed awake",
+        Duration::from_secs(60),
+        &format!(
+            "const r = document.getElementById('proc-{}');
+             const out = document.getElementById('attach-result').textContent;
+             return r && r.dataset.state === 'awake' ? out : null;",
+            plain.pid()
+        ),
+    );
+    assert!(
+        attached
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("attached to"),
+        "{attached}"
+    );
     browser.screenshot(None, &artifacts_dir().join("processes.png"));
 
     // The live stream is connected (with `?token=` when not on loopback).
