@@ -25,7 +25,7 @@ from realdaemon import SCRY_BIN, running  # noqa: E402
 TOOLS = {
     "list_processes", "wake", "sleep", "find_lines", "add_probe", "list_probes", "remove_probe",
     "enable_probe", "disable_probe", "observe", "query_events", "event_stats", "wait_for_hits",
-    "dump_stacks", "trace_start", "trace_stop", "trace_summary",
+    "dump_stacks", "trace_start", "trace_stop", "trace_summary", "attach", "detach",
 }
 
 
@@ -53,6 +53,38 @@ def target(home, daemon):
                         for p in daemon.api("GET", "/api/v1/processes")[1]["processes"]),
             timeout=30, message="the target to be awake",
         )
+        yield proc
+    except AssertionError:
+        proc.kill()
+        raise AssertionError("the target never became awake; its stderr: {}".format(
+            proc.communicate(timeout=10)[1].decode(errors="replace")[-2000:]))
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def python314():
+    """A CPython 3.14 to attach to without preparation: the test's own interpreter when it is one,
+    else the matrix's (a chroot: another root than the daemon's, as a container would be)."""
+    if sys.version_info >= (3, 14):
+        return sys.executable
+    matrix = os.path.join(REPO, ".matrix", "bin", "python3.14")
+    if os.access(matrix, os.X_OK):
+        return matrix
+    pytest.skip("no Python 3.14 to attach to (run scripts/provision-matrix)")
+
+
+@pytest.fixture
+def plain_target(home):
+    """A 3.14 process that never imported scry (no PYTHONPATH to it, no SCRY_ variables)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCRY_") and k != "PYTHONPATH"}
+    proc = subprocess.Popen(
+        [python314(), "-u", os.path.join(TESTS, "mcp_plain_target.py")],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.split() == ["plain", str(proc.pid)], (line, proc.stderr.read() if not line else "")
         yield proc
     finally:
         proc.kill()
@@ -153,6 +185,32 @@ async def realistic_session(session, pid):
     assert any("mcp_target.py" in f for f in frames), dump
 
 
+async def attach_session(session, pid):
+    """attach an unprepared 3.14 process, observe a value in it, detach; bad arguments to both."""
+    procs = rows(await call(session, "list_processes"))
+    assert not [r for r in procs if r["pid"] == pid and r["state"] == "awake"], procs
+    attached = await call(session, "attach", pid=pid, timeout_s=10)
+    assert attached["pid"] == pid and attached["already_attached"] is False, attached
+    assert attached["injector"] == "pep768" and attached["python_version"].startswith("3.14"), attached
+    mine = [r for r in rows(await call(session, "list_processes")) if r["pid"] == pid]
+    assert mine and mine[0]["state"] == "awake" and mine[0]["origin"] == "injected", mine
+    again = await call(session, "attach", pid=pid)
+    assert again["already_attached"] is True, again
+
+    seen = await call(session, "observe", target="mcp_plain_target.py:checkout", var="total",
+                      pid=pid, hits=3, timeout_s=30)
+    assert seen["reached"] is True and seen["hits"]["types"] == {"total": "int"}, seen
+    assert all(0 <= h["total"] <= 110 for h in rows(seen["hits"])), seen
+
+    detached = await call(session, "detach", pid=pid)
+    assert detached["detached"] is True and detached["origin"] == "injected", detached
+    procs = rows(await call(session, "list_processes"))
+    assert not [r for r in procs if r["pid"] == pid and r["state"] == "awake"], procs
+    # The process runs on without an agent; detaching again says there is none.
+    data, failed = payload(await session.call_tool("detach", {"pid": pid}))
+    assert failed and data["error"]["kind"] == "not_attached", data
+
+
 BAD_CALLS = [
     ("list_processes", {"include_gone": "yes"}),
     ("wake", {}),
@@ -180,6 +238,18 @@ BAD_CALLS = [
     ("trace_start", {"target": "no-such", "functions": ["x:y"]}),
     ("trace_stop", {"trace": "tr-nope"}),
     ("trace_summary", {"trace": "tr-nope", "top": 0}),
+    ("attach", {}),
+    ("attach", {"pid": 0}),
+    ("attach", {"pid": -5}),
+    ("attach", {"pid": "1234"}),
+    ("attach", {"pid": 999999999}),
+    ("attach", {"pid": 1, "injector": "telepathy"}),
+    ("attach", {"pid": 1, "timeout_s": 0}),
+    ("attach", {"pid": 1, "timeout_s": 1000}),
+    ("attach", {"pid": 1, "bogus": True}),
+    ("detach", {}),
+    ("detach", {"pid": 999999999}),
+    ("detach", {"pid": 1, "force": True}),
 ]
 
 
@@ -204,22 +274,24 @@ def stdio_params(home):
     return StdioServerParameters(command=SCRY_BIN, args=["mcp"], env=env)
 
 
-def test_stdio_session(home, target):
+def test_stdio_session(home, target, plain_target):
     async def main():
         async with stdio_client(stdio_params(home)) as (read, write):
             async with ClientSession(read, write) as session:
                 await realistic_session(session, target.pid)
+                await attach_session(session, plain_target.pid)
                 await bad_arguments(session, target.pid)
 
     asyncio.run(main())
 
 
-def test_http_session(daemon, target):
+def test_http_session(daemon, target, plain_target):
     async def main():
         async with streamable_http_client("http://{}/mcp".format(daemon.info["http"])) as streams:
             read, write = streams[0], streams[1]
             async with ClientSession(read, write) as session:
                 await realistic_session(session, target.pid)
+                await attach_session(session, plain_target.pid)
                 await bad_arguments(session, target.pid)
 
     asyncio.run(main())

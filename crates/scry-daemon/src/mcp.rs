@@ -5,7 +5,7 @@
 //! Built on the official Rust SDK (`rmcp`): each tool is a method with a description that tells
 //! an agent when and how to use it, and typed parameters whose JSON schema the SDK publishes and
 //! enforces (a bad argument is refused with serde's message before the tool runs). Tools call
-//! the daemon's shared functions ([`crate::lines`], [`crate::query`]) or, for the rest, its own
+//! the daemon's shared functions ([`crate::lines`], [`crate::query`], [`crate::attach`]) or, for the rest, its own
 //! REST router in process (no socket; the same validation and errors as the API).
 //!
 //! Answers are compact JSON: lists of records are tables (`columns` + `rows`), captured values
@@ -30,6 +30,10 @@ use tower::ServiceExt;
 
 use crate::query::EventFilter;
 use crate::Shared;
+
+/// The longest `timeout_s` of `attach` (as `scry attach --timeout`): the whole attach runs
+/// within one tool call.
+const ATTACH_MAX_TIMEOUT_S: f64 = 30.0;
 
 /// The `/mcp` service (streamable HTTP, one session per client), ended with the daemon.
 pub fn service(shared: Arc<Shared>) -> StreamableHttpService<ScryMcp, LocalSessionManager> {
@@ -362,6 +366,43 @@ pub struct TraceArgs {
     pub top: Option<usize>,
 }
 
+/// `attach`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachArgs {
+    /// The pid of a running Python process (as list_processes or `ps` shows it).
+    #[schemars(range(min = 1))]
+    pub pid: u32,
+    /// How long the process has to pick the agent up, in seconds (default 5, at most 30).
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// How to get in: "auto" (default: native for 3.14+, gdb for 3.8-3.13), "pep768" or "gdb".
+    #[serde(default)]
+    pub injector: InjectorArg,
+}
+
+/// The injector `attach` uses.
+#[derive(Debug, Clone, Copy, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InjectorArg {
+    /// Native PEP 768 for CPython 3.14+, gdb for 3.8-3.13.
+    #[default]
+    Auto,
+    /// Only the native PEP 768 writer (CPython 3.14+; never stops the process).
+    Pep768,
+    /// Only gdb (any supported version; stops the process briefly).
+    Gdb,
+}
+
+/// `detach`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetachArgs {
+    /// The pid of a process whose agent to remove.
+    #[schemars(range(min = 1))]
+    pub pid: u32,
+}
+
 // -- tools ---------------------------------------------------------------------------------------
 
 #[tool_router]
@@ -414,6 +455,24 @@ impl ScryMcp {
                 Some(json!({"target": a.target})),
             )
             .await,
+        )
+    }
+
+    #[tool(
+        description = "Load scry's agent into a running Python process that was never prepared for it (it never imported scry and was not started by `scry run`), so that find_lines, observe, add_probe and the other tools work on it; list_processes then shows it awake (origin injected). Use it when list_processes does not list the process, or lists it without an agent; a process already awake is left alone (already_attached: true), and a sleeping embedded client wants wake instead. CPython 3.14+ is attached natively (PEP 768) without stopping it; 3.8-3.13 through gdb, which stops the whole process briefly (usually under 2 s) while the agent starts. The process must be yours (or scry must have CAP_SYS_PTRACE). Failures (not Python, unsupported version, remote debugging disabled, no permission, gdb missing, main thread blocked in a system call so nothing ran before `timeout_s`, process exited) come back as an error result whose `hint` says what to do; nothing is left in the process then. Undo with detach."
+    )]
+    async fn attach(&self, Parameters(a): Parameters<AttachArgs>) -> CallToolResult {
+        answer(self.attach_impl(a).await)
+    }
+
+    #[tool(
+        description = "Remove the agent that attach loaded (or any connected agent) from a process: every probe and trace hook removed, its threads ended, its connection closed; the process runs on as if scry had never been there. Use it when done with a process you attached to. An embedded client (scry.init) is better put to sleep, so that it can be woken again."
+    )]
+    async fn detach(&self, Parameters(a): Parameters<DetachArgs>) -> CallToolResult {
+        answer(
+            crate::attach::detach(&self.shared, a.pid)
+                .await
+                .map_err(|e| ToolError::from(crate::http::ApiError::from(e))),
         )
     }
 
@@ -664,7 +723,8 @@ impl ServerHandler for ScryMcp {
                 "scry observes live Python processes without pausing or restarting them. Typical \
 session: list_processes -> find_lines(target='module:function', var='name') -> observe (or \
 add_probe + wait_for_hits) -> event_stats -> remove_probe. dump_stacks shows where a hung \
-process is stuck.",
+process is stuck. A Python process that never imported scry is made observable with attach \
+(and left again with detach).",
             )
     }
 }
@@ -710,6 +770,34 @@ impl ScryMcp {
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("HTTP {status}")),
             hint: v["error"]["hint"].as_str().map(str::to_owned),
+        })
+    }
+
+    async fn attach_impl(&self, a: AttachArgs) -> ToolResult {
+        if a.pid == 0 {
+            return Err(invalid("`pid` must be a positive process id"));
+        }
+        let timeout = match a.timeout_s {
+            None => crate::attach::DEFAULT_TIMEOUT,
+            Some(t) if t > 0.0 && t <= ATTACH_MAX_TIMEOUT_S => Duration::from_secs_f64(t),
+            Some(t) => {
+                return Err(invalid(format!(
+                    "`timeout_s` must be more than 0 and at most {ATTACH_MAX_TIMEOUT_S} seconds, not {t}"
+                )))
+            }
+        };
+        let only = match a.injector {
+            InjectorArg::Auto => None,
+            InjectorArg::Pep768 => Some("pep768".to_owned()),
+            InjectorArg::Gdb => Some("gdb".to_owned()),
+        };
+        let report = crate::attach::attach(&self.shared, a.pid, timeout, only)
+            .await
+            .map_err(|e| ToolError::from(crate::http::ApiError::from(e)))?;
+        serde_json::to_value(&report).map_err(|e| ToolError {
+            kind: "internal".into(),
+            message: e.to_string(),
+            hint: None,
         })
     }
 
