@@ -150,10 +150,14 @@ async fn require_token(
         query_token = token;
         *req.uri_mut() = uri;
     }
-    if peer.ip().is_loopback()
-        || is_mapped_loopback(&peer)
-        || crate::web::is_public_asset(req.method(), req.uri().path())
-    {
+    if crate::web::is_public_asset(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    if peer.ip().is_loopback() || is_mapped_loopback(&peer) {
+        // No token on loopback, so a web page must not be able to speak for a local caller.
+        if let Err(e) = loopback_browser_check(req.headers()) {
+            return e.into_response();
+        }
         return next.run(req).await;
     }
     let Some(want) = shared.token.as_deref() else {
@@ -179,6 +183,54 @@ async fn require_token(
         .hint("send `Authorization: Bearer <token>` with the daemon's token")
         .into_response(),
     }
+}
+
+/// Refuses a tokenless loopback request that a web page made: one whose `Host` is not a
+/// loopback name (DNS rebinding: evil.example resolved to 127.0.0.1, so the page is
+/// "same-origin" with the daemon), or whose `Origin` is another site (a cross-site form post,
+/// which needs no CORS preflight). Programs (the CLI, agents, MCP clients) send a loopback Host
+/// and no Origin; the web UI is same-origin.
+fn loopback_browser_check(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(host) = host {
+        if !is_loopback_authority(host) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("a tokenless local request must name a loopback host, not `{host}`"),
+            )
+            .hint("use http://127.0.0.1:PORT or http://localhost:PORT (a page reached through another name could be a DNS-rebinding attack)"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let same = host.is_some_and(|h| {
+            origin
+                .strip_prefix("http://")
+                .is_some_and(|o| o.eq_ignore_ascii_case(h))
+        });
+        if !same {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("requests from the web page at {origin} are not accepted"),
+            )
+            .hint("only the daemon's own web UI (scry ui) may call the API from a browser"));
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_mapped_loopback(peer: &SocketAddr) -> bool {
@@ -539,4 +591,69 @@ pub(crate) fn live_sse(
         let _ = stop.wait_for(|stopping| *stopping).await;
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(host: Option<&str>, origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = host {
+            h.insert(header::HOST, HeaderValue::from_str(v).expect("header"));
+        }
+        if let Some(v) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(v).expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn programs_and_the_own_ui_pass_the_loopback_check() {
+        for host in [
+            "127.0.0.1:7390",
+            "localhost:7390",
+            "[::1]:7390",
+            "127.0.0.2",
+            "LOCALHOST",
+        ] {
+            assert!(
+                loopback_browser_check(&headers(Some(host), None)).is_ok(),
+                "{host}"
+            );
+        }
+        assert!(loopback_browser_check(&headers(None, None)).is_ok());
+        assert!(loopback_browser_check(&headers(
+            Some("127.0.0.1:7390"),
+            Some("http://127.0.0.1:7390")
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn rebinding_and_cross_site_pages_are_refused() {
+        for host in [
+            "evil.example:7390",
+            "evil.example",
+            "10.0.0.1:7390",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(
+                loopback_browser_check(&headers(Some(host), None)).is_err(),
+                "{host}"
+            );
+        }
+        for origin in [
+            "http://evil.example",
+            "https://127.0.0.1:7390",
+            "null",
+            "http://localhost:7390",
+        ] {
+            assert!(
+                loopback_browser_check(&headers(Some("127.0.0.1:7390"), Some(origin))).is_err(),
+                "{origin}"
+            );
+        }
+    }
 }

@@ -165,3 +165,43 @@ fn scry_daemon_on_loopback_is_where_the_daemon_is_started_and_found() {
         text(&out)
     );
 }
+
+/// No token is needed on loopback, so the daemon refuses what only a web page would send: a
+/// non-loopback Host (DNS rebinding) or another site's Origin (a cross-site form post).
+#[test]
+fn loopback_requests_from_web_pages_are_refused() {
+    use std::io::{Read, Write};
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let addr = ctx.http().trim_start_matches("http://").to_owned();
+    let raw = |head: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let req = format!("{head}\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, out)
+    };
+    let (status, body) = raw("GET /api/v1/processes HTTP/1.1\r\nHost: evil.example:7390");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("DNS-rebinding"), "{body}");
+    let (status, body) = raw(&format!(
+        "POST /api/v1/sleep HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain"
+    ));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("http://evil.example"), "{body}");
+    // The CLI and the daemon's own page still get in.
+    let (status, body) = raw(&format!(
+        "GET /api/v1/processes HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}"
+    ));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = raw("GET /api/v1/health HTTP/1.1\r\nHost: localhost");
+    assert_eq!(status, 200, "{body}");
+}
