@@ -17,15 +17,35 @@ logger (to stderr as well with ``SCRY_DEBUG=1``). Environment variables are docu
 from ._config import setup_logging as _setup_logging
 from ._errors import AgentError, ConfigError, ControlPlaneError, DaemonError, ScryError
 from ._state import init, shutdown, sleep, status, wake
-from ._repl import crash_handler, pause, post_mortem
 from ._version import __version__
-from . import _lines  # noqa: F401  (registers the find_lines call)
 
 # Feature modules reached through `call` register their methods when imported (``_calls``).
-from . import _inspect  # noqa: E402,F401  (isort: skip)
+# Those only needed once used are imported on their first call: `scry attach` (which compiles
+# the agent from source in the target) and `import scry` stay quick.
+from . import _calls as _calls_module
 from . import _state as _state_module
 from . import _trace
 from . import _attach  # noqa: F401  (registers agent.detach and agent.state)
+
+_calls_module.lazy("scry._lines", methods=("find_lines",))
+_calls_module.lazy("scry._inspect", methods=("inspect",))
+_calls_module.lazy(
+    "scry._repl",
+    methods=("repl.complete", "repl.break"),
+    topics=("repl.grant", "repl.input", "repl.cancel", "repl.interrupt"),
+)
+
+_REPL_API = ("crash_handler", "pause", "post_mortem")
+
+
+def __getattr__(name):
+    """``scry.pause``, ``scry.post_mortem``, ``scry.crash_handler``: the REPL (and pdb) are
+    imported on first use."""
+    if name in _REPL_API:
+        from . import _repl
+
+        return getattr(_repl, name)
+    raise AttributeError("module 'scry' has no attribute {!r}".format(name))
 
 
 def pulse(name, **values):

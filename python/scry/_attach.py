@@ -6,6 +6,11 @@ root and makes the target run the bootstrap (PEP 768 on 3.14+, or gdb). The boot
 attach (a path inside the target's root, so it works in chroots, containers and PID
 namespaces) and the nonce the daemon expects in ``hello``.
 
+Only what the link needs is imported at attach (the target compiles the placed package from
+source: there is no bytecode for it); the rest of the package is read into memory then, since
+the daemon removes the placed files once the agent is connected, and a feature module is
+compiled from that copy on its first use (:class:`_PlacedSources`, removed on detach).
+
 An injected agent has no control plane and no discovery file: it is awake or gone. Losing the
 daemon, ``scry sleep`` and ``agent.detach`` all end it the same way (:func:`detach`): probes
 and every ``sys.monitoring`` hook removed, the link closed, its threads ended, and the ``scry``
@@ -15,7 +20,6 @@ The ``agent.detach`` call method exists in every agent: an embedded client goes 
 instead (its owner keeps the sleeping client).
 """
 
-import importlib
 import logging
 import os
 import sys
@@ -26,25 +30,56 @@ from ._errors import AgentError
 
 log = logging.getLogger("scry")
 
-#: Set by :func:`attach`: the modules to forget on detach (those that were not there before).
-_loaded_by_attach = []
+#: Set by :func:`attach`: the modules that were there before (the others are forgotten on
+#: detach), the package directory, and the in-memory sources of the package.
+_modules_before = [None]
 _package_dir = [None]
+_finder = [None]
 
 
-def _import_all(package_dir):
-    """Import every module of the package now: the daemon removes the placed files once we
-    are connected, so nothing may be imported lazily from them later."""
-    pkg = os.path.join(package_dir, "scry")
-    try:
-        names = sorted(os.listdir(pkg))
-    except OSError:
-        return
-    for name in names:
-        if name.endswith(".py") and not name.startswith("__"):
+class _PlacedSources(object):
+    """A ``sys.meta_path`` finder and loader for the ``scry`` modules that were placed but not
+    imported at attach: their sources, read into memory before the files went away."""
+
+    def __init__(self, package_dir):
+        self.files = {}
+        pkg = os.path.join(package_dir, "scry")
+        try:
+            names = os.listdir(pkg)
+        except OSError:
+            names = []
+        for name in names:
+            fullname = "scry." + name[:-3]
+            if not name.endswith(".py") or name.startswith("__") or fullname in sys.modules:
+                continue
+            path = os.path.join(pkg, name)
             try:
-                importlib.import_module("scry." + name[:-3])
-            except Exception as exc:
-                log.warning("cannot import scry.%s: %r", name[:-3], exc)
+                with open(path, "rb") as f:
+                    self.files[fullname] = (path, f.read())
+            except OSError as exc:
+                log.warning("cannot read %s: %r", path, exc)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.files:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return None  # the default module
+
+    def exec_module(self, module):
+        path, source = self.files[module.__name__]
+        module.__file__ = path
+        exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+
+
+def _remove_finder():
+    finder = _finder[0]
+    _finder[0] = None
+    while finder is not None and finder in sys.meta_path:
+        sys.meta_path.remove(finder)
 
 
 def attach(socket_path, nonce, package_dir=None, modules_before=None):
@@ -52,8 +87,6 @@ def attach(socket_path, nonce, package_dir=None, modules_before=None):
 
     Raises AgentError when this process already has a scry client, and what ``wake()`` raises.
     """
-    if package_dir:
-        _import_all(package_dir)
     agent = _state._agent
     with agent.lock:
         if agent.state != _state.UNINITIALISED:
@@ -62,12 +95,11 @@ def attach(socket_path, nonce, package_dir=None, modules_before=None):
                     agent.state, os.getpid()
                 )
             )
-        if modules_before is not None:
-            del _loaded_by_attach[:]
-            _loaded_by_attach.extend(
-                name for name in list(sys.modules) if name not in modules_before and _is_ours(name)
-            )
+        _modules_before[0] = set(modules_before) if modules_before is not None else None
         _package_dir[0] = package_dir
+        if package_dir and _finder[0] is None:
+            _finder[0] = _PlacedSources(package_dir)
+            sys.meta_path.append(_finder[0])
         agent.config = _config.Config(
             home=_config.resolve_home(None),
             name=None,
@@ -89,6 +121,7 @@ def attach(socket_path, nonce, package_dir=None, modules_before=None):
             return _state._wake_locked(agent, None)
         except BaseException:
             _state._teardown_locked(agent, "shutdown")
+            _remove_finder()
             raise
 
 
@@ -113,9 +146,13 @@ def detach():
         log.warning("error while detaching: %r", exc)
     # The modules go last: this function's own module is among them (it keeps running, as
     # module objects stay alive while referenced).
-    for name in list(_loaded_by_attach):
-        sys.modules.pop(name, None)
-    del _loaded_by_attach[:]
+    _remove_finder()
+    before = _modules_before[0]
+    _modules_before[0] = None
+    if before is not None:
+        for name in list(sys.modules):
+            if _is_ours(name) and name not in before:
+                sys.modules.pop(name, None)
     pkg = _package_dir[0]
     while pkg and pkg in sys.path:
         sys.path.remove(pkg)

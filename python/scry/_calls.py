@@ -18,9 +18,14 @@ returns :data:`DEFERRED`, keeps ``call`` and answers later from another thread w
 ``ok: false`` with its kind; any other exception answers kind ``internal`` and is logged, never
 propagated into the link (or the host program).
 
+A feature that is only needed once it is used registers lazily instead (``lazy``): its
+names are advertised in ``hello`` like any other, and its module is imported on the first
+``call`` or ``notify`` for one of them (so ``scry attach`` does not compile and import it).
+
 Not for: the hot path. Probes and hits never go through here.
 """
 
+import importlib
 import logging
 import threading
 
@@ -65,6 +70,28 @@ def topic(name):
         return fn
 
     return register
+
+
+def lazy(module, methods=(), topics=()):
+    """Advertise ``methods`` and ``topics`` now, and import ``module`` (which registers the
+    real handlers with :func:`method` / :func:`topic`) on the first message for any of them."""
+
+    def stand_in(table, name):
+        def first_use(arg, call_or_link):
+            importlib.import_module(module)
+            with _lock:
+                fn = table.get(name)
+            if fn is first_use:
+                raise CallError("internal", "{} did not register {}".format(module, name))
+            return fn(arg, call_or_link)
+
+        return first_use
+
+    with _lock:
+        for name in methods:
+            _methods.setdefault(name, stand_in(_methods, name))
+        for name in topics:
+            _topics.setdefault(name, stand_in(_topics, name))
 
 
 def methods():

@@ -23,7 +23,6 @@ Fields::
 import json
 import logging
 import os
-import tempfile
 
 log = logging.getLogger("scry")
 
@@ -57,6 +56,8 @@ def write(path, record):
     directory = os.path.dirname(path)
     ensure_private_dir(directory)
     data = (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("utf-8")
+    import tempfile  # here, not at import: an injected agent writes no discovery file
+
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         try:

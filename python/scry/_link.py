@@ -15,7 +15,6 @@ socket and the pipe when it ends.
 
 import collections
 import errno
-import http.client
 import json
 import logging
 import os
@@ -161,6 +160,8 @@ def resolve_endpoint(address, token, token_hint, timeout):
     if address.scheme == "tcp":
         _need_token(address, token, token_hint)
         return address
+    import http.client  # here, not at import: unix and tcp links (`scry attach`) never need it
+
     conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
     headers = {"Accept": "application/json"}
     if token:

@@ -19,7 +19,6 @@ import os
 import threading
 
 from . import _config, _discovery, _features, _process, _proto
-from ._control import ControlPlane, is_loopback
 from ._engine import Engine
 from ._errors import AgentError, ConfigError
 from ._link import Link
@@ -126,6 +125,9 @@ def init(
         )
         try:
             agent.config = config
+            # Here, not at import: an injected agent (`scry attach`) has no control plane.
+            from ._control import ControlPlane
+
             agent.control = ControlPlane(
                 config.control_host, config.control_port, config.token, config.token_hint, _ControlApi
             )
@@ -352,6 +354,8 @@ def _write_discovery(agent, strict=False):
     if path is None:
         return
     config = agent.config
+    from ._control import is_loopback
+
     control = agent.control
     record = {
         "pid": os.getpid(),

@@ -140,3 +140,40 @@ def test_notify_both_ways(daemon):
     t.join(10)
     assert sent == [True]
     assert call(daemon, "test.echo", {}) == (200, {"echo": {}})
+
+
+def test_lazy_feature_is_advertised_and_imported_on_first_call(daemon, tmp_path, monkeypatch):
+    (tmp_path / "scry_lazy_feature.py").write_text(
+        "from scry import _calls\n"
+        "@_calls.method('test.lazy')\n"
+        "def _lazy(params, call):\n"
+        "    return {'lazy': params.get('x')}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _calls.lazy("scry_lazy_feature", methods=("test.lazy",))
+    _calls.lazy("scry_no_such_feature", methods=("test.missing",))
+    assert "test.lazy" in _calls.methods()
+    assert "scry_lazy_feature" not in __import__("sys").modules
+    scry.init(name="lazy")
+    scry.wake()
+    assert call(daemon, "test.lazy", {"x": 7}) == (200, {"lazy": 7})
+    assert "scry_lazy_feature" in __import__("sys").modules
+    assert call(daemon, "test.lazy", {"x": 8}) == (200, {"lazy": 8})
+    status, body = call(daemon, "test.missing")
+    assert status == 502 and "scry_no_such_feature" in body["error"]["message"], body
+
+
+def test_import_scry_leaves_features_and_their_stdlib_unloaded():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scry\n"
+        "print(sorted(m for m in ('scry._repl', 'scry._lines', 'scry._inspect', "
+        "'scry._control', 'pdb', 'http.server', 'http.client') if m in sys.modules))\n"
+        "print(callable(scry.pause), scry.post_mortem.__module__, scry.crash_handler.__name__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(scry.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "True scry._repl crash_handler"], out.stdout

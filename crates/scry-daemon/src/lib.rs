@@ -333,23 +333,42 @@ impl Shared {
             entry.view.session_id = None;
             entry.view.connected_since = None;
             let alive = scry_proc::alive(entry.view.pid, entry.view.start_ticks);
+            // An injected agent cannot come back on its own (its nonce is used up): once it
+            // is gone the process is an ordinary one again, not a sleeping client. It is
+            // stored as gone (a restarted daemon must not list it as sleeping) and forgotten.
+            let detached = entry.view.origin == "injected" && alive;
             // Alive without a goodbye means the connection was lost: the agent reconnects on its
             // own if it can, and the liveness sweep marks it gone if the process exits.
-            entry.view.state = if alive {
+            entry.view.state = if alive && !detached {
                 ProcState::Sleeping
             } else {
                 ProcState::Gone
             };
             let view = entry.view.clone();
-            // An injected agent cannot come back on its own (its nonce is used up): once it
-            // is gone the process is an ordinary one again, not a sleeping client.
-            if view.origin == "injected" && alive {
+            if detached {
                 reg.remove(process_id);
             }
-            view
+            (view, detached)
         };
-        tracing::info!(target: "agent_link", pid = view.pid, state = view.state.as_str(), reason = ?goodbye, "agent disconnected");
-        self.state_changed(&view).await;
+        let (view, detached) = view;
+        tracing::info!(target: "agent_link", pid = view.pid, state = view.state.as_str(), reason = ?goodbye, detached, "agent disconnected");
+        if detached {
+            self.publish_process(&view);
+            if let Err(e) = self.persist_process(&view).await {
+                tracing::warn!(target: "store", "cannot store process state: {e}");
+            }
+            self.system_event(
+                Level::Info,
+                "detached",
+                format!(
+                    "the injected agent of process {} is gone (detached)",
+                    view.pid
+                ),
+                json!({"pid": view.pid, "process_id": view.id}),
+            );
+        } else {
+            self.state_changed(&view).await;
+        }
     }
 
     async fn state_changed(&self, view: &ProcessView) {
@@ -412,7 +431,12 @@ fn load_registry(store: &Store) -> Result<Registry, DaemonError> {
         let start_ticks = row.info.get("start_ticks").and_then(Value::as_u64);
         let pid = row.pid;
         let was = ProcState::parse(row.state.as_str());
-        let state = if was != ProcState::Gone && scry_proc::alive(pid, start_ticks) {
+        // An injected agent never reconnects (its nonce was used once), so after a restart
+        // its process is no client at all, whatever an older daemon stored for it.
+        let state = if was != ProcState::Gone
+            && row.origin != "injected"
+            && scry_proc::alive(pid, start_ticks)
+        {
             ProcState::Sleeping
         } else {
             ProcState::Gone

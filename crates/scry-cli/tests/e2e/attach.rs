@@ -268,6 +268,18 @@ fn attach_busy_sleeping_and_threaded_server_on_314() {
         let target = Target::python(&py, mode);
         target.line("ready");
         full_cycle(&ctx, target.pid(), mode);
+        if mode == "busy" {
+            // A detached process is no sleeping client, also for a daemon started afresh.
+            ctx.kill_daemon();
+            ctx.start_daemon();
+            let ps = ctx.ps();
+            assert!(
+                ps.iter()
+                    .filter(|p| p["pid"] == target.pid())
+                    .all(|p| p["state"] == "gone"),
+                "a detached process is listed as gone or not at all after a restart: {ps:?}"
+            );
+        }
     }
 }
 
