@@ -193,6 +193,16 @@ fn full_cycle(ctx: &Ctx, pid: u32, label: &str) {
         .unwrap_or_else(|| panic!("{label}: not in ps: {ps:?}"));
     assert_eq!(me["state"], "awake");
     assert_eq!(me["origin"], "injected");
+    // `inspect` is imported on its first call, after the placed files were removed: from the
+    // sources the agent kept in memory.
+    let (status, body) = http_post_json(
+        &ctx.http(),
+        &format!("/api/v1/processes/{pid}/call/inspect"),
+        "{}",
+    )
+    .expect("call inspect");
+    assert_eq!(status, 200, "{label}: inspect: {body}");
+    assert!(body.contains("scry-link"), "{label}: inspect: {body}");
 
     let loc = format!("attach_target.py:{}", probe_line());
     let name = format!("total-{pid}");
