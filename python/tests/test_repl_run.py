@@ -9,13 +9,14 @@ a sleep. The programs run under the interpreter that runs the tests.
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import textwrap
 
 import pytest
 
-from conftest import wait_until
+from conftest import REPO, wait_until
 from realdaemon import SCRY_BIN, running
 
 pexpect = pytest.importorskip("pexpect")
@@ -558,8 +559,20 @@ def test_crash_repls_for_a_thread_a_futures_worker_and_the_parent(daemon, tmp_pa
     finish(child, 1)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 14), reason="attaching without preparation needs PEP 768 (3.14)")
-def test_scry_repl_attaches_an_unprepared_314_process_first(daemon, tmp_path):
+def python314():
+    """A CPython 3.14 to break into without preparation: the test's own interpreter when it is
+    one, else the matrix's chroot interpreter (another root than the daemon's, as a container)."""
+    if sys.version_info >= (3, 14):
+        return sys.executable
+    matrix = os.path.join(REPO, ".matrix", "bin", "python3.14")
+    if os.access(matrix, os.X_OK):
+        return matrix
+    pytest.skip("no Python 3.14 to attach to (run scripts/provision-matrix)")
+
+
+def repl_into_unprepared(daemon, tmp_path, python, injector):
+    """`scry repl PID` on a process that never loaded scry attaches first, as `scry attach`
+    does (placement in the target's root, one-time nonce), then breaks in."""
     script = write(tmp_path, "plain_busy.py", """
         import os
         print("plain", os.getpid(), flush=True)
@@ -569,10 +582,11 @@ def test_scry_repl_attaches_an_unprepared_314_process_first(daemon, tmp_path):
     """)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    target = pexpect.spawn(sys.executable, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
+    target = pexpect.spawn(python, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
     try:
         target.expect(r"plain (\d+)")
         pid = int(target.match.group(1))
+        assert daemon.process(pid) is None
         child = spawn(["repl", str(pid)], tmp_path)
         child.expect("attaching one")
         repl = next_repl(child)
@@ -581,6 +595,27 @@ def test_scry_repl_attaches_an_unprepared_314_process_first(daemon, tmp_path):
         child.sendline("c")
         finish(child, 0)
         assert alive(pid)
+        # Attached through the daemon's attach: an injected agent, whose placement is gone.
+        seen = daemon.process(pid)
+        assert seen["state"] == "awake" and seen["origin"] == "injected", seen
+        attached = [e for e in daemon.api("GET", "/api/v1/system-events?limit=1000")[1]["system_events"]
+                    if e["kind"] == "attached" and e["data"].get("pid") == pid]
+        assert attached, "the attach is logged as a system event"
+        assert attached[0]["data"]["injector"] == injector, attached
+        placed = attached[0]["data"]["placed_in"]
+        assert placed.startswith("/tmp/scry-attach-")
+        assert not os.path.exists("/proc/{}/root{}".format(pid, placed))
     finally:
         target.kill(signal.SIGKILL)
         target.close()
+
+
+def test_scry_repl_attaches_an_unprepared_314_process_first(daemon, tmp_path):
+    repl_into_unprepared(daemon, tmp_path, python314(), "pep768")
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="older Pythons are attached through gdb")
+def test_scry_repl_attaches_an_unprepared_older_process_through_gdb(daemon, tmp_path):
+    if not shutil.which("gdb"):
+        pytest.skip("gdb is not installed here (the host has it; the chroots do not)")
+    repl_into_unprepared(daemon, tmp_path, sys.executable, "gdb")

@@ -144,10 +144,12 @@ post-mortem REPL before the process dies. ctrl-c goes to the open REPL, else to 
 The exit status is the command's.\n\nExamples:\n  scry run -- python app.py\n  scry run --debug -- python -m myapp --workers 4\n  scry run --debug --debug-filter ValueError -- pytest -x"
     )]
     Run(RunArgs),
-    /// Break into a running Python process (an awake agent) and open a REPL here.
+    /// Break into a running Python process and open a REPL here (attached first if needed).
     #[command(
         after_help = "The chosen thread (main by default) stops at its next Python line. `c` lets it \
-run on and ends the command.\n\nExamples:\n  scry repl 4242\n  scry repl 4242 --thread worker-1"
+run on and ends the command. A process that never loaded scry is attached first, as by \
+`scry attach` (3.14+ natively; 3.8-3.13 through gdb, which stops it briefly); it stays attached \
+until `scry detach PID`.\n\nExamples:\n  scry repl 4242\n  scry repl 4242 --thread worker-1"
     )]
     Repl(ReplArgs),
     /// MCP for AI agents over stdio (starts the daemon when needed; tools run in the daemon).

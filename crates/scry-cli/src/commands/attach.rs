@@ -13,6 +13,22 @@ use crate::printer::Printer;
 /// The longest `--timeout`: the whole attach must fit in one HTTP request.
 const MAX_TIMEOUT_S: f64 = 30.0;
 
+/// Before 3.14 the daemon attaches through gdb, which stops the process: what to say first
+/// (None for 3.14+, with `--injector pep768`, or without gdb).
+pub fn gdb_notice(pid: u32, injector: Option<&str>) -> Option<String> {
+    let before_314 = scry_proc::python::Detector::new()
+        .detect(pid)
+        .and_then(|p| p.version_hex)
+        .is_some_and(|h| (h >> 16) & 0xffff < 0x030e);
+    if !before_314 || injector == Some("pep768") {
+        return None;
+    }
+    scry_proc::inject::gdb::Gdb::from_path().and_then(|g| {
+        use scry_proc::inject::Injector;
+        g.notice()
+    })
+}
+
 /// Attaches to a process through the daemon (started if needed).
 pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> CmdResult {
     if !(args.timeout > 0.0 && args.timeout <= MAX_TIMEOUT_S) {
@@ -23,18 +39,8 @@ pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> Cm
     }
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    // Before 3.14 the daemon attaches through gdb, which stops the process: say so first.
-    let before_314 = scry_proc::python::Detector::new()
-        .detect(args.pid)
-        .and_then(|p| p.version_hex)
-        .is_some_and(|h| (h >> 16) & 0xffff < 0x030e);
-    if before_314 && args.injector != "pep768" {
-        if let Some(notice) = scry_proc::inject::gdb::Gdb::from_path().and_then(|g| {
-            use scry_proc::inject::Injector;
-            g.notice()
-        }) {
-            printer.note(format!("note: {notice}"));
-        }
+    if let Some(notice) = gdb_notice(args.pid, Some(&args.injector)) {
+        printer.note(format!("note: {notice}"));
     }
     let path = if args.follow {
         "/api/v1/follow"

@@ -802,15 +802,35 @@ pub async fn repl(
     let answer = match client.post(&path, &body).await {
         Ok(answer) => answer,
         Err(first) => {
-            // No agent: on CPython 3.14 load one through PEP 768 first, then ask again.
-            if scry_proc::inject::pep768::check(a.pid).is_err() {
-                return Err(first);
+            // No agent to break into: a sleeping embedded client is woken, a process that never
+            // loaded scry is attached (the daemon's `scry attach`), then ask again.
+            match process_state(&client, a.pid).await.as_deref() {
+                Some("awake") => return Err(first),
+                Some("sleeping") => {
+                    printer.note(format!(
+                        "scry repl: pid {} has a sleeping scry client; waking it",
+                        a.pid
+                    ));
+                    client
+                        .post("/api/v1/wake", &json!({"target": a.pid.to_string()}))
+                        .await?;
+                }
+                _ => {
+                    printer.note(format!(
+                        "scry repl: pid {} has no agent; attaching one (as `scry attach {}`)",
+                        a.pid, a.pid
+                    ));
+                    if let Some(notice) = super::attach::gdb_notice(a.pid, None) {
+                        printer.note(format!("note: {notice}"));
+                    }
+                    client
+                        .post(
+                            "/api/v1/attach",
+                            &json!({"pid": a.pid, "timeout_ms": REPL_ATTACH_TIMEOUT_MS}),
+                        )
+                        .await?;
+                }
             }
-            printer.note(format!(
-                "scry repl: pid {} has no agent; attaching one (PEP 768)",
-                a.pid
-            ));
-            attach_agent(home, &client, a.pid).await?;
             client.post(&path, &body).await?
         }
     };
@@ -874,85 +894,17 @@ pub async fn repl(
     }
 }
 
-/// Loads an awake agent into a Python 3.14 process with no preparation (PEP 768): the agent
-/// package from `$SCRY_HOME/agent/<version>` and a one-shot script placed where the target sees
-/// them (its own root), then waits until the daemon lists the process awake.
-async fn attach_agent(home: &Home, client: &DaemonClient, pid: u32) -> Result<(), CliError> {
-    use scry_proc::inject::Injector;
-    let agent_dir = scry_daemon::bundle::unpack(home).map_err(CliError::from_daemon)?;
-    let target_root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
-    let seen = |p: &std::path::Path| -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let inside = target_root.join(p.strip_prefix("/").unwrap_or(p));
-        match (std::fs::metadata(p), std::fs::metadata(&inside)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
-    };
-    let socket = home.agent_socket();
-    if !seen(&agent_dir) || !seen(&socket) {
-        return Err(CliError::new(format!(
-            "process {pid} does not see {} (another mount namespace or container)",
-            home.root().display()
-        ))
-        .hint(
-            "use `scry attach` for processes in containers, or set SCRY_HOME to a path both see",
-        ));
-    }
-    let name = format!("scry-repl-attach-{}-{}.py", pid, std::process::id());
-    let script_in_target = std::env::temp_dir().join(&name);
-    let script_here = target_root.join(
-        script_in_target
-            .strip_prefix("/")
-            .unwrap_or(&script_in_target),
-    );
-    let text = format!(
-        "import sys\nsys.path.insert(0, {dir:?})\ntry:\n    import scry\n    from scry import _state\n    _state.ORIGIN = 'injected'\n    if _state._agent.state == 'uninitialised':\n        scry.init(start_state='awake', daemon_url={url:?}, home={home:?})\n    else:\n        scry.wake({url:?})\nfinally:\n    try:\n        sys.path.remove({dir:?})\n    except ValueError:\n        pass\n",
-        dir = agent_dir.display().to_string(),
-        url = format!("unix://{}", socket.display()),
-        home = home.root().display().to_string(),
-    );
-    std::fs::write(&script_here, text)
-        .map_err(|e| CliError::new(format!("cannot write {}: {e}", script_here.display())))?;
-    let injected = tokio::task::spawn_blocking(move || {
-        scry_proc::inject::pep768::Pep768.inject(pid, &script_in_target, Duration::from_secs(10))
-    })
-    .await;
-    let result = match injected {
-        Ok(Ok(_)) => {
-            let mut awake = false;
-            for _ in 0..200 {
-                if let Ok(p) = client.get(&format!("/api/v1/processes/{pid}")).await {
-                    let state = p
-                        .get("state")
-                        .or_else(|| p.pointer("/process/state"))
-                        .and_then(Value::as_str);
-                    if state == Some("awake") {
-                        awake = true;
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if awake {
-                Ok(())
-            } else {
-                Err(CliError::new(format!(
-                    "the agent injected into {pid} did not connect within 10 s"
-                )))
-            }
-        }
-        Ok(Err(e)) => {
-            let mut err = CliError::new(format!("cannot attach to {pid}: {e}"));
-            if let Some(h) = e.hint() {
-                err = err.hint(h);
-            }
-            Err(err)
-        }
-        Err(e) => Err(CliError::new(format!("the injector failed: {e}"))),
-    };
-    let _ = std::fs::remove_file(&script_here);
-    result
+/// How long `scry repl` lets a process without an agent take to pick the attach up (as the
+/// default of `scry attach --timeout`).
+const REPL_ATTACH_TIMEOUT_MS: u64 = 5000;
+
+/// The daemon's state of `pid` (`awake`, `sleeping`, `gone`), or None when it does not know it.
+async fn process_state(client: &DaemonClient, pid: u32) -> Option<String> {
+    let p = client.get(&format!("/api/v1/processes/{pid}")).await.ok()?;
+    p.get("state")
+        .or_else(|| p.pointer("/process/state"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
