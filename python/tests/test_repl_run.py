@@ -402,6 +402,31 @@ def test_scry_repl_breaks_into_a_busy_loop(daemon, tmp_path):
         target.close()
 
 
+def test_scry_repl_wakes_a_sleeping_client_first(daemon, tmp_path):
+    script = write(tmp_path, "sleepy.py", BUSY.replace('start_state="awake"', 'start_state="sleeping"'))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = pexpect.spawn(sys.executable, [script], env=env, encoding="utf-8", timeout=TIMEOUT)
+    try:
+        target.expect(r"busy (\d+)")
+        pid = int(target.match.group(1))
+        wait_until(
+            lambda: (daemon.process(pid) or {}).get("state") == "sleeping",
+            timeout=TIMEOUT, message="the daemon to see the sleeping client",
+        )
+        child = spawn(["repl", str(pid)], tmp_path)
+        child.expect("waking it")
+        repl = next_repl(child)
+        assert repl.pid == pid and repl.kind == "break-in"
+        assert int(re.search(r"(\d+)", command(child, "p counter", pid)).group(1)) > 0
+        child.sendline("c")
+        finish(child, 0)
+        assert daemon.process(pid)["origin"] == "embedded"
+    finally:
+        target.kill(signal.SIGKILL)
+        target.close()
+
+
 THREADS = """
     import threading
 
