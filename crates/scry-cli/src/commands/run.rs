@@ -894,9 +894,10 @@ pub async fn repl(
     }
 }
 
-/// How long `scry repl` lets a process without an agent take to pick the attach up (as the
-/// default of `scry attach --timeout`).
-const REPL_ATTACH_TIMEOUT_MS: u64 = 5000;
+/// How long `scry repl` lets a process without an agent take to pick the attach up: more than
+/// `scry attach`'s default 5 s, since through gdb the whole of gdb's run counts (slow on a
+/// loaded machine) and the user is waiting for a prompt anyway.
+const REPL_ATTACH_TIMEOUT_MS: u64 = 10_000;
 
 /// The daemon's state of `pid` (`awake`, `sleeping`, `gone`), or None when it does not know it.
 async fn process_state(client: &DaemonClient, pid: u32) -> Option<String> {
