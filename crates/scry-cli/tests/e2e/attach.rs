@@ -428,10 +428,17 @@ fn attach_failures_are_clear() {
 fn private_tmp_command(py: &str, args: &[&str], mode: &str, private: bool) -> Command {
     let mut cmd;
     if private {
+        // A fresh /tmp hides the repository when it lives under /tmp (a CI clone): keep the
+        // old directory open as the cwd and bind it back at its path inside the new /tmp.
         cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("mount -t tmpfs scry-attach-test /tmp && exec \"$0\" \"$@\"")
-            .arg(py);
+            .arg(
+                "R=$1; shift; cd \"$R\" && mount -t tmpfs scry-attach-test /tmp \
+                 && mkdir -p \"$R\" && mount -c --bind /proc/self/cwd \"$R\" && cd \"$R\" \
+                 && exec \"$0\" \"$@\"",
+            )
+            .arg(py)
+            .arg(crate::support::repo());
     } else {
         cmd = Command::new(py);
     }
