@@ -600,11 +600,29 @@ mod tests {
 
     #[test]
     fn tree_lists_a_non_python_root_with_its_state() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
+        // Its own small tree (a shell and its `sleep`), not this test process's: other tests
+        // running alongside have children of their own (a gdb tracing a Python) to stay out of.
+        let mut root = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; exit 0"])
             .spawn()
-            .expect("sleep");
-        let me = std::process::id();
+            .expect("sh");
+        let me = root.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let child = loop {
+            let below: Vec<u32> = crate::tree(me)
+                .into_iter()
+                .filter(|(p, depth)| *depth == 1 && p.comm == "sleep")
+                .map(|(p, _)| p.pid)
+                .collect();
+            if let Some(&pid) = below.first() {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sh never started sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         let d = dump(
             me,
             DumpOptions {
@@ -614,14 +632,17 @@ mod tests {
             },
         )
         .expect("dump");
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = root.wait();
         assert_eq!(d.processes[0].pid, me);
         assert_eq!(d.processes[0].kind, ProcessKind::Other);
         let sleep = d
             .processes
             .iter()
-            .find(|p| p.pid == child.id())
+            .find(|p| p.pid == child)
             .expect("the child is listed");
         assert_eq!(sleep.depth, 1);
         assert!(sleep.state.is_some());
