@@ -620,7 +620,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/detach", post(detach_handler))
 }
 
-fn pid_of(body: &Value) -> Result<u32, ApiError> {
+/// The positive `pid` of a JSON body, or a 400.
+pub(crate) fn pid_of(body: &Value) -> Result<u32, ApiError> {
     body.get("pid")
         .and_then(Value::as_u64)
         .and_then(|p| u32::try_from(p).ok())

@@ -194,13 +194,7 @@ async fn call_endpoint(
     use crate::http::ApiError;
     use axum::http::StatusCode;
     let axum::extract::Query(q) = query?;
-    let pid: u32 = pid.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("`{pid}` is not a pid"),
-        )
-    })?;
+    let pid = crate::http::parse_pid(&pid)?;
     let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -313,25 +312,11 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/unfollow", post(unfollow_handler))
 }
 
-fn pid_of(body: &Value) -> Result<u32, ApiError> {
-    body.get("pid")
-        .and_then(Value::as_u64)
-        .and_then(|p| u32::try_from(p).ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "`pid` must be a positive process id",
-            )
-        })
-}
-
 async fn follow_handler(
     State(shared): State<Arc<Shared>>,
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let pid = pid_of(&body)?;
+    let pid = crate::attach::pid_of(&body)?;
     let timeout = body
         .get("timeout_ms")
         .and_then(Value::as_f64)
@@ -354,7 +339,7 @@ async fn unfollow_handler(
     State(shared): State<Arc<Shared>>,
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let pid = pid_of(&body)?;
+    let pid = crate::attach::pid_of(&body)?;
     Ok(Json(
         json!({"pid": pid, "stopped": shared.follows.stop(pid)}),
     ))

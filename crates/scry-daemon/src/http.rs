@@ -233,6 +233,12 @@ fn is_loopback_authority(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A pid from a URL path segment, or a 400 saying it is not one.
+pub(crate) fn parse_pid(text: &str) -> Result<u32, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{text}` is not a pid")))
+}
+
 fn is_mapped_loopback(peer: &SocketAddr) -> bool {
     match peer.ip() {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
@@ -333,9 +339,7 @@ async fn processes(
 }
 
 async fn process(State(shared): State<Arc<Shared>>, Path(pid): Path<String>) -> ApiResult {
-    let pid: u32 = pid
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`{pid}` is not a pid")))?;
+    let pid = parse_pid(&pid)?;
     process_list(&shared, true)
         .into_iter()
         .find(|p| p["pid"] == json!(pid) && p["state"] != json!("gone"))

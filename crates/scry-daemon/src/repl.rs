@@ -430,13 +430,7 @@ async fn break_in(
     Path(pid): Path<String>,
     body: Option<Json<BreakBody>>,
 ) -> Result<Json<Value>, ApiError> {
-    let pid: u32 = pid.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("`{pid}` is not a pid"),
-        )
-    })?;
+    let pid = crate::http::parse_pid(&pid)?;
     let process_id = crate::calls::live_process_id(&shared, pid)?;
     let thread = body.and_then(|Json(b)| b.thread);
     let id = create_session(&shared, Some(format!("repl {pid}")));

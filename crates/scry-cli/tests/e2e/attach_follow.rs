@@ -11,18 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::discovery::{reload_starts, start_reload_server};
-use crate::support::{pythons, text, wait_for, Ctx, Proc};
-
-fn minor_of(python: &str) -> u32 {
-    let out = Command::new(python)
-        .args(["-c", "import sys; print(sys.version_info[1])"])
-        .output()
-        .expect("python");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
+use crate::support::{minor_of, pythons, text, wait_for, Ctx, Proc};
 
 fn line_of(script: &str, marker: &str) -> usize {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -13,18 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{pythons, text, wait_for, Ctx, Proc};
-
-fn minor_of(python: &str) -> u32 {
-    let out = Command::new(python)
-        .args(["-c", "import sys; print(sys.version_info[1])"])
-        .output()
-        .expect("python");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
+use crate::support::{minor_of, pythons, text, wait_for, Ctx, Proc};
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/debug_loop.py")

@@ -314,3 +314,16 @@ pub fn http_post_json(addr: &str, path: &str, body: &str) -> std::io::Result<(u1
         "Content-Type: application/json\r\n",
     )
 }
+
+/// The minor version of an interpreter (`14` for 3.14), asked of the interpreter itself; 0 when
+/// it cannot tell.
+pub fn minor_of(python: &str) -> u32 {
+    let out = Command::new(python)
+        .args(["-c", "import sys; print(sys.version_info[1])"])
+        .output()
+        .expect("python");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
