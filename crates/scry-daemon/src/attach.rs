@@ -510,7 +510,12 @@ pub async fn attach(
     tracing::info!(target: "daemon", pid, injector = injector.name(), script = %script.display(), "attaching");
     let injection = tokio::task::spawn_blocking(move || injector.inject(pid, &script, timeout))
         .await
-        .map_err(|e| internal(format!("the attach task failed: {e}")))??;
+        .map_err(|e| internal(format!("the attach task failed: {e}")))?
+        // It was there for the checks and the placement: gone now means it exited meanwhile.
+        .map_err(|e| match e {
+            InjectError::NoSuchProcess { pid } => InjectError::Exited { pid },
+            e => e,
+        })?;
 
     let process_id = wait_connected(pid, connected).await?;
     let placed_in = placement.target_dir.clone();
