@@ -375,6 +375,9 @@ pub fn reap(targets: &[Target], grace: Duration, reporter: &mut dyn ReapReporter
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // One that turned zombie between the last waitpid and the `gone` check that counted it
+    // ended: collect it now, or reaping would leave a zombie of its own.
+    reap_children(targets);
     let processes = targets
         .iter()
         .zip(outcome)
