@@ -15,6 +15,7 @@ injected script's connection arrives.
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -130,6 +131,7 @@ def main():
     finally:
         scry(args.scry, home, "stop")
         daemon.wait(timeout=10)
+        shutil.rmtree(home, ignore_errors=True)
     print("| target (3.14) | `scry attach` wall, median | daemon: attach to agent connected, median | `sys.remote_exec` to script connected, median | ratio (scry wall / remote_exec) |")
     print("|---|---|---|---|---|")
     for mode, r in results.items():

@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -195,6 +196,7 @@ def main():
                 pass
         tree.kill()
         tree.wait()
+        shutil.rmtree(home, ignore_errors=True)
     s, p = summary(scry_t), summary(pyspy_t)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -6,6 +6,7 @@ Every wait is for something the terminal shows (a header, a prompt) or the daemo
 a sleep. The programs run under the interpreter that runs the tests.
 """
 
+import glob
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -537,11 +539,22 @@ def test_a_killed_scry_run_lets_its_repls_run_on(daemon, tmp_path):
     """)
     child = scry_run(tmp_path, script, str(marker))
     repl = next_repl(child)
+    run_pid = child.pid
+    boot = glob.glob(os.path.join(tempfile.gettempdir(), "scry-run-{}-*".format(run_pid)))
+    assert len(boot) == 1, boot
     child.kill(signal.SIGKILL)
     child.close()
     # The daemon notices that the terminal is gone and cancels the REPL: the process runs on.
     wait_until(marker.exists, timeout=TIMEOUT, message="the process to run on")
     wait_until(lambda: not alive(repl.pid), timeout=TIMEOUT, message="the process to end")
+    # The killed run could not remove its bootstrap directory; the next `scry run` does.
+    assert os.path.isdir(boot[0])
+    quick = write(tmp_path, "quick.py", "print('quick')")
+    again = scry_run(tmp_path, quick)
+    again.expect(pexpect.EOF)
+    again.close()
+    assert again.exitstatus == 0
+    assert not os.path.exists(boot[0]), "the stale bootstrap directory is still there"
 
 
 FUTURES = """

@@ -80,8 +80,9 @@ pub async fn run(home: &Home, a: &RunArgs, printer: &mut Printer) -> Result<u8, 
         .stream(&format!("/api/v1/repl/sessions/{session}/stream"))
         .await?;
 
+    remove_stale_bootstraps();
     let boot = tempfile::Builder::new()
-        .prefix("scry-run-")
+        .prefix(&format!("{BOOT_PREFIX}{}-", std::process::id()))
         .tempdir()
         .map_err(|e| CliError::new(format!("cannot create the bootstrap directory: {e}")))?;
     scry_daemon::bundle::unpack_to(boot.path()).map_err(CliError::from_daemon)?;
@@ -906,6 +907,37 @@ async fn process_state(client: &DaemonClient, pid: u32) -> Option<String> {
         .or_else(|| p.pointer("/process/state"))
         .and_then(Value::as_str)
         .map(str::to_owned)
+}
+
+/// The bootstrap directories of `scry run` are `$TMPDIR/scry-run-<pid of scry run>-<random>`.
+const BOOT_PREFIX: &str = "scry-run-";
+
+/// Removes the bootstrap directories that a `scry run` killed before it could clean up left
+/// behind: ours (same uid), named after a pid that no longer runs.
+fn remove_stale_bootstraps() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(BOOT_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry
+            .path()
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if ours && !scry_proc::alive(pid, None) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
