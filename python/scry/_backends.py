@@ -90,20 +90,10 @@ class MonitoringBackend(object):
 
     def start(self):
         mon = _features.MONITORING
-        for tool in _TOOL_ORDER:
-            if mon.get_tool(tool) is not None:
-                continue
-            try:
-                mon.use_tool_id(tool, TOOL_NAME)
-            except ValueError:
-                continue
-            self.tool = tool
-            break
-        else:
-            holders = ", ".join("{} by {!r}".format(t, mon.get_tool(t)) for t in range(6))
-            raise Unavailable(
-                "sys.monitoring has no free tool id (held: {}); scry never evicts another tool".format(holders)
-            )
+        try:
+            self.tool = _features.claim_monitoring_tool(_TOOL_ORDER, TOOL_NAME)
+        except RuntimeError as exc:
+            raise Unavailable(str(exc))
         mon.register_callback(self.tool, _LINE, _on_line)
 
     def apply(self, wanted):

@@ -55,3 +55,21 @@ def capabilities():
     return ["probes", "backend:" + BACKEND, "backend_reason:" + BACKEND_REASON] + [
         "call:" + name for name in _calls.methods()
     ]
+
+
+def claim_monitoring_tool(order, name):
+    """Takes the first free ``sys.monitoring`` tool id of ``order`` under ``name`` and returns
+    it; never evicts another tool. Raises ``RuntimeError`` naming the holders when none is free."""
+    mon = MONITORING
+    for tool in order:
+        if mon.get_tool(tool) is not None:
+            continue
+        try:
+            mon.use_tool_id(tool, name)
+        except ValueError:  # taken between the check and the claim
+            continue
+        return tool
+    holders = ", ".join("{} by {!r}".format(t, mon.get_tool(t)) for t in range(6))
+    raise RuntimeError(
+        "sys.monitoring has no free tool id (held: {}); scry never evicts another tool".format(holders)
+    )

@@ -247,18 +247,7 @@ class MonitoringTracer(object):
 
     def start(self):
         mon = _features.MONITORING
-        for tool in TOOL_ORDER:
-            if mon.get_tool(tool) is not None:
-                continue
-            try:
-                mon.use_tool_id(tool, TOOL_NAME)
-            except ValueError:
-                continue
-            self.tool = tool
-            break
-        else:
-            holders = ", ".join("{} by {!r}".format(t, mon.get_tool(t)) for t in range(6))
-            raise RuntimeError("sys.monitoring has no free tool id (held: {}); scry never evicts another tool".format(holders))
+        self.tool = _features.claim_monitoring_tool(TOOL_ORDER, TOOL_NAME)
         ev = mon.events
         tool = self.tool
         mon.register_callback(tool, ev.PY_START, _m_start)

@@ -11,7 +11,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use scry_proc::stacks::{Dump, ProcessKind, DUMP_SCHEMA};
 use scry_store::DumpRecord;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{blocking, ApiError};
@@ -61,15 +60,9 @@ async fn add(
     Ok(Json(json!({ "id": id })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<usize>,
-}
-
 async fn list(
     State(shared): State<Arc<Shared>>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<crate::http::ListQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
     let store = shared.store.clone();

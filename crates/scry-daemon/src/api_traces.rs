@@ -245,15 +245,9 @@ async fn load(shared: &Shared, id: &str) -> Result<scry_store::TraceRecord, ApiE
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<usize>,
-}
-
 async fn list(
     State(shared): State<Arc<Shared>>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<crate::http::ListQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
     let store = shared.store.clone();

@@ -233,6 +233,13 @@ fn is_loopback_authority(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// `?limit=N` of the list endpoints (kept dumps, traces); nothing else is accepted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    pub(crate) limit: Option<usize>,
+}
+
 /// A pid from a URL path segment, or a 400 saying it is not one.
 pub(crate) fn parse_pid(text: &str) -> Result<u32, ApiError> {
     text.parse()

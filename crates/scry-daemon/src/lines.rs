@@ -25,21 +25,23 @@ pub fn routes() -> Router<Arc<Shared>> {
     Router::new().route("/api/v1/lines", post(lines_endpoint))
 }
 
-/// What to find.
-#[derive(Debug, Clone, Deserialize)]
+/// What to find: the body of `POST /api/v1/lines` and the arguments of the MCP tool
+/// `find_lines` (its input schema comes from these doc comments).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinesRequest {
-    /// A file (`orders.py`, `app/orders.py`) or a function (`module:function`,
-    /// `module:Class.method`, `path.py:function`).
+    /// A file ("app/orders.py", matched by path suffix) or a function ("orders:checkout",
+    /// "orders:Cart.add", "app/orders.py:checkout", nested: "orders:outer.inner").
     pub target: String,
-    /// A variable (`total`) or attribute path (`order.total`) to locate.
+    /// A variable ("total") or attribute path ("order.total") to locate.
     #[serde(default)]
     pub var: Option<String>,
     /// The process (default: the only awake one that can answer).
     #[serde(default)]
     pub pid: Option<u32>,
-    /// At most this many rows per table (1..=5000, default 400).
+    /// At most this many rows per table (default 400).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 5000))]
     pub limit: Option<u32>,
 }
 

@@ -124,25 +124,6 @@ pub struct TargetArgs {
     pub target: String,
 }
 
-/// `find_lines`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FindLinesArgs {
-    /// A file ("app/orders.py", matched by path suffix) or a function ("orders:checkout",
-    /// "orders:Cart.add", "app/orders.py:checkout", nested: "orders:outer.inner").
-    pub target: String,
-    /// A variable ("total") or attribute path ("order.total") to locate.
-    #[serde(default)]
-    pub var: Option<String>,
-    /// The process (default: the only awake one).
-    #[serde(default)]
-    pub pid: Option<u32>,
-    /// At most this many rows per table (default 400).
-    #[serde(default)]
-    #[schemars(range(min = 1, max = 5000))]
-    pub limit: Option<u32>,
-}
-
 /// `add_probe`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -493,13 +474,10 @@ impl ScryMcp {
     #[tool(
         description = "Find the line to probe, from the code loaded in the live process (not a file on disk). For a function or file: its executable lines with source. With `var`: where the variable is bound (with `after_line`, the first line where the new value is visible: probe there to see it) and where it is read, per function scope (nested functions, comprehensions and shadowed names are told apart). Says `file_differs` when the file was edited after it was loaded. Use before add_probe; observe does this for you."
     )]
-    async fn find_lines(&self, Parameters(a): Parameters<FindLinesArgs>) -> CallToolResult {
-        let req = crate::lines::LinesRequest {
-            target: a.target,
-            var: a.var,
-            pid: a.pid,
-            limit: a.limit,
-        };
+    async fn find_lines(
+        &self,
+        Parameters(req): Parameters<crate::lines::LinesRequest>,
+    ) -> CallToolResult {
         answer(
             crate::lines::find_lines(&self.shared, req)
                 .await
