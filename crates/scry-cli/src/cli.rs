@@ -185,7 +185,8 @@ pub struct AttachArgs {
     /// does not run Python code; after this nothing is left armed in it).
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     pub timeout: f64,
-    /// Which injector: `auto` (the best for the target's Python) or `pep768` (3.14+ only).
+    /// Which injector: `auto` (the best for the target's Python), `pep768` (3.14+ only) or
+    /// `gdb` (3.8-3.13; stops the process briefly).
     #[arg(long, value_name = "NAME", default_value = "auto")]
     pub injector: String,
     /// Also attach to every Python process below PID, now and as they appear (a reload worker

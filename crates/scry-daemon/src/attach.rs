@@ -220,6 +220,11 @@ pub struct AttachReport {
 /// (`scry_proc::inject::for_version`, an error saying how to install gdb when it is missing).
 /// `only` names one injector to use (`pep768`, `gdb`).
 pub fn injector_for(pid: u32, only: Option<&str>) -> Result<Box<dyn Injector>, InjectError> {
+    // Whichever injector is asked for: a pid that does not exist is said as such, not as a
+    // failure of that injector (nor of the placement after it).
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(InjectError::NoSuchProcess { pid });
+    }
     match only {
         Some("pep768") => {
             pep768::check(pid)?;

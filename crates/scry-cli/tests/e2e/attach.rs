@@ -365,11 +365,13 @@ fn attach_fails(ctx: &Ctx, args: &[&str], wants: &[&str]) -> String {
 fn attach_failures_are_clear() {
     let mut ctx = Ctx::new();
     ctx.start_daemon();
-    attach_fails(
-        &ctx,
-        &["attach", "999999999"],
-        &["no process with pid 999999999", "scry ps --all"],
-    );
+    for injector in ["auto", "pep768", "gdb"] {
+        attach_fails(
+            &ctx,
+            &["attach", "999999999", "--injector", injector],
+            &["no process with pid 999999999", "scry ps --all"],
+        );
+    }
 
     let mut sleep = Command::new("sleep").arg("60").spawn().expect("sleep");
     let pid = sleep.id().to_string();
