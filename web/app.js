@@ -3,7 +3,6 @@
 'use strict';
 
 (function () {
-  const TOKEN_KEY = 'scry.token';
   const EDITOR_KEY = 'scry.editorTemplate';
   const DEFAULT_EDITOR = 'vscode://file/{path}:{line}';
   const MAX_EVENT_ROWS = 300;
@@ -19,20 +18,10 @@
     return e;
   };
 
-  // ---- The token: given once in the URL fragment (never sent to a server), kept per tab. ----
-  function takeToken() {
-    const m = location.hash.match(/[#&]token=([^&]+)/);
-    if (m) {
-      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
-      history.replaceState(null, '', location.pathname + '#/processes');
-    }
-    return sessionStorage.getItem(TOKEN_KEY) || '';
-  }
-  const token = takeToken();
-
+  // ---- Access: `scry ui` signed this browser in with a one-time link; the session is an
+  // HttpOnly cookie that the browser sends with every same-origin request (page, API, streams).
   async function api(method, path, body) {
     const headers = {};
-    if (token) headers.Authorization = 'Bearer ' + token;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     const r = await fetch(path, {
       method, headers, cache: 'no-store',
@@ -40,6 +29,7 @@
     });
     let data = null;
     try { data = await r.json(); } catch (_) { data = null; }
+    if (r.status === 401) notice('This browser is signed out of the daemon (it restarted?): run `scry ui` again.');
     if (!r.ok) {
       const e = data && data.error;
       const err = new Error(e ? e.message + (e.hint ? ' (hint: ' + e.hint + ')' : '') : 'HTTP ' + r.status);
@@ -47,11 +37,6 @@
       throw err;
     }
     return data;
-  }
-
-  function streamUrl(path) {
-    if (!token) return path;
-    return path + (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
   }
 
   function notice(text) {
@@ -733,7 +718,7 @@
     reloadTimer = setTimeout(() => { reloadTimer = null; fn(); }, 250);
   }
   function connect() {
-    const es = new EventSource(streamUrl('/api/v1/stream'));
+    const es = new EventSource('/api/v1/stream');
     const conn = $('conn');
     es.onopen = () => { conn.textContent = 'live'; conn.className = 'conn live'; };
     es.onerror = () => { conn.textContent = 'reconnecting…'; conn.className = 'conn down'; };

@@ -13,60 +13,73 @@ use crate::error::CliError;
 use crate::printer::Printer;
 
 /// Where the daemon is and how to reach it.
+///
+/// By default through the daemon's local API socket (`$SCRY_HOME/run/api.sock`), where the
+/// daemon checks that the caller is its owner or root and no token is needed. With
+/// `SCRY_DAEMON=http://HOST:PORT` through its TCP listener, which wants the token on every
+/// request (`SCRY_TOKEN`, else `$SCRY_HOME/token`).
 pub struct DaemonClient {
-    /// Base URL, e.g. `http://127.0.0.1:7390`.
+    /// Where the daemon is, for messages: `unix:<socket>` or the `http://` URL.
     pub base: String,
     /// Whether the address came from `SCRY_DAEMON` (then the CLI never starts a daemon itself).
     pub explicit: bool,
+    /// What request URLs start with (`http://localhost` over the socket: the host is a formality).
+    url_base: String,
     home: Home,
     http: reqwest::Client,
     token: Option<String>,
 }
 
 impl DaemonClient {
-    /// Resolves the daemon's address: `SCRY_DAEMON`, else what the running daemon wrote under
-    /// `$SCRY_HOME`, else the default.
+    /// Resolves the daemon's address: `SCRY_DAEMON`, else the local API socket of `$SCRY_HOME`.
     pub fn locate(home: &Home) -> Result<DaemonClient, CliError> {
-        let (base, explicit) = match env::var(env::SCRY_DAEMON) {
-            Some(url) => (url.trim_end_matches('/').to_owned(), true),
+        let builder = reqwest::Client::builder().no_proxy();
+        let (base, url_base, explicit, builder) = match env::var(env::SCRY_DAEMON) {
+            Some(url) => {
+                let url = url.trim_end_matches('/').to_owned();
+                (url.clone(), url, true, builder)
+            }
             None => {
-                let addr = read_daemon_file(home)
-                    .map(|f| f.http)
-                    .unwrap_or_else(|| scry_daemon::config::DEFAULT_HTTP_ADDR.to_owned());
-                (format!("http://{addr}"), false)
+                let socket = home.api_socket();
+                (
+                    format!("unix:{}", socket.display()),
+                    "http://localhost".to_owned(),
+                    false,
+                    builder.unix_socket(socket),
+                )
             }
         };
-        if !base.starts_with("http://") {
+        if !url_base.starts_with("http://") {
             return Err(
                 CliError::new(format!("SCRY_DAEMON must be an http:// URL, not `{base}`"))
-                    .hint("e.g. SCRY_DAEMON=http://127.0.0.1:7390"),
+                    .hint("e.g. SCRY_DAEMON=http://127.0.0.1:7390 (with the daemon's token in SCRY_TOKEN); unset it to use the local daemon of $SCRY_HOME"),
             );
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = builder
             .build()
             .map_err(|e| CliError::new(format!("cannot create an HTTP client: {e}")))?;
-        let token = scry_daemon::auth::load_token(home, false).ok().flatten();
+        // Only TCP wants the token; the socket knows who we are.
+        let token = if explicit {
+            scry_daemon::auth::load_token(home, false).ok().flatten()
+        } else {
+            None
+        };
         Ok(DaemonClient {
             base,
             explicit,
+            url_base,
             home: home.clone(),
             http,
             token,
         })
     }
 
-    /// The token sent to the daemon, if there is one.
-    pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
-    }
-
-    /// Re-reads the address after a daemon was started.
+    /// After a daemon was started: the token it may have just created.
     fn refresh(&mut self) {
-        if !self.explicit {
-            if let Some(f) = read_daemon_file(&self.home) {
-                self.base = format!("http://{}", f.http);
-            }
+        if self.explicit && self.token.is_none() {
+            self.token = scry_daemon::auth::load_token(&self.home, false)
+                .ok()
+                .flatten();
         }
     }
 
@@ -74,13 +87,14 @@ impl DaemonClient {
     pub async fn is_up(&self) -> bool {
         let mut req = self
             .http
-            .get(format!("{}/api/v1/health", self.base))
+            .get(self.url("/api/v1/health"))
             .timeout(Duration::from_secs(2));
-        // A daemon on a non-loopback address answers only with the token.
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        matches!(req.send().await, Ok(r) if r.status().is_success())
+        // Over TCP a daemon that refuses a wrong token still answers: it is up, and the call
+        // that follows says what is wrong.
+        matches!(req.send().await, Ok(r) if r.status().is_success() || (self.explicit && r.status().is_client_error()))
     }
 
     /// Makes sure a daemon runs, starting one in the background (and saying so) if needed.
@@ -166,7 +180,7 @@ impl DaemonClient {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.url_base)
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {

@@ -35,6 +35,10 @@ impl Home {
     pub fn run_dir(&self) -> PathBuf {
         self.root.join("run")
     }
+    /// The local API's unix socket (the owner's and root's way in; see `access.rs`).
+    pub fn api_socket(&self) -> PathBuf {
+        self.run_dir().join("api.sock")
+    }
     /// The agents' unix socket.
     pub fn agent_socket(&self) -> PathBuf {
         self.run_dir().join("agent.sock")
@@ -63,7 +67,7 @@ impl Home {
     pub fn clients_dir(&self) -> PathBuf {
         self.root.join("clients")
     }
-    /// The shared token for non-loopback access.
+    /// The token every caller of the TCP listener and every TCP agent must prove.
     pub fn token_file(&self) -> PathBuf {
         self.root.join("token")
     }

@@ -1,19 +1,17 @@
 //! The daemon's HTTP API: REST under `/api/v1/`, server-sent events for live streams.
 //!
-//! Every error is a JSON body `{"error": {"kind", "message", "hint"}}` with a fitting status;
-//! loopback callers need no token, every other caller needs `Authorization: Bearer <token>`
-//! (or, for the server-sent-event streams only, `?token=`; the web UI's files need none: see
-//! `web.rs`).
+//! Every error is a JSON body `{"error": {"kind", "message", "hint"}}` with a fitting status.
+//! Who may call is decided in front of every route by [`crate::access`]: the owner over the
+//! local socket, or a caller with the token (or the web UI's session) over TCP.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,19 +91,21 @@ impl From<scry_store::StoreError> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// Builds the router: the REST API, MCP at `/mcp`, the token check in front of both.
+/// Builds the router: the REST API, MCP at `/mcp`, the web UI, with the access check of
+/// [`crate::access`] in front of all of them. The same router serves the local API socket and
+/// the TCP listener; the check tells them apart by their connection info.
 pub fn router(shared: Arc<Shared>) -> Router {
     api_routes()
         .nest_service("/mcp", crate::mcp::service(shared.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
-            require_token,
+            crate::access::check,
         ))
         .with_state(shared)
 }
 
-/// The REST routes alone, without the token check (MCP tools call them in process, after
+/// The REST routes alone, without the access check (MCP tools call them in process, after
 /// `/mcp` itself passed the check).
 pub(crate) fn api_routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -136,103 +136,6 @@ pub(crate) fn local_api(shared: Arc<Shared>) -> Router {
     api_routes().fallback(not_found).with_state(shared)
 }
 
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    // A browser's EventSource cannot send headers: the streams take `?token=`, which is removed
-    // here so that no handler (their queries refuse unknown fields) or log ever sees it.
-    let mut query_token = None;
-    if crate::web::is_event_stream(req.method(), req.uri().path()) {
-        let (token, uri) = crate::web::take_query_token(req.uri());
-        query_token = token;
-        *req.uri_mut() = uri;
-    }
-    if crate::web::is_public_asset(req.method(), req.uri().path()) {
-        return next.run(req).await;
-    }
-    if peer.ip().is_loopback() || is_mapped_loopback(&peer) {
-        // No token on loopback, so a web page must not be able to speak for a local caller.
-        if let Err(e) = loopback_browser_check(req.headers()) {
-            return e.into_response();
-        }
-        return next.run(req).await;
-    }
-    let Some(want) = shared.token.as_deref() else {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("callers from {} need a token, and this daemon has none", peer.ip()))
-            .hint("set SCRY_TOKEN (or write $SCRY_HOME/token, mode 0600) for the daemon and send `Authorization: Bearer <token>`")
-            .into_response();
-    };
-    let got = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(query_token.as_deref());
-    match got {
-        Some(t) if crate::auth::constant_time_eq(t.as_bytes(), want.as_bytes()) => {
-            next.run(req).await
-        }
-        _ => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong token",
-        )
-        .hint("send `Authorization: Bearer <token>` with the daemon's token")
-        .into_response(),
-    }
-}
-
-/// Refuses a tokenless loopback request that a web page made: one whose `Host` is not a
-/// loopback name (DNS rebinding: evil.example resolved to 127.0.0.1, so the page is
-/// "same-origin" with the daemon), or whose `Origin` is another site (a cross-site form post,
-/// which needs no CORS preflight). Programs (the CLI, agents, MCP clients) send a loopback Host
-/// and no Origin; the web UI is same-origin.
-fn loopback_browser_check(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if let Some(host) = host {
-        if !is_loopback_authority(host) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("a tokenless local request must name a loopback host, not `{host}`"),
-            )
-            .hint("use http://127.0.0.1:PORT or http://localhost:PORT (a page reached through another name could be a DNS-rebinding attack)"));
-        }
-    }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let same = host.is_some_and(|h| {
-            origin
-                .strip_prefix("http://")
-                .is_some_and(|o| o.eq_ignore_ascii_case(h))
-        });
-        if !same {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("requests from the web page at {origin} are not accepted"),
-            )
-            .hint("only the daemon's own web UI (scry ui) may call the API from a browser"));
-        }
-    }
-    Ok(())
-}
-
-/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
-fn is_loopback_authority(authority: &str) -> bool {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// `?limit=N` of the list endpoints (kept dumps, traces); nothing else is accepted.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,13 +147,6 @@ pub(crate) struct ListQuery {
 pub(crate) fn parse_pid(text: &str) -> Result<u32, ApiError> {
     text.parse()
         .map_err(|_| ApiError::bad_request(format!("`{text}` is not a pid")))
-}
-
-fn is_mapped_loopback(peer: &SocketAddr) -> bool {
-    match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        std::net::IpAddr::V4(_) => false,
-    }
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -285,6 +181,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         "pid": std::process::id(),
         "home": shared.home.root(),
         "http": shared.http_addr.to_string(),
+        "api_socket": shared.home.api_socket(),
         "agent_socket": shared.home.agent_socket(),
         "agent_tcp": shared.config.agent_tcp,
         "started_at": shared.started_at,
@@ -602,69 +499,4 @@ pub(crate) fn live_sse(
         let _ = stop.wait_for(|stopping| *stopping).await;
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::{HeaderMap, HeaderValue};
-
-    fn headers(host: Option<&str>, origin: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(v) = host {
-            h.insert(header::HOST, HeaderValue::from_str(v).expect("header"));
-        }
-        if let Some(v) = origin {
-            h.insert(header::ORIGIN, HeaderValue::from_str(v).expect("header"));
-        }
-        h
-    }
-
-    #[test]
-    fn programs_and_the_own_ui_pass_the_loopback_check() {
-        for host in [
-            "127.0.0.1:7390",
-            "localhost:7390",
-            "[::1]:7390",
-            "127.0.0.2",
-            "LOCALHOST",
-        ] {
-            assert!(
-                loopback_browser_check(&headers(Some(host), None)).is_ok(),
-                "{host}"
-            );
-        }
-        assert!(loopback_browser_check(&headers(None, None)).is_ok());
-        assert!(loopback_browser_check(&headers(
-            Some("127.0.0.1:7390"),
-            Some("http://127.0.0.1:7390")
-        ))
-        .is_ok());
-    }
-
-    #[test]
-    fn rebinding_and_cross_site_pages_are_refused() {
-        for host in [
-            "evil.example:7390",
-            "evil.example",
-            "10.0.0.1:7390",
-            "127.0.0.1.evil.example",
-        ] {
-            assert!(
-                loopback_browser_check(&headers(Some(host), None)).is_err(),
-                "{host}"
-            );
-        }
-        for origin in [
-            "http://evil.example",
-            "https://127.0.0.1:7390",
-            "null",
-            "http://localhost:7390",
-        ] {
-            assert!(
-                loopback_browser_check(&headers(Some("127.0.0.1:7390"), Some(origin))).is_err(),
-                "{origin}"
-            );
-        }
-    }
 }

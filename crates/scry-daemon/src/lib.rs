@@ -16,6 +16,7 @@
 //! (`scry-proc`), or SQL (`scry-store`).
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod api_dumps;
 pub mod api_probes;
 pub mod api_traces;
@@ -85,8 +86,11 @@ pub struct LiveEvent {
 pub struct DaemonFile {
     /// Its pid.
     pub pid: u32,
-    /// Its HTTP address.
+    /// Its HTTP address (TCP: the token or a web UI session on every request).
     pub http: String,
+    /// The local API's unix socket (the owner's and root's; what the CLI uses).
+    #[serde(default)]
+    pub api_socket: String,
     /// The agents' unix socket.
     pub agent_socket: String,
     /// The agents' TCP address, when enabled.
@@ -115,8 +119,12 @@ pub struct Shared {
     pub config: Config,
     /// The store.
     pub store: Store,
-    /// The token that non-loopback callers and TCP agents must present.
+    /// The token that TCP callers and TCP agents must prove (always set by `serve`).
     pub token: Option<String>,
+    /// The uid the daemon runs as: with root, the only one that may command it.
+    pub owner_uid: u32,
+    /// The web UI's one-time sign-in links and sessions.
+    pub ui_logins: access::UiLogins,
     /// The HTTP address actually bound.
     pub http_addr: SocketAddr,
     /// When the daemon started (epoch seconds).
@@ -526,7 +534,8 @@ pub async fn serve(
     if let Some(a) = opts.agent_tcp {
         config.agent_tcp = Some(a);
     }
-    let token = auth::load_token(&home, config.agent_tcp.is_some())?;
+    // Always: the TCP listener serves nobody without it (loopback is not an identity).
+    let token = auth::load_token(&home, true)?;
 
     let store_path = home.store_file();
     let store = Store::open(
@@ -555,6 +564,13 @@ pub async fn serve(
             addr: config.http_addr.clone(),
             source,
         })?;
+    let api_sock_path = home.api_socket();
+    // Left by a daemon that died: nobody serves it (check_not_running said so).
+    let _ = std::fs::remove_file(&api_sock_path);
+    let api_listener = UnixListener::bind(&api_sock_path).map_err(|source| DaemonError::Bind {
+        addr: api_sock_path.display().to_string(),
+        source,
+    })?;
     let sock_path = home.agent_socket();
     // A socket file left by a daemon that died: nobody serves it (check_not_running said so).
     let _ = std::fs::remove_file(&sock_path);
@@ -588,6 +604,8 @@ pub async fn serve(
         config: config.clone(),
         store,
         token,
+        owner_uid: nix::unistd::geteuid().as_raw(),
+        ui_logins: access::UiLogins::default(),
         http_addr,
         started_at: now(),
         started: Instant::now(),
@@ -606,6 +624,7 @@ pub async fn serve(
     let info = DaemonFile {
         pid: std::process::id(),
         http: http_addr.to_string(),
+        api_socket: api_sock_path.display().to_string(),
         agent_socket: sock_path.display().to_string(),
         agent_tcp: agent_tcp.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -642,6 +661,15 @@ pub async fn serve(
         let _ = http_shutdown.changed().await;
     });
     let server_task = tokio::spawn(async move { server.await });
+    let mut api_shutdown = shared.shutdown_signal();
+    let api_server = axum::serve(
+        api_listener,
+        http::router(shared.clone()).into_make_service_with_connect_info::<access::UnixPeer>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = api_shutdown.changed().await;
+    });
+    let api_task = tokio::spawn(async move { api_server.await });
 
     ready(&info);
 
@@ -660,6 +688,7 @@ pub async fn serve(
     shared.request_shutdown();
     tasks.abort_all();
     let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
     shared.system_event(
         Level::Info,
         "daemon_stopped",
@@ -669,6 +698,7 @@ pub async fn serve(
     let store = shared.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(&api_sock_path);
     let _ = std::fs::remove_file(home.daemon_file());
     let _ = std::fs::remove_file(home.pid_file());
     Ok(())

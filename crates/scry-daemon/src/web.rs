@@ -1,12 +1,11 @@
 //! The web UI: the static files of `web/` (embedded by `build.rs`), served at `/` and
 //! `/ui/{file}`, and the rules by which a browser gets past the token check.
 //!
-//! The files hold no secret, so they are served to anyone who can reach the daemon; every API
-//! call the page makes still needs the token when the caller is not on loopback. The page keeps
-//! the token it was given in its URL fragment (`#token=…`, which browsers never send to a
-//! server) and sends it as `Authorization: Bearer`; `EventSource` cannot set headers, so the
-//! server-sent-event endpoints (GET, path ending in `/stream`) also accept `?token=`. The
-//! middleware removes that parameter before the handler sees the query.
+//! A browser signs in through a one-time link (`/login?once=…`) that `scry ui` asks for over the
+//! local socket (`POST /api/v1/ui/login`): the link sets an `HttpOnly`, `SameSite=Strict`
+//! session cookie and sends the browser on to `/`. Every file and every API call of the page then
+//! goes through the access check with that cookie (see `access.rs`); a browser that is not
+//! signed in gets a page saying how to sign in.
 //!
 //! Every file is sent with a Content-Security-Policy that allows only this origin: the UI
 //! loads nothing from, and sends nothing to, any other host.
@@ -15,11 +14,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::Path;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 use crate::http::ApiError;
 use crate::Shared;
@@ -31,11 +32,62 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
 form-action 'none'; frame-ancestors 'none'";
 
+/// Where a one-time sign-in link points.
+pub const LOGIN_PATH: &str = "/login";
+
 /// The UI routes.
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/", get(index))
         .route("/ui/{file}", get(file))
+        .route(LOGIN_PATH, get(login))
+        .route("/api/v1/ui/login", post(new_login_link))
+}
+
+/// `POST /api/v1/ui/login`: a one-time sign-in link for the web UI (`scry ui` asks for it; only
+/// a caller who passed the access check can).
+async fn new_login_link(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let once = shared.ui_logins.new_link();
+    Json(json!({
+        "path": format!("{LOGIN_PATH}?once={once}"),
+        "http": shared.http_addr.to_string(),
+        "expires_in_s": 120,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    once: Option<String>,
+}
+
+/// `GET /login?once=…`: uses the link up, sets the session cookie, goes on to the UI.
+async fn login(State(shared): State<Arc<Shared>>, Query(q): Query<LoginQuery>) -> Response {
+    let session = q.once.as_deref().and_then(|o| shared.ui_logins.redeem(o));
+    let Some(session) = session else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>scry: sign in</title></head>\
+                 <body><h1>scry</h1><p>This sign-in link was already used or has expired (links \
+                 work once, for two minutes).</p><p>Run <code>scry ui</code> again for a new one.</p>\
+                 </body></html>",
+            ),
+        )
+            .into_response();
+    };
+    let mut resp = (StatusCode::SEE_OTHER, "signed in").into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_static("/"));
+    h.insert(
+        header::SET_COOKIE,
+        crate::access::session_cookie(shared.http_addr.port(), &session),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// The contents of one embedded UI file, e.g. `index.html`.
@@ -93,12 +145,6 @@ async fn index() -> Response {
 
 async fn file(Path(name): Path<String>) -> Response {
     serve(&name)
-}
-
-/// Whether a request asks for a UI file (served without a token: they hold no secret).
-pub fn is_public_asset(method: &Method, path: &str) -> bool {
-    (method == Method::GET || method == Method::HEAD)
-        && (path == "/" || path.strip_prefix("/ui/").is_some_and(|f| !f.contains('/')))
 }
 
 /// Whether a request is for a server-sent-event stream, the only place `?token=` is accepted.
@@ -194,12 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn public_assets_and_streams() {
-        assert!(is_public_asset(&Method::GET, "/"));
-        assert!(is_public_asset(&Method::GET, "/ui/app.js"));
-        assert!(!is_public_asset(&Method::POST, "/"));
-        assert!(!is_public_asset(&Method::GET, "/ui/a/b"));
-        assert!(!is_public_asset(&Method::GET, "/api/v1/processes"));
+    fn streams() {
         assert!(is_event_stream(&Method::GET, "/api/v1/stream"));
         assert!(is_event_stream(&Method::GET, "/api/v1/events/stream"));
         assert!(!is_event_stream(&Method::POST, "/api/v1/stream"));

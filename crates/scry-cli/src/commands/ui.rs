@@ -16,7 +16,20 @@ use crate::printer::Printer;
 pub async fn ui(home: &Home, args: &UiArgs, printer: &mut Printer) -> CmdResult {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let url = ui_url(&client.base, client.token());
+    let link = client.post("/api/v1/ui/login", &json!({})).await?;
+    let path = link["path"].as_str().unwrap_or("/login");
+    // Over SCRY_DAEMON the browser goes where the CLI went; else to the daemon's TCP address.
+    let base = if client.explicit {
+        client.base.clone()
+    } else {
+        format!(
+            "http://{}",
+            link["http"]
+                .as_str()
+                .unwrap_or(scry_daemon::config::DEFAULT_HTTP_ADDR)
+        )
+    };
+    let url = ui_url(&base, path);
     let browser = if args.no_open { None } else { browser() };
     let opened = match &browser {
         Some(cmd) => open(cmd, &url),
@@ -41,32 +54,14 @@ pub async fn ui(home: &Home, args: &UiArgs, printer: &mut Printer) -> CmdResult 
     })
 }
 
-/// The page's URL. A daemon on a non-loopback address wants the token: it goes after `#`,
-/// which browsers never send anywhere, and the page keeps it in the tab's session storage.
-pub fn ui_url(base: &str, token: Option<&str>) -> String {
-    let given = base.trim_end_matches('/');
-    // A daemon bound to every address is reachable here through loopback, and from elsewhere
-    // only with the token.
-    let base = given
+/// The sign-in link: `path` (a one-time `/login?once=…`) on the daemon's `base` URL. A daemon
+/// bound to every address is reached here through loopback.
+pub fn ui_url(base: &str, path: &str) -> String {
+    let base = base
+        .trim_end_matches('/')
         .replace("//0.0.0.0:", "//127.0.0.1:")
         .replace("//[::]:", "//[::1]:");
-    let needs_token = base != given || crate::client::loopback_addr(&base).is_none();
-    match token {
-        Some(t) if needs_token => format!("{base}/#token={}", fragment_escape(t)),
-        _ => format!("{base}/"),
-    }
-}
-
-fn fragment_escape(t: &str) -> String {
-    t.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    format!("{base}{path}")
 }
 
 /// The command that opens a URL: `$BROWSER` (its first entry; `%s` is the URL), else
@@ -126,20 +121,16 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(
-            ui_url("http://127.0.0.1:7390", Some("abc")),
-            "http://127.0.0.1:7390/"
+            ui_url("http://127.0.0.1:7390/", "/login?once=ab"),
+            "http://127.0.0.1:7390/login?once=ab"
         );
         assert_eq!(
-            ui_url("http://127.0.0.1:7390/", None),
-            "http://127.0.0.1:7390/"
+            ui_url("http://0.0.0.0:7390", "/login?once=ab"),
+            "http://127.0.0.1:7390/login?once=ab"
         );
         assert_eq!(
-            ui_url("http://10.1.2.3:7390", Some("a+b")),
-            "http://10.1.2.3:7390/#token=a%2Bb"
-        );
-        assert_eq!(
-            ui_url("http://0.0.0.0:7390", Some("abc")),
-            "http://127.0.0.1:7390/#token=abc"
+            ui_url("http://[::]:7390", "/login?once=ab"),
+            "http://[::1]:7390/login?once=ab"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! The test context: a temporary `SCRY_HOME`, the real `scry` binary, real Python processes
-//! that are killed on drop, and a tiny HTTP client for the daemon's API.
+//! that are killed on drop, and a tiny HTTP client for the daemon's API (over its local socket,
+//! as the CLI talks to it, or over TCP with the token).
 
 #![allow(dead_code)]
 
@@ -158,8 +159,8 @@ impl Ctx {
         wait_for("the daemon to serve", Duration::from_secs(20), || {
             let v: Value =
                 serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
-            let http = v["http"].as_str()?.to_owned();
-            http_get(&http, "/api/v1/health").ok().map(|_| ())
+            let api = v["api_socket"].as_str()?.to_owned();
+            http_get(&api, "/api/v1/health").ok().map(|_| ())
         });
     }
 
@@ -170,13 +171,36 @@ impl Ctx {
         }
     }
 
-    /// The daemon's HTTP address from `run/daemon.json`.
-    pub fn http(&self) -> String {
-        let v: Value = serde_json::from_str(
+    fn daemon_file(&self) -> Value {
+        serde_json::from_str(
             &std::fs::read_to_string(self.home().join("run/daemon.json")).expect("daemon.json"),
         )
-        .expect("json");
-        v["http"].as_str().expect("http").to_owned()
+        .expect("json")
+    }
+
+    /// The daemon's local API socket from `run/daemon.json` (an address for [`http_request`]:
+    /// the owner's way in, no token).
+    pub fn http(&self) -> String {
+        self.daemon_file()["api_socket"]
+            .as_str()
+            .expect("api_socket")
+            .to_owned()
+    }
+
+    /// The daemon's TCP address (`HOST:PORT`), which wants the token on every request.
+    pub fn tcp(&self) -> String {
+        self.daemon_file()["http"]
+            .as_str()
+            .expect("http")
+            .to_owned()
+    }
+
+    /// The daemon's token (`$SCRY_HOME/token`).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.home().join("token"))
+            .expect("token file")
+            .trim()
+            .to_owned()
     }
 
     pub fn get(&self, path: &str) -> Value {
@@ -270,7 +294,8 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// A minimal HTTP/1.1 request over a fresh connection: (status, body).
+/// A minimal HTTP/1.1 request over a fresh connection: (status, body). `addr` is `HOST:PORT`
+/// (TCP) or the path of a unix socket (the daemon's local API).
 pub fn http_request(
     addr: &str,
     method: &str,
@@ -278,16 +303,28 @@ pub fn http_request(
     body: Option<&str>,
     extra_headers: &str,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
+    let host = if addr.starts_with('/') {
+        "localhost"
+    } else {
+        addr
+    };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    if addr.starts_with('/') {
+        let mut s = std::os::unix::net::UnixStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(req.as_bytes())?;
+        s.read_to_end(&mut raw)?;
+    } else {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(req.as_bytes())?;
+        s.read_to_end(&mut raw)?;
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
         .split_whitespace()

@@ -1,7 +1,8 @@
 //! The web UI in real headless Chromium (Debian's `chromium` through `chromedriver`), against a
 //! real daemon and a real Python process, in one browser session: the processes page lists the
-//! live process, a probe added through the form streams events into the table (and a chart),
-//! and the page works through the token when the daemon is not on loopback.
+//! live process, a probe added through the form streams events into the table (and a chart).
+//! The browser gets in only through the one-time sign-in link of `scry ui` (a session cookie);
+//! without it the TCP listener answers nothing but a page saying how to sign in, loopback or not.
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub(crate) fn non_loopback_ip() -> Option<String> {
     (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
 }
 
-/// Starts `scry serve --http IP:0` with a token file; returns the HTTP address.
+/// Starts `scry serve --http IP:0` with a known token file; returns the HTTP address.
 pub(crate) fn start_daemon_on(ctx: &mut Ctx, ip: &str) -> String {
     std::fs::create_dir_all(ctx.home()).expect("home");
     let token_file = ctx.home().join("token");
@@ -50,7 +51,10 @@ pub(crate) fn start_daemon_on(ctx: &mut Ctx, ip: &str) -> String {
     wait_for("the daemon to serve", Duration::from_secs(60), || {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
         let http = v["http"].as_str()?.to_owned();
-        http_get(&http, "/").ok().filter(|(s, _)| *s == 200)?;
+        let api = v["api_socket"].as_str()?.to_owned();
+        http_get(&api, "/api/v1/health")
+            .ok()
+            .filter(|(s, _)| *s == 200)?;
         Some(http)
     })
 }
@@ -72,39 +76,30 @@ fn web_ui_in_chromium() {
     let py = pythons().into_iter().next().expect("an interpreter");
     let flow_py = pythons().into_iter().last().expect("an interpreter");
     let mut ctx = Ctx::new();
-    let ip = non_loopback_ip();
-    let http = match &ip {
-        Some(ip) => start_daemon_on(&mut ctx, ip),
-        None => {
-            // No address but loopback on this machine: the token path cannot be exercised.
-            ctx.start_daemon();
-            ctx.http()
-        }
-    };
+    // Off loopback where the machine has another address; loopback is no different.
+    let ip = non_loopback_ip().unwrap_or_else(|| "127.0.0.1".to_owned());
+    let http = start_daemon_on(&mut ctx, &ip);
 
-    if ip.is_some() {
-        // The page's files need no token, the API does; the streams accept `?token=`.
-        let (status, body) = http_get(&http, "/").expect("GET /");
-        assert_eq!(status, 200, "{body}");
-        assert!(body.contains("/ui/app.js"), "{body}");
-        let (status, _) = http_get(&http, "/api/v1/processes").expect("GET");
-        assert_eq!(
-            status, 401,
-            "the API refuses a non-loopback caller without token"
-        );
-        let (status, _) =
-            http_get(&http, &format!("/api/v1/processes?token={TOKEN}")).expect("GET");
-        assert_eq!(status, 401, "`?token=` is for the event streams only");
-        let (status, _) = http_request(
-            &http,
-            "GET",
-            "/api/v1/processes",
-            None,
-            &format!("Authorization: Bearer {TOKEN}\r\n"),
-        )
-        .expect("GET");
-        assert_eq!(status, 200);
-    }
+    // Without the sign-in, nothing: the page says how to get in, the API wants the token.
+    let (status, body) = http_get(&http, "/").expect("GET /");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("scry ui"), "{body}");
+    assert!(!body.contains("/ui/app.js"), "{body}");
+    let (status, _) = http_get(&http, "/ui/app.js").expect("GET");
+    assert_eq!(status, 401, "no file without the sign-in");
+    let (status, _) = http_get(&http, "/api/v1/processes").expect("GET");
+    assert_eq!(status, 401, "the API refuses a caller without token");
+    let (status, _) = http_get(&http, &format!("/api/v1/processes?token={TOKEN}")).expect("GET");
+    assert_eq!(status, 401, "`?token=` is for the event streams only");
+    let (status, _) = http_request(
+        &http,
+        "GET",
+        "/api/v1/processes",
+        None,
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+    )
+    .expect("GET");
+    assert_eq!(status, 200);
 
     let target = ctx.python(&py, "orders_loop.py", &["web-e2e"]);
     let pid = target.pid();
@@ -117,10 +112,14 @@ fn web_ui_in_chromium() {
     });
 
     let browser = Browser::start(ctx.home());
-    let url = match &ip {
-        Some(_) => format!("http://{http}/#token={TOKEN}"),
-        None => format!("http://{http}/"),
-    };
+    let out = ctx.scry(&["ui", "--no-open", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ui: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let url = ui["url"].as_str().expect("url").to_owned();
+    assert!(
+        url.starts_with(&format!("http://{http}/login?once=")),
+        "{url}"
+    );
     browser.go(&url);
 
     // Processes: the live process is listed, awake, with its Python version and a Sleep button.
@@ -140,13 +139,16 @@ fn web_ui_in_chromium() {
         json!([]),
     );
     assert_eq!(sleep_button, json!(true));
-    // The token came in the fragment and left the address bar.
-    let hash = browser.script("return location.hash", json!([]));
+    // The sign-in link was redirected away: no secret stays in the address bar or history,
+    // and the page cannot read its session (HttpOnly).
+    let address = browser.script("return location.pathname + location.search", json!([]));
     assert_eq!(
-        hash,
-        json!("#/processes"),
-        "the token is not left in the URL"
+        address,
+        json!("/"),
+        "the one-time link is not left in the URL"
     );
+    let cookies = browser.script("return document.cookie", json!([]));
+    assert_eq!(cookies, json!(""), "the session cookie is HttpOnly");
 
     // Attach from the page: a process that never loaded scry shows up awake.
     let plain = ctx.python(&flow_py, "plain_loop.py", &[]);
@@ -233,12 +235,15 @@ fn web_ui_in_chromium() {
             "return document.querySelectorAll('#events-body tr[data-source=\"{probe_id}\"]').length"
         ),
     );
-    let first = first.as_u64().unwrap_or(0);
+    // The table keeps the newest 300 rows, so growth is read from the live counter.
+    let seen = "return parseInt(document.getElementById('events-count').textContent) || 0";
+    assert!(first.as_u64().unwrap_or(0) > 0);
+    let first = browser.script(seen, json!([])).as_u64().unwrap_or(0);
     browser.wait_script(
         "more events streaming in",
         Duration::from_secs(60),
         &format!(
-            "return document.querySelectorAll('#events-body tr[data-source=\"{probe_id}\"]').length >= {}",
+            "return (parseInt(document.getElementById('events-count').textContent) || 0) >= {}",
             first + 10
         ),
     );
@@ -292,13 +297,17 @@ fn web_ui_in_chromium() {
         .find(|p| p["pid"] == flow_pid && p["state"] == "awake")
         .and_then(|p| p["python_version"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    call_flow(&http, &browser, flow_pid, &flow_version);
+    call_flow(&ctx.http(), &browser, flow_pid, &flow_version);
 
-    // `scry ui` prints the URL that was used here (with the token when not on loopback).
+    // `scry ui` again: a new one-time link to the same page.
     let out = ctx.scry(&["ui", "--no-open", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v["url"], json!(url), "{v}");
+    let again = v["url"].as_str().unwrap_or_default();
+    assert!(
+        again.starts_with(&format!("http://{http}/login?once=")) && again != url,
+        "{v}"
+    );
     assert_eq!(v["opened"], json!(false));
 }
 
@@ -322,7 +331,7 @@ fn flow_node(browser: &Browser, name: &str) -> Option<(String, u64, String, Stri
 
 /// Starts a trace from the call-flow page and watches nodes appear and change state on call,
 /// return and exception; hover and editor link; a screenshot as an artifact; stop.
-fn call_flow(http: &str, browser: &Browser, pid: u32, version: &str) {
+fn call_flow(api: &str, browser: &Browser, pid: u32, version: &str) {
     browser.click("a[data-page=flow]");
     browser.wait_script(
         "the trace form (the daemon offers /api/v1/traces)",
@@ -444,14 +453,7 @@ fn call_flow(http: &str, browser: &Browser, pid: u32, version: &str) {
     // Stop: the trace is stopped for the daemon too.
     browser.click("#trace-stop");
     wait_for("the trace stopped", wait, || {
-        let (_, body) = http_request(
-            http,
-            "GET",
-            "/api/v1/traces",
-            None,
-            &format!("Authorization: Bearer {TOKEN}\r\n"),
-        )
-        .ok()?;
+        let (_, body) = http_request(api, "GET", "/api/v1/traces", None, "").ok()?;
         let list: Value = serde_json::from_str(&body).ok()?;
         let traces = list["traces"].as_array().cloned().unwrap_or_default();
         (!traces.is_empty() && traces.iter().all(|t| t["state"] != "running")).then_some(())
@@ -463,12 +465,15 @@ fn call_flow(http: &str, browser: &Browser, pid: u32, version: &str) {
     );
 }
 
-/// `scry ui` opens the URL with `$BROWSER` (here a script that writes down what it was given),
-/// and only prints it with `--no-open` or when there is no browser at all.
+/// `scry ui` opens a one-time sign-in link with `$BROWSER` (here a script that writes down what
+/// it was given), and only prints it with `--no-open` or when there is no browser at all. The link
+/// signs one browser in, once: its cookie opens the page and the API, and another site's page
+/// cannot use it.
 #[test]
-fn scry_ui_opens_the_browser_it_is_given() {
+fn scry_ui_opens_a_sign_in_link_that_works_once() {
     let mut ctx = Ctx::new();
     ctx.start_daemon();
+    let tcp = ctx.tcp();
     let opened = ctx.home().join("opened.txt");
     let browser = ctx.home().join("fake-browser.sh");
     std::fs::write(
@@ -481,7 +486,6 @@ fn scry_ui_opens_the_browser_it_is_given() {
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
     )
     .expect("chmod");
-    let url = format!("http://{}/", ctx.http());
 
     let out = ctx
         .cmd(&["ui", "--json"])
@@ -490,10 +494,12 @@ fn scry_ui_opens_the_browser_it_is_given() {
         .expect("scry ui");
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(
-        v["url"],
-        json!(url),
-        "a loopback daemon needs no token in the URL"
+    let url = v["url"].as_str().expect("url").to_owned();
+    let prefix = format!("http://{tcp}/login?once=");
+    assert!(url.starts_with(&prefix), "{url}");
+    assert!(
+        !url.contains(&ctx.token()),
+        "the token never goes in a URL: {url}"
     );
     assert_eq!(v["opened"], json!(true), "{v}");
     let got = wait_for("the browser to be started", Duration::from_secs(20), || {
@@ -503,7 +509,66 @@ fn scry_ui_opens_the_browser_it_is_given() {
     });
     assert_eq!(got, url);
 
-    // No browser anywhere: the URL is printed and the command still succeeds.
+    // The link, followed: a session cookie (HttpOnly, SameSite=Strict) and on to the page.
+    let path = &url[format!("http://{tcp}").len()..];
+    let raw_get = |path: &str, headers: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&tcp).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {tcp}\r\nConnection: close\r\n{headers}\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, out)
+    };
+    let (status, head) = raw_get(path, "");
+    assert_eq!(status, 303, "{head}");
+    let cookie_line = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(cookie_line.contains("HttpOnly"), "{cookie_line}");
+    assert!(cookie_line.contains("SameSite=Strict"), "{cookie_line}");
+    let cookie = cookie_line
+        .split_once(':')
+        .map(|(_, v)| v.trim())
+        .and_then(|v| v.split(';').next())
+        .expect("cookie")
+        .to_owned();
+    let (status, page) = raw_get("/", &format!("Cookie: {cookie}\r\n"));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("/ui/app.js"), "{page}");
+    let (status, body) = raw_get("/api/v1/processes", &format!("Cookie: {cookie}\r\n"));
+    assert_eq!(status, 200, "{body}");
+    // Another site's page cannot ride on the cookie.
+    let (status, body) = raw_get(
+        "/api/v1/processes",
+        &format!("Cookie: {cookie}\r\nOrigin: http://evil.example\r\n"),
+    );
+    assert_eq!(status, 403, "{body}");
+    // Used up: the same link signs nobody in again; a made-up cookie opens nothing.
+    let (status, body) = raw_get(path, "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("scry ui"), "{body}");
+    let (status, _) = raw_get(
+        "/",
+        &format!(
+            "Cookie: {}=0000\r\n",
+            cookie.split('=').next().unwrap_or("")
+        ),
+    );
+    assert_eq!(status, 401);
+
+    // No browser anywhere: a new link is printed and the command still succeeds.
     let out = ctx
         .cmd(&["ui"])
         .env_remove("BROWSER")
@@ -512,9 +577,11 @@ fn scry_ui_opens_the_browser_it_is_given() {
         .output()
         .expect("scry ui");
     assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&prefix), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&url),
-        "{}",
+        !stdout.contains(&url),
+        "a new link each time: {}",
         text(&out)
     );
     assert!(
