@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -23,6 +24,20 @@ SCRY_BIN = os.environ.get("SCRY_BIN") or os.path.join(REPO, "target", "debug", "
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DISCONNECTED = re.compile(r'agent disconnected pid=(\d+) state="(\w+)" reason=(?:Some\("([^"]*)"\)|None)')
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the daemon's run/api.sock)."""
+
+    def __init__(self, path, timeout):
+        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.socket_path)
+        self.sock = s
 
 
 def write_config(home, **agents):
@@ -115,8 +130,8 @@ class RealDaemon(object):
         return out
 
     def api(self, method, path, body=None):
-        host, port = self.info["http"].rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=15)
+        """A request to its local API socket (the owner's way in, as the CLI's)."""
+        conn = _UnixHTTPConnection(self.info["api_socket"], timeout=15)
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
             conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)

@@ -286,8 +286,16 @@ def test_stdio_session(home, target, plain_target):
 
 
 def test_http_session(daemon, target, plain_target):
+    # /mcp over TCP wants the daemon's token, loopback included.
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    with open(os.path.join(daemon.home, "token")) as f:
+        token = f.read().strip()
+
     async def main():
-        async with streamable_http_client("http://{}/mcp".format(daemon.info["http"])) as streams:
+        http = create_mcp_http_client(headers={"Authorization": "Bearer " + token})
+        url = "http://{}/mcp".format(daemon.info["http"])
+        async with http, streamable_http_client(url, http_client=http) as streams:
             read, write = streams[0], streams[1]
             async with ClientSession(read, write) as session:
                 await realistic_session(session, target.pid)

@@ -146,8 +146,32 @@ fn is_public(method: &Method, path: &str) -> bool {
         && (path == crate::web::LOGIN_PATH || path == "/api/v1/agent-endpoint")
 }
 
+/// The largest request body the daemon reads.
+const MAX_BODY: usize = 16 << 20;
+
+/// Reads the whole request body before a handler runs. A handler that answers without reading
+/// the body (a 404, a route that takes none) would otherwise make the server close the
+/// connection while the caller is still writing, which a unix-socket caller sees at once as
+/// EPIPE instead of the answer.
+async fn buffered(req: Request) -> Result<Request, Response> {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            format!("the request body could not be read (at most {MAX_BODY} bytes): {e}"),
+        )
+        .into_response()),
+    }
+}
+
 /// The middleware: lets the owner in, refuses everyone else with a reason and a hint.
-pub async fn check(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+pub async fn check(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let mut req = match buffered(req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<UnixPeer>>().copied() {
         return match peer.uid {
             Some(uid) if uid == shared.owner_uid || uid == 0 => next.run(req).await,
