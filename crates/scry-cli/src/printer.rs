@@ -1,6 +1,12 @@
 //! All output of the CLI goes through [`Printer`]: data to stdout, messages to stderr, JSON
 //! when asked. Commands never print directly, so output stays apart from work and can be
 //! tested against a buffer.
+//!
+//! Lines and notes carry strings that came from other processes and callers (process names,
+//! probe names, values, log messages, error messages): their control characters are shown
+//! escaped (`\x1b`, `\r`), so that nothing printed can move the cursor, retitle the terminal or
+//! hide text. Only [`Printer::raw`] writes as is: a REPL's terminal stream and the CLI's own
+//! screen handling.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{self, Write};
@@ -31,9 +37,9 @@ impl Printer {
         Printer { out, err, json }
     }
 
-    /// A line of data on stdout.
+    /// A line of data on stdout (control characters escaped).
     pub fn line(&mut self, text: impl AsRef<str>) -> io::Result<()> {
-        writeln!(self.out, "{}", text.as_ref())?;
+        writeln!(self.out, "{}", escape_controls(text.as_ref()))?;
         self.out.flush()
     }
 
@@ -49,11 +55,30 @@ impl Printer {
         let _ = self.out.flush();
     }
 
-    /// A message for the person on stderr (never mixed with data).
+    /// A message for the person on stderr (never mixed with data; control characters escaped).
     pub fn note(&mut self, text: impl AsRef<str>) {
-        let _ = writeln!(self.err, "{}", text.as_ref());
+        let _ = writeln!(self.err, "{}", escape_controls(text.as_ref()));
         let _ = self.err.flush();
     }
+}
+
+/// `text` with every control character but newline and tab written out (`\x1b`, `\r`,
+/// `\u{9b}`), as Python's `repr` would: a string from another process cannot drive the terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(is_bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\r' if is_bad(c) => out.push_str("\\r"),
+            c if is_bad(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if is_bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Formats rows as aligned columns; the last column is not padded.
@@ -118,6 +143,21 @@ mod tests {
             String::from_utf8_lossy(&err.0.borrow()),
             "started the daemon\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(escape_controls("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(
+            escape_controls("a\x1b]0;pwned\x07b\rc\u{9b}31m"),
+            "a\\x1b]0;pwned\\x07b\\rc\\x9b31m"
+        );
+        let (out, err) = (Buf::default(), Buf::default());
+        let mut p = Printer::to(Box::new(out.clone()), Box::new(err.clone()), false);
+        p.line("name \x1b[2J").expect("line");
+        p.note("hint \x1b[31m");
+        assert_eq!(String::from_utf8_lossy(&out.0.borrow()), "name \\x1b[2J\n");
+        assert_eq!(String::from_utf8_lossy(&err.0.borrow()), "hint \\x1b[31m\n");
     }
 
     #[test]

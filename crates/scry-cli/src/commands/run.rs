@@ -318,7 +318,11 @@ impl<'p> Terminal<'p> {
     }
 
     async fn on_event(&mut self, ev: &Value, active: &Arc<AtomicBool>) {
-        let s = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        // Names and places come from the target: shown, never sent to the terminal as controls.
+        let s = |k: &str| {
+            crate::printer::escape_controls(ev.get(k).and_then(Value::as_str).unwrap_or(""))
+                .into_owned()
+        };
         match s("type").as_str() {
             "open" => {
                 self.holder = Some(s("repl"));

@@ -17,6 +17,7 @@
 #![allow(clippy::print_stderr)]
 
 mod api;
+mod terminal;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
