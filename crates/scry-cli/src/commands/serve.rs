@@ -43,8 +43,9 @@ pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult 
         let value = serde_json::to_value(&info).unwrap_or_default();
         return emit(printer, &value, |p| {
             p.line(format!(
-                "scry daemon started (pid {}) on http://{}; agents: {}; log: {}",
+                "scry daemon started (pid {}): local API {} (you and root), http://{} (token); agents: {}; log: {}",
                 info.pid,
+                info.api_socket,
                 info.http,
                 info.agent_socket,
                 home.log_file().display()
@@ -63,8 +64,8 @@ pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult 
             let _ = printer.json_value(info);
         } else {
             printer.note(format!(
-                "scry daemon {} listening on http://{} (agents: {})",
-                info.version, info.http, info.agent_socket
+                "scry daemon {} listening on {} (you and root) and http://{} (with the token; `scry ui` signs a browser in); agents: {}",
+                info.version, info.api_socket, info.http, info.agent_socket
             ));
         }
     }));

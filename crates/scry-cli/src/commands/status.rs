@@ -36,7 +36,11 @@ pub async fn status(home: &Home, printer: &mut Printer) -> CmdResult {
         age(s["uptime_s"].as_f64().unwrap_or(0.0))
     ))?;
     printer.line(format!(
-        "http: http://{}",
+        "local API: {} (this user and root)",
+        s["api_socket"].as_str().unwrap_or("?")
+    ))?;
+    printer.line(format!(
+        "http: http://{} (the token on every request)",
         s["http"].as_str().unwrap_or("?")
     ))?;
     printer.line(format!(
