@@ -175,8 +175,12 @@ fn http_api_answers_garbage_with_json_errors_and_keeps_serving() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not_found"));
 
-    // Not HTTP at all.
-    let mut s = std::net::TcpStream::connect(&http).expect("connect");
+    // Not HTTP at all, on both listeners.
+    let mut s = std::os::unix::net::UnixStream::connect(&http).expect("connect");
+    s.write_all(b"\x00\x01\x02 garbage garbage\r\n\r\n")
+        .expect("write");
+    drop(s);
+    let mut s = std::net::TcpStream::connect(ctx.tcp()).expect("connect");
     s.write_all(b"\x00\x01\x02 garbage garbage\r\n\r\n")
         .expect("write");
     drop(s);
