@@ -18,7 +18,11 @@ use crate::support::{pythons, repo, text, wait_for, Ctx, Proc};
 fn loose(dir: &Path, out: &mut Vec<String>) {
     let meta = std::fs::symlink_metadata(dir).expect("stat");
     if meta.mode() & 0o7777 != 0o700 {
-        out.push(format!("{} {:o} (directory)", dir.display(), meta.mode() & 0o7777));
+        out.push(format!(
+            "{} {:o} (directory)",
+            dir.display(),
+            meta.mode() & 0o7777
+        ));
     }
     for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
         let path = entry.path();

@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 mod files;
+mod placement;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
