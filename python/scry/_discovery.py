@@ -1,9 +1,10 @@
 """Discovery files: how the CLI and the daemon find embedded clients that are asleep.
 
 ``scry.init()`` writes ``$SCRY_HOME/clients/<pid>.json`` (directory mode 0700, file mode 0600,
-whatever the umask; a ``clients`` directory of ours left looser is tightened; written atomically: a temporary file in the same directory, then ``rename``), rewrites it on every
-state change and removes it on ``scry.shutdown()`` and at exit. A file whose pid is dead was left
-by a process that was killed; readers should check the pid (and ``started_at``) before trusting it.
+whatever the umask; a ``clients`` directory of ours left looser is tightened), written
+atomically (a temporary file in the same directory, then ``rename``), rewrites it on every state
+change and removes it on ``scry.shutdown()`` and at exit. A file whose pid is dead was left by a
+process that was killed; readers should check the pid (and ``started_at``) before trusting it.
 
 Fields::
 
