@@ -467,14 +467,35 @@ pub async fn attach(
 
     let script = placement.bootstrap_in_target();
     tracing::info!(target: "daemon", pid, injector = injector.name(), script = %script.display(), "attaching");
-    let injection = tokio::task::spawn_blocking(move || injector.inject(pid, &script, timeout))
-        .await
-        .map_err(|e| internal(format!("the attach task failed: {e}")))?
-        // It was there for the checks and the placement: gone now means it exited meanwhile.
-        .map_err(|e| match e {
-            InjectError::NoSuchProcess { pid } => InjectError::Exited { pid },
-            e => e,
-        })?;
+    let injection =
+        match tokio::task::spawn_blocking(move || injector.inject(pid, &script, timeout))
+            .await
+            .map_err(|e| internal(format!("the attach task failed: {e}")))?
+        {
+            Ok(i) => i,
+            // It was there for the checks and the placement: gone now means it exited meanwhile.
+            Err(InjectError::NoSuchProcess { pid }) => {
+                return Err(InjectError::Exited { pid }.into())
+            }
+            // A target dying mid-injection loses its memory first: that reads as "no interpreter"
+            // or a bad layout. Say what happened once it is gone (a zombie within moments).
+            Err(
+                e @ (InjectError::NotPython { .. }
+                | InjectError::NotRunning { .. }
+                | InjectError::BadLayout { .. }
+                | InjectError::Io { .. }),
+            ) => {
+                let deadline = Instant::now() + Duration::from_millis(200);
+                while scry_proc::alive(pid, None) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if scry_proc::alive(pid, None) {
+                    return Err(e.into());
+                }
+                return Err(InjectError::Exited { pid }.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
 
     let process_id = wait_connected(pid, connected).await?;
     let placed_in = placement.target_dir().to_owned();
