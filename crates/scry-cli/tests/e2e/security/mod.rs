@@ -13,6 +13,8 @@
 //! `CI` it fails instead, since CI must run them all.
 
 #![allow(dead_code)]
+// A skipped test says so on stderr.
+#![allow(clippy::print_stderr)]
 
 mod files;
 mod placement;
@@ -72,7 +74,6 @@ pub fn attacker() -> Option<Attacker> {
 }
 
 /// Says a test was skipped and why (a failure under `CI`).
-#[allow(clippy::print_stderr)] // the reason a test was skipped belongs on its stderr
 pub fn skipped<T>(why: &str) -> Option<T> {
     if std::env::var_os("CI").is_some() {
         panic!("skipped under CI, where it must run: {why}");
