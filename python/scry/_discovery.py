@@ -1,9 +1,10 @@
 """Discovery files: how the CLI and the daemon find embedded clients that are asleep.
 
 ``scry.init()`` writes ``$SCRY_HOME/clients/<pid>.json`` (directory mode 0700, file mode 0600,
-written atomically: a temporary file in the same directory, then ``rename``), rewrites it on every
-state change and removes it on ``scry.shutdown()`` and at exit. A file whose pid is dead was left
-by a process that was killed; readers should check the pid (and ``started_at``) before trusting it.
+whatever the umask; a ``clients`` directory of ours left looser is tightened), written
+atomically (a temporary file in the same directory, then ``rename``), rewrites it on every state
+change and removes it on ``scry.shutdown()`` and at exit. A file whose pid is dead was left by a
+process that was killed; readers should check the pid (and ``started_at``) before trusting it.
 
 Fields::
 
@@ -23,6 +24,7 @@ Fields::
 import json
 import logging
 import os
+import stat
 
 log = logging.getLogger("scry")
 
@@ -51,10 +53,23 @@ def ensure_private_dir(path):
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
+def tighten_dir(path):
+    """Make ``path`` mode 0700 when it is a directory of ours with looser permissions (made by
+    hand, or by an older scry under a loose umask). Links and other users' directories are left
+    alone; failures too (the files in it are 0600 anyway)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(path, 0o700)
+    except OSError as exc:
+        log.debug("could not make %s private: %s", path, exc)
+
+
 def write(path, record):
     """Atomically replace ``path`` with ``record`` as JSON, mode 0600. Raises OSError."""
     directory = os.path.dirname(path)
     ensure_private_dir(directory)
+    tighten_dir(directory)
     data = (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("utf-8")
     import tempfile  # here, not at import: an injected agent writes no discovery file
 

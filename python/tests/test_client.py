@@ -180,6 +180,22 @@ def test_discovery_file(home):
     assert not path.exists()
 
 
+def test_discovery_file_is_private_whatever_the_umask_and_a_loose_dir_is_tightened(home):
+    # A clients directory left 0755 (made by hand, or by an older scry) and a permissive umask.
+    clients = os.path.join(str(home), "clients")
+    os.makedirs(clients, exist_ok=True)
+    os.chmod(clients, 0o755)
+    old = os.umask(0)
+    try:
+        scry.init(name="private")
+    finally:
+        os.umask(old)
+    path = discovery_path(home)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(clients).st_mode) == 0o700
+    scry.shutdown()
+
+
 def test_discovery_file_follows_state_changes(daemon, home):
     scry.init()
     path = discovery_path(home)

@@ -1,6 +1,7 @@
 //! Talking to the daemon: finding it, starting it when it is not running, and calling its HTTP
 //! API with errors that say what to do.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -312,6 +313,7 @@ pub fn open_log(path: &Path) -> Result<(std::fs::File, std::fs::File), CliError>
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(fail)?;
     let again = log.try_clone().map_err(fail)?;

@@ -5,8 +5,10 @@
 //! version, remote debugging disabled, no permission) without touching the target; (2) place
 //! the agent package, a bootstrap script and a unix socket in a fresh directory *inside the
 //! target's own root* ([`Placement`]: `/proc/PID/root/tmp/scry-attach-<random>`, created
-//! exclusively, owned by the target's user, mode 0700), so a chroot, a container or a process
-//! in its own PID namespace reads the files and reaches the socket at `/tmp/scry-attach-...`;
+//! exclusively, mode 0700, by the target's own user: every file operation there runs with the
+//! target's credentials, relative to directory fds, see [`scry_proc::place`]), so a chroot, a
+//! container or a process in its own PID namespace reads the files and reaches the socket at
+//! `/tmp/scry-attach-...`, and a target can make scry write only where it could itself;
 //! (3) register a one-time nonce ([`Pending`]) that the agent must present in its `hello`
 //! (origin `injected`) from the target's pid, so no other local process can pose as it;
 //! (4) make the target run the bootstrap through an [`Injector`]; (5) wait for the agent's
@@ -21,7 +23,6 @@
 //! call), then waits until it is gone.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use rand::Rng;
 use scry_proc::inject::{pep768, InjectError, Injector};
+use scry_proc::place;
 use scry_proto::{Hello, Origin};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -263,131 +265,83 @@ pub const INJECTORS: &[&str] = &["pep768", "gdb"];
 
 /// A directory inside the target's root holding the agent package, the bootstrap and the
 /// socket the agent connects to. Removed (with the socket) when dropped.
+///
+/// Every file operation in it is [`scry_proc::place`]'s: done with the target's credentials,
+/// relative to directory fds, never following a link, so a target can make scry create,
+/// read or remove only what it could itself.
 pub struct Placement {
-    /// The directory as the daemon reaches it (`/proc/PID/root/tmp/scry-attach-...`).
-    pub host_dir: PathBuf,
-    /// The same directory as the target sees it (`/tmp/scry-attach-...`).
-    pub target_dir: PathBuf,
+    dir: place::Placement,
     listener: Option<UnixListener>,
 }
 
+impl From<place::PlaceError> for AttachError {
+    fn from(e: place::PlaceError) -> Self {
+        let status = match &e {
+            place::PlaceError::NoSuchProcess { .. } => StatusCode::NOT_FOUND,
+            place::PlaceError::NoPlace { .. } | place::PlaceError::NotWritable { .. } => {
+                StatusCode::CONFLICT
+            }
+            place::PlaceError::Credentials { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // The io error's cause belongs in the message (the API has no error chain).
+        let message = match &e {
+            place::PlaceError::Io { source, .. } => format!("{e}: {source}"),
+            _ => e.to_string(),
+        };
+        let mut err = AttachError::new(status, e.kind(), message);
+        err.hint = e.hint();
+        err
+    }
+}
+
 impl Placement {
-    /// Creates the directory (exclusively, mode 0700, owned by the target's user), writes the
+    /// Creates the directory (exclusively, mode 0700, as the target's user), writes the
     /// agent package and a bootstrap carrying `nonce` that refuses to run after
     /// `expires_epoch`, and binds the socket.
     pub fn create(pid: u32, nonce: &str, expires_epoch: f64) -> Result<Placement, AttachError> {
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let tmp = ["/tmp", "/var/tmp", "/dev/shm"]
-            .into_iter()
-            .find(|d| root.join(d.trim_start_matches('/')).is_dir())
-            .ok_or_else(|| {
-                AttachError::new(
-                    StatusCode::CONFLICT,
-                    "no_place",
-                    format!("process {pid} has no /tmp, /var/tmp or /dev/shm where scry could place its agent"),
-                )
+        let dir = place::Placement::create(pid, "scry-attach", "agent")?;
+        let agent = crate::bundle::AGENT_FILES
+            .iter()
+            .filter(|(rel, _)| rel.starts_with("scry/"))
+            .map(|(rel, contents)| (*rel, contents.as_bytes()));
+        dir.write_files(agent)?;
+        let listener = dir.bind("agent.sock")?;
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| UnixListener::from_std(listener))
+            .map_err(|e| {
+                internal(format!(
+                    "cannot listen on {}: {e}",
+                    dir.host_dir().join("agent.sock").display()
+                ))
             })?;
-        let name = format!("scry-attach-{:016x}", rand::thread_rng().gen::<u64>());
-        let target_dir = Path::new(tmp).join(&name);
-        let host_dir = root.join(tmp.trim_start_matches('/')).join(&name);
-        let io = |what: &str, path: &Path, e: std::io::Error| {
-            AttachError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "placement",
-                format!("cannot {what} {}: {e}", path.display()),
-            )
-        };
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&host_dir)
-            .map_err(|e| io("create", &host_dir, e))?;
-        let mut placement = Placement {
-            host_dir: host_dir.clone(),
-            target_dir: target_dir.clone(),
-            listener: None,
-        };
-        let owner = target_owner(pid);
-        let chown = |path: &Path| -> Result<(), AttachError> {
-            if let Some((uid, gid)) = owner {
-                if nix::unistd::geteuid().as_raw() == 0 && uid != 0 {
-                    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                        .map_err(|e| io("chown", path, e))?;
-                }
-            }
-            Ok(())
-        };
-        chown(&host_dir)?;
-        let write = |rel: &str, contents: &[u8]| -> Result<(), AttachError> {
-            let path = host_dir.join(rel);
-            if let Some(parent) = path.parent() {
-                if !parent.exists() {
-                    std::fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(parent)
-                        .map_err(|e| io("create", parent, e))?;
-                    chown(parent)?;
-                }
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| io("create", &path, e))?;
-            std::io::Write::write_all(&mut f, contents).map_err(|e| io("write", &path, e))?;
-            chown(&path)
-        };
-        for (rel, contents) in crate::bundle::AGENT_FILES {
-            if rel.starts_with("scry/") {
-                write(rel, contents.as_bytes())?;
-            }
-        }
-        let socket_target = target_dir.join("agent.sock");
-        let socket_host = host_dir.join("agent.sock");
-        let listener = UnixListener::bind(&socket_host).map_err(|e| io("bind", &socket_host, e))?;
-        chown(&socket_host)?;
-        placement.listener = Some(listener);
         let bootstrap = bootstrap_source(
-            &target_dir.to_string_lossy(),
-            &socket_target.to_string_lossy(),
+            &dir.target_dir().to_string_lossy(),
+            &dir.target_path("agent.sock").to_string_lossy(),
             nonce,
             expires_epoch,
         );
-        write("bootstrap.py", bootstrap.as_bytes())?;
-        Ok(placement)
+        dir.write_files([("bootstrap.py", bootstrap.as_bytes())])?;
+        Ok(Placement {
+            dir,
+            listener: Some(listener),
+        })
+    }
+
+    /// The directory as the target sees it (`/tmp/scry-attach-...`).
+    pub fn target_dir(&self) -> &Path {
+        self.dir.target_dir()
     }
 
     /// The bootstrap's path as the target sees it.
     pub fn bootstrap_in_target(&self) -> PathBuf {
-        self.target_dir.join("bootstrap.py")
+        self.dir.target_path("bootstrap.py")
     }
 
     fn take_listener(&mut self) -> Option<UnixListener> {
         self.listener.take()
     }
-}
-
-impl Drop for Placement {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.host_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(target: "daemon", dir = %self.host_dir.display(), "cannot remove the attach directory: {e}");
-            }
-        }
-    }
-}
-
-fn target_owner(pid: u32) -> Option<(u32, u32)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let first = |key: &str| -> Option<u32> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    // The effective ids: what the target's file accesses run as.
-    Some((first("Uid:")?, first("Gid:")?))
 }
 
 /// The bootstrap the target runs (in a fresh namespace, on its main thread): it starts a
@@ -513,17 +467,38 @@ pub async fn attach(
 
     let script = placement.bootstrap_in_target();
     tracing::info!(target: "daemon", pid, injector = injector.name(), script = %script.display(), "attaching");
-    let injection = tokio::task::spawn_blocking(move || injector.inject(pid, &script, timeout))
-        .await
-        .map_err(|e| internal(format!("the attach task failed: {e}")))?
-        // It was there for the checks and the placement: gone now means it exited meanwhile.
-        .map_err(|e| match e {
-            InjectError::NoSuchProcess { pid } => InjectError::Exited { pid },
-            e => e,
-        })?;
+    let injection =
+        match tokio::task::spawn_blocking(move || injector.inject(pid, &script, timeout))
+            .await
+            .map_err(|e| internal(format!("the attach task failed: {e}")))?
+        {
+            Ok(i) => i,
+            // It was there for the checks and the placement: gone now means it exited meanwhile.
+            Err(InjectError::NoSuchProcess { pid }) => {
+                return Err(InjectError::Exited { pid }.into())
+            }
+            // A target dying mid-injection loses its memory first: that reads as "no interpreter"
+            // or a bad layout. Say what happened once it is gone (a zombie within moments).
+            Err(
+                e @ (InjectError::NotPython { .. }
+                | InjectError::NotRunning { .. }
+                | InjectError::BadLayout { .. }
+                | InjectError::Io { .. }),
+            ) => {
+                let deadline = Instant::now() + Duration::from_millis(200);
+                while scry_proc::alive(pid, None) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if scry_proc::alive(pid, None) {
+                    return Err(e.into());
+                }
+                return Err(InjectError::Exited { pid }.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
 
     let process_id = wait_connected(pid, connected).await?;
-    let placed_in = placement.target_dir.clone();
+    let placed_in = placement.target_dir().to_owned();
     drop(placement);
     let report = AttachReport {
         pid,

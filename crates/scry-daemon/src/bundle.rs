@@ -1,5 +1,6 @@
 //! The Python agent shipped inside the binary, and unpacking it where a process can import it.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{DaemonError, Home};
@@ -23,15 +24,26 @@ pub fn unpack_to(dir: &Path) -> Result<PathBuf, DaemonError> {
             continue;
         }
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| DaemonError::Io {
-                path: parent.to_owned(),
-                source,
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| DaemonError::Io {
+                    path: parent.to_owned(),
+                    source,
+                })?;
         }
         // Write to a temporary name, then rename: a process importing concurrently never
-        // sees half a file.
+        // sees half a file. Mode 0600 whatever the umask (it lives in $SCRY_HOME, or in a
+        // private directory of `scry run`).
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, contents)
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, contents.as_bytes()))
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|source| DaemonError::Io {
                 path: path.clone(),

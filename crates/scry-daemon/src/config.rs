@@ -1,6 +1,8 @@
 //! The daemon's configuration: `$SCRY_HOME/config.toml` (written with commented defaults on the
 //! first start), overridden by command-line flags.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -167,10 +169,17 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::from_toml(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::write(path, DEFAULT_CONFIG_TOML).map_err(|source| DaemonError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
+                // Private whatever the umask, like everything in $SCRY_HOME.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .and_then(|mut f| f.write_all(DEFAULT_CONFIG_TOML.as_bytes()))
+                    .map_err(|source| DaemonError::Io {
+                        path: path.to_owned(),
+                        source,
+                    })?;
                 Ok(Config::default())
             }
             Err(source) => Err(DaemonError::Io {

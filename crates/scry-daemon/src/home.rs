@@ -76,7 +76,10 @@ impl Home {
         self.root.join("agent").join(env!("CARGO_PKG_VERSION"))
     }
 
-    /// Creates the root and `run/` with mode 0700 (and tightens `run/` if it exists).
+    /// Creates the root and `run/` with mode 0700, and makes what is already there private:
+    /// the root and every directory under it 0700, every file 0600 (sockets included), so a
+    /// home made 0755 by hand, or files written under a loose umask by an older scry, are
+    /// tightened. Links are never followed, and entries of other users are left alone.
     pub fn ensure(&self) -> Result<(), DaemonError> {
         for dir in [self.root.clone(), self.run_dir()] {
             std::fs::DirBuilder::new()
@@ -88,8 +91,44 @@ impl Home {
                     source,
                 })?;
         }
-        let run = self.run_dir();
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))
-            .map_err(|source| DaemonError::Io { path: run, source })
+        for dir in [self.root.clone(), self.run_dir()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|source| DaemonError::Io { path: dir, source })?;
+        }
+        tighten(&self.root, 0);
+        Ok(())
+    }
+}
+
+/// Makes every entry under `dir` private (0700 directories, 0600 others), without following
+/// links and skipping entries of another owner. Best effort: an entry that cannot be changed
+/// is logged, not fatal (the daemon's own files are created private anyway).
+fn tighten(dir: &Path, depth: usize) {
+    use std::os::unix::fs::MetadataExt;
+    // The home holds a few levels (agent/<version>/scry/...); a deeper tree is not ours.
+    if depth > 8 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() || meta.uid() != me {
+            continue;
+        }
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.mode() & 0o7777 != want {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want)) {
+                tracing::warn!(target: "daemon", path = %path.display(), "cannot make it private: {e}");
+            }
+        }
+        if meta.is_dir() {
+            tighten(&path, depth + 1);
+        }
     }
 }

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod inject;
+pub mod place;
 pub mod python;
 pub mod reap;
 pub mod stacks;

@@ -84,6 +84,7 @@ pub(crate) fn unix_now() -> f64 {
 
 /// Opens the write connection and sets it up: WAL, `synchronous=NORMAL`, foreign keys.
 pub(crate) fn open_writer_connection(path: &Path) -> Result<Connection, StoreError> {
+    make_private(path);
     let setup = || -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(
             path,
@@ -114,4 +115,27 @@ pub(crate) fn open_writer_connection(path: &Path) -> Result<Connection, StoreErr
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Makes the database file (created here when missing) and its `-wal` and `-shm` files mode
+/// 0600 whatever the umask: the store holds what targets sent (values, stacks, REPL output).
+/// SQLite creates `-wal` and `-shm` with the database file's own mode. Failures are left to
+/// SQLite's open to report.
+fn make_private(path: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        // Never through a link: only a regular file of ours is tightened.
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file()) {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
+    }
 }

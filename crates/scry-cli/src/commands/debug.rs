@@ -4,7 +4,8 @@
 //! Steps: recognise the target's Python (`scry_proc::python`), pick the injector for its version
 //! (PEP 768 on 3.14+, gdb on 3.8–3.13, saying first that gdb stops it briefly), place a small
 //! script in the target's own root (`/proc/PID/root/tmp/scry-debug-<random>/`, created
-//! exclusively, mode 0700, owned by the target's user), run it in the target. The script starts
+//! exclusively, mode 0700, by the target's own user through [`scry_proc::place`], the placement
+//! `scry attach` uses), run it in the target. The script starts
 //! a thread that imports debugpy and calls `debugpy.listen(("127.0.0.1", port))`, then writes a
 //! status file (port, working directory) or why it failed (debugpy not importable: with the
 //! target's interpreter and `sys.path`, to say how to install it). scry waits for that file and
@@ -12,18 +13,18 @@
 //! prints the attach configurations. Injecting again into a process where scry already started
 //! debugpy reports the port it listens on.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use scry_proc::place;
 use serde_json::{json, Value};
 
 use super::CmdResult;
 use crate::cli::DebugArgs;
 use crate::error::{CliError, ExitStatus};
 use crate::printer::Printer;
+
+/// The most of the status file scry reads (it is a line of JSON).
+const STATUS_LIMIT: usize = 1 << 20;
 
 /// The script run in the target. `{STATUS}` and `{PORT}` are substituted.
 const SCRIPT: &str = r#"
@@ -71,51 +72,24 @@ def _scry_listen():
 _threading.Thread(target=_scry_listen, name="scry-debugpy", daemon=True).start()
 "#;
 
-/// A directory in the target's root, removed when dropped.
-struct Placement {
-    host_dir: PathBuf,
-    target_dir: PathBuf,
+/// A directory in the target's root for the script (`scry-debug-<random>`), made by the one
+/// placement of scry ([`scry_proc::place`], as `scry attach` does): created, written, read and
+/// removed with the target's credentials, relative to directory fds, never following a link.
+fn place(pid: u32) -> Result<place::Placement, CliError> {
+    place::Placement::create(pid, "scry-debug", "script").map_err(place_error)
 }
 
-impl Drop for Placement {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.host_dir);
-    }
-}
-
-fn place(pid: u32, uid: u32, gid: u32) -> Result<Placement, CliError> {
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let tmp = ["tmp", "var/tmp", "dev/shm"]
-        .into_iter()
-        .find(|d| root.join(d).is_dir())
-        .ok_or_else(|| {
-            CliError::new(format!(
-                "process {pid} has no /tmp, /var/tmp or /dev/shm where scry could place its script"
-            ))
-        })?;
-    let name = format!("scry-debug-{:016x}", rand::thread_rng().gen::<u64>());
-    let host_dir = root.join(tmp).join(&name);
-    let target_dir = Path::new("/").join(tmp).join(&name);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&host_dir)
-        .map_err(|e| CliError::new(format!("cannot create {}: {e}", host_dir.display())))?;
-    let placement = Placement {
-        host_dir,
-        target_dir,
+fn place_error(e: place::PlaceError) -> CliError {
+    let hint = e.hint();
+    let message = match &e {
+        place::PlaceError::Io { source, .. } => format!("{e}: {source}"),
+        _ => e.to_string(),
     };
-    nix::unistd::chown(
-        &placement.host_dir,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .map_err(|e| {
-        CliError::new(format!(
-            "cannot give {} to the target's user: {e}",
-            placement.host_dir.display()
-        ))
-    })?;
-    Ok(placement)
+    let err = CliError::new(message);
+    match hint {
+        Some(h) => err.hint(h),
+        None => err,
+    }
 }
 
 /// A Python string literal.
@@ -134,17 +108,6 @@ fn listening(pid: u32, port: u16) -> bool {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
     })
-}
-
-fn gid_of(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Gid:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The VS Code and nvim-dap configurations for a debugpy on 127.0.0.1:`port`.
@@ -206,28 +169,15 @@ async fn start_debugpy(
     if let Some(notice) = injector.notice() {
         printer.note(format!("note: {notice}"));
     }
-    let placement = place(pid, info.uid, gid_of(pid))?;
-    let status_host = placement.host_dir.join("status.json");
-    let status_target = placement.target_dir.join("status.json");
+    let placement = place(pid)?;
+    let status_target = placement.target_path("status.json");
     let script = SCRIPT
         .replace("{STATUS}", &py_str(&status_target.to_string_lossy()))
         .replace("{PORT}", &port.to_string());
-    let script_host = placement.host_dir.join("debug.py");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&script_host)
-        .map_err(|e| CliError::new(format!("cannot write {}: {e}", script_host.display())))?;
-    f.write_all(script.as_bytes())
-        .map_err(|e| CliError::new(format!("cannot write {}: {e}", script_host.display())))?;
-    drop(f);
-    let _ = nix::unistd::chown(
-        &script_host,
-        Some(nix::unistd::Uid::from_raw(info.uid)),
-        Some(nix::unistd::Gid::from_raw(gid_of(pid))),
-    );
-    let script_target = placement.target_dir.join("debug.py");
+    placement
+        .write_files([("debug.py", script.as_bytes())])
+        .map_err(place_error)?;
+    let script_target = placement.target_path("debug.py");
     let injection = {
         let injector = injector;
         tokio::task::spawn_blocking(move || injector.inject(pid, &script_target, timeout))
@@ -238,9 +188,11 @@ async fn start_debugpy(
     // debugpy starts its adapter process: allow for a slow machine.
     let deadline = Instant::now() + timeout.max(Duration::from_secs(30));
     let status: Value = loop {
-        if let Some(v) = std::fs::read_to_string(&status_host)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+        // Read as the target's user, without following a link: the target writes this file.
+        if let Some(v) = placement
+            .read("status.json", STATUS_LIMIT)
+            .map_err(place_error)?
+            .and_then(|t| serde_json::from_slice(&t).ok())
         {
             break v;
         }
@@ -260,7 +212,9 @@ async fn start_debugpy(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    drop(placement);
+    if let Err(e) = placement.remove() {
+        printer.note(format!("warning: {e}"));
+    }
     if status["ok"] != true {
         let kind = status["kind"].as_str().unwrap_or("");
         let exe = status["executable"].as_str().unwrap_or("python");

@@ -52,6 +52,10 @@ pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult 
             ))
         });
     }
+    // Everything the daemon creates in $SCRY_HOME (the store and its -wal/-shm, logs, run
+    // files, sockets) is private to its owner whatever umask it was started with. The daemon
+    // starts no program of the user's (only gdb, to inject), so nothing else inherits it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let opts = ServeOptions {
         http_addr: http,
         agent_tcp: args.agent_tcp.clone(),

@@ -17,6 +17,8 @@
 #![allow(clippy::print_stderr)]
 
 mod api;
+mod files;
+mod placement;
 mod terminal;
 
 use std::path::Path;
