@@ -16,6 +16,7 @@
 //! (`scry-proc`), or SQL (`scry-store`).
 #![deny(missing_docs)]
 
+pub mod agent_tls;
 pub mod api_dumps;
 pub mod api_probes;
 pub mod api_traces;
@@ -629,7 +630,8 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_unix(shared.clone(), unix_listener));
     if let Some(l) = tcp_listener {
-        tasks.spawn(accept_tcp(shared.clone(), l));
+        let tls = Arc::new(agent_tls::Identity::load_or_create(&home)?);
+        tasks.spawn(accept_tcp(shared.clone(), l, tls));
     }
     tasks.spawn(sweep_loop(shared.clone()));
     let app = http::router(shared.clone());
@@ -713,7 +715,7 @@ async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
-async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener, tls: Arc<agent_tls::Identity>) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -723,9 +725,8 @@ async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
-        tokio::spawn(link::serve(shared.clone(), r, w, link::Peer::Tcp(addr)));
+        // TLS or plain loopback, and the channel binding of the handshake (agent_tls.rs).
+        tokio::spawn(agent_tls::serve(shared.clone(), stream, addr, tls.clone()));
     }
 }
 
