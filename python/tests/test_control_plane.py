@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -130,7 +131,10 @@ def _as_uid(uid, socket_path, requests):
     """Make ``requests`` to the control plane from a forked child running as ``uid`` (a fork,
     not a new interpreter: ours may live where that uid cannot read). [(status, body)]."""
     r, w = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # The child only makes system calls on fresh sockets and leaves with _exit.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: no pytest machinery, only stdlib calls, then _exit
         code = 1
         try:
