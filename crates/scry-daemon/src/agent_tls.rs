@@ -168,6 +168,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, tls
                 return;
             }
         };
+        tracing::info!(target: "agent_link", peer = %addr, "TLS agent link");
         let (r, w) = tokio::io::split(stream);
         let peer = TcpPeer {
             addr,
@@ -190,8 +191,16 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, tls
             accepted_protocols: scry_proto::ACCEPTED_PROTOCOLS.to_vec(),
         });
         let mut stream = stream;
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), stream.write_all(msg.as_bytes())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            stream.write_all(msg.as_bytes()).await?;
+            stream.shutdown().await?;
+            // Read what the peer sent before closing: a close with unread data is a reset,
+            // and the peer could lose the refusal before it reads it.
+            let mut sink = [0u8; 4096];
+            while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
         return;
     };
     let peer = TcpPeer {

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+mod control_plane;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
