@@ -10,7 +10,7 @@ Endpoints (all answers are JSON; errors are ``{"error": {"kind": ..., "message":
                         daemon cannot be reached, 400 for a bad request or bad configuration)
     POST /scry/sleep    answers the status
 
-Who may call (the client obeys only its own uid or root; see docs/security.md):
+Who may call (the client obeys only its own uid or root; see docs/protocol.md, "The control plane"):
 
 - By default the control plane is the unix socket ``$SCRY_HOME/run/clients/<pid>.sock`` (the
   directory mode 0700, the socket 0600). Every connection's peer is checked with ``SO_PEERCRED``:
