@@ -80,18 +80,6 @@ def error_body(kind, message):
     return {"error": {"kind": kind, "message": message}}
 
 
-def is_loopback(address):
-    """Whether a peer address is loopback: 127.0.0.0/8, ::1 or an IPv4-mapped 127.x."""
-    try:
-        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    return ip.is_loopback
-
-
 def _is_unspecified(host):
     try:
         return ipaddress.ip_address(host).is_unspecified
