@@ -332,3 +332,107 @@ def test_tls_off_loopback(home, tmp_path, monkeypatch, netns):  # noqa: F811 - t
             lambda: d.api("GET", "/api/v1/events?kind=pulse&limit=10")[1]["events"],
             message="the pulse to reach the daemon over TLS",
         )
+
+
+class TlsMitm(object):
+    """A man in the middle off loopback: terminates the agent's TLS with a certificate of its
+    own (a real one: another daemon's), opens TLS to the real daemon and relays the plain text
+    both ways, recording what the agent sent."""
+
+    def __init__(self, host, target, cert_der, key_der, workdir):
+        import base64
+        import ssl
+
+        cert_pem = os.path.join(workdir, "mitm-cert.pem")
+        key_pem = os.path.join(workdir, "mitm-key.pem")
+        with open(cert_pem, "w") as f:
+            f.write(ssl.DER_cert_to_PEM_cert(cert_der))
+        with open(key_pem, "w") as f:
+            body = base64.encodebytes(key_der).decode().replace("\n", "")
+            lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+            f.write("-----BEGIN PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END PRIVATE KEY-----\n")
+        self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_ctx.load_cert_chain(cert_pem, key_pem)
+        self.client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.client_ctx.check_hostname = False
+        self.client_ctx.verify_mode = ssl.CERT_NONE
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.bind((host, 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.seen = b""
+        self.done = False
+        self.thread = threading.Thread(target=self._run, name="mitm", daemon=True)
+        self.thread.start()
+
+    def _pump(self, src, dst, record):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if record:
+                    self.seen += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _run(self):
+        self.listener.settimeout(0.05)
+        while not self.done:
+            try:
+                raw, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                raw.settimeout(10)
+                agent_side = self.server_ctx.wrap_socket(raw, server_side=True)
+                daemon_side = self.client_ctx.wrap_socket(socket.create_connection(self.target, timeout=10))
+            except OSError:
+                raw.close()
+                continue
+            for a, b, rec in ((agent_side, daemon_side, True), (daemon_side, agent_side, False)):
+                threading.Thread(target=self._pump, args=(a, b, rec), daemon=True).start()
+
+    def close(self):
+        self.done = True
+        self.thread.join(5)
+        self.listener.close()
+
+
+def test_a_tls_man_in_the_middle_fails_the_certificate_binding(home, tmp_path, monkeypatch, netns):  # noqa: F811
+    real_addr = "{}:{}".format(netns.host_addr, free_port(netns.host_addr))
+    # Another daemon only to have a second real certificate and key for the man in the middle.
+    with elsewhere(tmp_path, "impostor", "--agent-tcp", "127.0.0.1:{}".format(free_port())):
+        pass
+    impostor_tls = tmp_path / "impostor" / "tls"
+    cert_der = (impostor_tls / "cert.der").read_bytes()
+    key_der = (impostor_tls / "key.der").read_bytes()
+    with elsewhere(tmp_path, "real", "--agent-tcp", real_addr) as d:
+        token = (tmp_path / "real" / "token").read_text().strip()
+        monkeypatch.setenv("SCRY_TOKEN", token)
+        host, port = d.info["agent_tcp"].rsplit(":", 1)
+        mitm = TlsMitm(netns.host_addr, (host, int(port)), cert_der, key_der, str(tmp_path))
+        try:
+            scry.init(name="tls-victim", register_timeout=3.0)
+            with pytest.raises(scry.DaemonError) as info:
+                scry.wake("tcp://{}:{}".format(netns.host_addr, mitm.port))
+            assert "did not prove that it holds the daemon's token" in str(info.value)
+            # The man in the middle saw only `auth`: no hello, no token, no name.
+            assert [json.loads(x)["type"] for x in mitm.seen.splitlines()] == ["auth"], mitm.seen
+            assert token.encode() not in mitm.seen and b"tls-victim" not in mitm.seen
+            proc = d.process(os.getpid())
+            assert proc is None or proc.get("session_id") is None, proc
+            # Straight to the real daemon, the same agent gets in.
+            assert scry.wake("tcp://" + d.info["agent_tcp"])["connected"]
+        finally:
+            mitm.close()

@@ -574,6 +574,11 @@ pub async fn serve(
         ),
         None => None,
     };
+    // The TLS identity of the TCP agent listener, made before the daemon announces itself.
+    let tls = match &tcp_listener {
+        Some(_) => Some(Arc::new(agent_tls::Identity::load_or_create(&home)?)),
+        None => None,
+    };
     let agent_tcp = tcp_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -629,8 +634,7 @@ pub async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_unix(shared.clone(), unix_listener));
-    if let Some(l) = tcp_listener {
-        let tls = Arc::new(agent_tls::Identity::load_or_create(&home)?);
+    if let (Some(l), Some(tls)) = (tcp_listener, tls) {
         tasks.spawn(accept_tcp(shared.clone(), l, tls));
     }
     tasks.spawn(sweep_loop(shared.clone()));
