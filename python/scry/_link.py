@@ -7,6 +7,12 @@ connection: it answers the daemon's requests, flushes the report buffer every
 when the connection drops, reconnects with backoff (0.1 s doubling to 2 s) for as long as the
 link is not stopped.
 
+Whom the agent talks to (docs/protocol.md, "Handshake"): on a unix socket only a daemon of its
+own uid or root (``SO_PEERCRED``, checked before anything is sent); on TCP only a daemon that
+proves it holds the token (``auth`` / ``challenge``, HMAC over both nonces and a channel
+binding), and only then ``hello`` with the agent's own proof; TLS when the daemon is not on
+loopback. The token itself is never sent.
+
 Ownership, so that no fd is ever closed under another thread's feet: once started, only the link
 thread reads, writes and closes the socket; ``stop()`` only sets a flag and writes one byte to the
 link's wake-up pipe, which the thread polls together with the socket. The thread closes the
@@ -15,6 +21,7 @@ socket and the pipe when it ends.
 
 import collections
 import errno
+import hmac
 import ipaddress
 import json
 import logging
@@ -439,8 +446,6 @@ def _authenticate(sock, lines, token, binding, display):
         )
     daemon_nonce = msg["nonce"]
     want = _proto.daemon_proof(token, agent_nonce, daemon_nonce, binding) if _proto.nonce_ok(daemon_nonce) else ""
-    import hmac  # the stdlib's constant-time comparison (already loaded by _proto)
-
     if not want or not hmac.compare_digest(want, msg["proof"]):
         raise _untrusted(
             display,
