@@ -33,9 +33,12 @@ async fn daemon() -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = Home::at(dir.path().join("home"));
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // Struct update on purpose: options added later keep their defaults here.
+    #[allow(clippy::needless_update)]
     let opts = ServeOptions {
         http_addr: Some("127.0.0.1:0".into()),
         agent_tcp: Some("127.0.0.1:0".into()),
+        ..Default::default()
     };
     let serve_home = home.clone();
     let task = tokio::spawn(async move {
