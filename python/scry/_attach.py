@@ -105,6 +105,7 @@ def attach(socket_path, nonce, package_dir=None, modules_before=None):
             name=None,
             control_host=None,
             control_port=None,
+            control_tcp=False,
             daemon_url="unix://" + socket_path,
             token=None,
             token_source=None,

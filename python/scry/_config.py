@@ -13,12 +13,17 @@ variable               meaning
                        ``init(daemon_url=)`` is given: ``unix:///abs/path``, ``unix:/abs/path``,
                        ``tcp://host:port`` or ``http://host:port`` (see docs/protocol.md).
                        Default: ``unix://$SCRY_HOME/run/agent.sock``.
-``SCRY_CONTROL_HOST``  the control plane's bind address (default ``127.0.0.1``).
-``SCRY_CONTROL_PORT``  the control plane's port (default ``0``: the OS picks a free one).
+``SCRY_CONTROL_HOST``  asks for a TCP control plane bound to this address (default: none, the
+                       control plane is the unix socket ``$SCRY_HOME/run/clients/<pid>.sock``,
+                       which answers only this process's uid and root).
+``SCRY_CONTROL_PORT``  asks for a TCP control plane on this port (``0``: the OS picks one); the
+                       host is then ``SCRY_CONTROL_HOST`` or ``127.0.0.1``. A TCP control plane
+                       needs the token on every request, loopback included; with no token it is
+                       not opened (a warning, and the unix socket instead).
 ``SCRY_TOKEN``         the shared secret; else the content of ``$SCRY_HOME/token`` (which must not
-                       be readable or writable by group or others). Non-loopback callers of the
-                       control plane must send it as ``Authorization: Bearer <token>``; a
-                       ``tcp://`` daemon connection sends it in ``hello.token``.
+                       be readable or writable by group or others). Callers of a TCP control
+                       plane send it as ``Authorization: Bearer <token>``; a TCP daemon link
+                       proves it (HMAC challenge–response) and never sends it.
 ``SCRY_DEBUG``         ``1``: also log the agent's diagnostics to stderr (never to stdout).
 =====================  =========================================================================
 """
@@ -79,6 +84,7 @@ class Config(object):
         "name",
         "control_host",
         "control_port",
+        "control_tcp",
         "daemon_url",
         "token",
         "token_source",
@@ -196,6 +202,13 @@ def resolve(
         raise ConfigError("scry.init(daemon_url=...) must be a string, not {!r}".format(daemon_url))
 
     home_dir = resolve_home(home)
+    # TCP only when asked for (an argument or the environment); the unix socket otherwise.
+    tcp = (
+        control_host is not None
+        or control_port is not None
+        or _env(ENV_CONTROL_HOST) is not None
+        or _env(ENV_CONTROL_PORT) is not None
+    )
     if control_port is not None:
         port = _port(control_port, "scry.init(control_port=...)")
     elif _env(ENV_CONTROL_PORT) is not None:
@@ -212,6 +225,7 @@ def resolve(
         name=name if name is not None else _env(ENV_NAME),
         control_host=host,
         control_port=port,
+        control_tcp=tcp,
         daemon_url=daemon_url if daemon_url is not None else _env(ENV_DAEMON),
         token=token,
         token_source=token_source,

@@ -1,20 +1,28 @@
-"""The embedded client's control plane: a small JSON-over-HTTP server, on loopback by default.
+"""The embedded client's control plane: a small JSON-over-HTTP server on a unix socket, or on TCP
+when the user asks for it.
 
 Endpoints (all answers are JSON; errors are ``{"error": {"kind": ..., "message": ...}}``)::
 
-    GET  /scry/health   {"ok": true}                       (open to every caller, for liveness probes)
+    GET  /scry/health   {"ok": true}
     GET  /scry/status   the same dict as scry.status()
     GET  /scry/info     pid, ppid, python version, implementation, executable, argv, cwd, ...
     POST /scry/wake     optional body {"daemon_url": "..."}; answers the status (502 if the
                         daemon cannot be reached, 400 for a bad request or bad configuration)
     POST /scry/sleep    answers the status
 
-Who may call: a caller on loopback (127.0.0.0/8, ::1, ::ffff:127.x) needs no token; any other
-caller must send ``Authorization: Bearer <token>`` (compared in constant time). With no token
-configured, non-loopback callers are refused with 403 and told how to configure one. As a
-defence against web pages (CSRF, DNS rebinding), a tokenless loopback request is also refused
-when it carries an ``Origin`` header or a ``Host`` header that is not an IP address, ``localhost``,
-the bound host or this machine's name.
+Who may call (the client obeys only its own uid or root; see docs/protocol.md, "The control plane"):
+
+- By default the control plane is the unix socket ``$SCRY_HOME/run/clients/<pid>.sock`` (the
+  directory mode 0700, the socket 0600). Every connection's peer is checked with ``SO_PEERCRED``:
+  only this process's effective uid and root are served; anyone else gets 403 and nothing
+  happens, whatever the path (the file modes alone would do, but a home with loose modes or a
+  socket handed on must not open the door).
+- When the user asks for TCP (``SCRY_CONTROL_HOST`` / ``SCRY_CONTROL_PORT`` or ``init(control_host=,
+  control_port=)``), every request but ``GET /scry/health`` needs ``Authorization: Bearer
+  <token>``, loopback included: loopback is not an identity, every local user reaches it. Health
+  stays open for liveness probes; it answers ``{"ok": true}`` and acts on nothing. With no token
+  configured the TCP control plane is not opened: a warning on the ``scry`` logger, and the unix
+  socket instead (never an exception into the host program for that).
 
 The server thread blocks in ``poll()`` on the listening socket and a wake-up pipe, so a sleeping
 client costs no periodic wake-ups; each request is served on its own daemon thread. Nothing is
@@ -31,10 +39,13 @@ import os
 import select
 import socketserver
 import socket
+import stat
+import struct
 import threading
 import time
 from urllib.parse import urlsplit
 
+from . import _discovery
 from ._errors import ControlPlaneError, ScryError
 from ._process import AGENT_VERSION
 
@@ -69,18 +80,6 @@ def error_body(kind, message):
     return {"error": {"kind": kind, "message": message}}
 
 
-def is_loopback(address):
-    """Whether a peer address is loopback: 127.0.0.0/8, ::1 or an IPv4-mapped 127.x."""
-    try:
-        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    return ip.is_loopback
-
-
 def _is_unspecified(host):
     try:
         return ipaddress.ip_address(host).is_unspecified
@@ -88,15 +87,19 @@ def _is_unspecified(host):
         return host == ""
 
 
-def _host_of(header):
-    """The host part of a Host header, lower-cased, without port or brackets."""
-    value = header.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        return value[1:end] if end > 0 else value
-    if value.count(":") == 1:
-        value = value.split(":", 1)[0]
-    return value.rstrip(".")
+_SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
+_UCRED = struct.Struct("3i")
+#: The longest path a unix socket can be bound to (sun_path, without its NUL).
+_MAX_SOCKET_PATH = 107
+
+
+def peer_credentials(sock):
+    """(pid, uid) of a unix socket's peer, or (None, None) when the kernel does not say."""
+    try:
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, _SO_PEERCRED, _UCRED.size))
+        return pid, uid
+    except (OSError, struct.error):
+        return None, None
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -108,15 +111,36 @@ class _Server(http.server.ThreadingHTTPServer):
         self.control = control
         self.active_requests = 0
         self.idle = threading.Condition()
-        if ":" in address[0]:
+        if isinstance(address, str):
+            self.address_family = socket.AF_UNIX
+            self.allow_reuse_address = False
+        elif ":" in address[0]:
             self.address_family = socket.AF_INET6
         http.server.ThreadingHTTPServer.__init__(self, address, _Handler)
 
     def server_bind(self):
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can hang.
+        if self.address_family == socket.AF_UNIX:
+            # Created 0600 (umask) and chmod'ed again: nobody else gets past the file mode.
+            old = os.umask(0o177)
+            try:
+                self.socket.bind(self.server_address)
+            finally:
+                os.umask(old)
+            os.chmod(self.server_address, 0o600)
+            self.server_name, self.server_port = "localhost", 0
+            return
         socketserver.TCPServer.server_bind(self)
         self.server_name = self.server_address[0]
         self.server_port = self.server_address[1]
+
+    def get_request(self):
+        request, client_address = self.socket.accept()
+        if self.address_family == socket.AF_UNIX:
+            # Who is calling, as the kernel says: (text for the log, uid).
+            pid, uid = peer_credentials(request)
+            client_address = ("unix peer uid {} pid {}".format(uid, pid), uid)
+        return request, client_address
 
     def process_request(self, request, client_address):
         thread = threading.Thread(
@@ -249,41 +273,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _denied(self):
         """None when the caller may go on, else (status, error)."""
         control = self.server.control
-        caller = self.client_address[0]
+        if control.socket_path is not None:
+            uid = self.client_address[1]
+            mine = os.geteuid()
+            if uid in (mine, 0):
+                return None
+            control.refused_peer(uid)
+            return 403, error_body(
+                "forbidden",
+                "this control plane obeys only uid {} (its process's) and root; you are uid {}".format(
+                    mine, "unknown" if uid is None else uid
+                ),
+            )
         presented = self._bearer()
         token = control.token
         if token is not None and presented and hmac.compare_digest(
             presented.encode("utf-8"), token.encode("utf-8")
         ):
             return None
-        if is_loopback(caller):
-            if self.headers.get("Origin") is not None:
-                return 403, error_body(
-                    "forbidden",
-                    "requests from web pages (with an Origin header) are refused; "
-                    "use `scry wake` / `scry sleep` or curl",
-                )
-            host = self.headers.get("Host")
-            if host is not None and not control.host_is_ours(_host_of(host)):
-                return 403, error_body(
-                    "forbidden",
-                    "Host {!r} is not a loopback name; call http://127.0.0.1:{}/ directly".format(
-                        host, control.port
-                    ),
-                )
-            return None
-        if token is None:
-            return 403, error_body(
-                "forbidden",
-                "{} is not on loopback, and callers that are not need a token, but this process "
-                "has none configured: {} before scry.init() in the target process, then send "
-                "`Authorization: Bearer <token>`".format(caller, control.token_hint),
-            )
         if presented is None:
             return 403, error_body(
                 "forbidden",
-                "{} is not on loopback: send `Authorization: Bearer <token>` with the token of "
-                "the target process (SCRY_TOKEN or $SCRY_HOME/token)".format(caller),
+                "this control plane is on TCP, where every request (loopback included) needs "
+                "`Authorization: Bearer <token>` with the token of the target process "
+                "(SCRY_TOKEN or $SCRY_HOME/token)",
             )
         return 403, error_body("forbidden", "wrong token")
 
@@ -294,7 +307,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if problem is not None:
             self._reply(*problem)
             return
-        if route is None or route[2]:
+        # A unix socket's peer is checked before anything, health included; on TCP everything
+        # but health needs the token (and unknown paths say nothing without it).
+        if route is None or route[2] or self.server.control.socket_path is not None:
             problem = self._denied()
             if problem is not None:
                 self._reply(*problem)
@@ -375,15 +390,41 @@ _ROUTES = {
 }
 
 
-class ControlPlane(object):
-    """The server, its thread and its wake-up pipe. ``api`` provides status/info/wake/sleep."""
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection over a unix socket (the health check)."""
 
-    def __init__(self, host, port, token, token_hint, api):
+    def __init__(self, path, timeout):
+        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ControlPlane(object):
+    """The server, its thread and its wake-up pipe. ``api`` provides status/info/wake/sleep.
+
+    ``tcp``: the user asked for TCP on ``host``:``port``; otherwise (or without a token) the
+    unix socket ``socket_path``.
+    """
+
+    def __init__(self, host, port, token, token_hint, api, socket_path=None, tcp=True):
         self.requested_host = host
         self.requested_port = port
         self.token = token
         self.token_hint = token_hint
         self.api = api
+        self.tcp = tcp
+        self.requested_socket = socket_path
+        #: The bound unix socket, or None on TCP.
+        self.socket_path = None
         self.host = None
         self.port = None
         self._server = None
@@ -391,42 +432,68 @@ class ControlPlane(object):
         self._wake_r = None
         self._wake_w = None
         self._stopping = False
-        self._names = set()
+        self._refused_logged = False
 
     @property
     def url(self):
+        if self.socket_path is not None or (not self.tcp and self.requested_socket):
+            return "unix://" + (self.socket_path or self.requested_socket)
         host = self.host if self.host is not None else self.requested_host
         if ":" in host:
             host = "[" + host + "]"
         return "http://{}:{}".format(host, self.port if self.port is not None else self.requested_port)
 
-    def host_is_ours(self, name):
-        """Whether a Host header's host part is an address, localhost, or one of our names."""
-        try:
-            ipaddress.ip_address(name)
-            return True
-        except ValueError:
-            pass
-        return name == "localhost" or name.endswith(".localhost") or name in self._names
+    def address(self):
+        """The control plane's address for ``hello.control``."""
+        if self.socket_path is not None:
+            return {"socket": self.socket_path}
+        return {"host": self.host, "port": self.port}
+
+    def refused_peer(self, uid):
+        """Log (once) that a caller of another uid was refused."""
+        if not self._refused_logged:
+            self._refused_logged = True
+            log.warning(
+                "control plane: refused a caller of uid %s (only uid %d and root are obeyed)",
+                uid,
+                os.geteuid(),
+            )
 
     def start(self, health_timeout):
         """Bind, start the server thread and check ``GET /scry/health``. Raises ControlPlaneError."""
+        if self.tcp and not self.token:
+            log.warning(
+                "a TCP control plane (%s) was asked for, but it needs a token and none is "
+                "configured (%s): serving the control plane on the unix socket %s instead",
+                self.url,
+                self.token_hint,
+                self.requested_socket,
+            )
+            self.tcp = False
+        if not self.tcp and not self.requested_socket:
+            raise ControlPlaneError("no path for the control plane's unix socket")
         try:
-            self._server = _Server((self.requested_host, self.requested_port), self)
+            if self.tcp:
+                self._server = _Server((self.requested_host, self.requested_port), self)
+            else:
+                self._server = _Server(self._prepare_socket_path(), self)
         except (OSError, OverflowError, ValueError) as exc:
+            if self.tcp:
+                hint = (
+                    "choose another address with SCRY_CONTROL_HOST / SCRY_CONTROL_PORT (or "
+                    "scry.init(control_host=, control_port=)); port 0 picks a free one"
+                )
+            else:
+                hint = "make SCRY_HOME writable by this process, or point SCRY_HOME elsewhere"
             raise ControlPlaneError(
-                "cannot start the control plane on {}: {}: choose another address with "
-                "SCRY_CONTROL_HOST / SCRY_CONTROL_PORT (or scry.init(control_host=, "
-                "control_port=)); port 0 picks a free one".format(self.url, _describe(exc))
+                "cannot start the control plane on {}: {}: {}".format(self.url, _describe(exc), hint)
             )
         try:
             self._server.socket.setblocking(False)
-            self.host, self.port = self._server.server_address[:2]
-            self._names = {self.requested_host.lower(), str(self.host).lower()}
-            try:
-                self._names.add(socket.gethostname().lower())
-            except OSError:
-                pass
+            if self.tcp:
+                self.host, self.port = self._server.server_address[:2]
+            else:
+                self.socket_path = self.requested_socket
             self._wake_r, self._wake_w = os.pipe()
             self._thread = threading.Thread(target=self._serve, name="scry-control", daemon=True)
             self._thread.start()
@@ -434,6 +501,29 @@ class ControlPlane(object):
         except BaseException:
             self.stop()
             raise
+
+    def _prepare_socket_path(self):
+        """The socket's directory made private, and a socket left by a dead process removed.
+        Raises OSError or ValueError."""
+        path = self.requested_socket
+        if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+            raise ValueError(
+                "the socket path is longer than {} bytes (a unix socket limit): use a shorter "
+                "SCRY_HOME".format(_MAX_SOCKET_PATH)
+            )
+        directory = os.path.dirname(path)
+        _discovery.ensure_private_dir(directory)
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode):
+            raise ValueError("{} is not a directory".format(directory))
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(directory, 0o700)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # our pid's name: left by a process that had it before us
+        except FileNotFoundError:
+            pass
+        return path
 
     def _serve(self):
         try:
@@ -479,7 +569,7 @@ class ControlPlane(object):
 
     def _check_health(self, timeout):
         host = self.host
-        if _is_unspecified(host):
+        if host is not None and _is_unspecified(host):
             host = "::1" if ":" in host else "127.0.0.1"
         deadline = time.monotonic() + timeout
         last = "no answer"
@@ -487,7 +577,10 @@ class ControlPlane(object):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            conn = http.client.HTTPConnection(host, self.port, timeout=remaining)
+            if self.socket_path is not None:
+                conn = _UnixHTTPConnection(self.socket_path, remaining)
+            else:
+                conn = http.client.HTTPConnection(host, self.port, timeout=remaining)
             try:
                 conn.request("GET", "/scry/health", headers={"Host": "127.0.0.1"})
                 response = conn.getresponse()
@@ -507,6 +600,14 @@ class ControlPlane(object):
             "that SCRY_CONTROL_HOST is an address of this machine and that no firewall drops "
             "it, or raise scry.init(health_check_timeout=)".format(self.url, timeout, last)
         )
+
+    def _remove_socket(self):
+        path, self.socket_path = self.socket_path, None
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def stop(self, timeout=2.0):
         """Stop the thread, close the socket and the pipe. Safe to call twice."""
@@ -528,6 +629,7 @@ class ControlPlane(object):
             except OSError:
                 pass
             self._server = None
+            self._remove_socket()
         self._close_pipe()
 
     def close_in_child(self):

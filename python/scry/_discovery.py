@@ -10,15 +10,17 @@ Fields::
 
     pid             int     the process id
     name            str     init(name=) / SCRY_NAME, or null
-    control_host    str     the control plane's bound address
-    control_port    int     the control plane's port
+    control_socket  str     the control plane's unix socket (``run/clients/<pid>.sock``), or
+                            null when the user asked for TCP
+    control_host    str     the TCP control plane's bound address, or null
+    control_port    int     the TCP control plane's port, or null
     state           str     "sleeping" or "awake"
     started_at      float   process start, wall-clock seconds since the epoch
     python          str     the interpreter version, e.g. "3.11.7"
     executable      str     sys.executable
     agent_version   str     the agent package version
-    token_required  bool    true when the control plane is bound to a non-loopback address:
-                            callers that are not on loopback must send the token
+    token_required  bool    true for a TCP control plane: every request must carry
+                            ``Authorization: Bearer <token>`` (loopback included)
 """
 
 import json
@@ -37,6 +39,11 @@ def clients_dir(home):
 def path_for(home, pid):
     """``$SCRY_HOME/clients/<pid>.json``."""
     return os.path.join(clients_dir(home), "{}.json".format(pid))
+
+
+def socket_path_for(home, pid):
+    """``$SCRY_HOME/run/clients/<pid>.sock``: the control plane's unix socket."""
+    return os.path.join(home, "run", "clients", "{}.sock".format(pid))
 
 
 def ensure_private_dir(path):

@@ -7,6 +7,12 @@ connection: it answers the daemon's requests, flushes the report buffer every
 when the connection drops, reconnects with backoff (0.1 s doubling to 2 s) for as long as the
 link is not stopped.
 
+Whom the agent talks to (docs/protocol.md, "Handshake"): on a unix socket only a daemon of its
+own uid or root (``SO_PEERCRED``, checked before anything is sent); on TCP only a daemon that
+proves it holds the token (``auth`` / ``challenge``, HMAC over both nonces and a channel
+binding), and only then ``hello`` with the agent's own proof; TLS when the daemon is not on
+loopback. The token itself is never sent.
+
 Ownership, so that no fd is ever closed under another thread's feet: once started, only the link
 thread reads, writes and closes the socket; ``stop()`` only sets a flag and writes one byte to the
 link's wake-up pipe, which the thread polls together with the socket. The thread closes the
@@ -15,12 +21,15 @@ socket and the pipe when it ends.
 
 import collections
 import errno
+import hmac
+import ipaddress
 import json
 import logging
 import os
 import select
 import socket
 import stat
+import struct
 import threading
 import time
 
@@ -163,9 +172,9 @@ def resolve_endpoint(address, token, token_hint, timeout):
     import http.client  # here, not at import: unix and tcp links (`scry attach`) never need it
 
     conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
+    # No token: this route is public (it only names the agent endpoints), and the token never
+    # leaves this process in clear; the link proves it instead (see _authenticate).
     headers = {"Accept": "application/json"}
-    if token:
-        headers["Authorization"] = "Bearer " + token
     try:
         conn.request("GET", "/api/v1/agent-endpoint", headers=headers)
         response = conn.getresponse()
@@ -333,62 +342,130 @@ class _LineReader(object):
             self._scanned = 0
 
 
-def _handshake(sock, hello, deadline, wake_fd, display):
-    """Send hello, wait for welcome. Returns (welcome, reader). Raises DaemonError or _Stopped."""
-    try:
-        sock.sendall(_proto.encode(hello), _MSG_NOSIGNAL)
-    except OSError as exc:
-        raise DaemonError("the daemon at {} closed the connection during hello: {}".format(display, _describe(exc)))
-    reader = _LineReader()
-    poller = select.poll()
-    poller.register(sock, _POLL_IN)
-    if wake_fd is not None:
-        poller.register(wake_fd, select.POLLIN)
-    lines = []
-    while not lines:
-        events = _wait(poller, deadline, wake_fd)
-        if not events:
-            raise DaemonError(
-                "the daemon at {} did not answer hello within the register timeout: is it a "
-                "healthy scry daemon? (raise scry.init(register_timeout=) for a slow one)".format(display)
-            )
+class _Lines(object):
+    """Reads whole lines from the daemon during the handshake (a TLS socket may hold decrypted
+    bytes that poll() does not see, so those are drained first)."""
+
+    def __init__(self, sock, deadline, wake_fd, display):
+        self.sock = sock
+        self.reader = _LineReader()
+        self.queue = collections.deque()
+        self.deadline = deadline
+        self.wake_fd = wake_fd
+        self.display = display
+        self.poller = select.poll()
+        self.poller.register(sock, _POLL_IN)
+        if wake_fd is not None:
+            self.poller.register(wake_fd, select.POLLIN)
+
+    def next(self, what):
+        """The next line; raises DaemonError (timeout, close, bad data) or _Stopped."""
+        while not self.queue:
+            pending = getattr(self.sock, "pending", None)
+            if not (pending is not None and pending()):
+                events = _wait(self.poller, self.deadline, self.wake_fd)
+                if not events:
+                    raise DaemonError(
+                        "the daemon at {} did not answer {} within the register timeout: is it a "
+                        "healthy scry daemon? (raise scry.init(register_timeout=) for a slow "
+                        "one)".format(self.display, what)
+                    )
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError, socket.timeout):
+                continue
+            except OSError as exc:
+                raise DaemonError(
+                    "the daemon at {} dropped the connection during the handshake: {}".format(
+                        self.display, _describe(exc)
+                    )
+                )
+            if not data:
+                raise DaemonError(
+                    "the daemon at {} closed the connection without answering {} (a daemon of "
+                    "another user refuses unix connections this way: run it as the same user as "
+                    "this process, or as root)".format(self.display, what)
+                )
+            try:
+                self.queue.extend(self.reader.feed(data))
+            except _proto.ProtocolError as exc:
+                raise DaemonError(
+                    "the daemon at {} sent an invalid answer to {}: {}".format(self.display, what, exc.message)
+                )
+        return self.queue.popleft()
+
+    def decode(self, line, what):
         try:
-            data = sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError, socket.timeout):
-            continue
-        except OSError as exc:
-            raise DaemonError("the daemon at {} dropped the connection during the handshake: {}".format(display, _describe(exc)))
-        if not data:
-            raise DaemonError(
-                "the daemon at {} closed the connection without answering hello (a daemon of "
-                "another user refuses unix connections this way: run it as the same user as this "
-                "process, or as root)".format(display)
-            )
-        try:
-            lines = reader.feed(data)
+            return _proto.decode(line, _proto.DAEMON_TYPES)
         except _proto.ProtocolError as exc:
-            raise DaemonError("the daemon at {} sent an invalid answer to hello: {}".format(display, exc.message))
-    # Lines after the welcome (e.g. an early ping) stay queued for the link thread.
-    first, rest = lines[0], lines[1:]
-    try:
-        msg = _proto.decode(first, _proto.DAEMON_TYPES)
-    except _proto.ProtocolError as exc:
-        raise DaemonError(
-            "the daemon at {} answered hello with an invalid message ({}: {}): is it a scry daemon "
-            "of a compatible version?".format(display, exc.kind, exc.message)
+            raise DaemonError(
+                "the daemon at {} answered {} with an invalid message ({}: {}): is it a scry "
+                "daemon of a compatible version?".format(self.display, what, exc.kind, exc.message)
+            )
+
+
+def _refused(display, msg):
+    return DaemonError(
+        "the scry daemon at {} refused this agent: {} (the daemon accepts protocol versions "
+        "{}; this agent speaks {})".format(
+            display,
+            msg["reason"],
+            ", ".join(str(v) for v in msg["accepted_protocols"]) or "none",
+            _proto.PROTOCOL_VERSION,
         )
+    )
+
+
+def _send_all(sock, data):
+    """sendall() with MSG_NOSIGNAL on plain sockets (a TLS socket takes no flags)."""
+    if getattr(sock, "pending", None) is not None:
+        sock.sendall(data)
+    else:
+        sock.sendall(data, _MSG_NOSIGNAL)
+
+
+def _authenticate(sock, lines, token, binding, display):
+    """The agent's half of the TCP handshake: ``auth``, check the daemon's ``challenge``, and
+    return our proof for ``hello``. Nothing about this process is sent before the daemon has
+    proved that it holds the token. Raises DaemonError or _Stopped."""
+    agent_nonce = os.urandom(32).hex()
+    try:
+        _send_all(sock, _proto.encode(_proto.auth(agent_nonce)))
+    except OSError as exc:
+        raise DaemonError("the daemon at {} closed the connection during auth: {}".format(display, _describe(exc)))
+    msg = lines.decode(lines.next("auth"), "auth")
     kind = msg["type"]
     if kind == "refused":
+        raise _refused(display, msg)
+    if kind == "error":
+        raise DaemonError("the scry daemon at {} rejected auth: {}: {}".format(display, msg["kind"], msg["message"]))
+    if kind != "challenge":
         raise DaemonError(
-            "the scry daemon at {} refused this agent: {} (the daemon accepts protocol versions "
-            "{}; this agent speaks {}): install matching versions of scry and its Python "
-            "package".format(
-                display,
-                msg["reason"],
-                ", ".join(str(v) for v in msg["accepted_protocols"]) or "none",
-                _proto.PROTOCOL_VERSION,
-            )
+            "the daemon at {} answered auth with `{}` instead of `challenge`: is it a scry daemon "
+            "of this version?".format(display, kind)
         )
+    daemon_nonce = msg["nonce"]
+    want = _proto.daemon_proof(token, agent_nonce, daemon_nonce, binding) if _proto.nonce_ok(daemon_nonce) else ""
+    if not want or not hmac.compare_digest(want, msg["proof"]):
+        raise _untrusted(
+            display,
+            "it did not prove that it holds the daemon's token (another program listens there, "
+            "a man in the middle, or a daemon with another token)",
+        )
+    return _proto.agent_proof(token, agent_nonce, daemon_nonce, binding)
+
+
+def _handshake(sock, hello, lines, display):
+    """Send hello, wait for welcome. Returns (welcome, reader, rest). Raises DaemonError or _Stopped."""
+    try:
+        _send_all(sock, _proto.encode(hello))
+    except OSError as exc:
+        raise DaemonError("the daemon at {} closed the connection during hello: {}".format(display, _describe(exc)))
+    msg = lines.decode(lines.next("hello"), "hello")
+    kind = msg["type"]
+    if kind == "refused":
+        err = _refused(display, msg)
+        raise DaemonError(str(err) + ": install matching versions of scry and its Python package, or see the reason")
     if kind == "error":
         raise DaemonError(
             "the scry daemon at {} rejected hello: {}: {}".format(display, msg["kind"], msg["message"])
@@ -400,7 +477,107 @@ def _handshake(sock, hello, deadline, wake_fd, display):
             "the scry daemon at {} speaks protocol {}, this agent speaks {}: install matching "
             "versions of scry and its Python package".format(display, msg["protocol"], _proto.PROTOCOL_VERSION)
         )
-    return msg, reader, rest
+    # Lines after the welcome (e.g. an early ping) stay queued for the link thread.
+    return msg, lines.reader, list(lines.queue)
+
+
+class _Untrusted(DaemonError):
+    """The peer is not a daemon this agent may talk to (wrong owner, failed proof)."""
+
+
+_warned_untrusted = set()
+
+
+def _untrusted(display, why):
+    """A DaemonError saying why we refuse to talk to ``display``; warned once per address."""
+    message = "refusing to talk to {}: {}".format(display, why)
+    if display not in _warned_untrusted:
+        _warned_untrusted.add(display)
+        log.warning("%s", message)
+    return _Untrusted(message)
+
+
+_SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
+_UCRED = struct.Struct("3i")
+
+
+def _check_unix_peer(sock, display):
+    """The daemon behind a unix socket must run as our uid or as root (SO_PEERCRED): anyone
+    else could have put a socket at that path. Raises DaemonError before anything is sent."""
+    try:
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, _SO_PEERCRED, _UCRED.size))
+    except (OSError, struct.error) as exc:
+        raise _untrusted(display, "cannot tell who listens there (SO_PEERCRED: {})".format(_describe(exc)))
+    mine = os.geteuid()
+    if uid not in (mine, 0):
+        raise _untrusted(
+            display,
+            "the socket is served by uid {}, not by this process's uid {} or root: start the "
+            "daemon as your own user (`scry serve --daemon`), or point SCRY_DAEMON at your "
+            "daemon".format(uid, mine),
+        )
+
+
+def is_loopback_host(host):
+    """Whether ``host`` is a loopback address or ``localhost`` (then the link may stay plain)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def _sockaddr_text(addr):
+    """``ip:port`` (``[v6]:port``) with IPv4-mapped addresses as IPv4, as the daemon writes it."""
+    host, port = addr[0], addr[1]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        ip = mapped or ip
+        host = str(ip)
+        if ip.version == 6:
+            return "[{}]:{}".format(host, port)
+    except ValueError:
+        pass
+    return "{}:{}".format(host, port)
+
+
+def _secure(sock, endpoint, deadline):
+    """TLS off loopback; returns (socket, channel binding). Raises DaemonError.
+
+    Off loopback the daemon's certificate is self-signed, so it is not checked against a CA:
+    its SHA-256 is the channel binding of both proofs instead, which a man in the middle (who
+    cannot present the daemon's certificate) cannot satisfy. On loopback the link stays plain
+    and the binding is the connection's two ends, which a relay (two connections) cannot match.
+    """
+    if is_loopback_host(endpoint.host):
+        binding = "tcp:{}>{}".format(_sockaddr_text(sock.getsockname()), _sockaddr_text(sock.getpeername()))
+        return sock, binding
+    import hashlib
+    import ssl  # here, not at import: only links off loopback need it
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the proofs bind the certificate (see above)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        tls = context.wrap_socket(sock, server_hostname=None)
+        der = tls.getpeercert(binary_form=True)
+        tls.settimeout(SEND_TIMEOUT)
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        raise DaemonError(
+            "TLS with the daemon at {} failed ({}): agents off loopback connect with TLS; is it "
+            "a scry daemon's TCP agent listener?".format(endpoint.display, _describe(exc))
+        )
+    if not der:
+        tls.close()
+        raise DaemonError("the daemon at {} presented no TLS certificate".format(endpoint.display))
+    return tls, hashlib.sha256(der).hexdigest()
 
 
 def _event_ok(event):
@@ -645,8 +822,17 @@ class Link(object):
         sock = _connect(endpoint, deadline, wake_fd, self._home)
         try:
             self._sock = sock
-            hello = self._make_hello(self._token if endpoint.scheme == "tcp" else None)
-            welcome, reader, rest = _handshake(sock, hello, deadline, wake_fd, endpoint.display)
+            proof = None
+            if endpoint.scheme == "unix":
+                _check_unix_peer(sock, endpoint.display)
+            else:
+                sock, binding = _secure(sock, endpoint, deadline)
+                self._sock = sock
+            lines = _Lines(sock, deadline, wake_fd, endpoint.display)
+            if endpoint.scheme != "unix":
+                proof = _authenticate(sock, lines, self._token, binding, endpoint.display)
+            hello = self._make_hello(proof)
+            welcome, reader, rest = _handshake(sock, hello, lines, endpoint.display)
         except BaseException:
             self._sock = None
             sock.close()
@@ -840,6 +1026,10 @@ class Link(object):
         """Read what is there and handle complete lines; False when the connection is over."""
         try:
             data = sock.recv(RECV_SIZE)
+            # TLS: what is decrypted already is not seen by poll(); take it now.
+            pending = getattr(sock, "pending", None)
+            while data and pending is not None and pending():
+                data += sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError, socket.timeout):
             return True
         if not data:
@@ -941,7 +1131,7 @@ class Link(object):
         self._send_bytes(_proto.encode(msg))
 
     def _send_bytes(self, data):
-        self._sock.sendall(data, _MSG_NOSIGNAL)
+        _send_all(self._sock, data)
         self._last_sent = time.monotonic()
 
     # -- reports ----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ to the peer (``malformed``, ``unknown_type``, ``too_large``).
 No I/O here: the link (``_link.py``) owns the socket.
 """
 
+import hashlib
+import hmac
 import json
 
 PROTOCOL_VERSION = 1
@@ -22,11 +24,11 @@ ERROR_KINDS = ("malformed", "unknown_type", "unexpected", "too_large", "internal
 
 #: Types an agent sends; the daemon decodes these.
 AGENT_TYPES = (
-    "hello", "reply", "report", "heartbeat", "goodbye", "error", "probe_status", "notify",
+    "auth", "hello", "reply", "report", "heartbeat", "goodbye", "error", "probe_status", "notify",
 )
 #: Types the daemon sends; the agent decodes these.
 DAEMON_TYPES = (
-    "welcome", "refused", "ping", "sleep", "reply", "ack", "error", "probes_sync", "call", "notify",
+    "challenge", "welcome", "refused", "ping", "sleep", "reply", "ack", "error", "probes_sync", "call", "notify",
 )
 ALL_TYPES = tuple(sorted(set(AGENT_TYPES) | set(DAEMON_TYPES)))
 
@@ -161,7 +163,11 @@ _PYTHON = [
     ("executable", _str, True),
     ("free_threaded", _bool, False),
 ]
-_CONTROL = [("host", _str, True), ("port", _u16, True)]
+_CONTROL = [
+    ("host", _nullable(_str), False),
+    ("port", _nullable(_u16), False),
+    ("socket", _nullable(_str), False),
+]
 _SETTINGS = [
     ("flush_interval_ms", _u64, True),
     ("max_batch", _u64, True),
@@ -229,8 +235,10 @@ SCHEMAS = {
         ("capabilities", _list_of(_str), False),
         ("control", _nullable(_struct(_CONTROL)), False),
         ("nonce", _nullable(_str), False),
-        ("token", _nullable(_str), False),
+        ("proof", _nullable(_str), False),
     ],
+    "auth": [("nonce", _str, True)],
+    "challenge": [("nonce", _str, True), ("proof", _str, True)],
     "welcome": [
         ("protocol", _u32, True),
         ("daemon_version", _str, True),
@@ -358,9 +366,9 @@ def hello(
     capabilities,
     control,
     nonce=None,
-    token=None,
+    proof=None,
 ):
-    """The agent's first message on a connection."""
+    """The agent's ``hello`` (after ``auth``/``challenge`` on TCP, with ``proof``)."""
     return {
         "type": "hello",
         "protocol": PROTOCOL_VERSION,
@@ -377,8 +385,47 @@ def hello(
         "capabilities": list(capabilities),
         "control": control,
         "nonce": nonce,
-        "token": token,
+        "proof": proof,
     }
+
+
+def auth(nonce):
+    """The agent's first message on TCP: opens the mutual authentication."""
+    return {"type": "auth", "nonce": nonce}
+
+
+# -- the TCP link's mutual authentication (see docs/protocol.md "Authentication on TCP") ---------
+
+DAEMON_LABEL = "scry-daemon"
+AGENT_LABEL = "scry-agent"
+MIN_NONCE_HEX = 32
+MAX_NONCE_HEX = 128
+_HEX = frozenset("0123456789abcdef")
+
+
+def nonce_ok(nonce):
+    """Whether ``nonce`` is lower-case hex of 32 to 128 digits."""
+    return (
+        isinstance(nonce, str)
+        and MIN_NONCE_HEX <= len(nonce) <= MAX_NONCE_HEX
+        and not set(nonce) - _HEX
+    )
+
+
+def proof(label, token, agent_nonce, daemon_nonce, binding):
+    """HMAC-SHA256 keyed with the token over ``label|agent_nonce|daemon_nonce|binding``, hex."""
+    message = "|".join((label, agent_nonce, daemon_nonce, binding)).encode("utf-8")
+    return hmac.new(token.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def daemon_proof(token, agent_nonce, daemon_nonce, binding):
+    """What the daemon's ``challenge.proof`` must be."""
+    return proof(DAEMON_LABEL, token, agent_nonce, daemon_nonce, binding)
+
+
+def agent_proof(token, agent_nonce, daemon_nonce, binding):
+    """The agent's ``hello.proof``."""
+    return proof(AGENT_LABEL, token, agent_nonce, daemon_nonce, binding)
 
 
 def reply_ok(msg_id, result=None):

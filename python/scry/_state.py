@@ -129,7 +129,13 @@ def init(
             from ._control import ControlPlane
 
             agent.control = ControlPlane(
-                config.control_host, config.control_port, config.token, config.token_hint, _ControlApi
+                config.control_host,
+                config.control_port,
+                config.token,
+                config.token_hint,
+                _ControlApi,
+                socket_path=_discovery.socket_path_for(config.home, os.getpid()),
+                tcp=config.control_tcp,
             )
             agent.control.start(config.health_check_timeout)
             agent.discovery_path = _discovery.path_for(config.home, os.getpid())
@@ -172,7 +178,8 @@ def sleep():
 
 def status():
     """The client's state as a dict: state ("uninitialised" | "sleeping" | "awake"), name, pid,
-    control_host, control_port, daemon_url, connection_id, connected."""
+    control_socket (the control plane's unix socket) or control_host and control_port (when TCP
+    was asked for), daemon_url, connection_id, connected."""
     return _status_of(_agent)
 
 
@@ -209,7 +216,7 @@ def _wake_locked(agent, daemon_url):
         url = config.daemon_url if config.daemon_url is not None else config.default_daemon_url
     control = agent.control
 
-    def make_hello(token):
+    def make_hello(proof):
         return _proto.hello(
             agent_version=_process.AGENT_VERSION,
             pid=os.getpid(),
@@ -222,8 +229,8 @@ def _wake_locked(agent, daemon_url):
             cwd=_process.cwd(),
             started_at=_process.started_at(),
             capabilities=["control_plane"] + _features.capabilities(),
-            control={"host": control.host, "port": control.port} if control is not None else None,
-            token=token,
+            control=control.address() if control is not None else None,
+            proof=proof,
             nonce=agent.nonce,
         )
 
@@ -343,6 +350,7 @@ def _status_of(agent):
         "pid": os.getpid(),
         "control_host": control.host if control is not None else None,
         "control_port": control.port if control is not None else None,
+        "control_socket": control.socket_path if control is not None else None,
         "daemon_url": link.url if link is not None else None,
         "connection_id": link.session_id if connected else None,
         "connected": connected,
@@ -354,20 +362,19 @@ def _write_discovery(agent, strict=False):
     if path is None:
         return
     config = agent.config
-    from ._control import is_loopback
-
     control = agent.control
     record = {
         "pid": os.getpid(),
         "name": config.name,
         "control_host": control.host,
         "control_port": control.port,
+        "control_socket": control.socket_path,
         "state": agent.state,
         "started_at": _process.started_at(),
         "python": _process.PYTHON_VERSION,
         "executable": _process.executable(),
         "agent_version": _process.AGENT_VERSION,
-        "token_required": not is_loopback(control.host),
+        "token_required": control.host is not None,
     }
     try:
         _discovery.write(path, record)

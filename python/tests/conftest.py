@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -66,9 +67,31 @@ def no_leftovers():
     wait_until(lambda: not scry_threads(), timeout=5.0, message="scry threads to end")
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the control plane's default)."""
+
+    def __init__(self, path, timeout):
+        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 def request(host, port, method, path, body=None, headers=None, timeout=10.0):
-    """One HTTP request; returns (status, parsed JSON body or raw bytes)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    """One HTTP request (``host`` None: ``port`` is a unix socket's path); returns (status, parsed
+    JSON body or raw bytes)."""
+    if host is None:
+        conn = UnixHTTPConnection(port, timeout)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         data = body
         if isinstance(body, (dict, list)):
@@ -85,7 +108,11 @@ def request(host, port, method, path, body=None, headers=None, timeout=10.0):
 
 
 def control(method, path, **kw):
+    """A request to this process's control plane: its unix socket, or TCP (with the token unless
+    ``headers`` say otherwise)."""
     st = scry.status()
+    if st["control_socket"] is not None:
+        return request(None, st["control_socket"], method, path, **kw)
     return request(st["control_host"], st["control_port"], method, path, **kw)
 
 

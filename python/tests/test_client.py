@@ -1,6 +1,7 @@
 """The embedded client's life cycle: init, status, discovery file, errors, shutdown, fork."""
 
 import json
+import logging
 import os
 import socket
 import stat
@@ -22,6 +23,7 @@ STATUS_KEYS = {
     "pid",
     "control_host",
     "control_port",
+    "control_socket",
     "daemon_url",
     "connection_id",
     "connected",
@@ -73,8 +75,12 @@ def test_init_status_shutdown_init_again(home):
     assert set(st) == STATUS_KEYS
     assert st["state"] == "sleeping"
     assert st["name"] == "checkout"
-    assert st["control_host"] == "127.0.0.1"
-    assert isinstance(st["control_port"], int) and st["control_port"] > 0
+    # The control plane is a unix socket in the home's private run directory by default.
+    assert st["control_socket"] == str(home / "run" / "clients" / "{}.sock".format(os.getpid()))
+    assert st["control_host"] is None and st["control_port"] is None
+    assert stat.S_ISSOCK(os.stat(st["control_socket"]).st_mode)
+    assert stat.S_IMODE(os.stat(st["control_socket"]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(st["control_socket"])).st_mode) == 0o700
     assert st["daemon_url"] is None and st["connection_id"] is None and st["connected"] is False
     assert scry.status() == st
     assert [t.name for t in scry_threads()] == ["scry-control"]
@@ -86,6 +92,7 @@ def test_init_status_shutdown_init_again(home):
     scry.shutdown()
     assert scry.status()["state"] == "uninitialised"
     assert not discovery_path(home).exists()
+    assert not os.path.exists(st["control_socket"])
     scry.shutdown()  # twice is fine
 
     st = scry.init(name="again")
@@ -114,7 +121,20 @@ def test_control_port_from_env(home, monkeypatch):
     port = probe.getsockname()[1]
     probe.close()
     monkeypatch.setenv("SCRY_CONTROL_PORT", str(port))
-    assert scry.init()["control_port"] == port
+    monkeypatch.setenv("SCRY_TOKEN", "tok")
+    st = scry.init()
+    assert (st["control_host"], st["control_port"], st["control_socket"]) == ("127.0.0.1", port, None)
+
+
+def test_tcp_control_plane_without_a_token_warns_and_uses_the_unix_socket(home, monkeypatch, caplog):
+    monkeypatch.setenv("SCRY_CONTROL_PORT", "0")
+    with caplog.at_level(logging.WARNING, logger="scry"):
+        st = scry.init()
+    assert st["control_host"] is None and st["control_port"] is None
+    assert st["control_socket"] is not None and control("GET", "/scry/status")[0] == 200
+    warnings = [r.getMessage() for r in caplog.records if r.name == "scry" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "needs a token" in warnings[0] and "SCRY_TOKEN" in warnings[0] and st["control_socket"] in warnings[0]
 
 
 def test_bad_configuration_is_a_config_error(home, monkeypatch):
@@ -132,7 +152,8 @@ def test_bad_configuration_is_a_config_error(home, monkeypatch):
     assert scry.status()["state"] == "uninitialised"
 
 
-def test_port_in_use_is_a_control_plane_error(home):
+def test_port_in_use_is_a_control_plane_error(home, monkeypatch):
+    monkeypatch.setenv("SCRY_TOKEN", "tok")
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
@@ -146,7 +167,8 @@ def test_port_in_use_is_a_control_plane_error(home):
     assert not scry_threads()
 
 
-def test_unusable_control_host_is_a_control_plane_error(home):
+def test_unusable_control_host_is_a_control_plane_error(home, monkeypatch):
+    monkeypatch.setenv("SCRY_TOKEN", "tok")
     # 192.0.2.0/24 (TEST-NET-1) is never an address of this machine.
     with pytest.raises(scry.ControlPlaneError) as info:
         scry.init(control_host="192.0.2.1")
@@ -162,8 +184,8 @@ def test_discovery_file(home):
     record = json.loads(path.read_text())
     assert record["pid"] == os.getpid()
     assert record["name"] == "disco"
-    assert record["control_host"] == "127.0.0.1"
-    assert record["control_port"] == st["control_port"]
+    assert record["control_socket"] == st["control_socket"]
+    assert record["control_host"] is None and record["control_port"] is None
     assert record["state"] == "sleeping"
     assert record["python"] == "{}.{}.{}".format(*sys.version_info[:3]) or record["python"].startswith(
         "{}.{}.{}".format(*sys.version_info[:3])

@@ -1,4 +1,5 @@
-"""The control plane: every endpoint from loopback, bad input, and real non-loopback callers.
+"""The control plane: every endpoint over its unix socket, bad input, who may call (the peer's uid
+on the unix socket, the token on TCP, loopback included), and real non-loopback callers.
 
 The non-loopback tests create a network namespace (``ip netns add``) joined to this one by a veth
 pair, bind the control plane to the host end's address, and send requests from inside the
@@ -11,13 +12,16 @@ are not skipped: remote access is what the token protects).
 
 import collections
 import json
+import logging
 import os
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -108,7 +112,9 @@ def test_unknown_path_and_wrong_method(client):
 def test_garbage_does_not_kill_the_server(client):
     st = scry.status()
     for raw in (b"NONSENSE\r\n\r\n", b"\x00\x01\x02\r\n\r\n", b"GET /scry/health HTTP/9.9\r\n\r\n", b""):
-        with socket.create_connection((st["control_host"], st["control_port"]), timeout=5) as s:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(st["control_socket"])
             s.sendall(raw)
             s.shutdown(socket.SHUT_WR)
             while s.recv(4096):
@@ -121,12 +127,109 @@ def test_garbage_does_not_kill_the_server(client):
     wait_until(lambda: [t.name for t in scry_threads()] == ["scry-control"], message="request threads to end")
 
 
-def test_browser_requests_are_refused_from_loopback(client):
-    status, body = control("POST", "/scry/wake", headers={"Origin": "http://evil.example"})
-    assert status == 403 and "Origin" in body["error"]["message"]
-    status, body = control("GET", "/scry/info", headers={"Host": "evil.example:80"})
-    assert status == 403  # DNS rebinding
-    assert control("GET", "/scry/status", headers={"Host": "localhost"})[0] == 200
+def _as_uid(uid, socket_path, requests):
+    """Make ``requests`` to the control plane from a forked child running as ``uid`` (a fork,
+    not a new interpreter: ours may live where that uid cannot read). [(status, body)]."""
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        # The child only makes system calls on fresh sockets and leaves with _exit.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery, only stdlib calls, then _exit
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            out = []
+            for method, path, body in requests:
+                try:
+                    out.append(list(request(None, socket_path, method, path, body=body)))
+                except OSError as exc:
+                    out.append([None, str(exc)])
+            os.write(w, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        data = os.read(r, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the uid {} child failed".format(uid)
+    return json.loads(b"".join(chunks).decode())
+
+
+def test_another_uid_is_refused_even_when_the_file_modes_let_it_in(tmp_path, monkeypatch, caplog):
+    if os.geteuid() != 0:
+        pytest.fail("this test runs a caller as another uid (65534), which needs root")
+    for name in ("SCRY_CONTROL_HOST", "SCRY_CONTROL_PORT", "SCRY_TOKEN", "SCRY_DAEMON"):
+        monkeypatch.delenv(name, raising=False)
+    base = tmp_path / "open"
+    base.mkdir()
+    home = base / "home"
+    monkeypatch.setenv("SCRY_HOME", str(home))
+    with elsewhere(tmp_path, "other") as other:
+        with caplog.at_level(logging.WARNING, logger="scry"):
+            scry.init(name="victim")
+        path = scry.status()["control_socket"]
+        # Loosen every mode on the way, as a careless home would: only the peer check is left.
+        loosened = [tmp_path.parent.parent, tmp_path.parent, tmp_path, base, home, home / "run", home / "run" / "clients"]
+        modes = [stat.S_IMODE(os.stat(str(d)).st_mode) for d in loosened]
+        for d in loosened:
+            os.chmod(str(d), 0o711)
+        os.chmod(path, 0o666)
+        try:
+            answers = _as_uid(
+                65534,
+                path,
+                [
+                    ["POST", "/scry/wake", {"daemon_url": other.url}],
+                    ["POST", "/scry/sleep", None],
+                    ["GET", "/scry/status", None],
+                    ["GET", "/scry/info", None],
+                    ["GET", "/scry/health", None],
+                ],
+            )
+        finally:
+            for d, mode in zip(loosened, modes):
+                os.chmod(str(d), mode)
+        for status, body in answers:
+            assert status == 403, answers
+            assert body["error"]["kind"] == "forbidden"
+            assert "uid 65534" in body["error"]["message"] and "root" in body["error"]["message"]
+        # The refusals came before any action (each request waited for its answer).
+        proc = other.process(os.getpid())
+        assert proc is None, proc  # nobody connected to the other daemon
+        st = scry.status()
+        assert st["state"] == "sleeping" and st["daemon_url"] is None
+        refused = [r.getMessage() for r in caplog.records if "refused a caller of uid 65534" in r.getMessage()]
+        assert len(refused) == 1, "warned once: {}".format(refused)
+        # The owner (root here) is served on the same socket.
+        assert control("GET", "/scry/status")[0] == 200
+
+
+def test_tcp_needs_the_token_on_loopback_too(home, monkeypatch):
+    monkeypatch.setenv("SCRY_TOKEN", "loopback-token")
+    scry.init(control_port=0)
+    st = scry.status()
+    assert st["control_socket"] is None and st["control_host"] == "127.0.0.1"
+    host, port = st["control_host"], st["control_port"]
+    for method, path in (("POST", "/scry/wake"), ("POST", "/scry/sleep"), ("GET", "/scry/status"), ("GET", "/scry/info"), ("GET", "/nope")):
+        status, body = request(host, port, method, path)
+        assert status == 403 and "Authorization: Bearer" in body["error"]["message"], (path, body)
+        status, body = request(host, port, method, path, headers={"Authorization": "Bearer wrong"})
+        assert status == 403 and body["error"]["message"] == "wrong token"
+    auth = {"Authorization": "Bearer loopback-token"}
+    assert request(host, port, "GET", "/scry/status", headers=auth)[0] == 200
+    assert request(host, port, "GET", "/scry/health") == (200, {"ok": True})
+    record = json.loads((home / "clients" / "{}.json".format(os.getpid())).read_text())
+    assert record["token_required"] is True and record["control_socket"] is None
     assert scry.status()["state"] == "sleeping"
 
 
@@ -141,7 +244,7 @@ def test_token_file_readable_by_others_is_refused(home):
     assert scry.status()["state"] == "uninitialised"
     os.chmod(str(token), 0o600)
     scry.init()
-    # loopback callers need no token even when one is configured
+    # the unix socket needs no token: the caller's uid is what counts there
     assert control("GET", "/scry/status")[0] == 200
 
 
@@ -265,17 +368,17 @@ def remote(ns, method, path, body=None, token=None):
     return answer["status"], answer["body"]
 
 
-def test_remote_without_a_configured_token_is_refused(home, netns):
-    scry.init(control_host=netns.host_addr)
+def test_remote_without_a_configured_token_gets_no_tcp_at_all(home, netns, caplog):
+    with caplog.at_level(logging.WARNING, logger="scry"):
+        scry.init(control_host=netns.host_addr)
+    st = scry.status()
+    assert st["control_host"] is None and st["control_socket"] is not None
     record = json.loads((home / "clients" / "{}.json".format(os.getpid())).read_text())
-    assert record["token_required"] is True and record["control_host"] == netns.host_addr
-    status, body = remote(netns, "GET", "/scry/status")
-    assert status == 403
-    message = body["error"]["message"]
-    assert netns.ns_addr in message and "SCRY_TOKEN" in message and "token" in message
-    assert remote(netns, "GET", "/scry/status", token="anything")[0] == 403
-    # health stays open (liveness probes), and says nothing else
-    assert remote(netns, "GET", "/scry/health") == (200, {"ok": True})
+    assert record["token_required"] is False and record["control_host"] is None
+    assert any("needs a token" in r.getMessage() for r in caplog.records)
+    # Nothing listens there: the remote caller cannot even connect.
+    result = _in_netns(netns.name, _REMOTE, [json.dumps(["http://{}:9/scry/status".format(netns.host_addr), "GET", None, None])])
+    assert result.returncode != 0
 
 
 def test_remote_needs_the_right_token(home, netns, monkeypatch):
@@ -305,7 +408,7 @@ def test_token_file_is_used(home, netns):
     assert remote(netns, "GET", "/scry/status", token="file-token")[0] == 200
 
 
-@pytest.mark.parametrize("configured", [None, "the-token"])
+@pytest.mark.parametrize("configured", ["the-token"])
 def test_remote_cannot_redirect_the_process_without_the_token(home, netns, monkeypatch, tmp_path, configured):
     if configured:
         monkeypatch.setenv("SCRY_TOKEN", configured)
@@ -329,14 +432,17 @@ def test_remote_cannot_redirect_the_process_without_the_token(home, netns, monke
             assert proc["state"] == "awake" and proc["session_id"] == body["connection_id"]
 
 
-def test_ipv6_loopback_and_any_address(home):
+def test_ipv6_loopback_and_any_address(home, monkeypatch):
     if not socket.has_ipv6:
         pytest.fail("this interpreter has no IPv6 support")
+    monkeypatch.setenv("SCRY_TOKEN", "t6")
+    auth = {"Authorization": "Bearer t6"}
     scry.init(control_host="::1")
     st = scry.status()
     assert st["control_host"] == "::1"
-    assert request("::1", st["control_port"], "GET", "/scry/status")[0] == 200
+    assert request("::1", st["control_port"], "GET", "/scry/status", headers=auth)[0] == 200
+    assert request("::1", st["control_port"], "GET", "/scry/status")[0] == 403
     scry.shutdown()
     scry.init(control_host="0.0.0.0")
     st = scry.status()
-    assert request("127.0.0.1", st["control_port"], "GET", "/scry/status")[0] == 200
+    assert request("127.0.0.1", st["control_port"], "GET", "/scry/status", headers=auth)[0] == 200

@@ -112,7 +112,7 @@ def test_hello_carries_everything(daemon):
     backend = "sys.monitoring" if sys.version_info >= (3, 12) else "settrace"
     assert "backend:" + backend in caps
     assert any(c.startswith("backend_reason:") for c in caps)
-    assert proc["control"] == {"host": st["control_host"], "port": st["control_port"]}
+    assert proc["control"] == {"socket": st["control_socket"]}
     # The fields the daemon checks (it accepted them) or does not list, from the agent's builder
     # of the hello it sent.
     hello = _state._agent.link._make_hello(None)

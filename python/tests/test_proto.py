@@ -123,3 +123,31 @@ def test_builders_produce_valid_messages():
 def test_encode_refuses_what_json_cannot_carry():
     with pytest.raises(ValueError):
         _proto.encode({"type": "report", "x": float("nan")})
+
+
+def _proof_cases():
+    out = []
+    for path in sorted(glob.glob(os.path.join(VECTORS, "*.json"))):
+        with open(path, encoding="utf-8") as f:
+            for case in json.load(f)["cases"]:
+                if "agent_proof" in case:
+                    out.append(pytest.param(case, id=case["name"]))
+    assert len(out) >= 3, "expected proof vectors in auth.json"
+    return out
+
+
+@pytest.mark.parametrize("case", _proof_cases())
+def test_proofs_match_the_shared_vectors(case):
+    challenge = _proto.decode(case["raw"], _proto.DAEMON_TYPES)
+    token, agent_nonce, binding = case["token"], case["agent_nonce"], case["binding"]
+    assert _proto.nonce_ok(agent_nonce) and _proto.nonce_ok(challenge["nonce"])
+    assert _proto.daemon_proof(token, agent_nonce, challenge["nonce"], binding) == challenge["proof"]
+    assert _proto.agent_proof(token, agent_nonce, challenge["nonce"], binding) == case["agent_proof"]
+    assert _proto.daemon_proof(token, agent_nonce, challenge["nonce"], binding + "x") != challenge["proof"]
+    assert _proto.daemon_proof("other", agent_nonce, challenge["nonce"], binding) != challenge["proof"]
+
+
+def test_hello_carries_no_token_field():
+    msg = _proto.hello("0.1.0", 1, 0, "h", None, "embedded", {"version": "3", "implementation": "c", "executable": "/p"}, [], "/", 1.0, [], None, proof="ab")
+    assert "token" not in msg and msg["proof"] == "ab"
+    assert not _proto.nonce_ok("AB" * 16) and not _proto.nonce_ok("ab" * 15) and _proto.nonce_ok("ab" * 16)

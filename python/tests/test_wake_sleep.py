@@ -36,7 +36,7 @@ def test_wake_registers_and_sleep_unregisters(daemon):
     proc = daemon.process(os.getpid())
     assert proc is not None and proc["state"] == "awake", proc
     assert proc["name"] == "e2e" and proc["session_id"] == st["connection_id"]
-    assert proc["control"] == {"host": st["control_host"], "port": st["control_port"]}
+    assert proc["control"] == {"socket": st["control_socket"]}
     st = scry.sleep()
     assert st["state"] == "sleeping" and st["connected"] is False and st["connection_id"] is None
     wait_until(
@@ -143,5 +143,8 @@ def test_tcp_with_a_wrong_token_is_refused(tcp_daemon, monkeypatch):
     scry.init()
     with pytest.raises(scry.DaemonError) as info:
         scry.wake("tcp://" + tcp_daemon.info["agent_tcp"])
-    assert "refused" in str(info.value) and "token" in str(info.value)
+    # The daemon's proof does not verify with our token: the agent stops before its hello.
+    assert "refusing to talk to" in str(info.value) and "token" in str(info.value)
     assert scry.status()["state"] == "sleeping"
+    proc = tcp_daemon.process(os.getpid())
+    assert proc is None or (proc["source"] == "discovery" and proc.get("session_id") is None), proc

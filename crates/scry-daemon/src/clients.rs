@@ -1,6 +1,11 @@
 //! Embedded clients that sleep: found through their discovery files
 //! (`$SCRY_HOME/clients/<pid>.json`) and woken or put to sleep through their control planes.
+//!
+//! A control plane is a unix socket (`$SCRY_HOME/run/clients/<pid>.sock`, the default; the
+//! client answers only its own uid and root, checked with `SO_PEERCRED`) or, when its user asked
+//! for TCP, `host:port`, where every request must carry `Authorization: Bearer <token>`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,10 +21,15 @@ pub struct ClientFile {
     /// Its name.
     #[serde(default)]
     pub name: Option<String>,
-    /// Control plane host.
-    pub control_host: String,
-    /// Control plane port.
-    pub control_port: u16,
+    /// Control plane host (TCP control planes only).
+    #[serde(default)]
+    pub control_host: Option<String>,
+    /// Control plane port (TCP control planes only).
+    #[serde(default)]
+    pub control_port: Option<u16>,
+    /// The control plane's unix socket.
+    #[serde(default)]
+    pub control_socket: Option<String>,
     /// `sleeping` or `awake`, as the client last wrote it.
     #[serde(default)]
     pub state: Option<String>,
@@ -32,6 +42,17 @@ pub struct ClientFile {
     /// Process start time (epoch seconds).
     #[serde(default)]
     pub started_at: Option<f64>,
+}
+
+impl ClientFile {
+    /// The control plane's address as the API shows it: `{"socket": ...}` or `{"host", "port"}`.
+    pub fn control_value(&self) -> Value {
+        match (&self.control_socket, &self.control_host, self.control_port) {
+            (Some(path), _, _) => serde_json::json!({"socket": path}),
+            (None, Some(host), Some(port)) => serde_json::json!({"host": host, "port": port}),
+            _ => Value::Null,
+        }
+    }
 }
 
 /// Every discovery file whose process is alive. Files of dead processes are removed (they
@@ -52,8 +73,14 @@ pub fn discover(home: &Home) -> Vec<ClientFile> {
             .and_then(|t| serde_json::from_str(&t).ok());
         match parsed {
             Some(c) if scry_proc::alive(c.pid, None) => out.push(c),
-            Some(_) => {
+            Some(c) => {
                 let _ = std::fs::remove_file(&path);
+                // Its control socket too, when it is where a client of this home puts it.
+                if let Some(sock) = c.control_socket.as_deref().map(Path::new) {
+                    if sock.parent() == Some(home.run_dir().join("clients").as_path()) {
+                        let _ = std::fs::remove_file(sock);
+                    }
+                }
             }
             None => {
                 tracing::debug!(target: "daemon", path = %path.display(), "unreadable discovery file")
@@ -87,29 +114,61 @@ pub enum ControlError {
     },
 }
 
-/// Calls `POST /scry/{action}` on a client's control plane with an optional JSON body.
+/// Calls `POST /scry/{action}` on a client's control plane with an optional JSON body: over its
+/// unix socket, or over TCP with the token (`token`: the daemon's, which a client of the same
+/// home shares).
 pub async fn control(
     client: &ClientFile,
+    token: Option<&str>,
     action: &str,
     body: Option<Value>,
 ) -> Result<Value, ControlError> {
-    let host = if client.control_host.contains(':') {
-        format!("[{}]", client.control_host)
-    } else {
-        client.control_host.clone()
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .no_proxy();
+    let (builder, addr, url) = match (&client.control_socket, &client.control_host, client.control_port) {
+        (Some(path), _, _) => (
+            builder.unix_socket(Path::new(path)),
+            format!("unix:{path}"),
+            // The host is only a name here: the request goes to the socket.
+            format!("http://localhost/scry/{action}"),
+        ),
+        (None, Some(host), Some(port)) => {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            let addr = format!("{host}:{port}");
+            let url = format!("http://{addr}/scry/{action}");
+            (builder, addr, url)
+        }
+        _ => {
+            return Err(ControlError::Unreachable {
+                pid: client.pid,
+                addr: "?".into(),
+                message: "its discovery file names no control plane (neither `control_socket` nor `control_host`/`control_port`)".into(),
+            })
+        }
     };
-    let addr = format!("{host}:{}", client.control_port);
     let unreachable = |message: String| ControlError::Unreachable {
         pid: client.pid,
         addr: addr.clone(),
         message,
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .no_proxy()
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
-    let mut req = http.post(format!("http://{addr}/scry/{action}"));
+    let http = builder.build().map_err(|e| unreachable(e.to_string()))?;
+    let mut req = http.post(url);
+    if client.control_socket.is_none() {
+        match token {
+            Some(t) => req = req.bearer_auth(t),
+            None => {
+                return Err(unreachable(
+                    "its control plane is on TCP, which needs the token, and this daemon has none: set SCRY_TOKEN (the client's) for the daemon too"
+                        .into(),
+                ))
+            }
+        }
+    }
     if let Some(b) = body {
         req = req.json(&b);
     }

@@ -10,11 +10,15 @@ pub const SCRY_HOME: &str = "SCRY_HOME";
 pub const SCRY_DAEMON: &str = "SCRY_DAEMON";
 /// The name an embedded client registers under.
 pub const SCRY_NAME: &str = "SCRY_NAME";
-/// The host an embedded client's control plane binds to (default `127.0.0.1`).
+/// Asks for a TCP control plane of an embedded client, bound to this host. Without it (and
+/// without `SCRY_CONTROL_PORT`) the control plane is the unix socket
+/// `$SCRY_HOME/run/clients/<pid>.sock`, which obeys only the client's uid and root.
 pub const SCRY_CONTROL_HOST: &str = "SCRY_CONTROL_HOST";
-/// The port an embedded client's control plane binds to (default 0: any free port).
+/// Asks for a TCP control plane on this port (0: any free one; the host then defaults to
+/// `127.0.0.1`). Every request to it needs the token, loopback included.
 pub const SCRY_CONTROL_PORT: &str = "SCRY_CONTROL_PORT";
-/// The shared secret for non-loopback callers; else read from `$SCRY_HOME/token` (mode 0600).
+/// The shared secret, else read from `$SCRY_HOME/token` (mode 0600): TCP callers send it, TCP
+/// agent links prove it (HMAC) without sending it.
 pub const SCRY_TOKEN: &str = "SCRY_TOKEN";
 /// Per-subsystem log filter in `tracing` `EnvFilter` syntax, e.g. `proc=debug,store=warn`
 /// (default `info` for `scry serve`, `warn` for other commands). Every scry log line carries one

@@ -227,7 +227,7 @@ pub(crate) fn process_list(shared: &Shared, all_gone: bool) -> Vec<Value> {
         out.push(json!({
             "pid": c.pid, "name": c.name, "state": "sleeping", "source": "discovery",
             "python_version": c.python_version, "executable": c.executable,
-            "control": {"host": c.control_host, "port": c.control_port},
+            "control": c.control_value(),
             "first_seen": c.started_at,
         }));
     }
@@ -335,9 +335,14 @@ async fn wake(
     }
     let client = find_client(&shared, &target)?;
     let daemon_url = format!("unix://{}", shared.home.agent_socket().display());
-    clients::control(&client, "wake", Some(json!({"daemon_url": daemon_url})))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "control_plane", e.to_string()))?;
+    clients::control(
+        &client,
+        shared.token.as_deref(),
+        "wake",
+        Some(json!({"daemon_url": daemon_url})),
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "control_plane", e.to_string()))?;
     // The client answers after its welcome, so it is registered by now; allow a little slack.
     for _ in 0..50 {
         let view = shared

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod agent_tls;
 pub mod api_dumps;
 pub mod api_probes;
 pub mod api_traces;
@@ -589,6 +590,11 @@ pub async fn serve(
         ),
         None => None,
     };
+    // The TLS identity of the TCP agent listener, made before the daemon announces itself.
+    let tls = match &tcp_listener {
+        Some(_) => Some(Arc::new(agent_tls::Identity::load_or_create(&home)?)),
+        None => None,
+    };
     let agent_tcp = tcp_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -647,8 +653,8 @@ pub async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_unix(shared.clone(), unix_listener));
-    if let Some(l) = tcp_listener {
-        tasks.spawn(accept_tcp(shared.clone(), l));
+    if let (Some(l), Some(tls)) = (tcp_listener, tls) {
+        tasks.spawn(accept_tcp(shared.clone(), l, tls));
     }
     tasks.spawn(sweep_loop(shared.clone()));
     let app = http::router(shared.clone());
@@ -743,7 +749,7 @@ async fn accept_unix(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
-async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener, tls: Arc<agent_tls::Identity>) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -753,9 +759,8 @@ async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
-        tokio::spawn(link::serve(shared.clone(), r, w, link::Peer::Tcp(addr)));
+        // TLS or plain loopback, and the channel binding of the handshake (agent_tls.rs).
+        tokio::spawn(agent_tls::serve(shared.clone(), stream, addr, tls.clone()));
     }
 }
 

@@ -30,8 +30,27 @@ pub enum Peer {
         /// Its pid in the daemon's PID namespace.
         pid: Option<u32>,
     },
-    /// A TCP peer.
-    Tcp(std::net::SocketAddr),
+    /// A TCP peer (plain on loopback, else TLS; see `agent_tls`).
+    Tcp(TcpPeer),
+}
+
+/// A TCP agent connection: who, and what ties the handshake's proofs to this connection.
+#[derive(Debug, Clone)]
+pub struct TcpPeer {
+    /// The agent's address.
+    pub addr: std::net::SocketAddr,
+    /// The channel binding of [`scry_proto::proof`]: the hex SHA-256 of the daemon
+    /// certificate on TLS, `tcp:AGENT>DAEMON` on plain loopback TCP.
+    pub binding: String,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// What the `auth`/`challenge` exchange established, checked against `hello.proof`.
+struct Authenticated {
+    token: String,
+    agent_nonce: String,
+    daemon_nonce: String,
 }
 
 /// Serves one agent connection to the end.
@@ -54,6 +73,24 @@ where
             }
         }
     });
+
+    // Over TCP the agent proves first that it holds the token, and learns that we do.
+    let auth = match &peer {
+        Peer::Tcp(tcp) => match authenticate(&shared, &mut lines, &tx, tcp).await {
+            Ok(auth) => Some(auth),
+            Err(reason) => {
+                tracing::warn!(target: "agent_link", peer = %tcp.addr, "refused a TCP agent: {reason}");
+                let _ = tx.send(DaemonMessage::Refused {
+                    reason,
+                    accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
+                });
+                drop(tx);
+                let _ = writer_task.await;
+                return;
+            }
+        },
+        Peer::Unix { .. } => None,
+    };
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, lines.next()).await {
         Ok(Some(Ok(line))) => match scry_proto::decode_agent(&line) {
@@ -92,7 +129,7 @@ where
         let _ = writer_task.await;
         return;
     };
-    if let Err(reason) = check_hello(&shared, &hello, &peer) {
+    if let Err(reason) = check_hello(&hello, &peer, auth.as_ref()) {
         tracing::warn!(target: "agent_link", pid = hello.pid, "refused agent: {reason}");
         let _ = tx.send(DaemonMessage::Refused {
             reason,
@@ -197,6 +234,12 @@ where
             Ok(AgentMessage::Error(e)) => {
                 tracing::warn!(target: "agent_link", session = %session_id, kind = ?e.kind, "agent reported a protocol error: {}", e.message);
             }
+            Ok(AgentMessage::Auth { .. }) => reject(
+                &tx,
+                ErrorKind::Unexpected,
+                "`auth` is only the first message of a TCP connection".into(),
+                None,
+            ),
             Ok(AgentMessage::Hello(_)) => reject(
                 &tx,
                 ErrorKind::Unexpected,
@@ -249,7 +292,61 @@ fn reject_decode(tx: &mpsc::UnboundedSender<DaemonMessage>, e: &DecodeError) {
     let _ = tx.send(DaemonMessage::error_for(e));
 }
 
-fn check_hello(shared: &Shared, hello: &Hello, peer: &Peer) -> Result<(), String> {
+/// The daemon's half of the mutual authentication on TCP: reads `auth {nonce}`, answers
+/// `challenge {nonce, proof}`. The agent's `hello.proof` is checked in [`check_hello`].
+async fn authenticate<R>(
+    shared: &Shared,
+    lines: &mut FramedRead<R, LinesCodec>,
+    tx: &mpsc::UnboundedSender<DaemonMessage>,
+    tcp: &TcpPeer,
+) -> Result<Authenticated, String>
+where
+    R: AsyncRead + Unpin,
+{
+    let Some(token) = shared.token.clone() else {
+        return Err("this daemon has no token, so it cannot authenticate TCP agents: set SCRY_TOKEN or let it create $SCRY_HOME/token".into());
+    };
+    let line = match tokio::time::timeout(HELLO_TIMEOUT, lines.next()).await {
+        Ok(Some(Ok(line))) => line,
+        Ok(Some(Err(e))) => return Err(codec_error_text(&e)),
+        Ok(None) => return Err("closed before authenticating".into()),
+        Err(_) => return Err("no `auth` within 10 s".into()),
+    };
+    let agent_nonce = match scry_proto::decode_agent(&line) {
+        Ok(AgentMessage::Auth { nonce }) => nonce,
+        Ok(other) => {
+            return Err(format!(
+                "agents connecting over TCP (from {}) must authenticate first (`auth`, then `hello` with a proof of the daemon's token), got `{}`: upgrade the agent to this daemon's version ({})",
+                tcp.addr,
+                other.type_name(),
+                env!("CARGO_PKG_VERSION")
+            ))
+        }
+        Err(e) => return Err(format!("bad `auth`: {}", e.message)),
+    };
+    if !scry_proto::nonce_ok(&agent_nonce) {
+        return Err(format!(
+            "the `auth` nonce must be {} to {} lower-case hex digits",
+            scry_proto::MIN_NONCE_HEX,
+            scry_proto::MAX_NONCE_HEX
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    let daemon_nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let proof = scry_proto::daemon_proof(&token, &agent_nonce, &daemon_nonce, &tcp.binding);
+    let _ = tx.send(DaemonMessage::Challenge {
+        nonce: daemon_nonce.clone(),
+        proof,
+    });
+    Ok(Authenticated {
+        token,
+        agent_nonce,
+        daemon_nonce,
+    })
+}
+
+fn check_hello(hello: &Hello, peer: &Peer, auth: Option<&Authenticated>) -> Result<(), String> {
     if !ACCEPTED_PROTOCOLS.contains(&hello.protocol) {
         return Err(format!(
             "protocol version {} is not supported by this daemon ({}); accepted: {:?} — install matching versions of the agent and scry",
@@ -258,16 +355,23 @@ fn check_hello(shared: &Shared, hello: &Hello, peer: &Peer) -> Result<(), String
             ACCEPTED_PROTOCOLS
         ));
     }
-    if let Peer::Tcp(addr) = peer {
-        let ok = match (&shared.token, &hello.token) {
-            (Some(want), Some(got)) => {
-                crate::auth::constant_time_eq(want.as_bytes(), got.as_bytes())
+    if let Peer::Tcp(tcp) = peer {
+        let ok = match (auth, &hello.proof) {
+            (Some(a), Some(got)) => {
+                let want = scry_proto::agent_proof(
+                    &a.token,
+                    &a.agent_nonce,
+                    &a.daemon_nonce,
+                    &tcp.binding,
+                );
+                scry_proto::proofs_equal(&want, got)
             }
             _ => false,
         };
         if !ok {
             return Err(format!(
-                "agents connecting over TCP (from {addr}) must present the daemon's token (SCRY_TOKEN or the daemon's $SCRY_HOME/token)"
+                "the agent connecting over TCP (from {}) did not prove that it holds the daemon's token: give it the daemon's token (SCRY_TOKEN or the daemon's $SCRY_HOME/token)",
+                tcp.addr
             ));
         }
     }

@@ -67,13 +67,19 @@ pub struct PythonInfo {
     pub free_threaded: bool,
 }
 
-/// Where an embedded client's control plane listens.
+/// Where an embedded client's control plane listens: a unix socket (the default, `socket`) or,
+/// when the user asked for TCP, `host` and `port`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControlAddr {
-    /// Host the control plane is bound to.
-    pub host: String,
-    /// Its port.
-    pub port: u16,
+    /// Host the control plane is bound to (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Its port (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The path of its unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 /// The agent's first message: who it is and what it can do.
@@ -111,9 +117,11 @@ pub struct Hello {
     /// The one-time nonce of an injected agent.
     #[serde(default)]
     pub nonce: Option<String>,
-    /// The daemon token, required on TCP.
+    /// On TCP: the agent's proof that it holds the token, [`agent_proof`] over the nonces of
+    /// the `auth`/`challenge` exchange that preceded this hello (lower-case hex). The token
+    /// itself never crosses the link.
     #[serde(default)]
-    pub token: Option<String>,
+    pub proof: Option<String>,
 }
 
 /// Settings the daemon hands to an agent in `welcome`.
@@ -387,6 +395,12 @@ pub struct ProbeStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
+    /// On TCP only, the agent's first message: it opens the mutual authentication with a
+    /// fresh random nonce (see [`daemon_proof`]); the daemon answers `challenge`.
+    Auth {
+        /// At least 16 random bytes, lower-case hex (the agent sends 32).
+        nonce: String,
+    },
     /// The handshake (boxed: it is by far the largest message and is sent once).
     Hello(Box<Hello>),
     /// An answer to a daemon request.
@@ -425,6 +439,14 @@ pub enum AgentMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DaemonMessage {
+    /// The answer to `auth`: the daemon's own nonce and its proof that it holds the token,
+    /// [`daemon_proof`]. The agent checks the proof before it sends `hello`.
+    Challenge {
+        /// At least 16 random bytes, lower-case hex (the daemon sends 32).
+        nonce: String,
+        /// [`daemon_proof`] of the token over both nonces and the channel binding.
+        proof: String,
+    },
     /// The handshake succeeded.
     Welcome {
         /// The daemon's protocol version.
@@ -507,6 +529,7 @@ pub struct DecodeError {
 }
 
 const AGENT_TYPES: &[&str] = &[
+    "auth",
     "hello",
     "reply",
     "report",
@@ -517,6 +540,7 @@ const AGENT_TYPES: &[&str] = &[
     "notify",
 ];
 const DAEMON_TYPES: &[&str] = &[
+    "challenge",
     "welcome",
     "refused",
     "ping",
@@ -618,6 +642,7 @@ impl AgentMessage {
     /// The wire name of this message's type.
     pub fn type_name(&self) -> &'static str {
         match self {
+            AgentMessage::Auth { .. } => "auth",
             AgentMessage::Hello(_) => "hello",
             AgentMessage::Reply(_) => "reply",
             AgentMessage::Report(_) => "report",
@@ -634,6 +659,7 @@ impl DaemonMessage {
     /// The wire name of this message's type.
     pub fn type_name(&self) -> &'static str {
         match self {
+            DaemonMessage::Challenge { .. } => "challenge",
             DaemonMessage::Welcome { .. } => "welcome",
             DaemonMessage::Refused { .. } => "refused",
             DaemonMessage::Ping { .. } => "ping",
@@ -657,6 +683,79 @@ impl DaemonMessage {
     }
 }
 
+/// The label of the daemon's proof.
+pub const DAEMON_LABEL: &str = "scry-daemon";
+/// The label of the agent's proof.
+pub const AGENT_LABEL: &str = "scry-agent";
+
+/// The least number of hex digits of an `auth`/`challenge` nonce (16 bytes).
+pub const MIN_NONCE_HEX: usize = 32;
+/// The most hex digits of a nonce (a bound on what a peer may make us hash).
+pub const MAX_NONCE_HEX: usize = 128;
+
+/// Whether `nonce` is a well-formed nonce: lower-case hex, 32 to 128 digits.
+pub fn nonce_ok(nonce: &str) -> bool {
+    (MIN_NONCE_HEX..=MAX_NONCE_HEX).contains(&nonce.len())
+        && nonce
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// HMAC-SHA256 keyed with the token (its UTF-8 bytes) over
+/// `label "|" agent_nonce "|" daemon_nonce "|" binding`, as lower-case hex.
+///
+/// `binding` ties the proof to this connection so that it cannot be relayed: on TLS the
+/// lower-case hex SHA-256 of the daemon certificate's DER; on plain (loopback) TCP the
+/// connection's two ends, `tcp:AGENT_IP:AGENT_PORT>DAEMON_IP:DAEMON_PORT` as each side sees
+/// it (a relay has two connections, so the two sides disagree).
+pub fn proof(
+    label: &str,
+    token: &str,
+    agent_nonce: &str,
+    daemon_nonce: &str,
+    binding: &str,
+) -> String {
+    use hmac::{KeyInit, Mac};
+    // HMAC takes keys of any length, so `new_from_slice` cannot fail; an empty proof (which
+    // never verifies) keeps this total all the same.
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()) else {
+        return String::new();
+    };
+    for (i, part) in [label, agent_nonce, daemon_nonce, binding]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            mac.update(b"|");
+        }
+        mac.update(part.as_bytes());
+    }
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The daemon's proof in `challenge` (label `scry-daemon`), see [`proof`].
+pub fn daemon_proof(token: &str, agent_nonce: &str, daemon_nonce: &str, binding: &str) -> String {
+    proof(DAEMON_LABEL, token, agent_nonce, daemon_nonce, binding)
+}
+
+/// The agent's proof in `hello.proof` (label `scry-agent`), see [`proof`].
+pub fn agent_proof(token: &str, agent_nonce: &str, daemon_nonce: &str, binding: &str) -> String {
+    proof(AGENT_LABEL, token, agent_nonce, daemon_nonce, binding)
+}
+
+/// Compares two proofs in time that does not depend on where they differ.
+pub fn proofs_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,6 +772,15 @@ mod tests {
         expect: String,
         #[serde(default, rename = "type")]
         ty: Option<String>,
+        // Proof vectors (auth.json): the inputs besides what `raw` carries, and the agent proof.
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        agent_nonce: Option<String>,
+        #[serde(default)]
+        binding: Option<String>,
+        #[serde(default)]
+        agent_proof: Option<String>,
     }
 
     fn vectors() -> Vec<(String, Case)> {
@@ -740,6 +848,46 @@ mod tests {
                 other => panic!("{file}: unknown expectation {other}"),
             }
         }
+    }
+
+    #[test]
+    fn proofs_match_the_shared_vectors() {
+        let mut checked = 0;
+        for (file, case) in vectors() {
+            let (Some(token), Some(agent_nonce), Some(binding), Some(want_agent)) = (
+                &case.token,
+                &case.agent_nonce,
+                &case.binding,
+                &case.agent_proof,
+            ) else {
+                continue;
+            };
+            let Ok(DaemonMessage::Challenge { nonce, proof }) = decode_daemon(&case.raw) else {
+                panic!("{file}: {}: raw is not a challenge", case.name);
+            };
+            assert!(nonce_ok(agent_nonce) && nonce_ok(&nonce), "{}", case.name);
+            let daemon = daemon_proof(token, agent_nonce, &nonce, binding);
+            assert!(proofs_equal(&daemon, &proof), "{}: daemon proof", case.name);
+            let agent = agent_proof(token, agent_nonce, &nonce, binding);
+            assert_eq!(&agent, want_agent, "{}: agent proof", case.name);
+            // Each input matters: another binding, nonce or token gives another proof.
+            assert_ne!(daemon_proof(token, agent_nonce, &nonce, "other"), proof);
+            assert_ne!(daemon_proof(token, &nonce, agent_nonce, binding), proof);
+            assert_ne!(daemon_proof("other", agent_nonce, &nonce, binding), proof);
+            assert_ne!(agent, proof, "the two labels give two proofs");
+            checked += 1;
+        }
+        assert!(checked >= 3, "expected proof vectors in auth.json");
+    }
+
+    #[test]
+    fn nonces_are_checked() {
+        assert!(nonce_ok(&"ab".repeat(16)));
+        assert!(!nonce_ok(&"ab".repeat(15)), "too short");
+        assert!(!nonce_ok(&"ab".repeat(65)), "too long");
+        assert!(!nonce_ok(&"AB".repeat(16)), "upper case");
+        assert!(!nonce_ok(&"zz".repeat(16)), "not hex");
+        assert!(!proofs_equal("ab", "abc"));
     }
 
     #[test]

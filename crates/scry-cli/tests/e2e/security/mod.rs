@@ -21,6 +21,8 @@ mod files;
 mod placement;
 mod terminal;
 
+mod control_plane;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
