@@ -73,8 +73,15 @@ async fn add(
     let Json(req) = body?;
     let def = {
         let table = shared.probes();
-        probes::build(req, &table)
-            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?
+        probes::build(req, &table).map_err(|e| match e {
+            probes::BuildError::Invalid(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+            }
+            probes::BuildError::Expression(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_expression", e.reason)
+                    .hint(crate::expr::HINT)
+            }
+        })?
     };
     let id = def.spec.id.clone();
     shared.probes().put(def.clone());
@@ -94,7 +101,7 @@ async fn add(
             "invalid_expression",
             bad.reason.unwrap_or_else(|| "invalid expression".into()),
         )
-        .hint("expressions may read names, attributes, items and call only pure builtins (len, min, max, …); `--unsafe` lifts the call rule"));
+        .hint(crate::expr::HINT));
     }
     shared.persist_probe(&def).await.map_err(|e| {
         ApiError::new(

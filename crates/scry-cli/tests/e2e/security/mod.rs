@@ -30,7 +30,9 @@ pub struct Attacker {
 /// Under `CI` a missing precondition is a failure, never a silent pass.
 pub fn attacker() -> Option<Attacker> {
     if !nix::unistd::geteuid().is_root() {
-        return skipped("the security tests need root (to create a second user and to run a root daemon)");
+        return skipped(
+            "the security tests need root (to create a second user and to run a root daemon)",
+        );
     }
     let id = |flag: &str| -> Option<u32> {
         let out = Command::new("id").args([flag, ATTACKER]).output().ok()?;
@@ -38,13 +40,25 @@ pub fn attacker() -> Option<Attacker> {
     };
     if id("-u").is_none() {
         let out = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", ATTACKER])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                ATTACKER,
+            ])
             .output();
         match out {
             Ok(o) if o.status.success() => {}
             // Another test created it meanwhile.
             Ok(_) if id("-u").is_some() => {}
-            Ok(o) => return skipped(&format!("useradd {ATTACKER} failed: {}", String::from_utf8_lossy(&o.stderr))),
+            Ok(o) => {
+                return skipped(&format!(
+                    "useradd {ATTACKER} failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ))
+            }
             Err(e) => return skipped(&format!("cannot run useradd: {e}")),
         }
     }
