@@ -236,8 +236,10 @@ def _parse(text):
 
 
 def _check(tree, text, unsafe):
-    """Raise InvalidExpression naming the first forbidden piece of ``tree``."""
-    for node in ast.walk(tree):
+    """Raise InvalidExpression naming the first forbidden piece of ``tree``. Two passes, like
+    the daemon's parser reports them: forbidden forms and names first, then calls."""
+    nodes = list(ast.walk(tree))
+    for node in nodes:
         for kind, why in _FORBIDDEN:
             if isinstance(node, kind):
                 raise InvalidExpression("{}: {}".format(why, _segment(text, node)))
@@ -265,7 +267,8 @@ def _check(tree, text, unsafe):
         elif isinstance(node, ast.keyword):
             if node.arg is None:
                 raise InvalidExpression("keyword unpacking (**x) is not allowed: {}".format(_segment(text, node)))
-        elif isinstance(node, ast.Compare):
+    for node in nodes:
+        if isinstance(node, ast.Compare):
             if len(node.ops) > 1 and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
                 raise InvalidExpression(
                     "chained comparisons with `in` are not supported (use `and`): {}".format(_segment(text, node))

@@ -1151,6 +1151,46 @@ mod tests {
         }
     }
 
+    /// The shared vectors: the agent's test (python/tests/test_expressions.py) asserts the same
+    /// verdicts and reasons, and the run-time outcomes.
+    #[test]
+    fn shared_vectors() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scry-proto/vectors/expressions.json");
+        let text = std::fs::read_to_string(&path).expect("read the expression vectors");
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("vector json");
+        let names = |key: &str| -> Vec<String> {
+            doc[key]
+                .as_array()
+                .expect(key)
+                .iter()
+                .map(|v| v.as_str().expect("name").to_owned())
+                .collect()
+        };
+        assert_eq!(names("pure_builtins"), PURE_BUILTINS);
+        assert_eq!(names("pure_methods"), PURE_METHODS);
+        let mut kw = names("keywords");
+        kw.sort();
+        assert_eq!(kw, KEYWORDS);
+        assert_eq!(doc["bounds"]["max_len"], MAX_LEN);
+        let vectors = doc["vectors"].as_array().expect("vectors");
+        assert!(vectors.len() >= 60, "at least 60 vectors");
+        for v in vectors {
+            let expr = v["expr"].as_str().expect("expr");
+            let unsafe_calls = v["unsafe"].as_bool().expect("unsafe");
+            match (v["verdict"].as_str(), check(expr, unsafe_calls)) {
+                (Some("accept"), Ok(())) => {}
+                (Some("reject"), Err(e)) => {
+                    let want = v["reason"].as_str().expect("reason");
+                    assert!(e.reason.contains(want), "`{expr}`: {e} (wanted {want})");
+                }
+                (verdict, got) => {
+                    panic!("`{expr}` (unsafe {unsafe_calls}): wanted {verdict:?}, got {got:?}")
+                }
+            }
+        }
+    }
+
     #[test]
     fn probe_errors_name_the_expression() {
         let e = check_probe(&["x".into(), "eval('1')".into()], None, false).expect_err("bad");
