@@ -492,7 +492,7 @@ FORBIDDEN = [
     ("x.conjugate()", "calls are not allowed: x.conjugate()"),
     ("min(x, key=abs)", "keyword argument key= is not allowed"),
     ("f'{x}'", "f-strings and t-strings are not allowed"),
-    ("__import__('os')", "calls are not allowed: __import__()"),
+    ("__import__('os')", "names that start and end with __ are not allowed: __import__"),
     ("__builtins__", "names that start and end with __ are not allowed: __builtins__"),
     ("x.__class__", "attributes that start and end with __ are not allowed: .__class__"),
     ("x._scry_secret", "attributes starting with _scry are not allowed"),
