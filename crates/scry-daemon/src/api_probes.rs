@@ -83,6 +83,7 @@ async fn add(
             }
         })?
     };
+    let check = crate::lines::check_location(&shared, &def.spec.location, &def.target).await?;
     let id = def.spec.id.clone();
     shared.probes().put(def.clone());
     // Every connected process it targets arms it now; an expression that Python rejects is
@@ -120,7 +121,11 @@ async fn add(
         ),
         json!({"probe": id}),
     );
-    let value = describe_all(&shared, vec![def]).remove(0);
+    let mut value = describe_all(&shared, vec![def]).remove(0);
+    if !check.notes.is_empty() {
+        value["notes"] = json!(check.notes);
+        value["hint"] = json!(check.hint);
+    }
     Ok((StatusCode::CREATED, Json(value)))
 }
 
