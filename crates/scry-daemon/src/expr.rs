@@ -182,8 +182,13 @@ pub fn check(text: &str, unsafe_calls: bool) -> Result<(), ExprError> {
         i: 0,
         unsafe_calls,
         depth: 0,
+        deferred: None,
     };
-    p.top()
+    p.top()?;
+    match p.deferred {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 // -- tokens ------------------------------------------------------------------------------------
@@ -415,6 +420,9 @@ struct Parser<'a> {
     i: usize,
     unsafe_calls: bool,
     depth: usize,
+    /// The first call-rule violation (by where it starts): reported only when nothing worse
+    /// (a forbidden form, a dunder name) is found in the whole expression, as the agent does.
+    deferred: Option<(usize, ExprError)>,
 }
 
 fn is_dunder(name: &str) -> bool {
@@ -508,6 +516,12 @@ impl Parser<'_> {
                     self.piece(t.start, t.end)
                 ))
             }
+        }
+    }
+
+    fn defer(&mut self, start: usize, e: ExprError) {
+        if self.deferred.as_ref().is_none_or(|(at, _)| start < *at) {
+            self.deferred = Some((start, e));
         }
     }
 
@@ -660,10 +674,11 @@ impl Parser<'_> {
         if ops > 1 && membership {
             // The agent guards `in` (an iterator on the right could run without end), which it
             // does for one comparison at a time.
-            return Err(ExprError::new(format!(
+            let e = ExprError::new(format!(
                 "chained comparisons with `in` are not supported (use `and`): {}",
                 self.piece(start, self.prev_end())
-            )));
+            ));
+            self.defer(start, e);
         }
         Ok(s)
     }
@@ -757,7 +772,7 @@ impl Parser<'_> {
                 let callee = self.piece(start, self.prev_end());
                 self.bump();
                 self.enter()?;
-                let r = self.call(&s, &callee);
+                let r = self.call(&s, &callee, start);
                 self.depth -= 1;
                 r?;
                 s = Shape::Other;
@@ -775,7 +790,7 @@ impl Parser<'_> {
     }
 
     /// The arguments of a call (after `(`), and whether the call is allowed.
-    fn call(&mut self, callee: &Shape, piece: &str) -> Result<(), ExprError> {
+    fn call(&mut self, callee: &Shape, piece: &str, start: usize) -> Result<(), ExprError> {
         let mut positional = 0usize;
         let mut keywords = Vec::new();
         while !self.is_op(")") {
@@ -805,6 +820,20 @@ impl Parser<'_> {
             }
         }
         self.expect(")")?;
+        if let Err(e) = self.call_rule(callee, piece, positional, &keywords) {
+            self.defer(start, e);
+        }
+        Ok(())
+    }
+
+    /// Which calls are allowed (lifted by `unsafe`).
+    fn call_rule(
+        &self,
+        callee: &Shape,
+        piece: &str,
+        positional: usize,
+        keywords: &[String],
+    ) -> Result<(), ExprError> {
         if self.unsafe_calls {
             return Ok(());
         }
@@ -821,7 +850,7 @@ impl Parser<'_> {
                 PURE_BUILTINS.join(", ")
             )));
         }
-        for k in &keywords {
+        for k in keywords {
             if k == "key" {
                 return Err(ExprError::new(format!(
                     "keyword argument key= is not allowed in {piece}(): it would pass a callable"

@@ -17,6 +17,8 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod expressions;
+
 /// The attacker's account name.
 pub const ATTACKER: &str = "scry-attacker";
 
