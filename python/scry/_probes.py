@@ -1,20 +1,28 @@
 """Probe specs: parsing, expression checking and compiling, rate modes, and the Probe record.
 
 A ``ProbeSpec`` arrives from the daemon (``probes_sync``, docs/protocol.md "Probes"). Its
-expressions and condition are parsed with :mod:`ast` and checked once, before anything is armed:
-only names, attribute reads, subscripts, constants, displays, operators, comparisons, conditional
-expressions and f-strings are allowed, and calls only to a short list of pure builtins (unless the
-probe is ``unsafe``, which lifts the call rule and nothing else). A probe that fails the check gets
-``error``/``invalid_expression`` and is never armed.
+expressions and condition are parsed with :mod:`ast` and checked once, before anything is armed,
+with the rules of docs/expressions.md (the daemon's checker, ``crates/scry-daemon/src/expr.rs``,
+applies the same ones first; the shared vectors hold both to them): names, attribute reads,
+subscripts, constants, displays, operators, comparisons and conditional expressions; calls only
+to the pure builtins and to known-pure methods of builtin types, with a few keyword arguments and
+never ``key=`` (unless the probe is ``unsafe``, which lifts the call rule and nothing else). A
+probe that fails the check gets ``error``/``invalid_expression`` and is never armed.
+
+Everything that could act or grow is rewritten into a guarded call (``_RewriteCalls``): pure
+builtins to scry's wrappers (``_scry_len``, resolved whatever the frame binds to ``len``; they
+refuse callable and iterator arguments and oversized inputs), ``recv.m(...)`` to
+``_scry_method(recv, "m", ...)`` (which checks that ``type(recv)`` is exactly a builtin type that
+lists ``m``), and ``**``, ``*``, ``<<``, ``%`` and ``in`` to guards that refuse BEFORE computing
+when the result would pass a bound (:data:`MAX_INT_BITS`, :data:`MAX_ITEMS`, ...). A refusal
+raises :class:`Refused`, and the hit path disarms the probe at once (``error``/``refused``).
+Names, attributes and subscripts are not rewritten: they cost what they cost.
 
 All expressions of a probe are compiled into ONE code object that evaluates a tuple (or the value,
 for a probe with one expression), evaluated on the hit with the frame's globals and locals; each
 expression is also compiled on its own, used only to tell which expression raised when the tuple
 fails. A probe whose only expression is a bare name reads it from the frame's locals directly
-(``eval`` runs only when the name is not a local), which saves about a third of the hit. Calls to the allowed builtins are
-rewritten to private names (``_scry_len``) that resolve to the real builtins whatever the frame
-binds to ``len``; ``sorted``/``sum``/``min``/``max``/``any``/``all`` resolve to wrappers that refuse
-inputs of more than :data:`MAX_ITERABLE` items.
+(``eval`` runs only when the name is not a local), which saves about a third of the hit.
 """
 
 import array
