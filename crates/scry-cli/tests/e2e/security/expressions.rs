@@ -199,6 +199,16 @@ fn refused_by_mcp(ctx: &Ctx, location: &str, pid: Option<u32>, side_effect: &Pat
         json!({"name": "observe", "arguments": {"target": location.rsplit_once(':').map(|p| p.0).unwrap_or(location), "line": 1, "expression": "min(['x'], key=eval)", "pid": pid, "timeout_s": 1}}),
     );
     assert_eq!(v["result"]["isError"], true, "{v}");
+    if pid.is_some() {
+        // With a process to find the line in, it is the expression that is refused.
+        let body = v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            body.contains("invalid_expression") && body.contains("keyword argument key="),
+            "{v}"
+        );
+    }
     let list = ctx.scry_json(&["probe", "list"]);
     assert_eq!(list["probes"], json!([]), "nothing is stored: {list}");
     assert_absent(side_effect, "an escape's side effect (MCP)");
