@@ -13,7 +13,7 @@ Everything that could act or grow is rewritten into a guarded call (``_RewriteCa
 builtins to scry's wrappers (``_scry_len``, resolved whatever the frame binds to ``len``; they
 refuse callable and iterator arguments and oversized inputs), ``recv.m(...)`` to
 ``_scry_method(recv, "m", ...)`` (which checks that ``type(recv)`` is exactly a builtin type that
-lists ``m``), and ``**``, ``*``, ``<<``, ``%`` and ``in`` to guards that refuse BEFORE computing
+lists ``m``), and ``**``, ``*``, ``+``, ``<<``, ``%`` and ``in`` to guards that refuse BEFORE computing
 when the result would pass a bound (:data:`MAX_INT_BITS`, :data:`MAX_ITEMS`, ...). A refusal
 raises :class:`Refused`, and the hit path disarms the probe at once (``error``/``refused``).
 Names, attributes and subscripts are not rewritten: they cost what they cost.
@@ -317,7 +317,7 @@ def _check_call(node, text, unsafe):
 
 
 _GUARDED_OPS = {}
-for _op, _name in (("Pow", "pow"), ("Mult", "mul"), ("LShift", "lshift"), ("Mod", "mod")):
+for _op, _name in (("Pow", "pow"), ("Mult", "mul"), ("LShift", "lshift"), ("Mod", "mod"), ("Add", "add")):
     _GUARDED_OPS[getattr(ast, _op)] = PRIVATE + "_" + _name
 
 
@@ -329,7 +329,7 @@ class _RewriteCalls(ast.NodeTransformer):
     """Route everything that could act or grow through scry's guards: ``len(x)`` ->
     ``_scry_len(x)`` (the real builtin whatever the frame binds), ``d.get(k)`` ->
     ``_scry_method(d, "get", k)`` (checks the receiver's type), ``a ** b`` -> ``_scry_pow(a, b)``
-    (and ``*``, ``<<``, ``%``), ``a in b`` -> ``_scry_in(a, b)``. Names, attributes and
+    (and ``*``, ``+``, ``<<``, ``%``), ``a in b`` -> ``_scry_in(a, b)``. Names, attributes and
     subscripts are left alone: they cost what they cost."""
 
     def __init__(self, unsafe=False):
@@ -428,6 +428,17 @@ def _guard_mul(a, b):
     return a * b
 
 
+def _guard_add(a, b):
+    # Numbers first: the common case pays one isinstance.
+    if isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES):
+        size = len(a) + len(b)
+        if size > MAX_ITEMS:
+            _refuse(
+                "concatenating {} and {} items makes {} (at most {})".format(len(a), len(b), size, MAX_ITEMS)
+            )
+    return a + b
+
+
 def _guard_lshift(a, b):
     if isinstance(a, int) and isinstance(b, int) and a and b > 0 and a.bit_length() + b > MAX_INT_BITS:
         _refuse("{} << {} would have {} bits (at most {})".format(_short(a), _short(b), a.bit_length() + b, MAX_INT_BITS))
@@ -443,12 +454,16 @@ def _guard_mod(a, b):
                     continue
                 if g in ("*", b"*"):
                     _refuse("% formatting with a * width or precision")
+                if len(g) > 7:
+                    _refuse("% formatting with a width or precision of {} digits".format(len(g)))
                 widths += int(g)
         if widths > MAX_ITEMS:
             _refuse("% formatting with widths adding up to {} (at most {})".format(widths, MAX_ITEMS))
         for arg in b if type(b) is tuple else (b,):
             if isinstance(arg, int) and arg.bit_length() > _DIGIT_BITS:
                 _refuse("% formatting an int of more than {} digits".format(MAX_DIGITS))
+            if isinstance(arg, _CONTAINERS) and len(arg) > MAX_ITERABLE:
+                _refuse("% formatting a {} of more than {} items".format(type(arg).__name__, MAX_ITERABLE))
     return a % b
 
 
@@ -639,7 +654,28 @@ def _guard_split(recv, args, kwargs):
     return args
 
 
+def _guard_copy(recv, args, kwargs):
+    if len(recv) > MAX_ITEMS:
+        _refuse("a copy of a text of {} characters (at most {})".format(len(recv), MAX_ITEMS))
+    return args
+
+
 _METHOD_GUARDS = {
+    # Methods that make a changed copy of their receiver.
+    "lower": _guard_copy,
+    "upper": _guard_copy,
+    "strip": _guard_copy,
+    "lstrip": _guard_copy,
+    "rstrip": _guard_copy,
+    "title": _guard_copy,
+    "capitalize": _guard_copy,
+    "casefold": _guard_copy,
+    "swapcase": _guard_copy,
+    "removeprefix": _guard_copy,
+    "removesuffix": _guard_copy,
+    "partition": _guard_copy,
+    "rpartition": _guard_copy,
+    "hex": _guard_copy,
     "replace": _guard_replace,
     "join": _guard_join,
     "split": _guard_split,
@@ -673,6 +709,7 @@ _OPERATORS = {
     PRIVATE + "_mul": _guard_mul,
     PRIVATE + "_lshift": _guard_lshift,
     PRIVATE + "_mod": _guard_mod,
+    PRIVATE + "_add": _guard_add,
     PRIVATE + "_in": _guard_in,
     PRIVATE + "_method": _guard_method,
 }

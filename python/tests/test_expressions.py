@@ -25,7 +25,9 @@ def test_all_expressions_compile_into_one_code_object():
     assert eval(p.code, {}, {"a": 1, "b": type("B", (), {"c": 2}), "d": [0, 1, 2]}) == (1, 2, [1])
     assert len(p.codes) == 3
     single = probe("a + 1")
-    assert eval(single.code, {}, {"a": 1}) == 2
+    scope = _probes.Scope(single.helpers)  # `+` goes through its guard
+    scope.loc = {"a": 1}
+    assert eval(single.code, {}, scope) == 2
 
 
 def test_bare_name_and_specialised_functions():
@@ -121,6 +123,8 @@ def _local(value, calls):
             return importlib.import_module(arg)
         if marker == "$iterator":
             return iter(arg)
+        if marker == "$repeat":
+            return arg[0] * arg[1]
         if marker == "$callable":
             return lambda *a: calls.append(("callable", a))
     if isinstance(value, dict):
