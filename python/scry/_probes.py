@@ -386,6 +386,7 @@ def check_expression(text, unsafe=False):
 _SEQUENCES = (str, bytes, bytearray, list, tuple, collections.deque, array.array)
 _TEXT = (str, bytes, bytearray)
 _NUMBERS = (int, float, complex)
+_FAST_NUMBERS = frozenset((int, float))
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _FORMAT = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _BFORMAT = re.compile(rb"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -410,6 +411,8 @@ def _guard_pow(a, b):
 
 
 def _guard_mul(a, b):
+    if type(a) is float or type(b) is float:  # a float result cannot grow
+        return a * b
     if isinstance(a, int):
         n, other = a, b
     elif isinstance(b, int):
@@ -429,7 +432,8 @@ def _guard_mul(a, b):
 
 
 def _guard_add(a, b):
-    # Numbers first: the common case pays one isinstance.
+    if type(a) in _FAST_NUMBERS:  # the common case, kept short
+        return a + b
     if isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES):
         size = len(a) + len(b)
         if size > MAX_ITEMS:
@@ -495,13 +499,26 @@ def _bounded(iterable, name):
     return iterable
 
 
+#: Types that are neither callable nor iterators: their values skip the argument checks.
+_PLAIN_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None), tuple, list, dict, set, frozenset))
+
+
 def _plain_args(name, args, kwargs):
     """Callables and iterators are refused as arguments: a pure call never calls or consumes one."""
-    for value in itertools.chain(args, kwargs.values()):
-        if callable(value):
-            _refuse("{}() refuses a callable argument ({})".format(name, type(value).__name__))
-        if _is_iterator(value):
-            _refuse("{}() refuses an iterator argument ({}): it would consume it".format(name, type(value).__name__))
+    for value in args:
+        if type(value) not in _PLAIN_TYPES:
+            _plain_value(name, value)
+    if kwargs:
+        for value in kwargs.values():
+            if type(value) not in _PLAIN_TYPES:
+                _plain_value(name, value)
+
+
+def _plain_value(name, value):
+    if callable(value):
+        _refuse("{}() refuses a callable argument ({})".format(name, type(value).__name__))
+    if _is_iterator(value):
+        _refuse("{}() refuses an iterator argument ({}): it would consume it".format(name, type(value).__name__))
 
 
 def _classes(value):
@@ -526,7 +543,20 @@ def _strict_builtins():
 
         return call
 
-    for name in ("len", "abs", "bool", "float"):
+    def one(name):
+        # One argument, the common case kept short (no *args, one check).
+        fn = real[name]
+
+        def call(obj):
+            if type(obj) not in _PLAIN_TYPES and callable(obj):
+                _refuse("{}() refuses a callable argument ({})".format(name, type(obj).__name__))
+            return fn(obj)
+
+        return call
+
+    for name in ("len", "abs"):
+        out[name] = one(name)
+    for name in ("bool", "float"):
         out[name] = simple(name)
 
     def type_(obj):
@@ -541,6 +571,8 @@ def _strict_builtins():
         fn = real[name]
 
         def call(obj):
+            if type(obj) is str:
+                return fn(obj)
             if isinstance(obj, int) and obj.bit_length() > _DIGIT_BITS:
                 _refuse("{}() of an int of more than {} digits".format(name, MAX_DIGITS))
             if isinstance(obj, _CONTAINERS) and len(obj) > MAX_ITERABLE:
