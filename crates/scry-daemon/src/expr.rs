@@ -273,8 +273,7 @@ fn lex(src: &str) -> Result<Vec<Token>, ExprError> {
                         )))
                     }
                 };
-                let raw = lower.contains('r');
-                i = string_end(src, i, raw)?;
+                i = string_end(src, i)?;
                 out.push(Token {
                     tok: Tok::Str { bytes },
                     start,
@@ -290,7 +289,7 @@ fn lex(src: &str) -> Result<Vec<Token>, ExprError> {
             continue;
         }
         if c == b'"' || c == b'\'' {
-            i = string_end(src, i, false)?;
+            i = string_end(src, i)?;
             out.push(Token {
                 tok: Tok::Str { bytes: false },
                 start,
@@ -334,7 +333,7 @@ fn lex(src: &str) -> Result<Vec<Token>, ExprError> {
 
 /// The end of the string literal whose opening quote is at `i`. A backslash always keeps the
 /// next character from closing the string (also in raw strings, as in Python).
-fn string_end(src: &str, i: usize, _raw: bool) -> Result<usize, ExprError> {
+fn string_end(src: &str, i: usize) -> Result<usize, ExprError> {
     let b = src.as_bytes();
     let q = b[i];
     let triple = b.len() >= i + 3 && b[i + 1] == q && b[i + 2] == q;
@@ -804,6 +803,9 @@ impl Parser<'_> {
                 )));
             }
             if let (Tok::Name(n), Tok::Op("=")) = (self.peek().clone(), self.peek_at(1).clone()) {
+                if KEYWORDS_PY.contains(&n.as_str()) {
+                    return Err(self.unexpected("unexpected keyword"));
+                }
                 self.bump();
                 self.bump();
                 self.expr()?;
@@ -1144,6 +1146,7 @@ mod tests {
         bad("'abc", "not closed");
         bad("a if b", "else");
         bad("1x", "invalid");
+        assert!(check("os.system(if=1)", true).is_err());
         bad("x.", "attribute name");
         bad("(", "invalid syntax");
         bad("x $ y", "invalid syntax");
