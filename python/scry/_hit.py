@@ -57,6 +57,7 @@ _RATE = _probes.RATE
 _ARMED = _probes.ARMED
 _EXPIRED = _probes.EXPIRED
 _ERROR = _probes.ERROR
+_Refused = _probes.Refused
 _OWN = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _QUALNAME = _features.HAS_CO_QUALNAME
 
@@ -110,6 +111,8 @@ def hit(site, frame):
                                 break
                 except KeyboardInterrupt:
                     raise
+                except _Refused:
+                    raise  # disarms, below
                 except BaseException as exc:
                     value = _after_error(p, exc, frame.f_globals, frame.f_locals)
                     if value is _SKIP:
@@ -127,6 +130,10 @@ def hit(site, frame):
             _record(p, site, frame, buf)
         except KeyboardInterrupt:
             raise
+        except _Refused as exc:
+            # A guard refused before computing (a result past a bound, a receiver that is not a
+            # builtin type): evaluating this probe again would only be refused again.
+            retire(p, _ERROR, "refused", "refused: {}".format(exc))
         except BaseException as exc:
             retire(p, _ERROR, "internal", "internal error in scry's probe engine: {}: {}".format(type(exc).__name__, exc))
 
@@ -146,6 +153,8 @@ def _record(p, site, frame, buf):
                 return
         except KeyboardInterrupt:
             raise
+        except _Refused:
+            raise
         except BaseException as exc:
             _failed(p, exc)
             return
@@ -164,6 +173,8 @@ def _record(p, site, frame, buf):
                     value = _snapshot_all(p, value)
                     break
     except KeyboardInterrupt:
+        raise
+    except _Refused:
         raise
     except BaseException as exc:
         value = _after_error(p, exc, g, loc)
@@ -270,6 +281,8 @@ def _after_error(p, exc, g, loc):
         try:
             v = eval(code, g, loc)
         except KeyboardInterrupt:
+            raise
+        except _Refused:
             raise
         except BaseException as each_exc:
             out.append(_error_value(each_exc, limits[2]))

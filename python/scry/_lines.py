@@ -89,6 +89,8 @@ def find_lines(target, var=None, limit=_DEFAULT_LIMIT):
         "function": function,
         "source": source.origin,
         "file_differs": source.file_differs,
+        # The daemon refuses a probe past this line (its add-time location check).
+        "last_line": _last_line(source, all_codes),
     }
     if source.note:
         answer["note"] = source.note
@@ -117,6 +119,18 @@ def find_lines(target, var=None, limit=_DEFAULT_LIMIT):
         if not found["bindings"] and not found["reads"]:
             answer["hint"] = "`{}` is neither bound nor read in {}".format(var, function or filename)
     return answer
+
+
+def _last_line(source, codes):
+    """The file's last line as loaded: its source's, else the last line its code covers."""
+    if source.lines is not None:
+        return len(source.lines)
+    last = 0
+    for code in codes:
+        lines = _locate.raw_lines(code)
+        if lines:
+            last = max(last, max(lines))
+    return last or None
 
 
 def _table(columns, rows, limit):

@@ -489,8 +489,10 @@ FORBIDDEN = [
     ("(yield x)", "yield is not allowed"),
     ("[*x]", "starred expressions (*x) are not allowed"),
     ("open('f')", "calls are not allowed: open()"),
-    ("x.bit_length()", "calls are not allowed: x.bit_length()"),
-    ("__import__('os')", "calls are not allowed: __import__()"),
+    ("x.conjugate()", "calls are not allowed: x.conjugate()"),
+    ("min(x, key=abs)", "keyword argument key= is not allowed"),
+    ("f'{x}'", "f-strings and t-strings are not allowed"),
+    ("__import__('os')", "names that start and end with __ are not allowed: __import__"),
     ("__builtins__", "names that start and end with __ are not allowed: __builtins__"),
     ("x.__class__", "attributes that start and end with __ are not allowed: .__class__"),
     ("x._scry_secret", "attributes starting with _scry are not allowed"),
@@ -520,11 +522,12 @@ def test_allowed_builtins_and_unsafe(engine):
         "max(x, y)",
         "sorted([y, x])",
         "round(x / 3, 2)",
-        "f'{x}-{y!r}'",
+        "str(x) + '-' + repr(y)",
         "x if x else -1",
+        "x.bit_length()",
         "abs(-x) + sum([x, y])",
     )
-    unsafe = spec(at("compute"), "x.bit_length()", unsafe=True)
+    unsafe = spec(at("compute"), "x.conjugate()", unsafe=True)
     statuses = engine.sync([safe, unsafe])
     assert statuses[0]["state"] == "armed" and statuses[0]["reason"] is None
     assert statuses[1]["state"] == "armed" and "unsafe" in statuses[1]["reason"]
@@ -537,11 +540,12 @@ def test_allowed_builtins_and_unsafe(engine):
         "max(x, y)": {"t": "int", "v": 5},
         "sorted([y, x])": {"t": "list", "v": [{"t": "int", "v": 3}, {"t": "int", "v": 5}], "len": 2},
         "round(x / 3, 2)": {"t": "float", "v": 1.67},
-        "f'{x}-{y!r}'": {"t": "str", "v": "5-3"},
+        "str(x) + '-' + repr(y)": {"t": "str", "v": "5-3"},
         "x if x else -1": {"t": "int", "v": 5},
+        "x.bit_length()": {"t": "int", "v": 3},
         "abs(-x) + sum([x, y])": {"t": "int", "v": 13},
     }
-    assert values([e for e in events if e["source"] == unsafe["id"]], "x.bit_length()") == [{"t": "int", "v": 3}]
+    assert values([e for e in events if e["source"] == unsafe["id"]], "x.conjugate()") == [{"t": "int", "v": 5}]
 
 
 def test_builtins_cannot_be_shadowed_and_bounded_ones_refuse_long_inputs(engine):
@@ -850,3 +854,38 @@ def test_a_probe_replaced_on_the_same_line_while_another_thread_hits_it(engine):
     finally:
         stop.set()
         thread.join(10)
+
+
+@pytest.mark.parametrize(
+    "expression,condition,reason",
+    [
+        ("x ** 9 ** 9", None, "would have about"),
+        ("len('a' * (500 * 1000 * 1000))", None, "repeating a str of 1 items 500000000 times"),
+        ("x", "len([x] * (x * 10 ** 6)) > 0", "repeating a list"),
+        ("y.get('k')", None, ".get() of a Custom is not a known-pure method"),
+    ],
+)
+def test_a_refused_operation_disarms_the_probe_at_once(engine, expression, condition, reason):
+    """The guard refuses before computing; the probe goes to error/refused on the first hit and
+    its hooks are removed, the program goes on."""
+    s = spec(at("compute"), expression, condition=condition)
+    (st,) = engine.sync([s])
+    assert st["state"] == "armed", st
+
+    class Custom(object):
+        called = []
+
+        def get(self, key):
+            Custom.called.append(key)
+
+        def __rmul__(self, other):
+            return 1
+
+    for _ in range(3):
+        assert T.compute(5, Custom()) == 2
+    hits(engine)
+    st = status(engine, s["id"])
+    assert st["state"] == "error" and st["error_kind"] == "refused", st
+    assert st["reason"].startswith("refused: ") and reason in st["reason"], st["reason"]
+    assert Custom.called == []
+    assert hooks_left() == []

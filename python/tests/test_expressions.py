@@ -25,7 +25,9 @@ def test_all_expressions_compile_into_one_code_object():
     assert eval(p.code, {}, {"a": 1, "b": type("B", (), {"c": 2}), "d": [0, 1, 2]}) == (1, 2, [1])
     assert len(p.codes) == 3
     single = probe("a + 1")
-    assert eval(single.code, {}, {"a": 1}) == 2
+    scope = _probes.Scope(single.helpers)  # `+` goes through its guard
+    scope.loc = {"a": 1}
+    assert eval(single.code, {}, scope) == 2
 
 
 def test_bare_name_and_specialised_functions():
@@ -69,3 +71,108 @@ def test_unsafe_lifts_only_the_call_rule():
     assert "__class__" in str(info.value)
     with pytest.raises(_probes.InvalidExpression):
         probe("[i for i in x]", unsafe=True)
+
+
+# -- the shared vectors (crates/scry-proto/vectors/expressions.json), as the daemon reads them ----
+
+import builtins
+import importlib
+import json
+import os
+
+from conftest import VECTORS
+
+with open(os.path.join(VECTORS, "expressions.json"), encoding="utf-8") as _f:
+    SHARED = json.load(_f)
+
+
+def test_the_tables_are_the_daemons():
+    assert list(_probes.SAFE_CALLS) == SHARED["pure_builtins"]
+    assert sorted(_probes.PURE_METHODS) == SHARED["pure_methods"]
+    assert list(_probes.KEYWORDS) == SHARED["keywords"]
+    bounds = SHARED["bounds"]
+    assert (bounds["max_int_bits"], bounds["max_items"], bounds["max_digits"]) == (
+        _probes.MAX_INT_BITS,
+        _probes.MAX_ITEMS,
+        _probes.MAX_DIGITS,
+    )
+    assert (bounds["max_iterable"], bounds["max_len"]) == (_probes.MAX_ITERABLE, _probes.MAX_LEN)
+    assert len(SHARED["vectors"]) >= 60
+
+
+class Obj(object):
+    """A user object: its methods record that they ran (none may, from a probe)."""
+
+    def __init__(self, calls, **attrs):
+        self.__dict__.update(attrs)
+        self._calls = calls
+
+    def get(self, *args):
+        self._calls.append(("get", args))
+
+    def startswith(self, *args):
+        self._calls.append(("startswith", args))
+
+
+def _local(value, calls):
+    if isinstance(value, dict) and len(value) == 1:
+        (marker, arg), = value.items()
+        if marker == "$object":
+            return Obj(calls, **{k: _local(v, calls) for k, v in arg.items()})
+        if marker == "$module":
+            return importlib.import_module(arg)
+        if marker == "$iterator":
+            return iter(arg)
+        if marker == "$repeat":
+            return arg[0] * arg[1]
+        if marker == "$callable":
+            return lambda *a: calls.append(("callable", a))
+    if isinstance(value, dict):
+        return {k: _local(v, calls) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_local(v, calls) for v in value]
+    return value
+
+
+def _plain(value):
+    return json.loads(json.dumps(value))
+
+
+def _paths(p, names):
+    """How the hit path evaluates ``p`` in a frame whose locals are ``names``: ``eval`` in a
+    Scope, and the specialised function when every name the expression reads is a local."""
+    from scry import _hit
+
+    out = [("eval", lambda loc: _hit._slow(p, p.code, {"__builtins__": builtins}, loc))]
+    p.bind([compile("def f({}): pass".format(", ".join(["_t"] + sorted(names))), "<t>", "exec").co_consts[0]])
+    if p.fast is not None:
+        out.append(("fast", p.fast))
+    return out
+
+
+@pytest.mark.parametrize(
+    "vector", SHARED["vectors"], ids=["{}{}".format(v["expr"][:50], " (unsafe)" if v["unsafe"] else "") for v in SHARED["vectors"]]
+)
+def test_shared_vector(vector):
+    spec = {"id": "v", "location": "a.py:1", "expressions": [vector["expr"]], "unsafe": vector["unsafe"]}
+    p = _probes.Probe(spec)
+    if vector["verdict"] == "reject":
+        with pytest.raises(_probes.InvalidExpression) as info:
+            p.compile()
+        assert vector["reason"] in str(info.value), str(info.value)
+        return
+    assert vector["verdict"] == "accept"
+    p.compile()
+    run = vector.get("run")
+    if run is None:
+        return
+    for path, evaluate in _paths(p, vector["locals"]):
+        calls = []
+        loc = {k: _local(v, calls) for k, v in vector["locals"].items()}
+        if "refused" in run:
+            with pytest.raises(_probes.Refused) as info:
+                evaluate(loc)
+            assert run["refused"] in str(info.value), (path, str(info.value))
+        else:
+            assert _plain(evaluate(loc)) == run["value"], path
+        assert calls == [], (path, calls)

@@ -126,3 +126,11 @@ def test_errors_are_call_errors():
     assert "no function" in e.value.message
     with pytest.raises(_calls.CallError):
         _lines.find_lines("nowhere/at_all.py")
+
+
+def test_last_line_is_the_loaded_files():
+    """The daemon refuses a probe past it (its add-time location check)."""
+    with open(lines_targets.__file__, encoding="utf-8") as f:
+        count = len(f.read().splitlines())
+    assert _lines.find_lines("lines_targets.py", limit=1)["last_line"] == count
+    assert _lines.find_lines("lines_targets:outer")["last_line"] == count

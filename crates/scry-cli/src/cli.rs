@@ -472,6 +472,10 @@ pub enum ProbeCmd {
     /// List probes with their status and counters in every process.
     #[command(after_help = "Example:\n  scry probe list --json")]
     List(Output),
+    /// Show one probe: its definition (expressions, condition, whether it is unsafe) and its
+    /// state in every process.
+    #[command(after_help = "Example:\n  scry probe show prices --json")]
+    Show(ProbeShowArgs),
     /// Remove probes (every hook goes with them).
     #[command(after_help = "Examples:\n  scry probe rm prices\n  scry probe rm --group checkout")]
     Rm(ProbeKeyArgs),
@@ -549,6 +553,15 @@ pub struct ProbeKeyArgs {
     /// Every probe of this group.
     #[arg(long)]
     pub group: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry probe show`.
+#[derive(Debug, Args)]
+pub struct ProbeShowArgs {
+    /// The probe's id or name.
+    pub probe: String,
     #[command(flatten)]
     pub output: Output,
 }

@@ -56,6 +56,7 @@ fn json_flag(cmd: &Command) -> bool {
         Command::Probe(p) => match p {
             cli::ProbeCmd::Add(a) => a.output.json,
             cli::ProbeCmd::List(o) => o.json,
+            cli::ProbeCmd::Show(s) => s.output.json,
             cli::ProbeCmd::Rm(k) | cli::ProbeCmd::Enable(k) | cli::ProbeCmd::Disable(k) => {
                 k.output.json
             }

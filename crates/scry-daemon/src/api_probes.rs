@@ -73,9 +73,17 @@ async fn add(
     let Json(req) = body?;
     let def = {
         let table = shared.probes();
-        probes::build(req, &table)
-            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?
+        probes::build(req, &table).map_err(|e| match e {
+            probes::BuildError::Invalid(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+            }
+            probes::BuildError::Expression(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_expression", e.reason)
+                    .hint(crate::expr::HINT)
+            }
+        })?
     };
+    let check = crate::lines::check_location(&shared, &def.spec.location, &def.target).await?;
     let id = def.spec.id.clone();
     shared.probes().put(def.clone());
     // Every connected process it targets arms it now; an expression that Python rejects is
@@ -94,7 +102,7 @@ async fn add(
             "invalid_expression",
             bad.reason.unwrap_or_else(|| "invalid expression".into()),
         )
-        .hint("expressions may read names, attributes, items and call only pure builtins (len, min, max, …); `--unsafe` lifts the call rule"));
+        .hint(crate::expr::HINT));
     }
     shared.persist_probe(&def).await.map_err(|e| {
         ApiError::new(
@@ -113,7 +121,11 @@ async fn add(
         ),
         json!({"probe": id}),
     );
-    let value = describe_all(&shared, vec![def]).remove(0);
+    let mut value = describe_all(&shared, vec![def]).remove(0);
+    if !check.notes.is_empty() {
+        value["notes"] = json!(check.notes);
+        value["hint"] = json!(check.hint);
+    }
     Ok((StatusCode::CREATED, Json(value)))
 }
 

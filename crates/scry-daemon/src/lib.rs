@@ -29,6 +29,7 @@ pub mod clients;
 pub mod config;
 pub mod env;
 mod error;
+pub mod expr;
 pub mod follow;
 pub mod home;
 pub mod http;

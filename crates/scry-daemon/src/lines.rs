@@ -119,3 +119,121 @@ async fn lines_endpoint(
     let Json(req) = body?;
     find_lines(&shared, req).await.map(Json)
 }
+
+/// How long the add-time location check waits for each process (an agent that does not
+/// answer quickly must not hold up the add; the probe is still sent to it).
+pub const LOCATION_WAIT: Duration = Duration::from_secs(2);
+
+/// What the add-time location check found, for the answer to the caller.
+#[derive(Debug, Default)]
+pub struct LocationCheck {
+    /// Things the caller should know (not loaded anywhere, not checked).
+    pub notes: Vec<String>,
+    /// What to do about them.
+    pub hint: Option<String>,
+}
+
+/// The file and line of a `path.py:LINE` or `@path.py#LINE` location (none for functions).
+fn file_and_line(location: &str) -> Option<(&str, u32)> {
+    let (path, line) = match location.strip_prefix('@') {
+        Some(rest) => rest.rsplit_once('#')?,
+        None => location.rsplit_once(':')?,
+    };
+    Some((path, line.parse().ok()?))
+}
+
+/// Checks a probe's line against the connected (awake) processes it targets, asking each
+/// agent `find_lines` for the file (in parallel, at most [`LOCATION_WAIT`] each): a line past
+/// the end of the file as a process loaded it is refused; a file that no connected process has
+/// loaded (or no process to ask) is accepted as pending, with a note saying so.
+pub async fn check_location(
+    shared: &Shared,
+    location: &str,
+    target: &crate::probes::Target,
+) -> Result<LocationCheck, ApiError> {
+    let Some((path, line)) = file_and_line(location) else {
+        return Ok(LocationCheck::default());
+    };
+    let asked: Vec<(i64, u32)> = shared
+        .registry()
+        .views()
+        .into_iter()
+        .filter(|v| {
+            v.state == ProcState::Awake
+                && v.capabilities.iter().any(|c| c == "call:find_lines")
+                && target.matches(v)
+        })
+        .map(|v| (v.id, v.pid))
+        .collect();
+    if asked.is_empty() {
+        return Ok(LocationCheck {
+            notes: vec![format!(
+                "no process is connected, so `{path}` could not be checked: the probe is pending \
+                 and arms when a process loads it"
+            )],
+            hint: Some(format!(
+                "check the path with `scry lines {path}` once a process runs it"
+            )),
+        });
+    }
+    let answers = futures_util::future::join_all(asked.iter().map(|&(id, pid)| async move {
+        let params = json!({"target": path, "limit": 1});
+        (
+            pid,
+            shared.call(id, "find_lines", params, LOCATION_WAIT).await,
+        )
+    }))
+    .await;
+    let (mut loaded, mut not_loaded, mut silent) = (Vec::new(), Vec::new(), Vec::new());
+    for (pid, answer) in answers {
+        match answer {
+            Ok(found) => {
+                let file = found["file"].as_str().unwrap_or(path);
+                if let Some(last) = found["last_line"].as_u64() {
+                    if u64::from(line) > last {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_location",
+                            format!(
+                                "line {line} is past the end of {file}: its last line is {last} \
+                                 (as loaded in pid {pid})"
+                            ),
+                        )
+                        .hint(format!(
+                            "`scry lines {path} --pid {pid}` lists its executable lines"
+                        )));
+                    }
+                }
+                loaded.push(pid);
+            }
+            Err(crate::calls::CallError::Refused { kind, .. }) if kind == "not_found" => {
+                not_loaded.push(pid)
+            }
+            // Several files match, or something else the agent will report as the probe's
+            // state: not a reason to refuse here.
+            Err(crate::calls::CallError::Refused { .. }) => loaded.push(pid),
+            Err(_) => silent.push(pid),
+        }
+    }
+    let pids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    let mut check = LocationCheck::default();
+    if loaded.is_empty() && !not_loaded.is_empty() {
+        check.notes.push(format!(
+            "no connected process has loaded {path} (asked pid {}): the probe is pending and \
+             arms when one imports it",
+            pids(&not_loaded)
+        ));
+        check.hint = Some(format!(
+            "check the path with `scry lines {path} --pid {}`",
+            not_loaded[0]
+        ));
+    }
+    if !silent.is_empty() {
+        check.notes.push(format!(
+            "pid {} did not answer within {} s: the location was not checked there",
+            pids(&silent),
+            LOCATION_WAIT.as_secs()
+        ));
+    }
+    Ok(check)
+}

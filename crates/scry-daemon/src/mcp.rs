@@ -132,7 +132,9 @@ pub struct AddProbeArgs {
     /// "path.py:function".
     pub location: String,
     /// Python expressions evaluated at each hit, e.g. ["order.total", "len(items)"]. They may
-    /// read names, attributes and items and call pure builtins (len, min, max, sum, ...).
+    /// read names, attributes and items, use operators, and call pure builtins (len, min, max,
+    /// sum, ...) and known-pure methods of builtin types (d.get("k"), s.startswith("x")); no
+    /// key=, lambda, comprehension or f-string (docs/expressions.md).
     #[schemars(length(min = 1))]
     pub expressions: Vec<String>,
     /// Only this process (default: every process).
@@ -1100,7 +1102,8 @@ fn compact_probe(v: Value) -> Value {
         .unwrap_or_default();
     json!({
         "id": v["id"], "name": v["name"], "location": v["location"], "expressions": v["expressions"],
-        "condition": v["condition"], "enabled": v["enabled"], "totals": v["totals"], "processes": processes,
+        "condition": v["condition"], "enabled": v["enabled"], "unsafe": v["unsafe"], "totals": v["totals"], "processes": processes,
+        "notes": v.get("notes"), "hint": v.get("hint"),
     })
 }
 

@@ -103,6 +103,17 @@ impl ProbeTable {
         let mut t = ProbeTable::default();
         for r in records {
             match serde_json::from_value::<ProbeDef>(r.spec) {
+                // Stored by a version that checked less: never sent to an agent again.
+                Ok(def)
+                    if crate::expr::check_probe(
+                        &def.spec.expressions,
+                        def.spec.condition.as_deref(),
+                        def.spec.unsafe_calls,
+                    )
+                    .is_err() =>
+                {
+                    tracing::warn!(target: "daemon", probe = %r.id, "ignoring a stored probe whose expressions the checker refuses; add it again");
+                }
                 Ok(mut def) => {
                     def.enabled = r.enabled;
                     t.defs.insert(def.spec.id.clone(), def);
@@ -264,8 +275,32 @@ pub struct NewProbe {
     pub disabled: bool,
 }
 
-/// Checks what can be checked without Python and builds the definition.
-pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, String> {
+/// Why a probe cannot be added.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A field is malformed (location, name, target, rate, ttl, limits).
+    #[error("{0}")]
+    Invalid(String),
+    /// An expression or the condition does not pass the checker ([`crate::expr`]).
+    #[error(transparent)]
+    Expression(#[from] crate::expr::ExprError),
+}
+
+impl From<String> for BuildError {
+    fn from(s: String) -> BuildError {
+        BuildError::Invalid(s)
+    }
+}
+
+impl From<&str> for BuildError {
+    fn from(s: &str) -> BuildError {
+        BuildError::Invalid(s.to_owned())
+    }
+}
+
+/// Checks what can be checked without Python (the expressions too: [`crate::expr`], whether or
+/// not an agent is connected) and builds the definition.
+pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, BuildError> {
     let location = req.location.trim().to_owned();
     validate_location(&location)?;
     let expressions: Vec<String> = req
@@ -276,14 +311,22 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, String> {
     if expressions.is_empty() || expressions.iter().any(String::is_empty) {
         return Err("give at least one expression, e.g. `order.total`".into());
     }
+    let condition = req
+        .condition
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned);
+    crate::expr::check_probe(&expressions, condition.as_deref(), req.unsafe_calls)?;
     if let Some(name) = &req.name {
         if name.trim().is_empty() || name.contains(char::is_whitespace) {
-            return Err(format!("probe name `{name}` must be a non-empty word"));
+            return Err(format!("probe name `{name}` must be a non-empty word").into());
         }
         if table.resolve(name).is_some() {
             return Err(format!(
                 "a probe named `{name}` already exists; remove it first or choose another name"
-            ));
+            )
+            .into());
         }
     }
     let targets =
@@ -311,9 +354,7 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, String> {
         Some(Value::Number(n)) => n.as_f64(),
         Some(Value::String(s)) => Some(crate::config::parse_duration(s)?.as_secs_f64()),
         Some(other) => {
-            return Err(format!(
-                "ttl must be seconds or a duration like `5m`, not {other}"
-            ))
+            return Err(format!("ttl must be seconds or a duration like `5m`, not {other}").into())
         }
     };
     if ttl_s.is_some_and(|t| t <= 0.0) {
@@ -330,10 +371,7 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, String> {
             name: req.name,
             location,
             expressions,
-            condition: req
-                .condition
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty()),
+            condition,
             capture: CaptureOptions {
                 stack: req.stack,
                 locals: req.locals,
@@ -667,6 +705,9 @@ mod tests {
             Some(id.clone())
         );
         assert_eq!(t.resolve(&id).map(|d| d.spec.id.clone()), Some(id));
-        assert!(build(r, &t).expect_err("dup").contains("already exists"));
+        assert!(build(r, &t)
+            .expect_err("dup")
+            .to_string()
+            .contains("already exists"));
     }
 }

@@ -16,6 +16,7 @@ pub async fn probe(home: &Home, cmd: &ProbeCmd, printer: &mut Printer) -> CmdRes
     match cmd {
         ProbeCmd::Add(a) => add(&client, a, printer).await,
         ProbeCmd::List(_) => list(&client, printer).await,
+        ProbeCmd::Show(s) => show(&client, &s.probe, printer).await,
         ProbeCmd::Rm(k) => change(&client, k, "rm", printer).await,
         ProbeCmd::Enable(k) => change(&client, k, "enable", printer).await,
         ProbeCmd::Disable(k) => change(&client, k, "disable", printer).await,
@@ -54,12 +55,18 @@ async fn add(client: &DaemonClient, a: &ProbeAddArgs, printer: &mut Printer) -> 
     if a.unsafe_calls {
         printer.line("note: --unsafe: its expressions may call any function")?;
     }
+    for n in probe["notes"].as_array().into_iter().flatten() {
+        printer.line(format!("note: {}", n.as_str().unwrap_or("")))?;
+    }
     let statuses = probe["processes"].as_array().cloned().unwrap_or_default();
     if statuses.is_empty() {
         printer.line("no process has it yet: it arms in every matching process that connects")?;
     }
     for s in &statuses {
         printer.line(format!("  pid {}: {}", s["pid"], status_text(s)))?;
+    }
+    if let Some(h) = probe["hint"].as_str() {
+        printer.note(format!("hint: {h}"));
     }
     printer.note(format!(
         "hint: `scry events --probe {} --follow` shows its values live",
@@ -112,10 +119,16 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let t = &p["totals"];
+        // `--unsafe` is the owner's explicit choice: always visible.
+        let enabled = if p["unsafe"] == true {
+            format!("{enabled} UNSAFE")
+        } else {
+            enabled.to_owned()
+        };
         rows.push(vec![
             p["id"].as_str().unwrap_or("?").to_owned(),
             p["name"].as_str().unwrap_or("-").to_owned(),
-            enabled.to_owned(),
+            enabled,
             p["location"].as_str().unwrap_or("?").to_owned(),
             format!(
                 "{}/{}/{}/{}",
@@ -149,6 +162,49 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
         &rows,
     ) {
         printer.line(line)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn show(client: &DaemonClient, key: &str, printer: &mut Printer) -> CmdResult {
+    let p = client.get(&format!("/api/v1/probes/{}", enc(key))).await?;
+    if printer.json {
+        printer.json_value(&p)?;
+        return Ok(ExitStatus::Success);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    printer.line(format!(
+        "probe     {} ({})",
+        text(&p["name"]),
+        text(&p["id"])
+    ))?;
+    printer.line(format!("location  {}", text(&p["location"])))?;
+    for e in p["expressions"].as_array().into_iter().flatten() {
+        printer.line(format!("expr      {}", text(e)))?;
+    }
+    if let Some(c) = p["condition"].as_str() {
+        printer.line(format!("if        {c}"))?;
+    }
+    let enabled = if p["expired"] == true {
+        "expired"
+    } else if p["enabled"] == true {
+        "on"
+    } else {
+        "off"
+    };
+    printer.line(format!("state     {enabled}"))?;
+    printer.line(if p["unsafe"] == true {
+        "unsafe    yes: its expressions may call any function (created with --unsafe)"
+    } else {
+        "unsafe    no"
+    })?;
+    let t = &p["totals"];
+    printer.line(format!(
+        "hits      {} (recorded {}, dropped {}, errors {})",
+        t["hits"], t["recorded"], t["dropped"], t["errors"]
+    ))?;
+    for s in p["processes"].as_array().into_iter().flatten() {
+        printer.line(format!("  pid {}: {}", s["pid"], status_text(s)))?;
     }
     Ok(ExitStatus::Success)
 }

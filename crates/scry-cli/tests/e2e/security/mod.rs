@@ -26,6 +26,8 @@ mod control_plane;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod expressions;
+
 /// The attacker's account name.
 pub const ATTACKER: &str = "scry-attacker";
 
