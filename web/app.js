@@ -243,6 +243,8 @@
       tr.id = 'probe-' + p.id;
       const name = el('td', 'mono', p.name || p.id);
       if (!p.enabled) name.append(el('span', 'state disabled', p.expired ? 'expired' : 'disabled'));
+      // The owner's explicit choice (docs/security.md): its expressions may call anything.
+      if (p.unsafe) name.append(el('span', 'state error', 'unsafe'));
       const per = el('td');
       for (const s of p.processes || []) {
         const line = el('span', 'pstat');
