@@ -68,7 +68,7 @@ def no_leftovers():
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket (the control plane's default)."""
+    """HTTP over a unix socket (a control plane's default, the daemon's local API)."""
 
     def __init__(self, path, timeout):
         http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)

@@ -5,39 +5,23 @@ use it fail and say how to build it.
 """
 
 import contextlib
-import http.client
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
 import scry
-from conftest import REPO
+from conftest import REPO, UnixHTTPConnection
 
 SCRY_BIN = os.environ.get("SCRY_BIN") or os.path.join(REPO, "target", "debug", "scry")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DISCONNECTED = re.compile(r'agent disconnected pid=(\d+) state="(\w+)" reason=(?:Some\("([^"]*)"\)|None)')
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket (the daemon's run/api.sock)."""
-
-    def __init__(self, path, timeout):
-        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.socket_path)
-        self.sock = s
 
 
 def write_config(home, **agents):
@@ -131,7 +115,7 @@ class RealDaemon(object):
 
     def api(self, method, path, body=None):
         """A request to its local API socket (the owner's way in, as the CLI's)."""
-        conn = _UnixHTTPConnection(self.info["api_socket"], timeout=15)
+        conn = UnixHTTPConnection(self.info["api_socket"], timeout=15)
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
             conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
