@@ -11,12 +11,17 @@ from scry import _proto
 from scry._proto import ProtocolError
 
 
-def _cases():
-    # expressions.json holds probe expressions, not messages (test_expressions reads it).
+def _message_vector_files():
+    """The shared message vectors (expressions.json holds probe expressions, not messages:
+    test_expressions reads it)."""
     files = sorted(f for f in glob.glob(os.path.join(VECTORS, "*.json")) if os.path.basename(f) != "expressions.json")
     assert len(files) >= 3, "expected the shared vectors in {}".format(VECTORS)
+    return files
+
+
+def _cases():
     out = []
-    for path in files:
+    for path in _message_vector_files():
         with open(path, encoding="utf-8") as f:
             for case in json.load(f)["cases"]:
                 out.append(pytest.param(case, id="{}:{}".format(os.path.basename(path), case["name"])))
@@ -128,7 +133,7 @@ def test_encode_refuses_what_json_cannot_carry():
 
 def _proof_cases():
     out = []
-    for path in sorted(glob.glob(os.path.join(VECTORS, "*.json"))):
+    for path in _message_vector_files():
         with open(path, encoding="utf-8") as f:
             for case in json.load(f)["cases"]:
                 if "agent_proof" in case:

@@ -159,6 +159,11 @@ fn draw(
             } else {
                 Style::default()
             };
+            // Command lines and names come from the processes: shown, never sent as controls.
+            let c: Vec<String> = c
+                .into_iter()
+                .map(|v| crate::printer::escape_controls(&v).into_owned())
+                .collect();
             Row::new(c).style(style)
         })
         .collect();

@@ -138,10 +138,18 @@ impl Ctx {
 
     /// Starts `scry serve --port 0` in the foreground (as our child) and waits until it serves.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with(&["--port", "0"]);
+    }
+
+    /// Starts `scry serve ARGS` in the foreground (as our child, logging to `test-daemon.log`),
+    /// waits until its local API answers, and returns what it wrote in `run/daemon.json`.
+    pub fn start_daemon_with(&mut self, args: &[&str]) -> Value {
         let daemon_file = self.home().join("run/daemon.json");
         let _ = std::fs::remove_file(&daemon_file);
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
         let child = self
-            .cmd(&["serve", "--port", "0"])
+            .cmd(&all)
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
@@ -156,12 +164,12 @@ impl Ctx {
             child,
             label: "daemon".into(),
         });
-        wait_for("the daemon to serve", Duration::from_secs(20), || {
+        wait_for("the daemon to serve", Duration::from_secs(60), || {
             let v: Value =
                 serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
             let api = v["api_socket"].as_str()?.to_owned();
-            http_get(&api, "/api/v1/health").ok().map(|_| ())
-        });
+            http_get(&api, "/api/v1/health").ok().map(|_| v)
+        })
     }
 
     /// Kills the daemon with SIGKILL (no cleanup on its side).

@@ -6,12 +6,11 @@
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{http_get, http_request, pythons, text, wait_for, Ctx, Proc};
+use crate::support::{http_get, http_request, pythons, text, wait_for, Ctx};
 use crate::webdriver::{artifacts_dir, Browser};
 
 pub(crate) const TOKEN: &str = "web-e2e-token-3f9a";
@@ -35,28 +34,8 @@ pub(crate) fn start_daemon_on(ctx: &mut Ctx, ip: &str) -> String {
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
     )
     .expect("chmod");
-    let daemon_file = ctx.home().join("run/daemon.json");
-    let child = ctx
-        .cmd(&["serve", "--http", &format!("{ip}:0")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(ctx.home().join("test-daemon.log")).expect("log"),
-        ))
-        .spawn()
-        .expect("spawn daemon");
-    ctx.daemon = Some(Proc {
-        child,
-        label: "daemon".into(),
-    });
-    wait_for("the daemon to serve", Duration::from_secs(60), || {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
-        let http = v["http"].as_str()?.to_owned();
-        let api = v["api_socket"].as_str()?.to_owned();
-        http_get(&api, "/api/v1/health")
-            .ok()
-            .filter(|(s, _)| *s == 200)?;
-        Some(http)
-    })
+    let info = ctx.start_daemon_with(&["--http", &format!("{ip}:0")]);
+    info["http"].as_str().expect("http").to_owned()
 }
 
 /// The line of `tests/scripts/orders_loop.py` marked `# PROBE: total`.

@@ -233,23 +233,8 @@ fn ready(ctx: &Ctx, name: &str) -> String {
 
 /// Starts a daemon as root with a TCP agent listener on `addr`; returns its TCP address.
 fn daemon_with_agent_tcp(ctx: &mut Ctx, addr: &str) -> String {
-    let daemon_file = ctx.home().join("run/daemon.json");
-    let child = ctx
-        .cmd(&["serve", "--port", "0", "--agent-tcp", addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(ctx.home().join("test-daemon.log")).expect("log"),
-        ))
-        .spawn()
-        .expect("spawn daemon");
-    ctx.daemon = Some(Proc {
-        child,
-        label: "daemon".into(),
-    });
-    wait_for("the daemon to serve", Duration::from_secs(30), || {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
-        v["agent_tcp"].as_str().map(str::to_owned)
-    })
+    let info = ctx.start_daemon_with(&["--port", "0", "--agent-tcp", addr]);
+    info["agent_tcp"].as_str().expect("agent_tcp").to_owned()
 }
 
 fn daemon_log(ctx: &Ctx) -> String {
