@@ -246,7 +246,11 @@ pub fn start_daemon(home: &Home, extra_args: &[String]) -> Result<DaemonFile, Cl
     let (log, log_err) = open_log(&home.log_file())?;
     let previous = std::fs::read_to_string(home.daemon_file()).ok();
     let mut cmd = Command::new(&exe);
+    // The daemon writes its log itself (rotated, never fatal when the disk is full); stdout
+    // and stderr still go to the file for what comes before logging starts (or a panic).
     cmd.arg("serve")
+        .arg("--log-file")
+        .arg(home.log_file())
         .args(extra_args)
         .env(env::SCRY_HOME, home.root())
         .stdin(Stdio::null())

@@ -103,6 +103,10 @@ struct RetentionSection {
     max_events_per_probe: Option<u64>,
 }
 
+/// The longest duration accepted anywhere (TTLs, retention ages, waits): 10 years. Beyond it a
+/// value is a typo or an attack (`1e308`, 2^64 s), and `Duration` arithmetic would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86400);
+
 /// Parses a duration such as `7d`, `12h`, `30m`, `45s`, `250ms` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -129,7 +133,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{text}` is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    check_seconds(secs).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// Checks a number of seconds against [`MAX_DURATION`] and makes it a `Duration`.
+pub fn check_seconds(secs: f64) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{secs} is not a valid number of seconds"));
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "{secs} s is more than the maximum of {} s (10 years)",
+            MAX_DURATION.as_secs()
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{secs} s: {e}"))
 }
 
 impl Config {
@@ -230,6 +248,23 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        // Bounded: huge values are refused with the maximum, never a panic or an overflow.
+        for huge in [
+            "1e308",
+            "18446744073709551616",
+            "99999999999999999999999d",
+            "11000d",
+        ] {
+            let err = parse_duration(huge).expect_err(huge);
+            assert!(
+                err.contains("maximum") || err.contains("unknown unit"),
+                "{huge}: {err}"
+            );
+        }
+        assert_eq!(
+            parse_duration("3650d"),
+            Ok(Duration::from_secs(3650 * 86400))
+        );
     }
 
     #[test]
