@@ -13,6 +13,41 @@ use serde_json::Value;
 use crate::error::CliError;
 use crate::printer::Printer;
 
+/// Whether a daemon answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// It answered.
+    Up,
+    /// Something listens (the connection was made, or the socket's backlog is full) but gave
+    /// no answer in time: the daemon is alive and overloaded.
+    Busy,
+    /// Nothing listens: no socket file, or the connection was refused.
+    NotRunning,
+}
+
+/// How long `scry status` and the other liveness checks wait for an answer.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a failed request means nothing listens (as opposed to a daemon that is slow).
+fn nothing_listens(e: &reqwest::Error) -> bool {
+    if e.is_timeout() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            );
+        }
+        cur = err.source();
+    }
+    // No I/O error in the chain (e.g. a reset before any answer): only a failure to connect
+    // at all means nothing listens.
+    e.is_connect()
+}
+
 /// Where the daemon is and how to reach it.
 ///
 /// By default through the daemon's local API socket (`$SCRY_HOME/run/api.sock`), where the
@@ -86,22 +121,47 @@ impl DaemonClient {
 
     /// Whether a daemon answers at the address.
     pub async fn is_up(&self) -> bool {
+        self.reach().await == Reach::Up
+    }
+
+    /// Whether a daemon answers at the address, is there but busy, or is not running.
+    pub async fn reach(&self) -> Reach {
         let mut req = self
             .http
             .get(self.url("/api/v1/health"))
-            .timeout(Duration::from_secs(2));
+            .timeout(REACH_TIMEOUT);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        // Over TCP a daemon that refuses a wrong token still answers: it is up, and the call
-        // that follows says what is wrong.
-        matches!(req.send().await, Ok(r) if r.status().is_success() || (self.explicit && r.status().is_client_error()))
+        match req.send().await {
+            // Over TCP a daemon that refuses a wrong token still answers: it is up, and the
+            // call that follows says what is wrong.
+            Ok(r) if r.status().is_success() || (self.explicit && r.status().is_client_error()) => {
+                Reach::Up
+            }
+            // Something answers, but not as a healthy daemon would (e.g. 503): busy.
+            Ok(_) => Reach::Busy,
+            Err(e) if nothing_listens(&e) => Reach::NotRunning,
+            Err(_) => Reach::Busy,
+        }
+    }
+
+    fn busy_error(&self) -> CliError {
+        CliError::new(format!(
+            "the scry daemon at {} is busy: it accepts connections but did not answer within {} s",
+            self.base,
+            REACH_TIMEOUT.as_secs()
+        ))
+        .hint("it is running (do not start another); try again shortly. Many open connections or a full disk can cause this: `scry status` and its log tell")
     }
 
     /// Makes sure a daemon runs, starting one in the background (and saying so) if needed.
     pub async fn ensure_running(&mut self, printer: &mut Printer) -> Result<(), CliError> {
-        if self.is_up().await {
-            return Ok(());
+        match self.reach().await {
+            Reach::Up => return Ok(()),
+            // Starting another daemon would only fail (this one holds the home).
+            Reach::Busy => return Err(self.busy_error()),
+            Reach::NotRunning => {}
         }
         // SCRY_DAEMON naming this machine: start the daemon there; another host: say so.
         let local = loopback_addr(&self.base);
@@ -197,6 +257,14 @@ impl DaemonClient {
             req = req.bearer_auth(t);
         }
         let resp = req.timeout(timeout).send().await.map_err(|e| {
+            if !nothing_listens(&e) {
+                return CliError::new(format!(
+                    "the scry daemon at {} did not answer: {}",
+                    self.base,
+                    root_cause(&e)
+                ))
+                .hint("it is running but busy (or the request takes long); `scry status` tells");
+            }
             CliError::new(format!(
                 "cannot reach the scry daemon at {}: {}",
                 self.base,
