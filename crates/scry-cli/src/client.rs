@@ -27,24 +27,28 @@ pub enum Reach {
 
 /// How long `scry status` and the other liveness checks wait for an answer.
 pub const REACH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting may take; shorter than [`REACH_TIMEOUT`] so that an address where
+/// nobody answers at all ("not running") is told from a daemon that is slow to answer ("busy").
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether a failed request means nothing listens (as opposed to a daemon that is slow).
 fn nothing_listens(e: &reqwest::Error) -> bool {
-    if e.is_timeout() {
-        return false;
-    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            );
+            match io.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    return true
+                }
+                // The socket's backlog is full: a daemon is there, swamped.
+                std::io::ErrorKind::WouldBlock => return false,
+                _ => break,
+            }
         }
         cur = err.source();
     }
-    // No I/O error in the chain (e.g. a reset before any answer): only a failure to connect
-    // at all means nothing listens.
+    // Could not connect at all (also within the connect timeout: an address nobody answers
+    // at); a timeout or a reset after connecting is a daemon that is there but busy.
     e.is_connect()
 }
 
@@ -69,7 +73,10 @@ pub struct DaemonClient {
 impl DaemonClient {
     /// Resolves the daemon's address: `SCRY_DAEMON`, else the local API socket of `$SCRY_HOME`.
     pub fn locate(home: &Home) -> Result<DaemonClient, CliError> {
-        let builder = reqwest::Client::builder().no_proxy();
+        // Connecting and answering are timed apart: see `nothing_listens`.
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT);
         let (base, url_base, explicit, builder) = match env::var(env::SCRY_DAEMON) {
             Some(url) => {
                 let url = url.trim_end_matches('/').to_owned();
