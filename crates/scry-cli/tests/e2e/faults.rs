@@ -326,3 +326,55 @@ fn waiting_for_zero_events_answers_at_once() {
     assert_eq!(v["reached"], true, "{v}");
     assert_eq!(v["count"], 0, "{v}");
 }
+
+#[test]
+fn a_flood_of_bad_agent_lines_costs_a_few_log_lines() {
+    use std::io::{BufRead, BufReader};
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let sock = ctx.home().join("run/agent.sock");
+    let hello = serde_json::json!({"type":"hello","protocol":1,"agent_version":"test",
+        "pid":std::process::id(),"ppid":1,"host":"test","name":"bad-lines","origin":"embedded",
+        "python":{"version":"3.0.0","implementation":"cpython","executable":"/bin/false"},
+        "argv":["flood"],"cwd":"/","started_at":1.0});
+    let s = UnixStream::connect(&sock).expect("connect");
+    let reader = s.try_clone().expect("clone");
+    // Replies are drained on another thread, counted.
+    let drain = std::thread::spawn(move || {
+        BufReader::new(reader)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("\"error\""))
+            .count()
+    });
+    let n = 200_000;
+    let mut w = std::io::BufWriter::new(s.try_clone().expect("clone"));
+    writeln!(w, "{hello}").expect("hello");
+    for i in 0..n {
+        writeln!(w, "not json {i}").expect("bad line");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let errors = drain.join().expect("drain");
+    assert_eq!(errors, n, "every bad line is answered with an error");
+
+    // The daemon still answers, and its log holds a handful of lines, not one per bad line.
+    assert_eq!(ctx.get("/api/v1/health")["ok"], true);
+    let log = std::fs::read_to_string(ctx.home().join("test-daemon.log")).expect("log");
+    let bad = log.matches("bad message from agent").count();
+    assert!(
+        bad <= 2 * crate_burst(),
+        "{bad} log lines for {n} bad lines"
+    );
+    assert!(
+        log.len() < 256 * 1024,
+        "the log grew to {} bytes",
+        log.len()
+    );
+}
+
+/// Lines one log call site may write per 10 s (`logsink::BURST`).
+fn crate_burst() -> usize {
+    10
+}
