@@ -318,7 +318,12 @@ pub fn start_daemon(home: &Home, extra_args: &[String]) -> Result<DaemonFile, Cl
     home.ensure().map_err(CliError::from_daemon)?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(format!("cannot find the scry executable: {e}")))?;
-    let (log, log_err) = open_log(&home.log_file())?;
+    // A full disk may not even allow creating the log: the daemon runs anyway (its own log
+    // sink tries the file again every second), with what comes before logging lost.
+    let (log, log_err): (Stdio, Stdio) = match open_log(&home.log_file()) {
+        Ok((a, b)) => (a.into(), b.into()),
+        Err(_) => (Stdio::null(), Stdio::null()),
+    };
     let previous = std::fs::read_to_string(home.daemon_file()).ok();
     let mut cmd = Command::new(&exe);
     // The daemon writes its log itself (rotated, never fatal when the disk is full); stdout
