@@ -378,3 +378,44 @@ fn a_flood_of_bad_agent_lines_costs_a_few_log_lines() {
 fn crate_burst() -> usize {
     10
 }
+
+#[test]
+fn max_db_mb_bounds_the_database_whatever_the_per_probe_cap() {
+    let py = pythons().into_iter().next().expect("an interpreter");
+    let mut ctx = Ctx::new();
+    let port = ctx.config_free_port();
+    // No cap per probe: only the size cap (1 MiB of pages) holds the database.
+    std::fs::write(
+        ctx.home().join("config.toml"),
+        format!("[http]\naddr = \"127.0.0.1:{port}\"\n[retention]\nmax_events_per_probe = 0\nmax_db_mb = 1\n"),
+    )
+    .expect("config");
+    ctx.start_daemon();
+    let flood = ctx.python(&py, "flood_client.py", &["sized", "flood"]);
+    wait_for("the agent to register", Duration::from_secs(30), || {
+        awake(&ctx, flood.pid()).then_some(())
+    });
+    let loc = format!("flood_client.py:{}", flood_line());
+    let out = ctx.scry(&[
+        "probe", "add", &loc, "i", "pad", "--every", "--name", "sized",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Retention runs every 30 s; it deletes the oldest events and counts them.
+    let s = wait_for("retention by size", Duration::from_secs(90), || {
+        let s = status(&ctx);
+        (s["store"]["retention_deleted"].as_u64().unwrap_or(0) > 0).then_some(s)
+    });
+    assert_eq!(s["store"]["max_db_mb"], 1, "{s}");
+    drop(flood);
+    // Once the flood stops, the next pass leaves at most 1 MiB of pages: each event here is
+    // well over 100 bytes, so that is fewer than 10,486 events, from the newest.
+    let s = wait_for(
+        "the database under its cap",
+        Duration::from_secs(90),
+        || {
+            let s = status(&ctx);
+            (s["events_stored"].as_u64().unwrap_or(u64::MAX) < 1024 * 1024 / 100).then_some(s)
+        },
+    );
+    assert!(s["events_stored"].as_u64().unwrap_or(0) > 0, "{s}");
+}
