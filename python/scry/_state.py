@@ -20,7 +20,7 @@ import threading
 
 from . import _config, _discovery, _features, _process, _proto
 from ._engine import Engine
-from ._errors import AgentError, ConfigError
+from ._errors import AgentError, ConfigError, ControlPlaneError
 from ._link import Link
 
 log = logging.getLogger("scry")
@@ -31,6 +31,19 @@ ORIGIN = "embedded"
 UNINITIALISED = "uninitialised"
 SLEEPING = "sleeping"
 AWAKE = "awake"
+
+#: Slugs of the warnings already given in this process (each is given once).
+_warned = set()
+
+
+def _warn_once(slug, message, *args):
+    """Warn through the ``scry`` logger once per process for ``slug`` (documented slugs:
+    ``no-control-plane``, ``no-discovery-file``)."""
+    if slug in _warned:
+        return
+    _warned.add(slug)
+    log.warning("[%s] " + message, slug, *args)
+
 
 #: How long the at-exit hook waits for a transition in progress before cleaning up anyway.
 _AT_EXIT_LOCK_TIMEOUT = 5.0
@@ -98,10 +111,18 @@ def init(
     Nothing is hooked and nothing connects to the daemon until ``wake()`` (or ``start_state=
     "awake"``, or ``POST /scry/wake``, or ``scry wake NAME``). Arguments win over the
     environment (``SCRY_NAME``, ``SCRY_CONTROL_HOST``, ``SCRY_CONTROL_PORT``, ``SCRY_DAEMON``,
-    ``SCRY_HOME``, ``SCRY_TOKEN``). Raises ConfigError (bad arguments, unsafe token file, called
-    twice), ControlPlaneError (cannot bind, or no answer to the health check) and, with
-    ``start_state="awake"``, whatever ``wake()`` raises; on any error nothing is left behind.
-    Returns the status.
+    ``SCRY_HOME``, ``SCRY_TOKEN``).
+
+    The host program comes first: what fails in scry's own files never raises. A ``SCRY_HOME``
+    that is full or not writable costs the discovery file and, for the default unix-socket
+    control plane, the control plane itself; ``init()`` warns once through the ``scry`` logger
+    (slugs ``no-discovery-file``, ``no-control-plane``) and carries on sleeping, and
+    ``scry.wake()`` from the program still works.
+
+    It raises only for the caller's own mistakes: ConfigError (bad arguments, an unsafe token
+    file, called twice), ControlPlaneError for a TCP control plane that was asked for and cannot
+    be served (port in use, not an address of this machine) and, with ``start_state="awake"``,
+    whatever ``wake()`` raises; on any error nothing is left behind. Returns the status.
     """
     agent = _agent
     with agent.lock:
@@ -137,16 +158,36 @@ def init(
                 socket_path=_discovery.socket_path_for(config.home, os.getpid()),
                 tcp=config.control_tcp,
             )
-            agent.control.start(config.health_check_timeout)
-            agent.discovery_path = _discovery.path_for(config.home, os.getpid())
+            try:
+                agent.control.start(config.health_check_timeout)
+            except ControlPlaneError as exc:
+                # A TCP address was the caller's choice: theirs to fix. The unix socket lives
+                # in SCRY_HOME, and a full or read-only home must not stop the program.
+                if config.control_tcp:
+                    raise
+                _warn_once(
+                    "no-control-plane",
+                    "%s; carrying on without a control plane (scry.wake() still works)",
+                    exc,
+                )
+                try:
+                    agent.control.stop()
+                except Exception:
+                    pass
+                agent.control = None
             agent.state = SLEEPING
-            _write_discovery(agent, strict=True)
+            if agent.control is not None:
+                agent.discovery_path = _discovery.path_for(config.home, os.getpid())
+                _write_discovery(agent)
             if config.start_state == AWAKE:
                 _wake_locked(agent, None)
         except BaseException:
             _teardown_locked(agent, "shutdown")
             raise
-        log.debug("initialised: control plane at %s", agent.control.url)
+        log.debug(
+            "initialised: control plane at %s",
+            agent.control.url if agent.control is not None else None,
+        )
         return _status_of(agent)
 
 
@@ -357,9 +398,10 @@ def _status_of(agent):
     }
 
 
-def _write_discovery(agent, strict=False):
+def _write_discovery(agent):
+    """Writes the discovery file; a failure (full or read-only home) is warned about once."""
     path = agent.discovery_path
-    if path is None:
+    if path is None or agent.control is None:
         return
     config = agent.config
     control = agent.control
@@ -378,13 +420,15 @@ def _write_discovery(agent, strict=False):
     }
     try:
         _discovery.write(path, record)
-    except OSError as exc:
-        message = "cannot write the discovery file {}: {}: make SCRY_HOME ({}) writable, or point " "SCRY_HOME (or scry.init(home=)) elsewhere".format(
-            path, exc.strerror or exc, config.home
+    except (OSError, ValueError) as exc:
+        _warn_once(
+            "no-discovery-file",
+            "cannot write the discovery file %s: %s: `scry ps` and `scry wake` will not find "
+            "this process until SCRY_HOME (%s) has room and is writable; carrying on",
+            path,
+            getattr(exc, "strerror", None) or exc,
+            config.home,
         )
-        if strict:
-            raise ConfigError(message)
-        log.warning("%s", message)
 
 
 def _at_exit():

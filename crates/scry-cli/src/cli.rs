@@ -406,6 +406,10 @@ pub struct ServeArgs {
     /// Also accept agents over TCP at HOST:PORT (they must present the token).
     #[arg(long)]
     pub agent_tcp: Option<String>,
+    /// Log to this file (rotated at 10 MB, two old files kept) instead of stderr; what
+    /// `--daemon` passes to the daemon it starts.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub log_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub output: Output,
 }

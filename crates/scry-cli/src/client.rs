@@ -13,6 +13,45 @@ use serde_json::Value;
 use crate::error::CliError;
 use crate::printer::Printer;
 
+/// Whether a daemon answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// It answered.
+    Up,
+    /// Something listens (the connection was made, or the socket's backlog is full) but gave
+    /// no answer in time: the daemon is alive and overloaded.
+    Busy,
+    /// Nothing listens: no socket file, or the connection was refused.
+    NotRunning,
+}
+
+/// How long `scry status` and the other liveness checks wait for an answer.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting may take; shorter than [`REACH_TIMEOUT`] so that an address where
+/// nobody answers at all ("not running") is told from a daemon that is slow to answer ("busy").
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a failed request means nothing listens (as opposed to a daemon that is slow).
+fn nothing_listens(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    return true
+                }
+                // The socket's backlog is full: a daemon is there, swamped.
+                std::io::ErrorKind::WouldBlock => return false,
+                _ => break,
+            }
+        }
+        cur = err.source();
+    }
+    // Could not connect at all (also within the connect timeout: an address nobody answers
+    // at); a timeout or a reset after connecting is a daemon that is there but busy.
+    e.is_connect()
+}
+
 /// Where the daemon is and how to reach it.
 ///
 /// By default through the daemon's local API socket (`$SCRY_HOME/run/api.sock`), where the
@@ -34,7 +73,10 @@ pub struct DaemonClient {
 impl DaemonClient {
     /// Resolves the daemon's address: `SCRY_DAEMON`, else the local API socket of `$SCRY_HOME`.
     pub fn locate(home: &Home) -> Result<DaemonClient, CliError> {
-        let builder = reqwest::Client::builder().no_proxy();
+        // Connecting and answering are timed apart: see `nothing_listens`.
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT);
         let (base, url_base, explicit, builder) = match env::var(env::SCRY_DAEMON) {
             Some(url) => {
                 let url = url.trim_end_matches('/').to_owned();
@@ -86,22 +128,47 @@ impl DaemonClient {
 
     /// Whether a daemon answers at the address.
     pub async fn is_up(&self) -> bool {
+        self.reach().await == Reach::Up
+    }
+
+    /// Whether a daemon answers at the address, is there but busy, or is not running.
+    pub async fn reach(&self) -> Reach {
         let mut req = self
             .http
             .get(self.url("/api/v1/health"))
-            .timeout(Duration::from_secs(2));
+            .timeout(REACH_TIMEOUT);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        // Over TCP a daemon that refuses a wrong token still answers: it is up, and the call
-        // that follows says what is wrong.
-        matches!(req.send().await, Ok(r) if r.status().is_success() || (self.explicit && r.status().is_client_error()))
+        match req.send().await {
+            // Over TCP a daemon that refuses a wrong token still answers: it is up, and the
+            // call that follows says what is wrong.
+            Ok(r) if r.status().is_success() || (self.explicit && r.status().is_client_error()) => {
+                Reach::Up
+            }
+            // Something answers, but not as a healthy daemon would (e.g. 503): busy.
+            Ok(_) => Reach::Busy,
+            Err(e) if nothing_listens(&e) => Reach::NotRunning,
+            Err(_) => Reach::Busy,
+        }
+    }
+
+    fn busy_error(&self) -> CliError {
+        CliError::new(format!(
+            "the scry daemon at {} is busy: it accepts connections but did not answer within {} s",
+            self.base,
+            REACH_TIMEOUT.as_secs()
+        ))
+        .hint("it is running (do not start another); try again shortly. Many open connections or a full disk can cause this: `scry status` and its log tell")
     }
 
     /// Makes sure a daemon runs, starting one in the background (and saying so) if needed.
     pub async fn ensure_running(&mut self, printer: &mut Printer) -> Result<(), CliError> {
-        if self.is_up().await {
-            return Ok(());
+        match self.reach().await {
+            Reach::Up => return Ok(()),
+            // Starting another daemon would only fail (this one holds the home).
+            Reach::Busy => return Err(self.busy_error()),
+            Reach::NotRunning => {}
         }
         // SCRY_DAEMON naming this machine: start the daemon there; another host: say so.
         let local = loopback_addr(&self.base);
@@ -197,6 +264,14 @@ impl DaemonClient {
             req = req.bearer_auth(t);
         }
         let resp = req.timeout(timeout).send().await.map_err(|e| {
+            if !nothing_listens(&e) {
+                return CliError::new(format!(
+                    "the scry daemon at {} did not answer: {}",
+                    self.base,
+                    root_cause(&e)
+                ))
+                .hint("it is running but busy (or the request takes long); `scry status` tells");
+            }
             CliError::new(format!(
                 "cannot reach the scry daemon at {}: {}",
                 self.base,
@@ -243,10 +318,19 @@ pub fn start_daemon(home: &Home, extra_args: &[String]) -> Result<DaemonFile, Cl
     home.ensure().map_err(CliError::from_daemon)?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(format!("cannot find the scry executable: {e}")))?;
-    let (log, log_err) = open_log(&home.log_file())?;
+    // A full disk may not even allow creating the log: the daemon runs anyway (its own log
+    // sink tries the file again every second), with what comes before logging lost.
+    let (log, log_err): (Stdio, Stdio) = match open_log(&home.log_file()) {
+        Ok((a, b)) => (a.into(), b.into()),
+        Err(_) => (Stdio::null(), Stdio::null()),
+    };
     let previous = std::fs::read_to_string(home.daemon_file()).ok();
     let mut cmd = Command::new(&exe);
+    // The daemon writes its log itself (rotated, never fatal when the disk is full); stdout
+    // and stderr still go to the file for what comes before logging starts (or a panic).
     cmd.arg("serve")
+        .arg("--log-file")
+        .arg(home.log_file())
         .args(extra_args)
         .env(env::SCRY_HOME, home.root())
         .stdin(Stdio::null())

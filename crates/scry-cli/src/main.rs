@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod commands;
 mod error;
+mod logsink;
 mod printer;
 mod render;
 
@@ -17,16 +18,25 @@ use error::{CliError, ExitStatus};
 use printer::Printer;
 use scry_daemon::Home;
 
-fn init_logging(default: &str) {
+/// Logs through a [`logsink::LogSink`]: to `log_file` when given (a `--daemon` daemon, rotated),
+/// else to stderr; rate-limited per call site and never fatal when the write fails.
+fn init_logging(default: &str, log_file: Option<&std::path::Path>) {
     let spec =
         scry_daemon::env::var(scry_daemon::env::SCRY_LOG).unwrap_or_else(|| default.to_owned());
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let sink = match log_file {
+        Some(path) => logsink::LogSink::file(path, logsink::MAX_LOG_BYTES),
+        None => logsink::LogSink::stderr(),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(sink)
+        // Its fallback is `eprintln!`, which panics when stderr cannot be written (full disk).
+        .log_internal_errors(false)
         .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
+            log_file.is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr())
                 && scry_daemon::env::var("NO_COLOR").is_none(),
         )
         .with_target(true)
@@ -72,10 +82,10 @@ fn json_flag(cmd: &Command) -> bool {
 fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
     let home = Home::from_env();
     if let Command::Serve(args) = &cli.command {
-        init_logging("info");
+        init_logging("info", args.log_file.as_deref());
         return commands::serve::serve(&home, args, printer);
     }
-    init_logging("warn");
+    init_logging("warn", None);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,7 +121,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
 /// `scry run` and `scry repl` exit with the status of what they ran.
 fn run_with_status(cli: &Cli, printer: &mut Printer) -> Option<ExitCode> {
     let home = Home::from_env();
-    init_logging("warn");
+    init_logging("warn", None);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -38,6 +38,9 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# scry daemon configuration. Every sett
 # max_age = "7d"
 # At most this many events are kept per probe (the oldest go first); 0 = no limit.
 # max_events_per_probe = 100000
+# The database's pages in use are kept under this many MiB by deleting the oldest events,
+# whatever their probes; 0 = no limit.
+# max_db_mb = 512
 "#;
 
 /// The daemon's settings after the file and the flags were applied.
@@ -57,6 +60,8 @@ pub struct Config {
     pub max_age: Option<Duration>,
     /// Maximum events per probe (`None`: no limit).
     pub max_events_per_probe: Option<u64>,
+    /// Maximum size of the database's pages in use, in MiB (`None`: no limit).
+    pub max_db_mb: Option<u64>,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             heartbeat_ms: 5000,
             max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             max_events_per_probe: Some(100_000),
+            max_db_mb: Some(512),
         }
     }
 }
@@ -101,7 +107,15 @@ struct AgentsSection {
 struct RetentionSection {
     max_age: Option<String>,
     max_events_per_probe: Option<u64>,
+    max_db_mb: Option<u64>,
 }
+
+/// The longest duration accepted anywhere (TTLs, retention ages, waits): 10 years. Beyond it a
+/// value is a typo or an attack (`1e308`, 2^64 s), and `Duration` arithmetic would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86400);
+
+/// The largest `retention.max_db_mb` accepted (16 TiB).
+pub const MAX_DB_MB: u64 = 16 * 1024 * 1024;
 
 /// Parses a duration such as `7d`, `12h`, `30m`, `45s`, `250ms` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -129,7 +143,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{text}` is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    check_seconds(secs).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// Checks a number of seconds against [`MAX_DURATION`] and makes it a `Duration`.
+pub fn check_seconds(secs: f64) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{secs} is not a valid number of seconds"));
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "{secs} s is more than the maximum of {} s (10 years)",
+            MAX_DURATION.as_secs()
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{secs} s: {e}"))
 }
 
 impl Config {
@@ -160,6 +188,15 @@ impl Config {
         }
         if let Some(n) = file.retention.max_events_per_probe {
             c.max_events_per_probe = (n > 0).then_some(n);
+        }
+        if let Some(n) = file.retention.max_db_mb {
+            // 16 TiB: beyond any disk scry will see, and bytes still fit a u64.
+            if n > MAX_DB_MB {
+                return Err(bad(format!(
+                    "retention.max_db_mb: {n} is more than the maximum of {MAX_DB_MB}"
+                )));
+            }
+            c.max_db_mb = (n > 0).then_some(n);
         }
         Ok(c)
     }
@@ -202,12 +239,13 @@ mod tests {
 
     #[test]
     fn values_override_defaults() {
-        let text = "[http]\naddr = \"127.0.0.1:9999\"\n[agents]\ntcp = \"0.0.0.0:7391\"\n[retention]\nmax_age = \"12h\"\nmax_events_per_probe = 0\n";
+        let text = "[http]\naddr = \"127.0.0.1:9999\"\n[agents]\ntcp = \"0.0.0.0:7391\"\n[retention]\nmax_age = \"12h\"\nmax_events_per_probe = 0\nmax_db_mb = 64\n";
         let c = Config::from_toml(text, Path::new("c.toml")).expect("parse");
         assert_eq!(c.http_addr, "127.0.0.1:9999");
         assert_eq!(c.agent_tcp.as_deref(), Some("0.0.0.0:7391"));
         assert_eq!(c.max_age, Some(Duration::from_secs(12 * 3600)));
         assert_eq!(c.max_events_per_probe, None);
+        assert_eq!(c.max_db_mb, Some(64));
     }
 
     #[test]
@@ -215,6 +253,8 @@ mod tests {
         for text in [
             "[http]\nadress = \"x\"\n",
             "[retention]\nmax_age = \"soon\"\n",
+            "[retention]\nmax_age = \"4000d\"\n",
+            "[retention]\nmax_db_mb = 99999999999\n",
             "not toml [",
         ] {
             let err = Config::from_toml(text, Path::new("/h/config.toml")).expect_err(text);
@@ -230,6 +270,23 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        // Bounded: huge values are refused with the maximum, never a panic or an overflow.
+        for huge in [
+            "1e308",
+            "18446744073709551616",
+            "99999999999999999999999d",
+            "11000d",
+        ] {
+            let err = parse_duration(huge).expect_err(huge);
+            assert!(
+                err.contains("maximum") || err.contains("unknown unit"),
+                "{huge}: {err}"
+            );
+        }
+        assert_eq!(
+            parse_duration("3650d"),
+            Ok(Duration::from_secs(3650 * 86400))
+        );
     }
 
     #[test]

@@ -190,7 +190,23 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         "probes": counts.probes,
         "events_stored": counts.events,
         "dropped": {"by_agents": counts.dropped, "by_daemon": crate::dropped(&shared)},
+        "store": store_health(&shared),
     })))
+}
+
+/// The store's part of the status: whether it can write (`ok`, `full`, `failing`), since when,
+/// how many events it could not store, and how many retention deleted.
+pub fn store_health(shared: &Shared) -> Value {
+    let h = shared.store.health();
+    let retention_deleted: u64 = h.retention_deleted.values().sum();
+    json!({
+        "state": h.state,
+        "since": h.since,
+        "not_stored": h.not_stored,
+        "last_error": h.last_error,
+        "retention_deleted": retention_deleted,
+        "max_db_mb": shared.config.max_db_mb,
+    })
 }
 
 #[derive(Deserialize)]

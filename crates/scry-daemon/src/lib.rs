@@ -35,6 +35,7 @@ pub mod home;
 pub mod http;
 pub mod lines;
 pub mod link;
+pub mod listen;
 pub mod mcp;
 pub mod probes;
 pub mod query;
@@ -509,6 +510,22 @@ fn check_not_running(home: &Home) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Raises the soft limit of open files to the hard limit: every agent link and HTTP
+/// connection is a descriptor, and the default soft limit (often 1,024) is soon reached.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(target: "daemon", soft, hard, "raised the open-files limit"),
+            Err(e) => {
+                tracing::warn!(target: "daemon", soft, hard, "cannot raise the open-files limit: {e}")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(target: "daemon", "cannot read the open-files limit: {e}"),
+    }
+}
+
 fn write_file(path: &std::path::Path, text: &str) -> Result<(), DaemonError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
@@ -529,6 +546,7 @@ pub async fn serve(
 ) -> Result<(), DaemonError> {
     home.ensure()?;
     check_not_running(&home)?;
+    raise_fd_limit();
     let mut config = Config::load_or_create(&home.config_file())?;
     if let Some(a) = opts.http_addr {
         config.http_addr = a;
@@ -546,6 +564,7 @@ pub async fn serve(
             retention: scry_store::Retention {
                 max_age: config.max_age,
                 max_events_per_source: config.max_events_per_probe,
+                max_db_bytes: config.max_db_mb.map(|mb| mb * 1024 * 1024),
                 ..Default::default()
             },
             ..Default::default()
@@ -658,25 +677,17 @@ pub async fn serve(
         tasks.spawn(accept_tcp(shared.clone(), l, tls));
     }
     tasks.spawn(sweep_loop(shared.clone()));
-    let app = http::router(shared.clone());
-    let mut http_shutdown = shared.shutdown_signal();
-    let server = axum::serve(
+    // Both listeners with a connection cap, header-read and idle timeouts (listen.rs).
+    let server_task = tokio::spawn(listen::serve_tcp(
         http_listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = http_shutdown.changed().await;
-    });
-    let server_task = tokio::spawn(async move { server.await });
-    let mut api_shutdown = shared.shutdown_signal();
-    let api_server = axum::serve(
+        http::router(shared.clone()),
+        shared.shutdown_signal(),
+    ));
+    let api_task = tokio::spawn(listen::serve_unix(
         api_listener,
-        http::router(shared.clone()).into_make_service_with_connect_info::<access::UnixPeer>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = api_shutdown.changed().await;
-    });
-    let api_task = tokio::spawn(async move { api_server.await });
+        http::router(shared.clone()),
+        shared.shutdown_signal(),
+    ));
 
     ready(&info);
 
@@ -695,7 +706,7 @@ pub async fn serve(
     shared.request_shutdown();
     tasks.abort_all();
     let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     shared.system_event(
         Level::Info,
         "daemon_stopped",

@@ -351,8 +351,24 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, BuildError> 
     }
     let ttl_s = match &req.ttl {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => Some(crate::config::parse_duration(s)?.as_secs_f64()),
+        Some(Value::Number(n)) => {
+            let secs = n
+                .as_f64()
+                .ok_or_else(|| format!("ttl {n} is not a number of seconds"))?;
+            if secs <= 0.0 {
+                return Err("ttl must be positive".into());
+            }
+            Some(
+                crate::config::check_seconds(secs)
+                    .map_err(|e| format!("ttl: {e}"))?
+                    .as_secs_f64(),
+            )
+        }
+        Some(Value::String(s)) => Some(
+            crate::config::parse_duration(s)
+                .map_err(|e| format!("ttl: {e}"))?
+                .as_secs_f64(),
+        ),
         Some(other) => {
             return Err(format!("ttl must be seconds or a duration like `5m`, not {other}").into())
         }
@@ -687,6 +703,19 @@ mod tests {
         let def = build(r, &t).expect("ttl");
         assert_eq!(def.ttl_s, Some(300.0));
         assert!(def.spec.expires_at.is_some_and(|e| e > now() + 299.0));
+        // TTLs are bounded (10 years): huge ones are refused with the maximum, not accepted.
+        let two_pow_64: Value = serde_json::from_str("18446744073709551616").expect("number");
+        for huge in [json!(1e308), two_pow_64, json!(u64::MAX), json!("4000d")] {
+            let mut r = req("a.py:3");
+            r.ttl = Some(huge.clone());
+            let err = build(r, &t).expect_err("huge ttl");
+            assert!(err.contains("maximum"), "{huge}: {err}");
+        }
+        for bad in [json!(0), json!(-1), json!("soon")] {
+            let mut r = req("a.py:3");
+            r.ttl = Some(bad.clone());
+            assert!(build(r, &t).is_err(), "{bad}");
+        }
         let mut r = req("a.py:3");
         r.expressions = vec![" ".into()];
         assert!(build(r, &t).is_err());

@@ -471,11 +471,22 @@ pub async fn wait(
     count: usize,
     timeout: Duration,
 ) -> Result<Value, ApiError> {
-    let count = count.clamp(1, scry_store::MAX_QUERY_LIMIT);
     let start_after = match after_id {
         Some(id) => id,
         None => newest_id(shared).await?,
     };
+    // Zero events are always already there: answer at once instead of waiting for nothing.
+    if count == 0 {
+        return Ok(json!({
+            "reached": true,
+            "timed_out": false,
+            "wanted": 0,
+            "count": 0,
+            "cursor": start_after,
+            "events": [],
+        }));
+    }
+    let count = count.min(scry_store::MAX_QUERY_LIMIT);
     let deadline = Instant::now() + timeout;
     let mut stop = shared.shutdown_signal();
     let mut got: Vec<scry_store::EventRow> = Vec::new();

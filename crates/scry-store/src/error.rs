@@ -102,6 +102,14 @@ pub enum StoreError {
         events: usize,
     },
 
+    /// The disk is full: events are not written (and counted as not stored) until space
+    /// returns, so that the little room left serves process registrations and state changes.
+    #[error("the disk of the store is full; these {events} events were not stored")]
+    Full {
+        /// How many events the rejected append carried.
+        events: usize,
+    },
+
     /// The writer thread has stopped (the store was closed, or the thread died).
     #[error("the store writer has stopped")]
     WriterGone,

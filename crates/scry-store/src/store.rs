@@ -12,9 +12,16 @@ use crate::writer::{
 };
 use crate::{
     CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, NewEvent,
-    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, RetentionReport, StoreError,
+    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, RetentionReport, StoreError, StoreHealth,
     StoreOptions, SystemEvent, SystemEventRow, TraceRecord, WriterStats,
 };
+
+/// The reserve file beside the database (`store.db-reserve`, like SQLite's `-wal`).
+fn reserve_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-reserve");
+    PathBuf::from(s)
+}
 
 /// The daemon's persistent memory: a handle on one SQLite database and its writer thread.
 ///
@@ -70,7 +77,8 @@ impl Store {
             opts.batch_delay,
             opts.retention,
             Arc::clone(&counters),
-        );
+        )
+        .with_reserve(reserve_path(path));
         let handle = std::thread::Builder::new()
             .name("scry-store-writer".to_string())
             .spawn(move || writer.run())
@@ -343,6 +351,17 @@ impl Store {
         self.inner.counters.snapshot()
     }
 
+    /// Whether the store can write (or its disk is full), and what it could not store.
+    pub fn health(&self) -> StoreHealth {
+        self.inner.counters.health()
+    }
+
+    /// Events of `source` (a probe id; `""` for none) deleted by retention since the store was
+    /// opened: the accounting counts them as dropped with the reason `retention`.
+    pub fn retention_deleted_for(&self, source: &str) -> u64 {
+        self.inner.counters.retention_deleted_for(source)
+    }
+
     /// Stops the writer after committing everything queued before, and waits for it. Other
     /// clones of this handle get [`StoreError::WriterGone`] from writes afterwards (reads keep
     /// working). Dropping the last clone does the same; `close` only makes it explicit and
@@ -454,6 +473,7 @@ mod tests {
             retention: Retention {
                 max_age: None,
                 max_events_per_source: None,
+                max_db_bytes: None,
                 check_interval: Duration::from_secs(3600),
             },
             ..StoreOptions::default()
@@ -1112,6 +1132,7 @@ mod tests {
                 retention: Retention {
                     max_age: Some(Duration::from_secs(3600)),
                     max_events_per_source: None,
+                    max_db_bytes: None,
                     check_interval: Duration::from_secs(3600),
                 },
                 ..StoreOptions::default()
@@ -1153,6 +1174,7 @@ mod tests {
                 retention: Retention {
                     max_age: Some(Duration::from_secs(7 * 24 * 3600)),
                     max_events_per_source: None,
+                    max_db_bytes: None,
                     check_interval: Duration::from_secs(3600),
                 },
                 ..StoreOptions::default()
@@ -1210,6 +1232,7 @@ mod tests {
                 system_events_by_age: 1,
                 dumps_by_age: 1,
                 processes: 1,
+                events_by_size: 0,
             }
         );
         let dumps = store.dumps(10).expect("dumps");
@@ -1241,6 +1264,7 @@ mod tests {
                 retention: Retention {
                     max_age: None,
                     max_events_per_source: Some(3),
+                    max_db_bytes: None,
                     check_interval: Duration::from_secs(3600),
                 },
                 ..StoreOptions::default()

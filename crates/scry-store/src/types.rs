@@ -56,6 +56,10 @@ pub struct Retention {
     /// For each event source (a probe id; events without a source count as one more source),
     /// only the newest this many events by hit time are kept (default 100,000). `None`: no cap.
     pub max_events_per_source: Option<u64>,
+    /// At most this many bytes of database pages in use (default 512 MiB); beyond it the
+    /// oldest events go, whatever their sources (events whose sources are all distinct too).
+    /// Freed pages are reused, so the file stays near this size. `None`: no limit.
+    pub max_db_bytes: Option<u64>,
     /// How often the writer enforces retention on its own (default 30 s).
     pub check_interval: Duration,
 }
@@ -65,6 +69,7 @@ impl Default for Retention {
         Retention {
             max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             max_events_per_source: Some(100_000),
+            max_db_bytes: Some(512 * 1024 * 1024),
             check_interval: Duration::from_secs(30),
         }
     }
@@ -465,6 +470,36 @@ pub struct RetentionReport {
     pub dumps_by_age: u64,
     /// Gone processes last heard of before `max_age` with no events left.
     pub processes: u64,
+    /// The oldest events, deleted to bring the database under `max_db_bytes`.
+    pub events_by_size: u64,
+}
+
+/// Whether the store can write, for `scry status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreState {
+    /// Writes succeed.
+    Ok,
+    /// The disk is full: events are counted as not stored until space returns (checked every
+    /// second); registrations and state changes use a small reserve meanwhile.
+    Full,
+    /// Commits fail for another reason (an I/O error); each batch is tried anyway.
+    Failing,
+}
+
+/// The store's health: its state, since when, and what it could not store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoreHealth {
+    /// Whether writes succeed.
+    pub state: StoreState,
+    /// Since when (epoch seconds) the state is not `ok`.
+    pub since: Option<f64>,
+    /// Events that could not be stored since the store was opened (disk full, failed commits).
+    pub not_stored: u64,
+    /// The last write error, if the state is not `ok`.
+    pub last_error: Option<String>,
+    /// Events deleted by retention since the store was opened, per source (`""`: no source).
+    pub retention_deleted: std::collections::BTreeMap<String, u64>,
 }
 
 /// Counters of the writer thread since the store was opened.

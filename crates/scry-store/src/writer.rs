@@ -11,11 +11,14 @@
 //! queued when the store was closed) settles itself with [`StoreError::WriterGone`], so no
 //! callback is ever forgotten.
 
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -23,8 +26,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{
     CommitCallback, Level, NewEvent, ProcessState, Retention, RetentionReport, StoreError,
-    WriterStats,
+    StoreHealth, StoreState, WriterStats,
 };
+
+/// Size of the reserve file kept beside the database: on a full disk it is deleted, and the
+/// room it leaves takes process registrations and state changes while events wait for space.
+pub(crate) const RESERVE_BYTES: usize = 1024 * 1024;
+/// How often a full store tries to make its reserve again (which is how it sees space return).
+const FULL_RECHECK: Duration = Duration::from_secs(1);
 
 /// Where a blocking caller waits for the result of its operation.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -280,6 +289,19 @@ pub(crate) struct Counters {
     ops: AtomicU64,
     events: AtomicU64,
     retention_runs: AtomicU64,
+    /// Events that could not be stored (disk full, failed commits).
+    not_stored: AtomicU64,
+    /// Not `ok` since when, and why.
+    trouble: Mutex<Option<Trouble>>,
+    /// Events deleted by retention, per source (`""`: none).
+    retention_deleted: Mutex<HashMap<String, u64>>,
+}
+
+#[derive(Debug, Clone)]
+struct Trouble {
+    state: StoreState,
+    since: f64,
+    last_error: String,
 }
 
 impl Counters {
@@ -292,6 +314,100 @@ impl Counters {
             retention_runs: self.retention_runs.load(Ordering::Relaxed),
         }
     }
+
+    pub(crate) fn health(&self) -> StoreHealth {
+        let trouble = self
+            .trouble
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let retention_deleted: BTreeMap<String, u64> = self
+            .retention_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        StoreHealth {
+            state: trouble.as_ref().map_or(StoreState::Ok, |t| t.state),
+            since: trouble.as_ref().map(|t| t.since),
+            not_stored: self.not_stored.load(Ordering::Relaxed),
+            last_error: trouble.map(|t| t.last_error),
+            retention_deleted,
+        }
+    }
+
+    pub(crate) fn retention_deleted_for(&self, source: &str) -> u64 {
+        self.retention_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_retention(&self, deleted: Vec<(String, u64)>) {
+        let mut map = self
+            .retention_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (source, n) in deleted {
+            *map.entry(source).or_default() += n;
+        }
+    }
+
+    /// Notes a failed write; returns whether the state changed (to log it once).
+    fn set_trouble(&self, state: StoreState, error: String) -> bool {
+        let mut t = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = t.as_ref().is_none_or(|t| t.state != state);
+        let since = match t.as_ref() {
+            Some(old) if !changed => old.since,
+            _ => crate::unix_now(),
+        };
+        *t = Some(Trouble {
+            state,
+            since,
+            last_error: error,
+        });
+        changed
+    }
+
+    /// Writes succeed again; returns since when they had not (to log it once).
+    fn clear_trouble(&self) -> Option<f64> {
+        self.trouble
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|t| t.since)
+    }
+}
+
+/// Makes the reserve file with real blocks (a sparse file would hold no room).
+fn make_reserve(path: &std::path::Path) -> std::io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() >= RESERVE_BYTES as u64) {
+        return Ok(());
+    }
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        let chunk = [0u8; 64 * 1024];
+        for _ in 0..RESERVE_BYTES / chunk.len() {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Whether SQLite says the disk (or the database's size limit) is full.
+fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 /// Settles one operation once the fate of its batch is known.
@@ -335,6 +451,10 @@ pub(crate) struct Writer {
     retention: Retention,
     next_retention: Option<Instant>,
     counters: Arc<Counters>,
+    /// The reserve file (none in unit tests that do not ask for one).
+    reserve: Option<PathBuf>,
+    /// Set while the disk is full: when the reserve is next tried again.
+    full_recheck: Option<Instant>,
 }
 
 /// What executing one operation produced.
@@ -373,6 +493,58 @@ impl Writer {
             // week cleans up before it writes anything new.
             next_retention: Some(Instant::now()),
             counters,
+            reserve: None,
+            full_recheck: None,
+        }
+    }
+
+    /// Keeps a reserve file at `path` (made now if there is room).
+    pub(crate) fn with_reserve(mut self, path: PathBuf) -> Self {
+        if let Err(e) = make_reserve(&path) {
+            tracing::warn!(target: "store", path = %path.display(), "cannot make the store's reserve file: {e}");
+        }
+        self.reserve = Some(path);
+        self
+    }
+
+    /// The disk is full: free the reserve for registrations and state changes, and stop
+    /// writing events until there is room again.
+    fn enter_full(&mut self, error: &rusqlite::Error) {
+        if self
+            .counters
+            .set_trouble(StoreState::Full, error.to_string())
+        {
+            tracing::error!(target: "store", %error, "the store's disk is full: events are counted as not stored until space returns");
+        }
+        if self.full_recheck.is_none() {
+            if let Some(path) = &self.reserve {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        self.full_recheck = Some(Instant::now() + FULL_RECHECK);
+    }
+
+    /// While full: is there room again? Making the reserve anew is the test.
+    fn recheck_full(&mut self) {
+        let Some(at) = self.full_recheck else { return };
+        if Instant::now() < at {
+            return;
+        }
+        let room = match &self.reserve {
+            Some(path) => make_reserve(path).is_ok(),
+            // Without a reserve: just try writing events again.
+            None => true,
+        };
+        if room {
+            self.full_recheck = None;
+            if let Some(since) = self.counters.clear_trouble() {
+                tracing::info!(target: "store",
+                    not_stored = self.counters.not_stored.load(Ordering::Relaxed),
+                    "the store has room again after {:.0} s; events are stored again",
+                    crate::unix_now() - since);
+            }
+        } else {
+            self.full_recheck = Some(Instant::now() + FULL_RECHECK);
         }
     }
 
@@ -380,10 +552,15 @@ impl Writer {
     /// that is committed (or settled with its error).
     pub(crate) fn run(mut self) {
         loop {
+            self.recheck_full();
             if self.next_retention.is_some_and(|at| Instant::now() >= at) {
                 self.scheduled_retention();
             }
-            let received = match self.next_retention {
+            let wake = match (self.next_retention, self.full_recheck) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let received = match wake {
                 Some(at) => self
                     .rx
                     .recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -406,8 +583,9 @@ impl Writer {
 
     fn scheduled_retention(&mut self) {
         self.next_retention = Instant::now().checked_add(self.retention.check_interval);
+        let counters = Arc::clone(&self.counters);
         let result = in_transaction(&self.conn, |conn| {
-            run_retention(conn, &self.retention, crate::unix_now())
+            run_retention(conn, &self.retention, crate::unix_now(), &counters)
         });
         self.counters.retention_runs.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -428,7 +606,7 @@ impl Writer {
             let source = Arc::new(e);
             tracing::error!(target: "store", error = %source, "cannot begin a store transaction");
             self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-            Self::fail(first, &source);
+            self.fail(first, &source);
             return Flow::Continue;
         }
 
@@ -436,6 +614,7 @@ impl Writer {
         let mut finishes: Vec<Finish> = Vec::new();
         let mut weight = 0usize;
         let mut events = 0u64;
+        let mut attempted = 0u64;
         let mut waited_for = false;
         let mut flow = Flow::Continue;
         let mut aborted: Option<Arc<rusqlite::Error>> = None;
@@ -449,6 +628,9 @@ impl Writer {
                 }
                 weight += op.weight();
                 waited_for |= op.is_waited_for();
+                if let Op::Append { events, .. } = &op {
+                    attempted += events.len() as u64;
+                }
                 let Executed {
                     finish,
                     sqlite_error: own_error,
@@ -456,6 +638,10 @@ impl Writer {
                 } = self.execute(op);
                 finishes.push(finish);
                 events += written;
+                // A statement can fail for lack of room without aborting the transaction.
+                if let Some(e) = own_error.as_ref().filter(|e| is_full(e)) {
+                    self.enter_full(e);
+                }
                 if self.conn.is_autocommit() {
                     // SQLite rolled the whole transaction back (disk full, I/O error, ...):
                     // everything executed so far in this batch is gone.
@@ -516,6 +702,13 @@ impl Writer {
         };
         match &failure {
             None => {
+                // Appends refused while full, or failing on their own, stored nothing.
+                self.counters
+                    .not_stored
+                    .fetch_add(attempted.saturating_sub(events), Ordering::Relaxed);
+                if self.full_recheck.is_none() && self.counters.clear_trouble().is_some() {
+                    tracing::info!(target: "store", "store writes succeed again");
+                }
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .ops
@@ -524,6 +717,15 @@ impl Writer {
             }
             Some(source) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .not_stored
+                    .fetch_add(attempted, Ordering::Relaxed);
+                if is_full(source) {
+                    self.enter_full(source);
+                } else {
+                    self.counters
+                        .set_trouble(StoreState::Failing, source.to_string());
+                }
                 tracing::error!(target: "store", error = %source, ops = finishes.len(), "store batch commit failed");
             }
         }
@@ -534,13 +736,24 @@ impl Writer {
     }
 
     /// Settles an operation that could not even start a transaction with that failure.
-    fn fail(op: Op, source: &Arc<rusqlite::Error>) {
+    fn fail(&mut self, op: Op, source: &Arc<rusqlite::Error>) {
+        if is_full(source) {
+            self.enter_full(source);
+        } else {
+            self.counters
+                .set_trouble(StoreState::Failing, source.to_string());
+        }
         let error = || StoreError::Commit {
             source: Arc::clone(source),
         };
         // Blocking callers may have given up waiting; nothing to do then.
         match op {
-            Op::Append { done, .. } => done.settle(Err(error())),
+            Op::Append { done, events, .. } => {
+                self.counters
+                    .not_stored
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                done.settle(Err(error()))
+            }
             Op::UpsertProcess { reply, .. } | Op::PutDump { reply, .. } => {
                 drop(reply.send(Err(error())))
             }
@@ -566,6 +779,27 @@ impl Writer {
         let mut sqlite_error = None;
         let mut written = 0;
         let finish: Finish = match op {
+            Op::Append {
+                process_id,
+                events,
+                dropped,
+                t_recv,
+                done,
+            } if self.full_recheck.is_some() => {
+                // The disk is full: leave the room to registrations; the events are counted
+                // as not stored. The agent's own drop count is small and still kept.
+                if dropped > 0 {
+                    let kept =
+                        in_savepoint(conn, |c| add_dropped(c, process_id, "", dropped, t_recv));
+                    if let Err(error) = note(&mut sqlite_error, kept) {
+                        tracing::warn!(target: "store", %error, "an agent's drop count was not stored");
+                    }
+                }
+                let own = Err(StoreError::Full {
+                    events: events.len(),
+                });
+                Box::new(move |_| done.settle(own))
+            }
             Op::Append {
                 process_id,
                 events,
@@ -732,7 +966,10 @@ impl Writer {
             Op::Retention { now, reply } => {
                 // No savepoint: it would journal every page the deletes touch, and a partly
                 // applied retention pass deletes nothing that should have stayed.
-                let own = note(&mut sqlite_error, run_retention(conn, &self.retention, now));
+                let own = note(
+                    &mut sqlite_error,
+                    run_retention(conn, &self.retention, now, &self.counters),
+                );
                 self.counters.retention_runs.fetch_add(1, Ordering::Relaxed);
                 reply_finish(reply, own)
             }
@@ -1001,15 +1238,23 @@ fn put_probe(conn: &Connection, p: &EncodedProbe) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Deletes what `retention` does not keep, as of `now` (seconds since the epoch).
+/// Deletes what `retention` does not keep, as of `now` (seconds since the epoch), counting
+/// the events deleted per source in `counters` (the accounting reads them as dropped by
+/// `retention`).
 pub(crate) fn run_retention(
     conn: &Connection,
     retention: &Retention,
     now: f64,
+    counters: &Counters,
 ) -> Result<RetentionReport, StoreError> {
     let mut report = RetentionReport::default();
     if let Some(max_age) = retention.max_age {
         let cutoff = now - max_age.as_secs_f64();
+        counters.count_retention(per_source(
+            conn,
+            "SELECT coalesce(source, ''), count(*) FROM events WHERE t_hit < ?1 GROUP BY source",
+            params![cutoff],
+        )?);
         report.events_by_age = conn
             .prepare_cached("DELETE FROM events WHERE t_hit < ?1")?
             .execute([cutoff])? as u64;
@@ -1042,16 +1287,79 @@ pub(crate) fn run_retention(
                 .query_row(params![source, cap], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((t_hit, id)) = first_gone {
-                report.events_by_cap +=
-                    conn.prepare_cached(
+                let n = conn
+                    .prepare_cached(
                         "DELETE FROM events WHERE source IS ?1 \
                          AND (t_hit < ?2 OR (t_hit = ?2 AND id <= ?3))",
                     )?
                     .execute(params![source, t_hit, id])? as u64;
+                report.events_by_cap += n;
+                counters.count_retention(vec![(source.unwrap_or_default(), n)]);
             }
         }
     }
+    if let Some(max_bytes) = retention.max_db_bytes {
+        report.events_by_size = shrink_to(conn, max_bytes, counters)?;
+    }
     Ok(report)
+}
+
+/// Deleted events per source for a `SELECT source, count(*) … GROUP BY source`.
+fn per_source(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let rows = conn
+        .prepare_cached(sql)?
+        .query_map(args, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+        .collect())
+}
+
+/// Bytes of database pages in use (the file minus its free pages).
+pub(crate) fn used_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok(u64::try_from((pages - free).max(0) * page_size).unwrap_or(0))
+}
+
+/// Deletes the oldest events (by the order they were stored, whatever their sources) until the
+/// pages in use fit in `max_bytes`, aiming 10 % below so that it does not run every pass.
+fn shrink_to(conn: &Connection, max_bytes: u64, counters: &Counters) -> Result<u64, StoreError> {
+    let mut deleted = 0u64;
+    // A few rounds at most: each deletes the share of events that the excess suggests.
+    for _ in 0..8 {
+        let used = used_bytes(conn)?;
+        if used <= max_bytes {
+            break;
+        }
+        let target = max_bytes - max_bytes / 10;
+        let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        if total == 0 {
+            break;
+        }
+        let share = (used - target) as f64 / used as f64;
+        let n = ((total as f64 * share).ceil() as i64).clamp(1, total);
+        let last: i64 = conn.query_row(
+            "SELECT id FROM events ORDER BY id LIMIT 1 OFFSET ?1",
+            [n - 1],
+            |r| r.get(0),
+        )?;
+        counters.count_retention(per_source(
+            conn,
+            "SELECT coalesce(source, ''), count(*) FROM events WHERE id <= ?1 GROUP BY source",
+            params![last],
+        )?);
+        deleted += conn
+            .prepare_cached("DELETE FROM events WHERE id <= ?1")?
+            .execute([last])? as u64;
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -1116,6 +1424,7 @@ mod tests {
         let retention = Retention {
             max_age: None,
             max_events_per_source: None,
+            max_db_bytes: None,
             check_interval: Duration::from_secs(3600),
         };
         Writer::new(
@@ -1135,6 +1444,109 @@ mod tests {
             .expect("open")
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .expect("count")
+    }
+
+    #[test]
+    fn a_full_disk_counts_every_event_it_could_not_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        // SQLite answers SQLITE_FULL past max_page_count, exactly as on a full disk.
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .expect("pages");
+        conn.pragma_update(None, "max_page_count", pages + 4)
+            .expect("limit");
+        let results: Results = Arc::default();
+        let ops: Vec<Op> = (0..40)
+            .map(|_| recording_append(1, 200, &results))
+            .collect();
+        let (tx, rx) = sync_channel(ops.len() + 1);
+        for op in ops {
+            tx.send(op).expect("queue");
+        }
+        drop(tx);
+        let counters = Arc::new(Counters::default());
+        let retention = Retention {
+            max_age: None,
+            max_events_per_source: None,
+            max_db_bytes: None,
+            check_interval: Duration::from_secs(3600),
+        };
+        Writer::new(
+            conn,
+            rx,
+            200,
+            Duration::from_secs(10),
+            retention,
+            Arc::clone(&counters),
+        )
+        .run();
+
+        let health = counters.health();
+        assert_eq!(health.state, StoreState::Full, "{health:?}");
+        assert!(health.since.is_some());
+        let stored = u64::try_from(count_events(&dir)).expect("count");
+        // Nothing vanished: every event is stored or counted as not stored.
+        assert_eq!(stored + health.not_stored, 40 * 200, "{health:?}");
+        assert!(health.not_stored > 0);
+        let results = results.lock().expect("lock");
+        assert!(
+            results
+                .iter()
+                .any(|r| r.as_ref().is_err_and(|e| e.contains("Full"))),
+            "{results:?}"
+        );
+    }
+
+    #[test]
+    fn retention_by_size_caps_events_whose_sources_are_all_distinct() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let counters = Counters::default();
+        let n = 20_000usize;
+        let distinct: Vec<NewEvent> = (0..n)
+            .map(|i| NewEvent {
+                kind: "probe".to_string(),
+                source: Some(format!("p{i}")),
+                t_hit: crate::unix_now(),
+                data: serde_json::value::to_raw_value(
+                    &serde_json::json!({ "i": i, "pad": "x".repeat(100) }),
+                )
+                .expect("raw"),
+            })
+            .collect();
+        let encoded = EncodedEvents::encode(distinct).expect("encode");
+        append(&conn, 1, &encoded, 0, 0.0).expect("append");
+        let before = used_bytes(&conn).expect("used");
+        let mut retention = Retention {
+            max_age: Some(Duration::from_secs(3600)),
+            max_events_per_source: Some(100),
+            max_db_bytes: None,
+            check_interval: Duration::from_secs(3600),
+        };
+        // Age and per-source caps alone keep them all (each source has one event).
+        let report = run_retention(&conn, &retention, crate::unix_now(), &counters).expect("run");
+        assert_eq!(report, RetentionReport::default());
+        // The size cap does not care about sources.
+        retention.max_db_bytes = Some(before / 4);
+        let report = run_retention(&conn, &retention, crate::unix_now(), &counters).expect("run");
+        assert!(report.events_by_size > 0, "{report:?}");
+        assert!(used_bytes(&conn).expect("used") <= before / 4);
+        let left = count_events_conn(&conn);
+        assert_eq!(left + report.events_by_size, n as u64);
+        // What retention deleted is counted per source, for the accounting.
+        let health = counters.health();
+        let counted: u64 = health.retention_deleted.values().sum();
+        assert_eq!(counted, report.events_by_size);
+        assert_eq!(counters.retention_deleted_for("p0"), 1);
+        assert_eq!(counters.retention_deleted_for(&format!("p{}", n - 1)), 0);
+    }
+
+    fn count_events_conn(conn: &Connection) -> u64 {
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        u64::try_from(n).expect("count")
     }
 
     #[test]

@@ -82,7 +82,8 @@ pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult 
 /// Asks the daemon to stop and waits until it has.
 pub async fn stop(home: &Home, out: &Output, printer: &mut Printer) -> CmdResult {
     let client = DaemonClient::locate(home)?;
-    if !client.is_up().await {
+    // A busy daemon is still asked to stop (the request waits its turn).
+    if client.reach().await == client::Reach::NotRunning {
         let value = json!({"stopped": false, "running": false});
         return emit(printer, &value, |p| p.line("no scry daemon is running"));
     }

@@ -4,14 +4,28 @@ use scry_daemon::Home;
 use serde_json::{json, Value};
 
 use super::{age, CmdResult};
-use crate::client::DaemonClient;
+use crate::client::{DaemonClient, Reach};
 use crate::error::ExitStatus;
 use crate::printer::Printer;
 
 /// Shows whether the daemon is up and what it holds.
 pub async fn status(home: &Home, printer: &mut Printer) -> CmdResult {
     let client = DaemonClient::locate(home)?;
-    if !client.is_up().await {
+    let reach = client.reach().await;
+    if reach == Reach::Busy {
+        if printer.json {
+            printer.json_value(&json!({"running": true, "busy": true, "url": client.base}))?;
+        } else {
+            printer.line(format!(
+                "daemon: busy ({}): it is running but did not answer within {} s",
+                client.base,
+                crate::client::REACH_TIMEOUT.as_secs()
+            ))?;
+            printer.note("hint: try again shortly; its log is in $SCRY_HOME/daemon.log");
+        }
+        return Ok(ExitStatus::Failure);
+    }
+    if reach == Reach::NotRunning {
         if printer.json {
             printer.json_value(&json!({"running": false, "url": client.base}))?;
         } else {
@@ -63,6 +77,30 @@ pub async fn status(home: &Home, printer: &mut Printer) -> CmdResult {
         n(&s["dropped"]["by_agents"]),
         n(&s["dropped"]["by_daemon"])
     ))?;
+    let store = &s["store"];
+    match store["state"].as_str() {
+        Some("ok") | None => printer.line(format!(
+            "store: ok ({} events not stored, {} deleted by retention)",
+            n(&store["not_stored"]),
+            n(&store["retention_deleted"])
+        ))?,
+        Some(state) => printer.line(format!(
+            "store: {} for {} ({} events not stored; {}){}",
+            if state == "full" {
+                "DISK FULL"
+            } else {
+                "FAILING"
+            },
+            age(scry_daemon::now() - store["since"].as_f64().unwrap_or(0.0)),
+            n(&store["not_stored"]),
+            store["last_error"].as_str().unwrap_or("no detail"),
+            if state == "full" {
+                "; free space and it resumes by itself"
+            } else {
+                ""
+            }
+        ))?,
+    }
     printer.line(format!("home: {}", s["home"].as_str().unwrap_or("?")))?;
     Ok(ExitStatus::Success)
 }

@@ -12,6 +12,7 @@ mod demo;
 mod discovery;
 mod dump;
 mod embedded;
+mod faults;
 mod garbage;
 mod lines;
 mod logs;
