@@ -188,6 +188,8 @@ pub(crate) enum Op {
         dropped: u64,
         t_recv: f64,
         done: Completion,
+        /// The report's stream and seq: stored only if newer than the stream's last.
+        report: Option<(String, u64)>,
     },
     Dropped {
         process_id: i64,
@@ -572,14 +574,29 @@ impl Writer {
                 dropped,
                 t_recv,
                 done,
+                report,
             } => {
                 let own = note(
                     &mut sqlite_error,
-                    in_savepoint(conn, |c| append(c, process_id, &events, dropped, t_recv)),
+                    in_savepoint(conn, |c| {
+                        if let Some((stream, seq)) = &report {
+                            if !claim_report(c, process_id, stream, *seq)? {
+                                // Stored before (a resend after a reconnect): ack, store nothing.
+                                return Ok(false);
+                            }
+                        }
+                        append(c, process_id, &events, dropped, t_recv).map(|()| true)
+                    }),
                 );
-                if own.is_ok() {
-                    written = events.len() as u64;
-                }
+                let own = match own {
+                    Ok(stored) => {
+                        if stored {
+                            written = events.len() as u64;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
                 Box::new(move |commit| done.settle(outcome(own, commit)))
             }
             Op::Dropped {
@@ -838,6 +855,30 @@ fn insert_sql(rows: usize) -> String {
         sql.push_str("(?1, ?, ?, ?, ?, ?)");
     }
     sql
+}
+
+/// Records `seq` as the last report of `stream`; false when it (or a later one) was stored
+/// already. Reports of one stream are queued in order, so the last seq is enough.
+fn claim_report(
+    conn: &Connection,
+    process_id: i64,
+    stream: &str,
+    seq: u64,
+) -> Result<bool, StoreError> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM report_streams WHERE process_id = ?1 AND stream = ?2")?
+        .query_row(rusqlite::params![process_id, stream], |r| r.get(0))
+        .optional()?;
+    if last.is_some_and(|last| last >= seq) {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "INSERT INTO report_streams (process_id, stream, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (process_id, stream) DO UPDATE SET seq = excluded.seq",
+    )?
+    .execute(rusqlite::params![process_id, stream, seq])?;
+    Ok(true)
 }
 
 fn append(
@@ -1102,6 +1143,7 @@ mod tests {
                     .expect("lock")
                     .push(r.map_err(|e| format!("{e:?}")));
             }))),
+            report: None,
         }
     }
 
