@@ -47,6 +47,9 @@ fn describe_all(shared: &Shared, defs: Vec<ProbeDef>) -> Vec<Value> {
         .map(|d| {
             let mut v = probes::describe(d, table.statuses_of(&d.spec.id));
             v["totals"]["dropped_by_daemon"] = json!(shared.dropped_for(&d.spec.id));
+            // What the store holds now (after retention), so `recorded` can be checked
+            // against it: recorded = stored + dropped_by_daemon + in flight + retention.
+            v["totals"]["stored"] = json!(shared.store.stored_of(&d.spec.id).ok());
             v
         })
         .collect()

@@ -352,6 +352,11 @@ impl Store {
         self.inner.readers.counts()
     }
 
+    /// How many events of `source` (e.g. a probe id) are stored now (an index count).
+    pub fn stored_of(&self, source: &str) -> Result<u64, StoreError> {
+        self.inner.readers.stored_of(source)
+    }
+
     /// Every dropped counter, by process and source.
     pub fn dropped_counts(&self) -> Result<Vec<DroppedRow>, StoreError> {
         self.inner.readers.dropped()
