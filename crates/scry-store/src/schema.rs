@@ -109,13 +109,21 @@ CREATE INDEX traces_created_at ON traces (created_at);
 "#;
 
 /// Version 4: the last report stored per agent report stream, so a report resent after a
-/// reconnect (or a daemon restart) is stored at most once.
+/// reconnect (or a daemon restart) is stored at most once; and how many events of each source
+/// retention removed, so that they stay accounted for.
 const V4: &str = r#"
 CREATE TABLE report_streams (
     process_id INTEGER NOT NULL REFERENCES processes (id) ON DELETE CASCADE,
     stream     TEXT    NOT NULL,
     seq        INTEGER NOT NULL,
     PRIMARY KEY (process_id, stream)
+) WITHOUT ROWID;
+
+-- Events retention removed, per source: what was stored once and is no more is still counted.
+CREATE TABLE retired_counts (
+    source  TEXT    NOT NULL PRIMARY KEY,
+    by_age  INTEGER NOT NULL DEFAULT 0,
+    by_cap  INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 "#;
 

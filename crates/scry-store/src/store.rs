@@ -352,8 +352,9 @@ impl Store {
         self.inner.readers.counts()
     }
 
-    /// How many events of `source` (e.g. a probe id) are stored now (an index count).
-    pub fn stored_of(&self, source: &str) -> Result<u64, StoreError> {
+    /// How many events of `source` (e.g. a probe id) are stored now (an index count), and how
+    /// many of its events retention removed (by age or by the per-source cap) so far.
+    pub fn stored_of(&self, source: &str) -> Result<(u64, u64), StoreError> {
         self.inner.readers.stored_of(source)
     }
 

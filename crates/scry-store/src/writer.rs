@@ -1043,6 +1043,17 @@ fn put_probe(conn: &Connection, p: &EncodedProbe) -> Result<(), StoreError> {
 }
 
 /// Deletes what `retention` does not keep, as of `now` (seconds since the epoch).
+/// Adds to the counts of events of `source` ("" for none) that retention removed.
+fn retire(conn: &Connection, source: &str, by_age: i64, by_cap: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO retired_counts (source, by_age, by_cap) VALUES (?1, ?2, ?3)
+         ON CONFLICT (source) DO UPDATE SET by_age = by_age + excluded.by_age,
+                                            by_cap = by_cap + excluded.by_cap",
+    )?
+    .execute(params![source, by_age, by_cap])?;
+    Ok(())
+}
+
 pub(crate) fn run_retention(
     conn: &Connection,
     retention: &Retention,
@@ -1051,6 +1062,16 @@ pub(crate) fn run_retention(
     let mut report = RetentionReport::default();
     if let Some(max_age) = retention.max_age {
         let cutoff = now - max_age.as_secs_f64();
+        // Counted per source before they go (an index scan of what is about to be deleted).
+        let aged: Vec<(String, i64)> = conn
+            .prepare_cached(
+                "SELECT coalesce(source, ''), count(*) FROM events WHERE t_hit < ?1 GROUP BY source",
+            )?
+            .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (source, n) in aged {
+            retire(conn, &source, n, 0)?;
+        }
         report.events_by_age = conn
             .prepare_cached("DELETE FROM events WHERE t_hit < ?1")?
             .execute([cutoff])? as u64;
@@ -1083,12 +1104,14 @@ pub(crate) fn run_retention(
                 .query_row(params![source, cap], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((t_hit, id)) = first_gone {
-                report.events_by_cap +=
-                    conn.prepare_cached(
+                let n = conn
+                    .prepare_cached(
                         "DELETE FROM events WHERE source IS ?1 \
                          AND (t_hit < ?2 OR (t_hit = ?2 AND id <= ?3))",
                     )?
                     .execute(params![source, t_hit, id])? as u64;
+                report.events_by_cap += n;
+                retire(conn, source.as_deref().unwrap_or(""), 0, n as i64)?;
             }
         }
     }
