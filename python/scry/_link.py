@@ -421,11 +421,16 @@ def _refused(display, msg):
 
 
 def _send_all(sock, data):
-    """sendall() with MSG_NOSIGNAL on plain sockets (a TLS socket takes no flags)."""
-    if getattr(sock, "pending", None) is not None:
-        sock.sendall(data)
-    else:
-        sock.sendall(data, _MSG_NOSIGNAL)
+    """Send all of ``data`` (MSG_NOSIGNAL on plain sockets; a TLS socket takes no flags).
+
+    Not ``sendall()``: its timeout bounds the whole write, so a daemon that is slow but reading
+    (30 agents sharing it, its store behind) looked dead after SEND_TIMEOUT and lost the link.
+    Here the socket timeout bounds each send, i.e. the time without any progress."""
+    tls = getattr(sock, "pending", None) is not None
+    view = memoryview(data)
+    while view:
+        sent = sock.send(view) if tls else sock.send(view, _MSG_NOSIGNAL)
+        view = view[sent:]
 
 
 def _authenticate(sock, lines, token, binding, display):
