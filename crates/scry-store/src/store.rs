@@ -157,10 +157,10 @@ impl Store {
         let op = append_op(process_id, events, dropped, on_commit, report)?;
         match self.inner.tx.try_send(op) {
             Ok(()) => Ok(Queued::Done),
-            Err(TrySendError::Full(op)) => Ok(Queued::Full(PendingAppend {
+            Err(TrySendError::Full(op)) => Ok(Queued::Full(Box::new(PendingAppend {
                 store: self.clone(),
                 op,
-            })),
+            }))),
             Err(TrySendError::Disconnected(op)) => Err(reject(op, false)),
         }
     }
@@ -417,7 +417,7 @@ pub enum Queued {
     /// Queued: `on_commit` will be called.
     Done,
     /// The writer's queue is full; nothing was queued yet.
-    Full(PendingAppend),
+    Full(Box<PendingAppend>),
 }
 
 /// A report waiting for room in the writer's queue (see [`Store::append_report`]).
