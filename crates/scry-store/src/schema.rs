@@ -291,6 +291,8 @@ mod tests {
                 "events",
                 "probes",
                 "processes",
+                "report_streams",
+                "retired_counts",
                 "system_events",
                 "traces"
             ]
