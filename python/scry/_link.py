@@ -44,6 +44,10 @@ DEFAULT_SETTINGS = {"flush_interval_ms": 50, "max_batch": 4096, "heartbeat_ms": 
 BUFFER_CAPACITY = 65536
 #: At most this many reports are sent per flush, so a flood cannot starve the daemon's requests.
 MAX_REPORTS_PER_FLUSH = 64
+#: Events sent and not acknowledged yet, at most (in ``max_batch`` units): they are kept to be
+#: resent after a reconnect, and past this window the link waits for acks instead of sending,
+#: so a slow daemon makes the buffer fill (drops counted here) rather than any queue grow.
+UNACKED_REPORTS = 4
 BACKOFF_START = 0.1
 BACKOFF_MAX = 2.0
 #: How long one write to the daemon may block before the connection is considered dead.
@@ -417,11 +421,16 @@ def _refused(display, msg):
 
 
 def _send_all(sock, data):
-    """sendall() with MSG_NOSIGNAL on plain sockets (a TLS socket takes no flags)."""
-    if getattr(sock, "pending", None) is not None:
-        sock.sendall(data)
-    else:
-        sock.sendall(data, _MSG_NOSIGNAL)
+    """Send all of ``data`` (MSG_NOSIGNAL on plain sockets; a TLS socket takes no flags).
+
+    Not ``sendall()``: its timeout bounds the whole write, so a daemon that is slow but reading
+    (30 agents sharing it, its store behind) looked dead after SEND_TIMEOUT and lost the link.
+    Here the socket timeout bounds each send, i.e. the time without any progress."""
+    tls = getattr(sock, "pending", None) is not None
+    view = memoryview(data)
+    while view:
+        sent = sock.send(view) if tls else sock.send(view, _MSG_NOSIGNAL)
+        view = view[sent:]
 
 
 def _authenticate(sock, lines, token, binding, display):
@@ -654,7 +663,14 @@ class Link(object):
         self._sock = None
         self._reader = None
         self._pending_lines = []
+        # Reports carry this stream id and a seq that goes on across reconnects: the daemon
+        # stores each (stream, seq) once, so what it did not acknowledge is simply resent.
+        self._stream = os.urandom(8).hex()
         self._seq = 0
+        #: (seq, encoded report, events) sent and not acknowledged, oldest first.
+        self._unacked = collections.deque()
+        self._unacked_events = 0
+        self.resent_reports = 0
         self._last_sent = 0.0
         self._stop = threading.Event()
         self._stop_reason = "sleep"
@@ -850,7 +866,6 @@ class Link(object):
         self._sock = sock
         self._reader = reader
         self._pending_lines = list(rest)
-        self._seq = 0
         self._last_sent = time.monotonic()
         self.session_id = welcome["session_id"]
         self.connections += 1
@@ -987,6 +1002,7 @@ class Link(object):
             lines, self._pending_lines = self._pending_lines, []
             for line in lines:
                 self._handle(line)
+            self._resend_unacked()
             while not self._stop.is_set():
                 now = time.monotonic()
                 flush_every = self.settings["flush_interval_ms"] / 1000.0
@@ -1070,8 +1086,13 @@ class Link(object):
         elif kind == "notify":
             _calls.dispatch_notify(msg, self)
         elif kind == "ack":
-            if msg["seq"] > self.acked_seq:
-                self.acked_seq = msg["seq"]
+            # Cumulative: the daemon stores a connection's reports in order.
+            seq = msg["seq"]
+            if seq > self.acked_seq:
+                self.acked_seq = seq
+            unacked = self._unacked
+            while unacked and unacked[0][0] <= seq:
+                self._unacked_events -= unacked.popleft()[2]
         elif kind == "reply":
             log.debug("reply from the daemon to a request we did not send: %r", msg.get("id"))
         elif kind == "error":
@@ -1142,10 +1163,13 @@ class Link(object):
         switch interval (5 ms) before this thread gets it back, so one write per flush rather
         than one per report is what lets a busy process ship its hits."""
         max_batch = self.settings["max_batch"]
+        window = UNACKED_REPORTS * max_batch
         chunks = []
         taken = 0
         try:
             for _ in range(MAX_REPORTS_PER_FLUSH):
+                if self._unacked_events >= window:
+                    break  # wait for acks: the daemon is behind
                 with self._buf_lock:
                     count = min(len(self._buf), max_batch)
                     batch = [self._buf.popleft() for _ in range(count)]
@@ -1153,15 +1177,18 @@ class Link(object):
                     self._dropped = 0
                 if not batch and not dropped:
                     break
-                taken += len(batch) + dropped
+                taken = len(batch) + dropped
                 self._encode_report(batch, dropped, chunks)
+                taken = 0
                 if count < max_batch:
                     break
             if chunks:
                 self._send_bytes(b"".join(chunks) if len(chunks) > 1 else chunks[0])
         except BaseException:
-            with self._buf_lock:  # those are lost with the connection: say so next time
-                self._dropped += taken
+            if taken:  # taken from the buffer but not encoded: say so next time
+                with self._buf_lock:
+                    self._dropped += taken
+            # Encoded reports are in _unacked: resent after the reconnect.
             raise
 
     def _encode_report(self, batch, dropped, chunks):
@@ -1172,13 +1199,13 @@ class Link(object):
             dropped += len(batch) - len(good)
             self._log_bad_events("an event is not an object with a string `kind` and a number `t`")
         try:
-            data = _proto.encode_report(self._seq + 1, good, dropped)
+            data = _proto.encode_report(self._seq + 1, good, dropped, self._stream)
         except (ValueError, TypeError, UnicodeError, RecursionError, OverflowError):
             kept = [event for event in good if _encodable(event)]
             dropped += len(good) - len(kept)
             good = kept
             self._log_bad_events("an event cannot be encoded as JSON")
-            data = _proto.encode_report(self._seq + 1, good, dropped)
+            data = _proto.encode_report(self._seq + 1, good, dropped, self._stream)
         if len(data) - 1 > _proto.MAX_LINE_BYTES:
             if len(good) > 1:
                 half = len(good) // 2
@@ -1186,10 +1213,29 @@ class Link(object):
                 self._encode_report(good[half:], 0, chunks)
                 return
             self._log_bad_events("an event is larger than the 16 MiB line limit")
-            data = _proto.encode_report(self._seq + 1, [], dropped + len(good))
+            dropped += len(good)
+            good = []
+            data = _proto.encode_report(self._seq + 1, [], dropped, self._stream)
         chunks.append(data)
         self._seq += 1
         self.reports_sent += 1
+        # Kept until acknowledged (dropped counts too: they are part of the accounting).
+        self._unacked.append((self._seq, data, len(good) + dropped))
+        self._unacked_events += len(good) + dropped
+
+    def _resend_unacked(self):
+        """After a reconnect: send again what the daemon did not acknowledge, in order (it
+        stores each report once, so one it did store before is only acknowledged)."""
+        if not self._unacked:
+            return
+        self.resent_reports += len(self._unacked)
+        log.debug("resending %d unacknowledged reports", len(self._unacked))
+        self._send_bytes(b"".join(data for _seq, data, _n in self._unacked))
+
+    @property
+    def unacked_events(self):
+        """Events (and dropped counts) sent and not acknowledged yet."""
+        return self._unacked_events
 
     def _log_bad_events(self, why):
         if not self._bad_events_logged:

@@ -259,6 +259,7 @@ SCHEMAS = {
         ("seq", _u64, True),
         ("events", _list_of(_struct(_EVENT)), True),
         ("dropped", _u64, False),
+        ("stream", _str, False),
     ],
     "heartbeat": [],
     "goodbye": [("reason", _nullable(_str), False)],
@@ -321,7 +322,7 @@ def decode(line, types=ALL_TYPES):
     return obj
 
 
-def encode_report(seq, events, dropped):
+def encode_report(seq, events, dropped, stream=None):
     """A ``report`` line, like ``encode(report(...))``, except that an event may also be a ``str``:
     the event already encoded as JSON text (the probe engine makes those: strings cost the garbage
     collector nothing, and most of each one's text is made once per probe and line).
@@ -335,7 +336,11 @@ def encode_report(seq, events, dropped):
             parts.append(event)
         else:
             parts.append(json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
-    text = '{"type":"report","seq":%d,"events":[%s],"dropped":%d}' % (seq, ",".join(parts), dropped)
+    if stream is None:
+        text = '{"type":"report","seq":%d,"events":[%s],"dropped":%d}' % (seq, ",".join(parts), dropped)
+    else:  # the stream is the agent's own hex id: nothing to escape
+        text = '{"type":"report","seq":%d,"events":[%s],"dropped":%d,"stream":"%s"}' % (
+            seq, ",".join(parts), dropped, stream)
     return text.encode("utf-8") + b"\n"
 
 

@@ -375,7 +375,8 @@ def test_no_welcome_within_register_timeout(home):
 
 def test_a_daemon_that_stops_reading(home, monkeypatch):
     # Writes to a daemon that reads nothing block; after SEND_TIMEOUT the agent gives that
-    # connection up, reconnects, and counts what it could not deliver as dropped.
+    # connection up, reconnects, and resends what was not acknowledged (same stream, the same
+    # seqs: the daemon stores each once), then goes on once acks come: nothing dropped.
     monkeypatch.setattr(_link, "SEND_TIMEOUT", 0.5)
     p = ScriptedPeer(str(home / "run" / "agent.sock"), deaf=[0])
     try:
@@ -386,8 +387,25 @@ def test_a_daemon_that_stops_reading(home, monkeypatch):
         second = p.wait_conn(2, timeout=10)
         assert time.monotonic() - start < 8
         wait_until(lambda: scry.status()["connected"], message="connected to the second connection")
-        report = second.wait_for(lambda m: m.get("type") == "report" and m["dropped"] > 0, timeout=10, what="a report with drops")
-        assert report["seq"] == 1
+
+        def reports():
+            with second.cond:
+                return [m for m in second.messages if m.get("type") == "report"]
+
+        # The unacknowledged window (UNACKED_REPORTS batches) is resent before any ack.
+        wait_until(lambda: len(reports()) >= _link.UNACKED_REPORTS, message="the resent window")
+        first = reports()[0]
+        assert first["seq"] == 1 and first["stream"]
+        def ack_and_count():
+            got = reports()
+            second.send({"type": "ack", "seq": got[-1]["seq"]})
+            return sum(len(r["events"]) for r in got) >= 20000
+
+        wait_until(ack_and_count, message="the rest, as acks come")
+        got = reports()
+        assert sum(len(r["events"]) for r in got) == 20000
+        assert all(r["dropped"] == 0 and r["stream"] == first["stream"] for r in got)
+        assert [r["seq"] for r in got] == list(range(1, len(got) + 1))
         assert deaf.messages[0]["type"] == "hello" and len(deaf.messages) == 1
     finally:
         scry.shutdown()

@@ -47,6 +47,14 @@ fn describe_all(shared: &Shared, defs: Vec<ProbeDef>) -> Vec<Value> {
         .map(|d| {
             let mut v = probes::describe(d, table.statuses_of(&d.spec.id));
             v["totals"]["dropped_by_daemon"] = json!(shared.dropped_for(&d.spec.id));
+            // What the store holds now and what retention removed, so that `recorded` can be
+            // checked: recorded = stored + removed_by_retention + dropped_by_daemon + in flight.
+            let (stored, retired) = match shared.store.stored_of(&d.spec.id) {
+                Ok((s, r)) => (Some(s), Some(r)),
+                Err(_) => (None, None),
+            };
+            v["totals"]["stored"] = json!(stored);
+            v["totals"]["removed_by_retention"] = json!(retired);
             v
         })
         .collect()

@@ -191,6 +191,12 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         "events_stored": counts.events,
         "dropped": {"by_agents": counts.dropped, "by_daemon": crate::dropped(&shared)},
         "store": store_health(&shared),
+        // Flow control: reports that waited for the store (their agents were slowed down),
+        // and protocol errors not sent to peers that do not read them.
+        "backpressure": {
+            "reports_waited": shared.backpressure_waits.load(std::sync::atomic::Ordering::Relaxed),
+            "errors_not_sent": crate::link::ERRORS_NOT_SENT.load(std::sync::atomic::Ordering::Relaxed),
+        },
     })))
 }
 

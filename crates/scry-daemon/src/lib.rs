@@ -59,7 +59,7 @@ use scry_store::{Level, NewEvent, ProcessRecord, Store, StoreOptions, SystemEven
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 
 /// Wall-clock seconds since the epoch.
 pub fn now() -> f64 {
@@ -140,6 +140,8 @@ pub struct Shared {
     shutdown_tx: watch::Sender<bool>,
     /// Events the daemon could not queue for storage (backpressure): counted, never silent.
     pub dropped_by_daemon: AtomicU64,
+    /// Reports that waited for room in the store's queue (backpressure on their agent).
+    pub backpressure_waits: AtomicU64,
     /// The same, per source (probe id), shown with each probe.
     dropped_by_source: Mutex<std::collections::HashMap<String, u64>>,
     /// Nonces of `scry attach` runs in progress, checked in injected agents' hellos.
@@ -262,17 +264,23 @@ impl Shared {
     }
 
     /// Queues a report's events for storage; the agent gets `ack` once they are committed.
-    pub fn accept_report(
+    ///
+    /// When the writer's queue is full this waits for room (the caller stops reading the
+    /// agent meanwhile: backpressure); a report of a stream is stored at most once.
+    pub async fn accept_report(
         &self,
         process_id: i64,
         report: scry_proto::Report,
-        tx: &mpsc::UnboundedSender<DaemonMessage>,
+        tx: &crate::link::Outgoing,
     ) {
         let scry_proto::Report {
             seq,
             events,
             dropped,
+            stream,
         } = report;
+        // A stream id over the limit is not ours to keep: store the report without dedup.
+        let stream = stream.filter(|s| s.len() <= scry_proto::MAX_STREAM_LEN);
         // Live followers get each event; with none listening this costs nothing per event.
         if self.live.receiver_count() > 0 {
             let t_recv = now();
@@ -308,15 +316,33 @@ impl Shared {
             .collect();
         let ack_tx = tx.clone();
         let on_commit: scry_store::CommitCallback = Box::new(move |result| match result {
+            // Acks are cumulative: when the agent's queue is full this one is left out and a
+            // later one (or the resend after a reconnect) covers it.
             Ok(()) => {
-                let _ = ack_tx.send(DaemonMessage::Ack { seq });
+                let _ = ack_tx.try_send(DaemonMessage::Ack { seq });
             }
             Err(e) => tracing::error!(target: "store", seq, "a report was not stored: {e}"),
         });
-        if let Err(e) = self
-            .store
-            .append_events(process_id, batch, dropped, Some(on_commit))
-        {
+        let queued = self.store.append_report(
+            process_id,
+            stream.as_deref(),
+            seq,
+            batch,
+            dropped,
+            Some(on_commit),
+        );
+        let result = match queued {
+            Ok(scry_store::Queued::Done) => Ok(()),
+            Ok(scry_store::Queued::Full(pending)) => {
+                self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+                match tokio::task::spawn_blocking(move || pending.wait()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(scry_store::StoreError::WriterGone),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             self.dropped_by_daemon.fetch_add(n, Ordering::Relaxed);
             let mut by_source = self
                 .dropped_by_source
@@ -567,6 +593,9 @@ pub async fn serve(
                 max_db_bytes: config.max_db_mb.map(|mb| mb * 1024 * 1024),
                 ..Default::default()
             },
+            // Reports of up to `max_batch` events each: 64 of them are about a second of the
+            // writer's work and tens of MB, not minutes and GBs (agents wait, see link.rs).
+            queue_capacity: STORE_QUEUE_REPORTS,
             ..Default::default()
         },
     )?;
@@ -641,6 +670,7 @@ pub async fn serve(
         notices,
         shutdown_tx,
         dropped_by_daemon: AtomicU64::new(0),
+        backpressure_waits: AtomicU64::new(0),
         dropped_by_source: Mutex::default(),
         attaches: attach::Pending::default(),
         follows: follow::Follows::default(),
@@ -778,12 +808,32 @@ async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener, tls: Arc<agent_t
 
 async fn sweep_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
         shared.sweep().await;
         shared.expire_probes().await;
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            // Reports are decoded and encoded on several threads (runtime, blocking pool,
+            // writer); glibc keeps what they freed in per-thread arenas, so after a load the
+            // daemon stayed hundreds of MB above idle. Give it back every 5 s.
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+        }
     }
 }
+
+/// Returns freed heap memory to the system (glibc only; elsewhere nothing to do).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks; no pointer of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How many operations (most of them agent reports) may wait for the store's writer.
+const STORE_QUEUE_REPORTS: usize = 64;
 
 /// Counts of events the daemon has dropped (for status).
 pub fn dropped(shared: &Shared) -> u64 {

@@ -22,6 +22,17 @@ use crate::{now, Shared};
 /// How long an agent has to send `hello` after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Messages that may wait for one agent's socket (acks, errors, requests). A peer that does not
+/// read its replies gets no more than this queued for it; past it, acks are left out (a later
+/// ack covers them), errors are counted and not sent, and requests fail at once.
+pub const OUTGOING_CAPACITY: usize = 256;
+
+/// `error` messages not sent because the peer's queue was full (it does not read them).
+pub static ERRORS_NOT_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The queue of what the daemon sends one agent.
+pub type Outgoing = mpsc::Sender<DaemonMessage>;
+
 /// Who is on the other end, as the kernel tells it.
 #[derive(Debug, Clone)]
 pub enum Peer {
@@ -60,7 +71,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-    let (tx, mut rx) = mpsc::unbounded_channel::<DaemonMessage>();
+    let (tx, mut rx) = mpsc::channel::<DaemonMessage>(OUTGOING_CAPACITY);
     let mut sink = FramedWrite::new(writer, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
     let mut writer_task = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -80,7 +91,7 @@ where
             Ok(auth) => Some(auth),
             Err(reason) => {
                 tracing::warn!(target: "agent_link", peer = %tcp.addr, "refused a TCP agent: {reason}");
-                let _ = tx.send(DaemonMessage::Refused {
+                let _ = tx.try_send(DaemonMessage::Refused {
                     reason,
                     accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
                 });
@@ -131,7 +142,7 @@ where
     };
     if let Err(reason) = check_hello(&hello, &peer, auth.as_ref()) {
         tracing::warn!(target: "agent_link", pid = hello.pid, "refused agent: {reason}");
-        let _ = tx.send(DaemonMessage::Refused {
+        let _ = tx.try_send(DaemonMessage::Refused {
             reason,
             accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
         });
@@ -145,7 +156,7 @@ where
         Ok(claim) => claim,
         Err(reason) => {
             tracing::warn!(target: "agent_link", pid = hello.pid, "refused agent: {reason}");
-            let _ = tx.send(DaemonMessage::Refused {
+            let _ = tx.try_send(DaemonMessage::Refused {
                 reason,
                 accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
             });
@@ -161,7 +172,7 @@ where
         Ok(id) => id,
         Err(e) => {
             tracing::error!(target: "agent_link", "cannot register agent: {e}");
-            let _ = tx.send(DaemonMessage::Refused {
+            let _ = tx.try_send(DaemonMessage::Refused {
                 reason: format!("the daemon could not register the process: {e}"),
                 accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
             });
@@ -173,7 +184,7 @@ where
     if let Some(claim) = claim {
         claim.registered(process_id);
     }
-    let _ = tx.send(DaemonMessage::Welcome {
+    let _ = tx.try_send(DaemonMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         daemon_version: env!("CARGO_PKG_VERSION").into(),
         session_id: session_id.clone(),
@@ -216,7 +227,10 @@ where
                 }
             }
             Ok(AgentMessage::Report(report)) => {
-                shared.accept_report(process_id, report, &tx);
+                // Waits while the store's queue is full: this agent is not read meanwhile, so
+                // it slows down (and counts what its own buffer cannot hold) instead of the
+                // daemon growing or dropping.
+                shared.accept_report(process_id, report, &tx).await;
             }
             Ok(AgentMessage::Heartbeat {}) => {}
             Ok(AgentMessage::ProbeStatus { statuses }) => {
@@ -275,21 +289,26 @@ fn codec_error_text(e: &LinesCodecError) -> String {
     }
 }
 
-fn reject(
-    tx: &mpsc::UnboundedSender<DaemonMessage>,
-    kind: ErrorKind,
-    message: String,
-    id: Option<u64>,
-) {
-    let _ = tx.send(DaemonMessage::Error(ProtocolErrorMsg {
-        kind,
-        message,
-        in_reply_to: id,
-    }));
+fn reject(tx: &Outgoing, kind: ErrorKind, message: String, id: Option<u64>) {
+    send_error(
+        tx,
+        DaemonMessage::Error(ProtocolErrorMsg {
+            kind,
+            message,
+            in_reply_to: id,
+        }),
+    );
 }
 
-fn reject_decode(tx: &mpsc::UnboundedSender<DaemonMessage>, e: &DecodeError) {
-    let _ = tx.send(DaemonMessage::error_for(e));
+fn reject_decode(tx: &Outgoing, e: &DecodeError) {
+    send_error(tx, DaemonMessage::error_for(e));
+}
+
+/// Queues an `error` for the peer; one that does not read them gets no more (counted).
+fn send_error(tx: &Outgoing, msg: DaemonMessage) {
+    if tx.try_send(msg).is_err() {
+        ERRORS_NOT_SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The daemon's half of the mutual authentication on TCP: reads `auth {nonce}`, answers
@@ -297,7 +316,7 @@ fn reject_decode(tx: &mpsc::UnboundedSender<DaemonMessage>, e: &DecodeError) {
 async fn authenticate<R>(
     shared: &Shared,
     lines: &mut FramedRead<R, LinesCodec>,
-    tx: &mpsc::UnboundedSender<DaemonMessage>,
+    tx: &Outgoing,
     tcp: &TcpPeer,
 ) -> Result<Authenticated, String>
 where
@@ -335,7 +354,7 @@ where
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
     let daemon_nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let proof = scry_proto::daemon_proof(&token, &agent_nonce, &daemon_nonce, &tcp.binding);
-    let _ = tx.send(DaemonMessage::Challenge {
+    let _ = tx.try_send(DaemonMessage::Challenge {
         nonce: daemon_nonce.clone(),
         proof,
     });

@@ -709,7 +709,7 @@ mod tests {
             let mut r = req("a.py:3");
             r.ttl = Some(huge.clone());
             let err = build(r, &t).expect_err("huge ttl");
-            assert!(err.contains("maximum"), "{huge}: {err}");
+            assert!(err.to_string().contains("maximum"), "{huge}: {err}");
         }
         for bad in [json!(0), json!(-1), json!("soon")] {
             let mut r = req("a.py:3");

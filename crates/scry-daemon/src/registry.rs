@@ -96,7 +96,7 @@ pub struct ProcessView {
 pub struct AgentHandle {
     /// The session id of this connection.
     pub session_id: String,
-    tx: mpsc::UnboundedSender<DaemonMessage>,
+    tx: mpsc::Sender<DaemonMessage>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
     next_id: Arc<AtomicU64>,
 }
@@ -114,7 +114,7 @@ pub enum RequestError {
 
 impl AgentHandle {
     /// A handle writing to `tx`.
-    pub fn new(session_id: String, tx: mpsc::UnboundedSender<DaemonMessage>) -> AgentHandle {
+    pub fn new(session_id: String, tx: mpsc::Sender<DaemonMessage>) -> AgentHandle {
         AgentHandle {
             session_id,
             tx,
@@ -123,9 +123,10 @@ impl AgentHandle {
         }
     }
 
-    /// Sends a message without waiting for anything.
+    /// Sends a message without waiting for anything. False when the connection is gone or
+    /// its queue is full (the agent does not read what it is sent).
     pub fn send(&self, msg: DaemonMessage) -> bool {
-        self.tx.send(msg).is_ok()
+        self.tx.try_send(msg).is_ok()
     }
 
     /// Sends the request built by `make` (given a fresh id) and waits for its reply.

@@ -211,14 +211,26 @@ fn unreachable_raw() -> Box<RawValue> {
 /// parsed into trees).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    /// Increasing per connection; the daemon acks it.
+    /// Increasing by one per report of the `stream` (per connection without a stream); the
+    /// daemon acks it once it is stored.
     pub seq: u64,
     /// The observations.
     pub events: Vec<Event>,
     /// Hits dropped in the agent since the previous report.
     #[serde(default)]
     pub dropped: u64,
+    /// The agent's report stream (an id chosen by the agent, at most
+    /// [`MAX_STREAM_LEN`] bytes): `seq` goes on increasing across reconnects of the
+    /// same stream, so a report the daemon did not acknowledge can be resent after a
+    /// reconnect or a daemon restart. The daemon stores a report of a stream at most once
+    /// (it keeps the last stored seq of each stream of each process) and acks a duplicate
+    /// without storing it. Absent: no resend, nothing is deduplicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
+
+/// The longest `report.stream` the daemon accepts.
+pub const MAX_STREAM_LEN: usize = 64;
 
 /// A reply to a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -477,7 +489,10 @@ pub enum DaemonMessage {
     },
     /// An answer to an agent request.
     Reply(Reply),
-    /// The report with this sequence number is durably stored.
+    /// The report with this sequence number is durably stored (or was already: a resend).
+    /// Reports of a connection are stored in order, so an ack also covers every earlier
+    /// report of its stream: an agent may forget them all (an ack can be left out when the
+    /// daemon's queue to a slow agent is full; a later one covers it).
     Ack {
         /// The report's sequence number.
         seq: u64,

@@ -63,7 +63,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use error::StoreError;
 pub use schema::SCHEMA_VERSION;
-pub use store::Store;
+pub use store::{PendingAppend, Queued, Store};
 pub use types::{
     CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow,
     Level, NewEvent, Order, ProbeRecord, ProcessRecord, ProcessRow, ProcessState, Retention,

@@ -268,6 +268,23 @@ impl Readers {
         })
     }
 
+    pub(crate) fn stored_of(&self, source: &str) -> Result<(u64, u64), StoreError> {
+        self.with(|conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM events WHERE source = ?1")?
+                .query_row([source], |r| r.get(0))?;
+            let retired: i64 = conn
+                .prepare_cached(
+                    "SELECT coalesce(sum(by_age + by_cap), 0) FROM retired_counts WHERE source = ?1",
+                )?
+                .query_row([source], |r| r.get(0))?;
+            Ok((
+                u64::try_from(n).unwrap_or(0),
+                u64::try_from(retired).unwrap_or(0),
+            ))
+        })
+    }
+
     pub(crate) fn dropped(&self) -> Result<Vec<DroppedRow>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(

@@ -108,8 +108,27 @@ CREATE TABLE traces (
 CREATE INDEX traces_created_at ON traces (created_at);
 "#;
 
+/// Version 4: the last report stored per agent report stream, so a report resent after a
+/// reconnect (or a daemon restart) is stored at most once; and how many events of each source
+/// retention removed, so that they stay accounted for.
+const V4: &str = r#"
+CREATE TABLE report_streams (
+    process_id INTEGER NOT NULL REFERENCES processes (id) ON DELETE CASCADE,
+    stream     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    PRIMARY KEY (process_id, stream)
+) WITHOUT ROWID;
+
+-- Events retention removed, per source: what was stored once and is no more is still counted.
+CREATE TABLE retired_counts (
+    source  TEXT    NOT NULL PRIMARY KEY,
+    by_age  INTEGER NOT NULL DEFAULT 0,
+    by_cap  INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+"#;
+
 /// The ordered migration steps; the schema version of this build is their number.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -272,6 +291,8 @@ mod tests {
                 "events",
                 "probes",
                 "processes",
+                "report_streams",
+                "retired_counts",
                 "system_events",
                 "traces"
             ]

@@ -118,7 +118,7 @@ impl Store {
         dropped: u64,
         on_commit: Option<CommitCallback>,
     ) -> Result<(), StoreError> {
-        let op = append_op(process_id, events, dropped, on_commit)?;
+        let op = append_op(process_id, events, dropped, on_commit, None)?;
         match self.inner.tx.try_send(op) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(op)) => Err(reject(op, true)),
@@ -137,11 +137,40 @@ impl Store {
         on_commit: Option<CommitCallback>,
     ) -> Result<(), StoreError> {
         self.check_not_writer()?;
-        let op = append_op(process_id, events, dropped, on_commit)?;
+        let op = append_op(process_id, events, dropped, on_commit, None)?;
         self.inner
             .tx
             .send(op)
             .map_err(|std::sync::mpsc::SendError(op)| reject(op, false))
+    }
+
+    /// Queues an agent's report `seq` of `stream` like [`Store::append_events`], to be stored
+    /// at most once: a report whose seq is not above the last stored seq of that stream of
+    /// that process (a resend after a reconnect or a daemon restart) stores nothing, and
+    /// `on_commit` still gets `Ok`, so the agent can forget it.
+    ///
+    /// Never waits: when the writer's queue is full the report comes back as
+    /// [`Queued::Full`], whole, for the caller to wait for room with [`PendingAppend::wait`]
+    /// (off its async thread) while it stops reading that agent: backpressure, not a drop.
+    pub fn append_report(
+        &self,
+        process_id: i64,
+        stream: Option<&str>,
+        seq: u64,
+        events: Vec<NewEvent>,
+        dropped: u64,
+        on_commit: Option<CommitCallback>,
+    ) -> Result<Queued, StoreError> {
+        let report = stream.map(|s| (s.to_string(), seq));
+        let op = append_op(process_id, events, dropped, on_commit, report)?;
+        match self.inner.tx.try_send(op) {
+            Ok(()) => Ok(Queued::Done),
+            Err(TrySendError::Full(op)) => Ok(Queued::Full(Box::new(PendingAppend {
+                store: self.clone(),
+                op,
+            }))),
+            Err(TrySendError::Disconnected(op)) => Err(reject(op, false)),
+        }
     }
 
     /// Adds `count` to the dropped counter of `source` (e.g. a probe id; `None`: not
@@ -331,6 +360,12 @@ impl Store {
         self.inner.readers.counts()
     }
 
+    /// How many events of `source` (e.g. a probe id) are stored now (an index count), and how
+    /// many of its events retention removed (by age or by the per-source cap) so far.
+    pub fn stored_of(&self, source: &str) -> Result<(u64, u64), StoreError> {
+        self.inner.readers.stored_of(source)
+    }
+
     /// Every dropped counter, by process and source.
     pub fn dropped_counts(&self) -> Result<Vec<DroppedRow>, StoreError> {
         self.inner.readers.dropped()
@@ -395,11 +430,52 @@ impl Store {
     }
 }
 
+/// What [`Store::append_report`] did with a report.
+#[must_use]
+pub enum Queued {
+    /// Queued: `on_commit` will be called.
+    Done,
+    /// The writer's queue is full; nothing was queued yet.
+    Full(Box<PendingAppend>),
+}
+
+/// A report waiting for room in the writer's queue (see [`Store::append_report`]).
+pub struct PendingAppend {
+    store: Store,
+    op: Op,
+}
+
+impl PendingAppend {
+    /// Waits for room and queues the report (blocks: call it off an async thread).
+    pub fn wait(self) -> Result<(), StoreError> {
+        self.store.check_not_writer()?;
+        self.store
+            .inner
+            .tx
+            .send(self.op)
+            .map_err(|std::sync::mpsc::SendError(op)| reject(op, false))
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        match &self.op {
+            Op::Append { events, .. } => events.len(),
+            _ => 0,
+        }
+    }
+
+    /// Whether it holds no event (a report of dropped counts only).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 fn append_op(
     process_id: i64,
     events: Vec<NewEvent>,
     dropped: u64,
     on_commit: Option<CommitCallback>,
+    report: Option<(String, u64)>,
 ) -> Result<Op, StoreError> {
     // Encode here, on the caller's thread, so the writer only binds and inserts.
     let events = EncodedEvents::encode(events)?;
@@ -409,6 +485,7 @@ fn append_op(
         dropped,
         t_recv: crate::unix_now(),
         done: Completion::new(on_commit),
+        report,
     })
 }
 
@@ -751,6 +828,55 @@ mod tests {
             })
             .expect("events");
         assert_eq!(t_hits(&oldest), [0.0]);
+    }
+
+    #[test]
+    fn a_resent_report_is_stored_once_and_still_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let pid = store.upsert_process(&process("k", 1)).expect("upsert");
+        let (tx, rx) = channel();
+        let send = |stream: &str, seq: u64, n: usize, dropped: u64| {
+            let tx = tx.clone();
+            let events = (0..n).map(|i| ev(Some("p1"), "probe", i as f64)).collect();
+            let cb: CommitCallback = Box::new(move |r| {
+                let _ = tx.send((seq, r.is_ok()));
+            });
+            match store
+                .append_report(pid, Some(stream), seq, events, dropped, Some(cb))
+                .expect("append")
+            {
+                Queued::Done => {}
+                Queued::Full(p) => p.wait().expect("wait"),
+            }
+        };
+        send("a", 1, 3, 1);
+        send("a", 2, 2, 0);
+        // The reconnect resends 2 (already stored) and goes on with 3.
+        send("a", 2, 2, 0);
+        send("a", 1, 3, 1);
+        send("a", 3, 4, 2);
+        // Another stream of the same process counts from 1 again.
+        send("b", 1, 5, 0);
+        store.flush().expect("flush");
+        let acks: Vec<(u64, bool)> = rx.try_iter().collect();
+        assert_eq!(acks.len(), 6, "every report is acknowledged: {acks:?}");
+        assert!(acks.iter().all(|(_, ok)| *ok), "{acks:?}");
+        let counts = store.counts().expect("counts");
+        assert_eq!(counts.events, 3 + 2 + 4 + 5);
+        assert_eq!(counts.dropped, 1 + 2);
+        // A store opened again remembers the streams (a restarted daemon).
+        store.close().expect("close");
+        let store = open(&dir);
+        match store
+            .append_report(pid, Some("a"), 3, vec![ev(None, "log", 1.0)], 0, None)
+            .expect("append")
+        {
+            Queued::Done => {}
+            Queued::Full(p) => p.wait().expect("wait"),
+        }
+        store.flush().expect("flush");
+        assert_eq!(store.counts().expect("counts").events, 14);
     }
 
     #[test]

@@ -197,6 +197,8 @@ pub(crate) enum Op {
         dropped: u64,
         t_recv: f64,
         done: Completion,
+        /// The report's stream and seq: stored only if newer than the stream's last.
+        report: Option<(String, u64)>,
     },
     Dropped {
         process_id: i64,
@@ -785,6 +787,7 @@ impl Writer {
                 dropped,
                 t_recv,
                 done,
+                ..
             } if self.full_recheck.is_some() => {
                 // The disk is full: leave the room to registrations; the events are counted
                 // as not stored. The agent's own drop count is small and still kept.
@@ -806,14 +809,29 @@ impl Writer {
                 dropped,
                 t_recv,
                 done,
+                report,
             } => {
                 let own = note(
                     &mut sqlite_error,
-                    in_savepoint(conn, |c| append(c, process_id, &events, dropped, t_recv)),
+                    in_savepoint(conn, |c| {
+                        if let Some((stream, seq)) = &report {
+                            if !claim_report(c, process_id, stream, *seq)? {
+                                // Stored before (a resend after a reconnect): ack, store nothing.
+                                return Ok(false);
+                            }
+                        }
+                        append(c, process_id, &events, dropped, t_recv).map(|()| true)
+                    }),
                 );
-                if own.is_ok() {
-                    written = events.len() as u64;
-                }
+                let own = match own {
+                    Ok(stored) => {
+                        if stored {
+                            written = events.len() as u64;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
                 Box::new(move |commit| done.settle(outcome(own, commit)))
             }
             Op::Dropped {
@@ -1077,6 +1095,30 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
+/// Records `seq` as the last report of `stream`; false when it (or a later one) was stored
+/// already. Reports of one stream are queued in order, so the last seq is enough.
+fn claim_report(
+    conn: &Connection,
+    process_id: i64,
+    stream: &str,
+    seq: u64,
+) -> Result<bool, StoreError> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM report_streams WHERE process_id = ?1 AND stream = ?2")?
+        .query_row(rusqlite::params![process_id, stream], |r| r.get(0))
+        .optional()?;
+    if last.is_some_and(|last| last >= seq) {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "INSERT INTO report_streams (process_id, stream, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (process_id, stream) DO UPDATE SET seq = excluded.seq",
+    )?
+    .execute(rusqlite::params![process_id, stream, seq])?;
+    Ok(true)
+}
+
 fn append(
     conn: &Connection,
     process_id: i64,
@@ -1238,6 +1280,29 @@ fn put_probe(conn: &Connection, p: &EncodedProbe) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Adds to the durable counts of events of `source` ("" for none) that retention removed
+/// (probe totals read them as `removed_by_retention`).
+/// The same numbers go to the in-memory `counters` (`scry status`'s `retention_deleted`).
+fn retire(
+    conn: &Connection,
+    counters: &Counters,
+    source: &str,
+    by_age: i64,
+    by_cap: i64,
+) -> Result<(), StoreError> {
+    counters.count_retention(vec![(
+        source.to_owned(),
+        u64::try_from(by_age + by_cap).unwrap_or(0),
+    )]);
+    conn.prepare_cached(
+        "INSERT INTO retired_counts (source, by_age, by_cap) VALUES (?1, ?2, ?3)
+         ON CONFLICT (source) DO UPDATE SET by_age = by_age + excluded.by_age,
+                                            by_cap = by_cap + excluded.by_cap",
+    )?
+    .execute(params![source, by_age, by_cap])?;
+    Ok(())
+}
+
 /// Deletes what `retention` does not keep, as of `now` (seconds since the epoch), counting
 /// the events deleted per source in `counters` (the accounting reads them as dropped by
 /// `retention`).
@@ -1250,11 +1315,13 @@ pub(crate) fn run_retention(
     let mut report = RetentionReport::default();
     if let Some(max_age) = retention.max_age {
         let cutoff = now - max_age.as_secs_f64();
-        counters.count_retention(per_source(
+        for (source, n) in per_source(
             conn,
             "SELECT coalesce(source, ''), count(*) FROM events WHERE t_hit < ?1 GROUP BY source",
             params![cutoff],
-        )?);
+        )? {
+            retire(conn, counters, &source, n as i64, 0)?;
+        }
         report.events_by_age = conn
             .prepare_cached("DELETE FROM events WHERE t_hit < ?1")?
             .execute([cutoff])? as u64;
@@ -1294,7 +1361,7 @@ pub(crate) fn run_retention(
                     )?
                     .execute(params![source, t_hit, id])? as u64;
                 report.events_by_cap += n;
-                counters.count_retention(vec![(source.unwrap_or_default(), n)]);
+                retire(conn, counters, source.as_deref().unwrap_or(""), 0, n as i64)?;
             }
         }
     }
@@ -1350,11 +1417,14 @@ fn shrink_to(conn: &Connection, max_bytes: u64, counters: &Counters) -> Result<u
             [n - 1],
             |r| r.get(0),
         )?;
-        counters.count_retention(per_source(
+        // Counted as removed by the cap: the durable counts have no column of their own for size.
+        for (source, n) in per_source(
             conn,
             "SELECT coalesce(source, ''), count(*) FROM events WHERE id <= ?1 GROUP BY source",
             params![last],
-        )?);
+        )? {
+            retire(conn, counters, &source, 0, n as i64)?;
+        }
         deleted += conn
             .prepare_cached("DELETE FROM events WHERE id <= ?1")?
             .execute([last])? as u64;
@@ -1410,6 +1480,7 @@ mod tests {
                     .expect("lock")
                     .push(r.map_err(|e| format!("{e:?}")));
             }))),
+            report: None,
         }
     }
 

@@ -21,6 +21,7 @@ mod probes;
 mod ps_tree;
 mod queries;
 mod reap;
+mod reliability;
 mod security;
 mod top;
 mod trace;
