@@ -91,12 +91,7 @@ where
             Ok(auth) => Some(auth),
             Err(reason) => {
                 tracing::warn!(target: "agent_link", peer = %tcp.addr, "refused a TCP agent: {reason}");
-                let _ = tx.try_send(DaemonMessage::Refused {
-                    reason,
-                    accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
-                });
-                drop(tx);
-                let _ = writer_task.await;
+                refuse(tx, writer_task, reason).await;
                 return;
             }
         },
@@ -142,12 +137,7 @@ where
     };
     if let Err(reason) = check_hello(&hello, &peer, auth.as_ref()) {
         tracing::warn!(target: "agent_link", pid = hello.pid, "refused agent: {reason}");
-        let _ = tx.try_send(DaemonMessage::Refused {
-            reason,
-            accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
-        });
-        drop(tx);
-        let _ = writer_task.await;
+        refuse(tx, writer_task, reason).await;
         return;
     }
 
@@ -156,12 +146,7 @@ where
         Ok(claim) => claim,
         Err(reason) => {
             tracing::warn!(target: "agent_link", pid = hello.pid, "refused agent: {reason}");
-            let _ = tx.try_send(DaemonMessage::Refused {
-                reason,
-                accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
-            });
-            drop(tx);
-            let _ = writer_task.await;
+            refuse(tx, writer_task, reason).await;
             return;
         }
     };
@@ -172,12 +157,12 @@ where
         Ok(id) => id,
         Err(e) => {
             tracing::error!(target: "agent_link", "cannot register agent: {e}");
-            let _ = tx.try_send(DaemonMessage::Refused {
-                reason: format!("the daemon could not register the process: {e}"),
-                accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
-            });
-            drop(tx);
-            let _ = writer_task.await;
+            refuse(
+                tx,
+                writer_task,
+                format!("the daemon could not register the process: {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -287,6 +272,16 @@ fn codec_error_text(e: &LinesCodecError) -> String {
         }
         LinesCodecError::Io(io) => format!("read error: {io}"),
     }
+}
+
+/// Says why the link is refused, then closes it once the writer has sent that.
+async fn refuse(tx: Outgoing, writer_task: tokio::task::JoinHandle<()>, reason: String) {
+    let _ = tx.try_send(DaemonMessage::Refused {
+        reason,
+        accepted_protocols: ACCEPTED_PROTOCOLS.to_vec(),
+    });
+    drop(tx);
+    let _ = writer_task.await;
 }
 
 fn reject(tx: &Outgoing, kind: ErrorKind, message: String, id: Option<u64>) {

@@ -107,13 +107,7 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
     }
     let mut rows = Vec::new();
     for p in &probes {
-        let enabled = if p["expired"] == true {
-            "expired"
-        } else if p["enabled"] == true {
-            "on"
-        } else {
-            "off"
-        };
+        let enabled = state_label(p);
         let exprs: Vec<&str> = p["expressions"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -185,13 +179,7 @@ async fn show(client: &DaemonClient, key: &str, printer: &mut Printer) -> CmdRes
     if let Some(c) = p["condition"].as_str() {
         printer.line(format!("if        {c}"))?;
     }
-    let enabled = if p["expired"] == true {
-        "expired"
-    } else if p["enabled"] == true {
-        "on"
-    } else {
-        "off"
-    };
+    let enabled = state_label(&p);
     printer.line(format!("state     {enabled}"))?;
     printer.line(if p["unsafe"] == true {
         "unsafe    yes: its expressions may call any function (created with --unsafe)"
@@ -264,4 +252,15 @@ pub fn enc(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A probe's on/off state as `probe list` and `probe show` print it.
+fn state_label(p: &Value) -> &'static str {
+    if p["expired"] == true {
+        "expired"
+    } else if p["enabled"] == true {
+        "on"
+    } else {
+        "off"
+    }
 }
