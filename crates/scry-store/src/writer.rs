@@ -533,7 +533,16 @@ impl Writer {
             return;
         }
         let room = match &self.reserve {
-            Some(path) => make_reserve(path).is_ok(),
+            Some(path) => {
+                // What was committed before the disk filled sits in the WAL, and a checkpoint
+                // since may have grown the database with it: the WAL's blocks are then ours
+                // to give back. Without this, space freed by someone else can be eaten by
+                // that checkpoint and the store stays "full" on a disk with room in it.
+                make_reserve(path).is_ok() || {
+                    self.truncate_wal();
+                    make_reserve(path).is_ok()
+                }
+            }
             // Without a reserve: just try writing events again.
             None => true,
         };
@@ -547,6 +556,24 @@ impl Writer {
             }
         } else {
             self.full_recheck = Some(Instant::now() + FULL_RECHECK);
+        }
+    }
+
+    /// Checkpoints the whole WAL into the database and truncates it to nothing. Fails
+    /// harmlessly (and is tried again a second later) when a reader holds old pages or the
+    /// database itself has no room to grow.
+    fn truncate_wal(&self) {
+        let result: rusqlite::Result<(i64, i64, i64)> =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+        match result {
+            Ok((0, _, _)) => {}
+            Ok((busy, log, done)) => {
+                tracing::debug!(target: "store", busy, log, done, "WAL checkpoint incomplete")
+            }
+            Err(error) => tracing::debug!(target: "store", %error, "WAL checkpoint failed"),
         }
     }
 
