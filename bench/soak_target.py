@@ -48,8 +48,18 @@ def main():
             if ahead > 0:
                 time.sleep(ahead)
     sys.stderr.write("calls %d\n" % i)
+    sys.stderr.flush()
+    # The agent's own counters, now and then, for a post-mortem beside the daemon's view.
+    from scry import _state
     while True:
-        time.sleep(3600)
+        time.sleep(5)
+        engine = _state._agent.engine
+        link = _state._agent.link
+        if engine is not None:
+            for probe in list(engine.probes.values()):
+                sys.stderr.write("counters %s %s unacked %s\n" % (
+                    probe.id, probe.counters(), link.unacked_events if link else None))
+            sys.stderr.flush()
 
 
 if __name__ == "__main__":

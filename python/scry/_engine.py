@@ -94,7 +94,10 @@ class Engine(object):
                 probe = self.probes[probe_id]
                 statuses.append(probe.status())
                 self._dirty.discard(probe_id)
-                self._sent_counters[probe_id] = probe.counters()
+                # Counters in a sync reply are sent again in the next probe_status: the daemon
+                # applies a reply on the task that asked, which may run after a newer status
+                # sent on the link; a status sent after the reply cannot be overtaken by it.
+                self._sent_counters.pop(probe_id, None)
             return statuses
 
     def _prepare(self, probe):

@@ -47,14 +47,13 @@ fn describe_all(shared: &Shared, defs: Vec<ProbeDef>) -> Vec<Value> {
         .map(|d| {
             let mut v = probes::describe(d, table.statuses_of(&d.spec.id));
             v["totals"]["dropped_by_daemon"] = json!(shared.dropped_for(&d.spec.id));
-            // What the store holds now and what retention removed, so that `recorded` can be
-            // checked: recorded = stored + removed_by_retention + dropped_by_daemon + in flight.
-            let (stored, retired) = match shared.store.stored_of(&d.spec.id) {
-                Ok((s, r)) => (Some(s), Some(r)),
-                Err(_) => (None, None),
-            };
-            v["totals"]["stored"] = json!(stored);
-            v["totals"]["removed_by_retention"] = json!(retired);
+            // What the store holds now, what retention removed and what a full disk kept out,
+            // so that `recorded` can be checked: recorded = stored + removed_by_retention +
+            // not_stored_disk_full + dropped_by_daemon + in flight.
+            let totals = shared.store.totals_of(&d.spec.id).ok();
+            v["totals"]["stored"] = json!(totals.map(|t| t.stored));
+            v["totals"]["removed_by_retention"] = json!(totals.map(|t| t.removed_by_retention));
+            v["totals"]["not_stored_disk_full"] = json!(totals.map(|t| t.not_stored_disk_full));
             v
         })
         .collect()

@@ -138,12 +138,10 @@ pub struct Shared {
     live: broadcast::Sender<LiveEvent>,
     notices: broadcast::Sender<calls::AgentNotice>,
     shutdown_tx: watch::Sender<bool>,
-    /// Events the daemon could not queue for storage (backpressure): counted, never silent.
-    pub dropped_by_daemon: AtomicU64,
+    /// Events that reached the daemon and could not be stored: counted, never silent.
+    pub not_stored: Arc<NotStored>,
     /// Reports that waited for room in the store's queue (backpressure on their agent).
     pub backpressure_waits: AtomicU64,
-    /// The same, per source (probe id), shown with each probe.
-    dropped_by_source: Mutex<std::collections::HashMap<String, u64>>,
     /// Nonces of `scry attach` runs in progress, checked in injected agents' hellos.
     pub attaches: attach::Pending,
     /// `scry attach --follow` trees being followed.
@@ -163,14 +161,9 @@ impl Shared {
         self.probes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Events of this source the daemon could not store (backpressure).
+    /// Events of this source the daemon could not store and counted in memory.
     pub fn dropped_for(&self, source: &str) -> u64 {
-        self.dropped_by_source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(source)
-            .copied()
-            .unwrap_or(0)
+        self.not_stored.of(source)
     }
 
     /// Seconds since the daemon started.
@@ -294,7 +287,6 @@ impl Shared {
                 );
             }
         }
-        let n = events.len() as u64;
         // Events per source, in case they cannot be stored (reports hold one or two sources).
         let mut per_source: Vec<(String, u64)> = Vec::new();
         for e in &events {
@@ -305,6 +297,7 @@ impl Shared {
                 }
             }
         }
+        let n = events.len() as u64;
         let batch: Vec<NewEvent> = events
             .into_iter()
             .map(|e| NewEvent {
@@ -315,13 +308,18 @@ impl Shared {
             })
             .collect();
         let ack_tx = tx.clone();
-        let on_commit: scry_store::CommitCallback = Box::new(move |result| match result {
-            // Acks are cumulative: when the agent's queue is full this one is left out and a
-            // later one (or the resend after a reconnect) covers it.
-            Ok(()) => {
-                let _ = ack_tx.try_send(DaemonMessage::Ack { seq });
+        let not_stored = Arc::clone(&self.not_stored);
+        let counts = per_source.clone();
+        // `ack` means settled: stored, or counted as not stored. Acks are cumulative, so a
+        // report left unacknowledged would be forgotten by the agent at the next ack anyway.
+        // When the agent's queue is full an ack is left out and a later one (or the resend
+        // after a reconnect, which the store recognises) covers it.
+        let on_commit: scry_store::CommitCallback = Box::new(move |result| {
+            if let Err(e) = result {
+                not_stored.count(n, counts);
+                tracing::error!(target: "store", seq, "a report was not stored: {e}");
             }
-            Err(e) => tracing::error!(target: "store", seq, "a report was not stored: {e}"),
+            let _ = ack_tx.try_send(DaemonMessage::Ack { seq });
         });
         let queued = self.store.append_report(
             process_id,
@@ -343,14 +341,7 @@ impl Shared {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            self.dropped_by_daemon.fetch_add(n, Ordering::Relaxed);
-            let mut by_source = self
-                .dropped_by_source
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for (source, count) in per_source {
-                *by_source.entry(source).or_default() += count;
-            }
+            self.not_stored.count(n, per_source);
             tracing::warn!(target: "store", process_id, events = n, "events not stored: {e}");
         }
     }
@@ -669,9 +660,8 @@ pub async fn serve(
         live,
         notices,
         shutdown_tx,
-        dropped_by_daemon: AtomicU64::new(0),
+        not_stored: Arc::default(),
         backpressure_waits: AtomicU64::new(0),
-        dropped_by_source: Mutex::default(),
         attaches: attach::Pending::default(),
         follows: follow::Follows::default(),
         repl: repl::ReplHub::default(),
@@ -837,5 +827,33 @@ const STORE_QUEUE_REPORTS: usize = 64;
 
 /// Counts of events the daemon has dropped (for status).
 pub fn dropped(shared: &Shared) -> u64 {
-    shared.dropped_by_daemon.load(Ordering::Relaxed)
+    shared.not_stored.total.load(Ordering::Relaxed)
+}
+
+/// Events that reached the daemon and were neither stored nor counted by the store (queueing
+/// or a commit failed), in memory: in total and per source (probe id).
+#[derive(Default)]
+pub struct NotStored {
+    /// All sources together.
+    pub total: AtomicU64,
+    by_source: Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl NotStored {
+    fn count(&self, n: u64, per_source: Vec<(String, u64)>) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        let mut by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        for (source, count) in per_source {
+            *by_source.entry(source).or_default() += count;
+        }
+    }
+
+    fn of(&self, source: &str) -> u64 {
+        self.by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .copied()
+            .unwrap_or(0)
+    }
 }

@@ -173,10 +173,29 @@ impl ProbeTable {
 
     /// Records statuses reported by a process.
     pub fn update(&mut self, p: &ProcessView, statuses: Vec<ProbeStatus>) {
+        self.update_if_older(p, statuses, None);
+    }
+
+    /// Records statuses, except over one recorded after `unless_after` (daemon time).
+    pub fn update_if_older(
+        &mut self,
+        p: &ProcessView,
+        statuses: Vec<ProbeStatus>,
+        unless_after: Option<f64>,
+    ) {
         let t = now();
         for s in statuses {
             if !self.defs.contains_key(&s.probe) {
                 continue;
+            }
+            if let Some(after) = unless_after {
+                let newer = self
+                    .statuses
+                    .get(&(s.probe.clone(), p.id))
+                    .is_some_and(|old| old.updated_at > after);
+                if newer {
+                    continue;
+                }
             }
             self.statuses.insert(
                 (s.probe.clone(), p.id),
@@ -458,6 +477,7 @@ impl Shared {
             (e.view.clone(), e.agent.clone()?)
         };
         let specs = self.probes().specs_for(&view, now());
+        let asked_at = now();
         let reply = agent
             .request(
                 |id| DaemonMessage::ProbesSync { id, probes: specs },
@@ -482,7 +502,10 @@ impl Shared {
             .unwrap_or_default();
         // Statuses of probes this process no longer has are kept with their last counters (a
         // disabled or expired probe still shows what it recorded); removed probes lose theirs.
-        self.probes().update(&view, statuses.clone());
+        // A status the agent sent on its own after this request is as new as the reply or
+        // newer (the reply is applied here, on the asking task, possibly after it): keep it.
+        self.probes()
+            .update_if_older(&view, statuses.clone(), Some(asked_at));
         self.publish_probe_statuses(&view, &statuses);
         self.end_spent_probes(&statuses).await;
         Some(statuses)

@@ -67,7 +67,7 @@ pub use store::{PendingAppend, Queued, Store};
 pub use types::{
     CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow,
     Level, NewEvent, Order, ProbeRecord, ProcessRecord, ProcessRow, ProcessState, Retention,
-    RetentionReport, StoreHealth, StoreOptions, StoreState, SystemEvent, SystemEventRow,
+    RetentionReport, SourceTotals, StoreHealth, StoreOptions, StoreState, SystemEvent, SystemEventRow,
     TraceRecord, WriterStats, MAX_QUERY_LIMIT,
 };
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow, Order, ProbeRecord,
-    ProcessRecord, ProcessRow, StoreError, SystemEvent, SystemEventRow, TraceRecord,
+    ProcessRecord, ProcessRow, SourceTotals, StoreError, SystemEvent, SystemEventRow, TraceRecord,
     MAX_QUERY_LIMIT,
 };
 
@@ -268,7 +268,7 @@ impl Readers {
         })
     }
 
-    pub(crate) fn stored_of(&self, source: &str) -> Result<(u64, u64), StoreError> {
+    pub(crate) fn totals_of(&self, source: &str) -> Result<SourceTotals, StoreError> {
         self.with(|conn| {
             let n: i64 = conn
                 .prepare_cached("SELECT count(*) FROM events WHERE source = ?1")?
@@ -278,10 +278,16 @@ impl Readers {
                     "SELECT coalesce(sum(by_age + by_cap), 0) FROM retired_counts WHERE source = ?1",
                 )?
                 .query_row([source], |r| r.get(0))?;
-            Ok((
-                u64::try_from(n).unwrap_or(0),
-                u64::try_from(retired).unwrap_or(0),
-            ))
+            let disk_full: i64 = conn
+                .prepare_cached(
+                    "SELECT coalesce(sum(disk_full), 0) FROM unstored_counts WHERE source = ?1",
+                )?
+                .query_row([source], |r| r.get(0))?;
+            Ok(SourceTotals {
+                stored: u64::try_from(n).unwrap_or(0),
+                removed_by_retention: u64::try_from(retired).unwrap_or(0),
+                not_stored_disk_full: u64::try_from(disk_full).unwrap_or(0),
+            })
         })
     }
 

@@ -108,9 +108,9 @@ CREATE TABLE traces (
 CREATE INDEX traces_created_at ON traces (created_at);
 "#;
 
-/// Version 4: the last report stored per agent report stream, so a report resent after a
-/// reconnect (or a daemon restart) is stored at most once; and how many events of each source
-/// retention removed, so that they stay accounted for.
+/// Version 4: the last report settled per agent report stream, so a report resent after a
+/// reconnect (or a daemon restart) is stored (or counted) at most once; and how many events of
+/// each source retention removed or a full disk kept out, so that they stay accounted for.
 const V4: &str = r#"
 CREATE TABLE report_streams (
     process_id INTEGER NOT NULL REFERENCES processes (id) ON DELETE CASCADE,
@@ -124,6 +124,12 @@ CREATE TABLE retired_counts (
     source  TEXT    NOT NULL PRIMARY KEY,
     by_age  INTEGER NOT NULL DEFAULT 0,
     by_cap  INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Events that reached the store while its disk was full, per source: counted, not stored.
+CREATE TABLE unstored_counts (
+    source    TEXT    NOT NULL PRIMARY KEY,
+    disk_full INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 "#;
 
@@ -294,7 +300,8 @@ mod tests {
                 "report_streams",
                 "retired_counts",
                 "system_events",
-                "traces"
+                "traces",
+                "unstored_counts"
             ]
         );
     }

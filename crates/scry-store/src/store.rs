@@ -12,7 +12,8 @@ use crate::writer::{
 };
 use crate::{
     CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, NewEvent,
-    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, RetentionReport, StoreError, StoreHealth,
+    ProbeRecord, ProcessRecord, ProcessRow, ProcessState, RetentionReport, SourceTotals,
+    StoreError, StoreHealth,
     StoreOptions, SystemEvent, SystemEventRow, TraceRecord, WriterStats,
 };
 
@@ -360,10 +361,9 @@ impl Store {
         self.inner.readers.counts()
     }
 
-    /// How many events of `source` (e.g. a probe id) are stored now (an index count), and how
-    /// many of its events retention removed (by age or by the per-source cap) so far.
-    pub fn stored_of(&self, source: &str) -> Result<(u64, u64), StoreError> {
-        self.inner.readers.stored_of(source)
+    /// What became of the events of `source` (e.g. a probe id) that reached the store.
+    pub fn totals_of(&self, source: &str) -> Result<SourceTotals, StoreError> {
+        self.inner.readers.totals_of(source)
     }
 
     /// Every dropped counter, by process and source.

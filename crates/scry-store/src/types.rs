@@ -502,6 +502,17 @@ pub struct StoreHealth {
     pub retention_deleted: std::collections::BTreeMap<String, u64>,
 }
 
+/// What became of the events of one source (a probe id) that reached the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct SourceTotals {
+    /// Events held now.
+    pub stored: u64,
+    /// Events stored once and removed by retention since (by age or by a cap).
+    pub removed_by_retention: u64,
+    /// Events that arrived while the disk was full: counted here, not stored.
+    pub not_stored_disk_full: u64,
+}
+
 /// Counters of the writer thread since the store was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct WriterStats {

@@ -83,6 +83,23 @@ impl EncodedEvents {
         self.rows.len()
     }
 
+    /// How many events each source has ("" for events without one); reports hold one or two.
+    fn per_source(&self) -> Vec<(&str, u64)> {
+        let mut counts: Vec<(&str, u64)> = Vec::new();
+        for row in &self.rows {
+            let source = row
+                .source
+                .as_ref()
+                .and_then(|r| std::str::from_utf8(&self.text[r.clone()]).ok())
+                .unwrap_or("");
+            match counts.iter_mut().find(|(s, _)| *s == source) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((source, 1)),
+            }
+        }
+        counts
+    }
+
     /// Binds event `row` to parameters `first..first + 5` of `stmt` (all but `process_id`).
     fn bind(
         &self,
@@ -814,21 +831,37 @@ impl Writer {
                 dropped,
                 t_recv,
                 done,
-                ..
+                report,
             } if self.full_recheck.is_some() => {
-                // The disk is full: leave the room to registrations; the events are counted
-                // as not stored. The agent's own drop count is small and still kept.
-                if dropped > 0 {
-                    let kept =
-                        in_savepoint(conn, |c| add_dropped(c, process_id, "", dropped, t_recv));
-                    if let Err(error) = note(&mut sqlite_error, kept) {
-                        tracing::warn!(target: "store", %error, "an agent's drop count was not stored");
+                // The disk is full: the events are not stored, and the room the reserve left
+                // goes to registrations and to counting them, per source, durably, with the
+                // report marked settled (a resend after a reconnect is not counted twice).
+                // Counted this way the report is settled: `Ok`, and the agent gets its ack.
+                let counted = in_savepoint(conn, |c| {
+                    if let Some((stream, seq)) = &report {
+                        if !claim_report(c, process_id, stream, *seq)? {
+                            return Ok(());
+                        }
                     }
-                }
-                let own = Err(StoreError::Full {
-                    events: events.len(),
+                    if dropped > 0 {
+                        add_dropped(c, process_id, "", dropped, t_recv)?;
+                    }
+                    for (source, n) in events.per_source() {
+                        count_unstored(c, source, n)?;
+                    }
+                    Ok(())
                 });
-                Box::new(move |_| done.settle(own))
+                let own = match note(&mut sqlite_error, counted) {
+                    Ok(()) => Ok(()),
+                    // Not even room to count them: the caller counts them (in memory).
+                    Err(error) => {
+                        tracing::debug!(target: "store", %error, "events not counted in the store");
+                        Err(StoreError::Full {
+                            events: events.len(),
+                        })
+                    }
+                };
+                Box::new(move |commit| done.settle(outcome(own, commit)))
             }
             Op::Append {
                 process_id,
@@ -1330,6 +1363,16 @@ fn retire(
     Ok(())
 }
 
+/// Adds `n` to the durable count of events of `source` that a full disk kept out.
+fn count_unstored(conn: &Connection, source: &str, n: u64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO unstored_counts (source, disk_full) VALUES (?1, ?2)
+         ON CONFLICT (source) DO UPDATE SET disk_full = disk_full + excluded.disk_full",
+    )?
+    .execute(params![source, i64::try_from(n).unwrap_or(i64::MAX)])?;
+    Ok(())
+}
+
 /// Deletes what `retention` does not keep, as of `now` (seconds since the epoch), counting
 /// the events deleted per source in `counters` (the accounting reads them as dropped by
 /// `retention`).
@@ -1587,11 +1630,22 @@ mod tests {
         // Nothing vanished: every event is stored or counted as not stored.
         assert_eq!(stored + health.not_stored, 40 * 200, "{health:?}");
         assert!(health.not_stored > 0);
+        // Counted where it shows per probe: durably in the store while there is room for
+        // that, else by the caller, which gets the error.
+        let counted: i64 = Connection::open(dir.path().join("scry.db"))
+            .expect("open")
+            .query_row(
+                "SELECT coalesce(sum(disk_full), 0) FROM unstored_counts",
+                [],
+                |r| r.get(0),
+            )
+            .expect("unstored");
         let results = results.lock().expect("lock");
-        assert!(
-            results
-                .iter()
-                .any(|r| r.as_ref().is_err_and(|e| e.contains("Full"))),
+        let refused = results.iter().filter(|r| r.is_err()).count() as u64 * 200;
+        assert!(counted > 0, "nothing counted in the store");
+        assert_eq!(
+            u64::try_from(counted).expect("count") + refused,
+            health.not_stored,
             "{results:?}"
         );
     }

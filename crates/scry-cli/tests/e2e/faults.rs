@@ -87,7 +87,11 @@ fn full_disk(detached: bool) {
     };
     let alive = || scry_proc::alive(daemon_pid, None);
 
-    let flood = ctx.python(&py, "flood_client.py", &["flood", "flood"]);
+    // Outside the home: the pause file must not take room on the full disk.
+    let pause = ctx.home().with_extension("pause");
+    let _ = std::fs::remove_file(&pause);
+    let pause_arg = pause.display().to_string();
+    let flood = ctx.python(&py, "flood_client.py", &["flood", "flood", &pause_arg]);
     wait_for(
         "the flooding agent to register",
         Duration::from_secs(30),
@@ -132,8 +136,35 @@ fn full_disk(detached: bool) {
     );
     assert!(alive(), "the daemon died: {}", daemon_log(&ctx));
 
-    // The flood ends and space returns: the store recovers by itself.
-    drop(flood);
+    // The flood pauses: every hit is stored or counted, per probe, with its reason.
+    std::fs::write(&pause, b"").expect("pause the flood");
+    let probe = || ctx.get("/api/v1/probes/flood");
+    let balanced = |t: &Value| {
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        n("hits") > 0
+            && n("hits")
+                == n("stored")
+                    + n("not_stored_disk_full")
+                    + n("removed_by_retention")
+                    + n("dropped")
+                    + n("dropped_by_daemon")
+    };
+    let totals = wait_for(
+        "the flood's hits to be stored or counted",
+        Duration::from_secs(60),
+        || {
+            let t = probe()["totals"].clone();
+            balanced(&t).then_some(t)
+        },
+    );
+    assert!(
+        totals["not_stored_disk_full"].as_u64().unwrap_or(0)
+            + totals["dropped_by_daemon"].as_u64().unwrap_or(0)
+            > 0,
+        "nothing counted as not stored: {totals}"
+    );
+
+    // Space returns: the store recovers by itself.
     std::fs::remove_file(&ballast).expect("free space");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let ok = loop {
@@ -157,6 +188,19 @@ fn full_disk(detached: bool) {
     };
     let not_stored = ok["store"]["not_stored"].as_u64().unwrap_or(0);
     assert!(not_stored > 0, "{ok}");
+
+    // The agent that flooded through it all ships again: its link was not left waiting for
+    // acks of reports the full disk kept out.
+    let stored_before = totals["stored"].as_u64().unwrap_or(0);
+    std::fs::remove_file(&pause).expect("resume the flood");
+    wait_for(
+        "the flood's new hits to be stored",
+        Duration::from_secs(30),
+        || (probe()["totals"]["stored"].as_u64().unwrap_or(0) > stored_before).then_some(()),
+    );
+    std::fs::write(&pause, b"").expect("pause the flood");
+    drop(flood);
+    let _ = std::fs::remove_file(&pause);
     drop(late);
 
     // The log did not grow without bound (one line per failed report would be megabytes).

@@ -39,11 +39,12 @@ fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-/// hits, and what became of them: stored, removed by retention, dropped in the agent, dropped
-/// by the daemon.
+/// hits, and what became of them: stored, removed by retention, kept out by a full disk,
+/// dropped in the agent, dropped by the daemon.
 fn accounting(t: &Value) -> (u64, u64) {
     let accounted = n(&t["stored"])
         + n(&t["removed_by_retention"])
+        + n(&t["not_stored_disk_full"])
         + n(&t["dropped"])
         + n(&t["dropped_by_daemon"]);
     (n(&t["hits"]), accounted)
