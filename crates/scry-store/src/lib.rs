@@ -67,8 +67,8 @@ pub use store::{PendingAppend, Queued, Store};
 pub use types::{
     CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, EventRow,
     Level, NewEvent, Order, ProbeRecord, ProcessRecord, ProcessRow, ProcessState, Retention,
-    RetentionReport, SourceTotals, StoreHealth, StoreOptions, StoreState, SystemEvent, SystemEventRow,
-    TraceRecord, WriterStats, MAX_QUERY_LIMIT,
+    RetentionReport, SourceTotals, StoreHealth, StoreOptions, StoreState, SystemEvent,
+    SystemEventRow, TraceRecord, WriterStats, MAX_QUERY_LIMIT,
 };
 
 /// How long any connection waits for a lock held by another connection.

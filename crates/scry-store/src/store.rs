@@ -13,8 +13,7 @@ use crate::writer::{
 use crate::{
     CommitCallback, Counts, DroppedRow, DumpRecord, DumpRow, EventPage, EventQuery, NewEvent,
     ProbeRecord, ProcessRecord, ProcessRow, ProcessState, RetentionReport, SourceTotals,
-    StoreError, StoreHealth,
-    StoreOptions, SystemEvent, SystemEventRow, TraceRecord, WriterStats,
+    StoreError, StoreHealth, StoreOptions, SystemEvent, SystemEventRow, TraceRecord, WriterStats,
 };
 
 /// The reserve file beside the database (`store.db-reserve`, like SQLite's `-wal`).

@@ -32,6 +32,11 @@ use crate::{
 /// Size of the reserve file kept beside the database: on a full disk it is deleted, and the
 /// room it leaves takes process registrations and state changes while events wait for space.
 pub(crate) const RESERVE_BYTES: usize = 1024 * 1024;
+/// SQLite's default checkpoint interval (WAL pages), and the one used while the disk is full.
+const WAL_PAGES: i64 = 1000;
+const WAL_PAGES_WHILE_FULL: i64 = 8;
+/// While full: how often what was kept out is counted in the store.
+const UNSTORED_EVERY: Duration = Duration::from_secs(1);
 /// How often a full store tries to make its reserve again (which is how it sees space return).
 const FULL_RECHECK: Duration = Duration::from_secs(1);
 
@@ -474,6 +479,24 @@ pub(crate) struct Writer {
     reserve: Option<PathBuf>,
     /// Set while the disk is full: when the reserve is next tried again.
     full_recheck: Option<Instant>,
+    /// While full: what arrived and was not stored, to be counted in one small write a second.
+    unstored: Unstored,
+}
+
+/// Reports kept out by a full disk and not counted in the store yet. Counting each report as
+/// it comes would spend the reserve on WAL pages; one write a second keeps to a few.
+#[derive(Default)]
+struct Unstored {
+    /// Events per source.
+    by_source: std::collections::HashMap<String, u64>,
+    /// The newest report seq per (process, stream): claimed with the counts.
+    claims: std::collections::HashMap<(i64, String), u64>,
+    /// Agents' own drop counts: (process, count, at).
+    dropped: Vec<(i64, u64, f64)>,
+    /// Reports settled when the counts are written (or fail to be).
+    waiting: Vec<(Completion, usize)>,
+    /// When the counts are next written.
+    due: Option<Instant>,
 }
 
 /// What executing one operation produced.
@@ -514,6 +537,7 @@ impl Writer {
             counters,
             reserve: None,
             full_recheck: None,
+            unstored: Unstored::default(),
         }
     }
 
@@ -539,6 +563,15 @@ impl Writer {
             if let Some(path) = &self.reserve {
                 let _ = std::fs::remove_file(path);
             }
+            // While full, what is written (counts, claims, registrations) must fit in the
+            // reserve: checkpoint often so the WAL keeps reusing a few pages instead of
+            // growing by up to 1,000 of them between checkpoints.
+            if let Err(error) =
+                self.conn
+                    .pragma_update(None, "wal_autocheckpoint", WAL_PAGES_WHILE_FULL)
+            {
+                tracing::debug!(target: "store", %error, "cannot shorten the WAL checkpoint interval");
+            }
         }
         self.full_recheck = Some(Instant::now() + FULL_RECHECK);
     }
@@ -546,6 +579,9 @@ impl Writer {
     /// While full: is there room again? Making the reserve anew is the test.
     fn recheck_full(&mut self) {
         let Some(at) = self.full_recheck else { return };
+        if self.unstored.due.is_some_and(|due| Instant::now() >= due) {
+            self.write_unstored();
+        }
         if Instant::now() < at {
             return;
         }
@@ -564,7 +600,15 @@ impl Writer {
             None => true,
         };
         if room {
+            // Counted before anything newer is stored: acks are cumulative.
+            self.write_unstored();
             self.full_recheck = None;
+            if let Err(error) = self
+                .conn
+                .pragma_update(None, "wal_autocheckpoint", WAL_PAGES)
+            {
+                tracing::debug!(target: "store", %error, "cannot restore the WAL checkpoint interval");
+            }
             if let Some(since) = self.counters.clear_trouble() {
                 tracing::info!(target: "store",
                     not_stored = self.counters.not_stored.load(Ordering::Relaxed),
@@ -573,6 +617,42 @@ impl Writer {
             }
         } else {
             self.full_recheck = Some(Instant::now() + FULL_RECHECK);
+        }
+    }
+
+    /// Writes what a full disk kept out (counts per source, report claims, agents' drop
+    /// counts) in one transaction, and settles the reports waiting for that: `Ok` once
+    /// counted, the error else (their caller counts them instead).
+    fn write_unstored(&mut self) {
+        let u = std::mem::take(&mut self.unstored);
+        if u.waiting.is_empty() && u.dropped.is_empty() {
+            return;
+        }
+        let result = in_transaction(&self.conn, |c| {
+            for ((process_id, stream), seq) in &u.claims {
+                claim_report(c, *process_id, stream, *seq)?;
+            }
+            for (process_id, count, at) in &u.dropped {
+                add_dropped(c, *process_id, "", *count, *at)?;
+            }
+            for (source, n) in &u.by_source {
+                count_unstored(c, source, *n)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = &result {
+            tracing::debug!(target: "store", %error, "events kept out by a full disk not counted in the store");
+            if let StoreError::Sqlite(e) = error {
+                if is_full(e) {
+                    self.enter_full(e);
+                }
+            }
+        }
+        for (done, events) in u.waiting {
+            done.settle(match &result {
+                Ok(()) => Ok(()),
+                Err(_) => Err(StoreError::Full { events }),
+            });
         }
     }
 
@@ -602,10 +682,10 @@ impl Writer {
             if self.next_retention.is_some_and(|at| Instant::now() >= at) {
                 self.scheduled_retention();
             }
-            let wake = match (self.next_retention, self.full_recheck) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = [self.next_retention, self.full_recheck, self.unstored.due]
+                .into_iter()
+                .flatten()
+                .min();
             let received = match wake {
                 Some(at) => self
                     .rx
@@ -621,6 +701,7 @@ impl Writer {
                 break;
             }
         }
+        self.write_unstored();
         // Anything still queued (sent after `close`) is dropped here and settles itself with
         // `WriterGone`.
         while self.rx.try_recv().is_ok() {}
@@ -833,35 +914,43 @@ impl Writer {
                 done,
                 report,
             } if self.full_recheck.is_some() => {
-                // The disk is full: the events are not stored, and the room the reserve left
-                // goes to registrations and to counting them, per source, durably, with the
-                // report marked settled (a resend after a reconnect is not counted twice).
-                // Counted this way the report is settled: `Ok`, and the agent gets its ack.
-                let counted = in_savepoint(conn, |c| {
-                    if let Some((stream, seq)) = &report {
-                        if !claim_report(c, process_id, stream, *seq)? {
-                            return Ok(());
+                // The disk is full: the events are not stored; they are counted per source
+                // with the report claimed (a resend after a reconnect is not counted twice),
+                // in one write a second, and the report is settled then (`Ok`: the agent
+                // gets its ack).
+                let resent = match &report {
+                    Some((stream, seq)) => {
+                        let key = (process_id, stream.clone());
+                        let pending = self.unstored.claims.get(&key).copied();
+                        let stored = if pending.is_none() {
+                            note(&mut sqlite_error, last_claimed(conn, process_id, stream))
+                                .unwrap_or(None)
+                        } else {
+                            None
+                        };
+                        if pending.or(stored).is_some_and(|last| last >= *seq) {
+                            true
+                        } else {
+                            self.unstored.claims.insert(key, *seq);
+                            false
                         }
                     }
-                    if dropped > 0 {
-                        add_dropped(c, process_id, "", dropped, t_recv)?;
-                    }
-                    for (source, n) in events.per_source() {
-                        count_unstored(c, source, n)?;
-                    }
-                    Ok(())
-                });
-                let own = match note(&mut sqlite_error, counted) {
-                    Ok(()) => Ok(()),
-                    // Not even room to count them: the caller counts them (in memory).
-                    Err(error) => {
-                        tracing::debug!(target: "store", %error, "events not counted in the store");
-                        Err(StoreError::Full {
-                            events: events.len(),
-                        })
-                    }
+                    None => false,
                 };
-                Box::new(move |commit| done.settle(outcome(own, commit)))
+                if resent {
+                    Box::new(move |commit| done.settle(outcome(Ok(()), commit)))
+                } else {
+                    let u = &mut self.unstored;
+                    for (source, n) in events.per_source() {
+                        *u.by_source.entry(source.to_owned()).or_default() += n;
+                    }
+                    if dropped > 0 {
+                        u.dropped.push((process_id, dropped, t_recv));
+                    }
+                    u.waiting.push((done, events.len()));
+                    u.due.get_or_insert_with(|| Instant::now() + UNSTORED_EVERY);
+                    Box::new(|_| {})
+                }
             }
             Op::Append {
                 process_id,
@@ -1157,6 +1246,19 @@ fn insert_sql(rows: usize) -> String {
 
 /// Records `seq` as the last report of `stream`; false when it (or a later one) was stored
 /// already. Reports of one stream are queued in order, so the last seq is enough.
+/// The last report seq settled for (process, stream).
+fn last_claimed(
+    conn: &Connection,
+    process_id: i64,
+    stream: &str,
+) -> Result<Option<u64>, StoreError> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM report_streams WHERE process_id = ?1 AND stream = ?2")?
+        .query_row(rusqlite::params![process_id, stream], |r| r.get(0))
+        .optional()?;
+    Ok(last.and_then(|s| u64::try_from(s).ok()))
+}
+
 fn claim_report(
     conn: &Connection,
     process_id: i64,
