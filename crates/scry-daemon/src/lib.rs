@@ -142,6 +142,8 @@ pub struct Shared {
     pub not_stored: Arc<NotStored>,
     /// Reports that waited for room in the store's queue (backpressure on their agent).
     pub backpressure_waits: AtomicU64,
+    /// Agent links registered since the daemon started (reconnects included).
+    pub links_accepted: AtomicU64,
     /// Nonces of `scry attach` runs in progress, checked in injected agents' hellos.
     pub attaches: attach::Pending,
     /// `scry attach --follow` trees being followed.
@@ -662,6 +664,7 @@ pub async fn serve(
         shutdown_tx,
         not_stored: Arc::default(),
         backpressure_waits: AtomicU64::new(0),
+        links_accepted: AtomicU64::new(0),
         attaches: attach::Pending::default(),
         follows: follow::Follows::default(),
         repl: repl::ReplHub::default(),
@@ -823,7 +826,7 @@ fn trim_heap() {
 }
 
 /// How many operations (most of them agent reports) may wait for the store's writer.
-const STORE_QUEUE_REPORTS: usize = 64;
+const STORE_QUEUE_REPORTS: usize = 16;
 
 /// Counts of events the daemon has dropped (for status).
 pub fn dropped(shared: &Shared) -> u64 {

@@ -179,6 +179,9 @@ where
             heartbeat_ms: shared.config.heartbeat_ms,
         },
     });
+    shared
+        .links_accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(target: "agent_link", pid = hello.pid, name = ?hello.name, session = %session_id, "agent connected");
     // Its probes, without anyone asking (a restarted worker gets them back).
     let sync_shared = shared.clone();
@@ -219,10 +222,7 @@ where
             }
             Ok(AgentMessage::Heartbeat {}) => {}
             Ok(AgentMessage::ProbeStatus { statuses }) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    shared.probe_statuses_reported(process_id, statuses).await;
-                });
+                shared.probe_statuses_reported(process_id, statuses);
             }
             Ok(AgentMessage::Notify { topic, data }) => {
                 shared.agent_notified(process_id, hello.pid, topic, data);

@@ -532,14 +532,23 @@ impl Shared {
         out
     }
 
-    /// An agent reported statuses on its own.
-    pub async fn probe_statuses_reported(&self, process_id: i64, statuses: Vec<ProbeStatus>) {
+    /// An agent reported statuses on its own. Recorded at once, on the link's task, so that
+    /// a status is never overtaken by an older one; what a spent probe needs next (disable,
+    /// sync the others) runs on a task of its own.
+    pub fn probe_statuses_reported(
+        self: &std::sync::Arc<Self>,
+        process_id: i64,
+        statuses: Vec<ProbeStatus>,
+    ) {
         let Some(view) = self.registry().get_mut(process_id).map(|e| e.view.clone()) else {
             return;
         };
         self.probes().update(&view, statuses.clone());
         self.publish_probe_statuses(&view, &statuses);
-        self.end_spent_probes(&statuses).await;
+        if statuses.iter().any(|s| s.state == ProbeState::Expired) {
+            let shared = std::sync::Arc::clone(self);
+            tokio::spawn(async move { shared.end_spent_probes(&statuses).await });
+        }
     }
 
     /// A `first N` probe that an agent reports expired has done its job: it is disabled, so
