@@ -816,6 +816,22 @@ async fn sweep_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Keeps glibc's heap from holding on to what a load leaves behind. Caps the malloc arenas at
+/// two (by default each thread that allocates may get one, up to 8 per core, and a report
+/// decoded on one runtime thread and freed on another leaves free memory in each), and fixes
+/// the mmap threshold at 128 KiB: report lines and batches (around a megabyte) then come from
+/// mmap and go back to the system when freed, instead of raising the threshold (glibc's
+/// default does, up to 32 MiB) and fragmenting the heap. Call before the async runtime starts
+/// its threads (arenas are given to threads as they first allocate).
+pub fn limit_heap_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets glibc tunables; no pointer is involved.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Returns freed heap memory to the system (glibc only; elsewhere nothing to do).
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

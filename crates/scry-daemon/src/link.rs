@@ -33,6 +33,9 @@ pub static ERRORS_NOT_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::At
 /// The queue of what the daemon sends one agent.
 pub type Outgoing = mpsc::Sender<DaemonMessage>;
 
+/// Read buffer capacity an agent's connection keeps between lines.
+const IDLE_READ_BUFFER: usize = 64 * 1024;
+
 /// Who is on the other end, as the kernel tells it.
 #[derive(Debug, Clone)]
 pub enum Peer {
@@ -207,6 +210,12 @@ where
                 continue;
             }
         };
+        // A report line is up to a megabyte or so, and the codec keeps its buffer at the size
+        // of the longest line: an agent gone quiet must not keep that.
+        let buffer = lines.read_buffer_mut();
+        if buffer.is_empty() && buffer.capacity() > IDLE_READ_BUFFER {
+            *buffer = Default::default();
+        }
         shared.touch(process_id);
         match scry_proto::decode_agent(&line) {
             Ok(AgentMessage::Reply(reply)) => {

@@ -35,6 +35,8 @@ pub(crate) const RESERVE_BYTES: usize = 1024 * 1024;
 /// SQLite's default checkpoint interval (WAL pages), and the one used while the disk is full.
 const WAL_PAGES: i64 = 1000;
 const WAL_PAGES_WHILE_FULL: i64 = 8;
+/// How long the writer waits without work before it gives its page cache back.
+const SHRINK_AFTER_IDLE: Duration = Duration::from_secs(3);
 /// While full: how often what was kept out is counted in the store.
 const UNSTORED_EVERY: Duration = Duration::from_secs(1);
 /// How often a full store tries to make its reserve again (which is how it sees space return).
@@ -481,6 +483,8 @@ pub(crate) struct Writer {
     full_recheck: Option<Instant>,
     /// While full: what arrived and was not stored, to be counted in one small write a second.
     unstored: Unstored,
+    /// When the writer, idle since its last batch, gives its page cache back.
+    shrink_at: Option<Instant>,
 }
 
 /// Reports kept out by a full disk and not counted in the store yet. Counting each report as
@@ -538,6 +542,7 @@ impl Writer {
             reserve: None,
             full_recheck: None,
             unstored: Unstored::default(),
+            shrink_at: None,
         }
     }
 
@@ -682,10 +687,22 @@ impl Writer {
             if self.next_retention.is_some_and(|at| Instant::now() >= at) {
                 self.scheduled_retention();
             }
-            let wake = [self.next_retention, self.full_recheck, self.unstored.due]
-                .into_iter()
-                .flatten()
-                .min();
+            if self.shrink_at.is_some_and(|at| Instant::now() >= at) {
+                self.shrink_at = None;
+                // The page cache (up to `cache_size`, 32 MB) filled during a load: give it back.
+                if let Err(error) = self.conn.execute_batch("PRAGMA shrink_memory") {
+                    tracing::debug!(target: "store", %error, "cannot shrink the writer's cache");
+                }
+            }
+            let wake = [
+                self.next_retention,
+                self.full_recheck,
+                self.unstored.due,
+                self.shrink_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let received = match wake {
                 Some(at) => self
                     .rx
@@ -693,7 +710,10 @@ impl Writer {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             let flow = match received {
-                Ok(op) => self.run_batch(op),
+                Ok(op) => {
+                    self.shrink_at = Some(Instant::now() + SHRINK_AFTER_IDLE);
+                    self.run_batch(op)
+                }
                 Err(RecvTimeoutError::Timeout) => Flow::Continue,
                 Err(RecvTimeoutError::Disconnected) => Flow::Stop,
             };
@@ -715,6 +735,8 @@ impl Writer {
             run_retention(conn, &self.retention, crate::unix_now(), &counters)
         });
         self.counters.retention_runs.fetch_add(1, Ordering::Relaxed);
+        // A pass over millions of rows fills the page cache: give it back soon after.
+        self.shrink_at = Some(Instant::now() + SHRINK_AFTER_IDLE);
         match result {
             Ok(report) if report != RetentionReport::default() => {
                 tracing::info!(target: "store", ?report, "store retention deleted rows");

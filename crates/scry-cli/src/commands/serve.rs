@@ -60,6 +60,7 @@ pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult 
         http_addr: http,
         agent_tcp: args.agent_tcp.clone(),
     };
+    scry_daemon::limit_heap_arenas();
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
     let json = printer.json;
