@@ -1287,14 +1287,10 @@ fn claim_report(
     stream: &str,
     seq: u64,
 ) -> Result<bool, StoreError> {
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    let last: Option<i64> = conn
-        .prepare_cached("SELECT seq FROM report_streams WHERE process_id = ?1 AND stream = ?2")?
-        .query_row(rusqlite::params![process_id, stream], |r| r.get(0))
-        .optional()?;
-    if last.is_some_and(|last| last >= seq) {
+    if last_claimed(conn, process_id, stream)?.is_some_and(|last| last >= seq) {
         return Ok(false);
     }
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO report_streams (process_id, stream, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (process_id, stream) DO UPDATE SET seq = excluded.seq",
@@ -1680,6 +1676,11 @@ mod tests {
 
     /// Runs a writer over a queue that is already full, so batching is deterministic.
     fn run_queued(conn: Connection, ops: Vec<Op>, batch_max: usize) -> WriterStats {
+        run_writer(conn, ops, batch_max).snapshot()
+    }
+
+    /// [`run_queued`], returning the writer's counters.
+    fn run_writer(conn: Connection, ops: Vec<Op>, batch_max: usize) -> Arc<Counters> {
         let (tx, rx) = sync_channel(ops.len() + 1);
         for op in ops {
             tx.send(op).expect("queue");
@@ -1701,7 +1702,7 @@ mod tests {
             Arc::clone(&counters),
         )
         .run();
-        counters.snapshot()
+        counters
     }
 
     fn count_events(dir: &tempfile::TempDir) -> i64 {
@@ -1725,27 +1726,7 @@ mod tests {
         let ops: Vec<Op> = (0..40)
             .map(|_| recording_append(1, 200, &results))
             .collect();
-        let (tx, rx) = sync_channel(ops.len() + 1);
-        for op in ops {
-            tx.send(op).expect("queue");
-        }
-        drop(tx);
-        let counters = Arc::new(Counters::default());
-        let retention = Retention {
-            max_age: None,
-            max_events_per_source: None,
-            max_db_bytes: None,
-            check_interval: Duration::from_secs(3600),
-        };
-        Writer::new(
-            conn,
-            rx,
-            200,
-            Duration::from_secs(10),
-            retention,
-            Arc::clone(&counters),
-        )
-        .run();
+        let counters = run_writer(conn, ops, 200);
 
         let health = counters.health();
         assert_eq!(health.state, StoreState::Full, "{health:?}");
