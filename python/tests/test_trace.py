@@ -19,6 +19,12 @@ from scry import _features, _trace
 MON = _features.MONITORING
 
 
+def thread_profile():
+    """The profile function new threads get (`threading.getprofile` is 3.10+)."""
+    getprofile = getattr(threading, "getprofile", None)
+    return getprofile() if getprofile is not None else threading._profile_hook
+
+
 @pytest.fixture
 def daemon(home, tmp_path):
     yield from running(home, tmp_path)
@@ -187,14 +193,14 @@ def test_stop_leaves_no_hook(awake):
         assert MON.get_local_events(tool, T.fib.__code__) != 0
         assert MON.get_local_events(tool, T.untraced.__code__) != 0  # selected by the module
     else:
-        assert sys.getprofile() is _trace._profile and threading.getprofile() is _trace._profile
+        assert sys.getprofile() is _trace._profile and thread_profile() is _trace._profile
     stop_and_read(awake, doc["id"])
     assert not _trace.hooks_installed()
     if MON is not None:
         assert all(MON.get_tool(t) != "scry-trace" for t in range(6))
         assert MON.get_tool(tool) is None
     else:
-        assert sys.getprofile() is None and threading.getprofile() is None
+        assert sys.getprofile() is None and thread_profile() is None
     # The same trace id cannot be stopped twice in the agent, but the daemon says it is over.
     status, again = awake.api("POST", "/api/v1/traces/{}/stop".format(doc["id"]), {})
     assert status == 200 and again["state"] == "stopped"

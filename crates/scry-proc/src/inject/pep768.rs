@@ -23,8 +23,9 @@ use super::{InjectError, Injection, Injector};
 const COOKIE: &[u8; 8] = b"xdebugpy";
 /// `_PY_EVAL_PLEASE_STOP_BIT`: makes the eval loop call `_Py_HandlePending` soon.
 const EVAL_PLEASE_STOP_BIT: u64 = 1 << 5;
-/// Size of `_Py_DebugOffsets` in 3.14 (64-bit).
-const TABLE_SIZE_314: usize = 760;
+/// Bytes of `_Py_DebugOffsets` read: the largest table of a supported version (the table is
+/// at the start of `_PyRuntime`, which is far larger, so a smaller one is read past safely).
+const TABLE_READ: usize = 888;
 /// How often the pending flag is polled.
 const POLL: Duration = Duration::from_millis(1);
 /// Re-arm the eval-breaker bit this often while the request is pending (an exception from a
@@ -33,7 +34,7 @@ const REARM: Duration = Duration::from_millis(100);
 
 /// Which versions this injector attaches to, as said in errors.
 pub const SUPPORTED: &str =
-    "the native injector supports CPython 3.14 final releases (3.14.0 and later 3.14.x, with or without the GIL); pre-releases and 3.15+ are not supported yet";
+    "the native injector supports CPython 3.14 and 3.15 final releases (with or without the GIL); pre-releases and 3.16+ are not supported yet";
 
 /// The PEP 768 injector (no state; one value serves every target).
 #[derive(Debug, Default, Clone, Copy)]
@@ -87,6 +88,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The shape of its table, if this injector supports its version.
+    fn shape(&self, pid: u32) -> Result<&'static Shape, InjectError> {
+        shape_of(self.version).ok_or_else(|| InjectError::UnsupportedVersion {
+            pid,
+            version: self.version.to_string(),
+            injector: "pep768",
+            supported: SUPPORTED.into(),
+        })
+    }
+
     fn field(&self, offset: usize) -> u64 {
         self.table
             .get(offset..offset + 8)
@@ -96,7 +107,7 @@ impl Runtime {
     }
 }
 
-// Offsets of fields inside `_Py_DebugOffsets` (3.14, every field a u64).
+// Positions of fields inside `_Py_DebugOffsets` (every field a u64), the same in 3.14 and 3.15.
 const RUNTIME_FINALIZING: usize = 32;
 const RUNTIME_INTERPRETERS_HEAD: usize = 40;
 const INTERP_SIZE: usize = 48;
@@ -104,13 +115,53 @@ const INTERP_THREADS_HEAD: usize = 72;
 const INTERP_THREADS_MAIN: usize = 80;
 const TSTATE_SIZE: usize = 176;
 const TSTATE_NEXT: usize = 192;
-const TSTATE_NATIVE_THREAD_ID: usize = 224;
-const DBG_EVAL_BREAKER: usize = 712;
-const DBG_REMOTE_SUPPORT: usize = 720;
-const DBG_ENABLED: usize = 728;
-const DBG_PENDING: usize = 736;
-const DBG_SCRIPT_PATH: usize = 744;
-const DBG_SCRIPT_PATH_SIZE: usize = 752;
+
+/// The positions that moved between minor versions: the table's shape, from CPython's
+/// `Include/internal/pycore_debug_offsets.h` of that version (3.15 added fields to
+/// `thread_state`, `interpreter_frame`, `gc` and others before `debugger_support`).
+#[derive(Debug)]
+struct Shape {
+    tstate_native_thread_id: usize,
+    dbg_eval_breaker: usize,
+    dbg_remote_support: usize,
+    dbg_enabled: usize,
+    dbg_pending: usize,
+    dbg_script_path: usize,
+    dbg_script_path_size: usize,
+}
+
+const SHAPE_314: Shape = Shape {
+    tstate_native_thread_id: 224,
+    dbg_eval_breaker: 712,
+    dbg_remote_support: 720,
+    dbg_enabled: 728,
+    dbg_pending: 736,
+    dbg_script_path: 744,
+    dbg_script_path_size: 752,
+};
+
+const SHAPE_315: Shape = Shape {
+    tstate_native_thread_id: 248,
+    dbg_eval_breaker: 840,
+    dbg_remote_support: 848,
+    dbg_enabled: 856,
+    dbg_pending: 864,
+    dbg_script_path: 872,
+    dbg_script_path_size: 880,
+};
+
+/// The table's shape for a version this injector supports (final releases only: the table
+/// changes during a version's pre-releases).
+fn shape_of(version: PyVersion) -> Option<&'static Shape> {
+    if !version.is_final() {
+        return None;
+    }
+    match version.minor() {
+        (3, 14) => Some(&SHAPE_314),
+        (3, 15) => Some(&SHAPE_315),
+        _ => None,
+    }
+}
 
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone)]
@@ -290,8 +341,7 @@ fn read_table(
         header[8..16].try_into().unwrap_or([0; 8]),
     ));
     let free_threaded = u64::from_le_bytes(header[16..24].try_into().unwrap_or([0; 8])) != 0;
-    let mut table = vec![0u8; TABLE_SIZE_314];
-    // A 3.13 table is smaller; reading 760 bytes still stays inside `_PyRuntime`.
+    let mut table = vec![0u8; TABLE_READ];
     mem.read(address, &mut table)?;
     Ok(Runtime {
         address,
@@ -344,38 +394,31 @@ struct Target {
 }
 
 fn check_layout(pid: u32, rt: &Runtime) -> Result<usize, InjectError> {
-    let (major, minor) = rt.version.minor();
-    if (major, minor) != (3, 14) || !rt.version.is_final() {
-        return Err(InjectError::UnsupportedVersion {
-            pid,
-            version: rt.version.to_string(),
-            injector: "pep768",
-            supported: SUPPORTED.into(),
-        });
-    }
-    let path_size = rt.field(DBG_SCRIPT_PATH_SIZE) as usize;
+    let shape = rt.shape(pid)?;
+    let path_size = rt.field(shape.dbg_script_path_size) as usize;
     let tsize = rt.field(TSTATE_SIZE);
     let isize = rt.field(INTERP_SIZE);
-    let support = rt.field(DBG_REMOTE_SUPPORT);
+    let support = rt.field(shape.dbg_remote_support);
     let bad = |what: String| Err(InjectError::BadLayout { pid, what });
     if !(16..=4096).contains(&path_size) {
         return bad(format!("debugger_script_path_size is {path_size}"));
     }
-    if rt.field(DBG_EVAL_BREAKER) + 8 > tsize
-        || support + rt.field(DBG_PENDING) + 4 > tsize
-        || support + rt.field(DBG_SCRIPT_PATH) + path_size as u64 > tsize
+    if rt.field(shape.dbg_eval_breaker) + 8 > tsize
+        || support + rt.field(shape.dbg_pending) + 4 > tsize
+        || support + rt.field(shape.dbg_script_path) + path_size as u64 > tsize
     {
         return bad(format!(
             "debugger fields outside a {tsize}-byte thread state"
         ));
     }
-    if rt.field(DBG_ENABLED) + 4 > isize || rt.field(INTERP_THREADS_MAIN) + 8 > isize {
+    if rt.field(shape.dbg_enabled) + 4 > isize || rt.field(INTERP_THREADS_MAIN) + 8 > isize {
         return bad(format!("fields outside a {isize}-byte interpreter state"));
     }
     Ok(path_size)
 }
 
 fn pick_thread(pid: u32, rt: &Runtime, mem: &Memory) -> Result<Target, InjectError> {
+    let shape = rt.shape(pid)?;
     if rt.field(RUNTIME_FINALIZING) != 0 && mem.u64(rt.address + rt.field(RUNTIME_FINALIZING))? != 0
     {
         return Err(InjectError::NotRunning {
@@ -390,7 +433,7 @@ fn pick_thread(pid: u32, rt: &Runtime, mem: &Memory) -> Result<Target, InjectErr
             what: "no interpreter yet (still starting, or already finalized)".into(),
         });
     }
-    if mem.i32(interp + rt.field(DBG_ENABLED))? != 1 {
+    if mem.i32(interp + rt.field(shape.dbg_enabled))? != 1 {
         return Err(InjectError::RemoteDebugDisabled { pid });
     }
     let mut tstate = mem.u64(interp + rt.field(INTERP_THREADS_MAIN))?;
@@ -410,13 +453,13 @@ fn pick_thread(pid: u32, rt: &Runtime, mem: &Memory) -> Result<Target, InjectErr
             what: "the interpreter has no thread".into(),
         });
     }
-    let support = tstate + rt.field(DBG_REMOTE_SUPPORT);
+    let support = tstate + rt.field(shape.dbg_remote_support);
     Ok(Target {
         tstate,
-        native_thread_id: mem.u64(tstate + rt.field(TSTATE_NATIVE_THREAD_ID))?,
-        pending: support + rt.field(DBG_PENDING),
-        path: support + rt.field(DBG_SCRIPT_PATH),
-        eval_breaker: tstate + rt.field(DBG_EVAL_BREAKER),
+        native_thread_id: mem.u64(tstate + rt.field(shape.tstate_native_thread_id))?,
+        pending: support + rt.field(shape.dbg_pending),
+        path: support + rt.field(shape.dbg_script_path),
+        eval_breaker: tstate + rt.field(shape.dbg_eval_breaker),
     })
 }
 
