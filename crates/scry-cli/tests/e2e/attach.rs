@@ -394,7 +394,7 @@ fn attach_failures_are_clear() {
             &["attach", &target.pid().to_string(), "--injector", "pep768"],
             &[
                 &format!("runs Python {label}"),
-                "supports CPython 3.14 final releases",
+                "supports CPython 3.14 and 3.15 final releases",
                 "install gdb",
                 "scry.init()",
             ],
