@@ -42,6 +42,19 @@ fn python_of(want: (u32, u32)) -> Option<String> {
     pythons().into_iter().find(|p| minor(p) == Some(want))
 }
 
+/// Every interpreter of the matrix that PEP 768 attaches to (3.14 and later).
+fn pep768_pythons() -> Vec<String> {
+    let found: Vec<String> = pythons()
+        .into_iter()
+        .filter(|p| minor(p).is_some_and(|v| v >= (3, 14)))
+        .collect();
+    assert!(
+        !found.is_empty() || std::env::var_os("CI").is_none(),
+        "no Python 3.14+ in SCRY_TEST_PYTHONS under CI"
+    );
+    found
+}
+
 fn py314() -> Option<String> {
     let py = python_of((3, 14));
     if py.is_none() {
@@ -271,11 +284,16 @@ fn full_cycle(ctx: &Ctx, pid: u32, label: &str) {
 
 #[test]
 fn attach_busy_sleeping_and_threaded_server_on_314() {
-    let Some(py) = py314() else { return };
+    for py in pep768_pythons() {
+        attach_busy_sleeping_and_threaded_server(&py);
+    }
+}
+
+fn attach_busy_sleeping_and_threaded_server(py: &str) {
     let mut ctx = Ctx::new();
     ctx.start_daemon();
     for mode in ["busy", "sleep", "server"] {
-        let target = Target::python(&py, mode);
+        let target = Target::python(py, mode);
         target.line("ready");
         full_cycle(&ctx, target.pid(), mode);
         if mode == "busy" {
