@@ -9,7 +9,7 @@
 //! Frames are stored innermost first (the frame that is running now comes first), the order
 //! py-spy and debuggers use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -329,6 +329,59 @@ fn chain_text(err: &anyhow::Error) -> String {
         .join(": ")
 }
 
+/// Offset of `tid` in glibc's `struct pthread` on x86-64 (a `pthread_t` is its address); the
+/// same from glibc 2.2x to 2.4x.
+const PTHREAD_TID_OFFSET: u64 = 0x2d0;
+
+/// The OS thread ids of these `pthread_t`s of `pid`, read from glibc's `struct pthread`: each
+/// must be a thread of `pid` and all distinct, else nothing is claimed (another libc, another
+/// layout, or a PID namespace whose tids are not ours).
+fn tids_of_pthreads(pid: u32, pthreads: &[u64]) -> HashMap<u64, u32> {
+    let tasks: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !cfg!(target_arch = "x86_64") {
+        return HashMap::new();
+    }
+    let mem = crate::inject::memory::Memory::of(pid);
+    let mut map = HashMap::new();
+    for &pthread in pthreads {
+        let mut buf = [0u8; 4];
+        if pthread == 0 || mem.read(pthread + PTHREAD_TID_OFFSET, &mut buf).is_err() {
+            return HashMap::new();
+        }
+        let tid = u32::from_le_bytes(buf);
+        if !tasks.contains(&tid) || map.values().any(|&t| t == tid) {
+            return HashMap::new();
+        }
+        map.insert(pthread, tid);
+    }
+    map
+}
+
+/// How many of `own` py-spy does not know yet (all of them, or the map is not used).
+#[cfg(target_os = "linux")]
+fn spy_threads_known(spy: &py_spy::PythonSpy, own: &HashMap<u64, u32>) -> usize {
+    own.keys()
+        .filter(|p| !spy.python_thread_ids.contains_key(p))
+        .count()
+}
+
+/// Whether the kernel has thread `tid` of `pid` running (or runnable) now.
+fn task_running(pid: u32, tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|state| state == "R")
+        })
+        .unwrap_or(false)
+}
+
 /// Reads every thread of one Python process: paused if allowed, else without pausing.
 fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read, StackError> {
     let config = py_spy::Config {
@@ -340,6 +393,28 @@ fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read
     let mut spy =
         py_spy::PythonSpy::new(pid as py_spy::Pid, &config).map_err(|e| classify(pid, comm, e))?;
     let version = spy.version.to_string();
+    // Before 3.11 a thread state holds no OS thread id, only its `pthread_t`, and py-spy maps
+    // those to tids from thread registers, which it does not try in a container (any other
+    // mount namespace, a chroot included): there it knows no tid, so no thread is idle and
+    // native frames cannot be read. The tids are in glibc's `struct pthread`: read them there
+    // (a first pass for the `pthread_t`s), and give py-spy the map.
+    let mut own_tids = HashMap::new();
+    if (spy.version.major, spy.version.minor) < (3, 11) {
+        let native_wanted = spy.config.native;
+        spy.config.native = false;
+        if let Ok(first) = spy.get_stack_traces() {
+            let pthreads: Vec<u64> = first.iter().map(|t| t.thread_id).collect();
+            own_tids = tids_of_pthreads(pid, &pthreads);
+        }
+        spy.config.native = native_wanted;
+        #[cfg(target_os = "linux")]
+        if !own_tids.is_empty() && own_tids.len() == spy_threads_known(&spy, &own_tids) {
+            for (pthread, tid) in &own_tids {
+                spy.python_thread_ids.insert(*pthread, *tid as py_spy::Pid);
+            }
+            spy.dockerized = false;
+        }
+    }
     let (traces, paused, pause_error) = match spy.get_stack_traces() {
         Ok(t) => (t, true, None),
         Err(e) if e.to_string() == "Failed to suspend process" => {
@@ -371,11 +446,20 @@ fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read
     let threads = traces
         .into_iter()
         .map(|t| ThreadDump {
-            os_thread_id: t.os_thread_id,
+            os_thread_id: t
+                .os_thread_id
+                .or_else(|| own_tids.get(&t.thread_id).map(|&tid| u64::from(tid))),
             python_thread_id: t.thread_id,
             name: t.thread_name,
             holds_gil: t.owns_gil,
-            status: if t.active { "running" } else { "idle" }.to_owned(),
+            status: match (t.os_thread_id, own_tids.get(&t.thread_id)) {
+                // py-spy did not know the tid: the kernel says whether it runs.
+                (None, Some(&tid)) if !task_running(pid, tid) => "idle",
+                (None, Some(_)) => "running",
+                _ if t.active => "running",
+                _ => "idle",
+            }
+            .to_owned(),
             frames: t
                 .frames
                 .into_iter()

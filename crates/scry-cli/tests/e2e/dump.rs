@@ -623,8 +623,11 @@ fn dump_native_shows_the_c_frames_a_blocked_worker_waits_in() {
             .unwrap_or_else(|| panic!("{python}: no blocked thread in {dump:#}"));
         let first = &frames[0];
         assert_eq!(first["native"], true, "{python}: {frames:#?}");
+        // glibc before 2.34 (bullseye's 2.31) keeps the cancellable read(2) in libpthread.
         assert!(
-            first["module"].as_str().is_some_and(|m| m.contains("libc")),
+            first["module"]
+                .as_str()
+                .is_some_and(|m| m.contains("libc") || m.contains("libpthread")),
             "{python}: the innermost frame is not in libc: {frames:#?}"
         );
         let python_at = frames
