@@ -371,15 +371,24 @@ fn spy_threads_known(spy: &py_spy::PythonSpy, own: &HashMap<u64, u32>) -> usize 
         .count()
 }
 
-/// Whether the kernel has thread `tid` of `pid` running (or runnable) now.
-fn task_running(pid: u32, tid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            after.split_whitespace().next().map(|state| state == "R")
+/// Which threads of `pid` the kernel has running (or runnable) now, by tid.
+fn tasks_running(pid: u32) -> HashMap<u32, bool> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some((tid, state == "R"))
         })
-        .unwrap_or(false)
+        .collect()
 }
 
 /// Reads every thread of one Python process: paused if allowed, else without pausing.
@@ -399,7 +408,11 @@ fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read
     // native frames cannot be read. The tids are in glibc's `struct pthread`: read them there
     // (a first pass for the `pthread_t`s), and give py-spy the map.
     let mut own_tids = HashMap::new();
+    // Which threads run, read before any pass pauses the process (a paused and resumed thread
+    // shows as running for a moment: a second pass would see that).
+    let mut running = HashMap::new();
     if (spy.version.major, spy.version.minor) < (3, 11) {
+        running = tasks_running(pid);
         let native_wanted = spy.config.native;
         spy.config.native = false;
         if let Ok(first) = spy.get_stack_traces() {
@@ -452,12 +465,12 @@ fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read
             python_thread_id: t.thread_id,
             name: t.thread_name,
             holds_gil: t.owns_gil,
-            status: match (t.os_thread_id, own_tids.get(&t.thread_id)) {
-                // py-spy did not know the tid: the kernel says whether it runs.
-                (None, Some(&tid)) if !task_running(pid, tid) => "idle",
-                (None, Some(_)) => "running",
-                _ if t.active => "running",
-                _ => "idle",
+            status: match own_tids.get(&t.thread_id).and_then(|tid| running.get(tid)) {
+                // A tid scry found: what the kernel said before the first pass.
+                Some(false) => "idle",
+                Some(true) => "running",
+                None if t.active => "running",
+                None => "idle",
             }
             .to_owned(),
             frames: t
