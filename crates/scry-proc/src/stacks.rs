@@ -334,16 +334,9 @@ fn chain_text(err: &anyhow::Error) -> String {
 const PTHREAD_TID_OFFSET: u64 = 0x2d0;
 
 /// The OS thread ids of these `pthread_t`s of `pid`, read from glibc's `struct pthread`: each
-/// must be a thread of `pid` and all distinct, else nothing is claimed (another libc, another
-/// layout, or a PID namespace whose tids are not ours).
-fn tids_of_pthreads(pid: u32, pthreads: &[u64]) -> HashMap<u64, u32> {
-    let tasks: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+/// must be one of `tasks` (the process's threads) and all distinct, else nothing is claimed
+/// (another libc, another layout, or a PID namespace whose tids are not ours).
+fn tids_of_pthreads(pid: u32, pthreads: &[u64], tasks: &HashMap<u32, bool>) -> HashMap<u64, u32> {
     if !cfg!(target_arch = "x86_64") {
         return HashMap::new();
     }
@@ -355,7 +348,7 @@ fn tids_of_pthreads(pid: u32, pthreads: &[u64]) -> HashMap<u64, u32> {
             return HashMap::new();
         }
         let tid = u32::from_le_bytes(buf);
-        if !tasks.contains(&tid) || map.values().any(|&t| t == tid) {
+        if !tasks.contains_key(&tid) || map.values().any(|&t| t == tid) {
             return HashMap::new();
         }
         map.insert(pthread, tid);
@@ -363,12 +356,22 @@ fn tids_of_pthreads(pid: u32, pthreads: &[u64]) -> HashMap<u64, u32> {
     map
 }
 
-/// How many of `own` py-spy does not know yet (all of them, or the map is not used).
-#[cfg(target_os = "linux")]
-fn spy_threads_known(spy: &py_spy::PythonSpy, own: &HashMap<u64, u32>) -> usize {
-    own.keys()
-        .filter(|p| !spy.python_thread_ids.contains_key(p))
-        .count()
+/// Whether py-spy maps `pthread_t`s to tids itself (before Python 3.11): only with its
+/// unwinder (the `native` feature), and not for a target it takes for a container.
+fn spy_maps_tids(spy: &py_spy::PythonSpy) -> bool {
+    NATIVE_SUPPORTED && !spy.dockerized
+}
+
+/// Gives py-spy the tids scry found, so that it reads native frames of those threads.
+fn give_spy_tids(spy: &mut py_spy::PythonSpy, tids: &HashMap<u64, u32>) {
+    if tids.is_empty() {
+        return;
+    }
+    for (&pthread, &tid) in tids {
+        spy.python_thread_ids.insert(pthread, tid as py_spy::Pid);
+    }
+    // It skips its lookup for a container: every thread it needs is in the map now.
+    spy.dockerized = false;
 }
 
 /// Which threads of `pid` the kernel has running (or runnable) now, by tid.
@@ -402,31 +405,28 @@ fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read
     let mut spy =
         py_spy::PythonSpy::new(pid as py_spy::Pid, &config).map_err(|e| classify(pid, comm, e))?;
     let version = spy.version.to_string();
-    // Before 3.11 a thread state holds no OS thread id, only its `pthread_t`, and py-spy maps
-    // those to tids from thread registers, which it does not try in a container (any other
+    // Before 3.11 a thread state holds no OS thread id, only its `pthread_t`. py-spy maps those
+    // to tids from thread registers, with its unwinder only and not in a container (any other
     // mount namespace, a chroot included): there it knows no tid, so no thread is idle and
-    // native frames cannot be read. The tids are in glibc's `struct pthread`: read them there
-    // (a first pass for the `pthread_t`s), and give py-spy the map.
-    let mut own_tids = HashMap::new();
+    // native frames cannot be read. The tids are in glibc's `struct pthread`: read them there.
+    let own_tid_map = (spy.version.major, spy.version.minor) < (3, 11) && !spy_maps_tids(&spy);
     // Which threads run, read before any pass pauses the process (a paused and resumed thread
-    // shows as running for a moment: a second pass would see that).
-    let mut running = HashMap::new();
-    if (spy.version.major, spy.version.minor) < (3, 11) {
-        running = tasks_running(pid);
-        let native_wanted = spy.config.native;
+    // shows as running for a moment).
+    let running = if own_tid_map {
+        tasks_running(pid)
+    } else {
+        HashMap::new()
+    };
+    let mut own_tids = HashMap::new();
+    if own_tid_map && spy.config.native {
+        // Native frames need py-spy to know the tids: a first pass for the `pthread_t`s.
         spy.config.native = false;
         if let Ok(first) = spy.get_stack_traces() {
             let pthreads: Vec<u64> = first.iter().map(|t| t.thread_id).collect();
-            own_tids = tids_of_pthreads(pid, &pthreads);
+            own_tids = tids_of_pthreads(pid, &pthreads, &running);
         }
-        spy.config.native = native_wanted;
-        #[cfg(target_os = "linux")]
-        if !own_tids.is_empty() && own_tids.len() == spy_threads_known(&spy, &own_tids) {
-            for (pthread, tid) in &own_tids {
-                spy.python_thread_ids.insert(*pthread, *tid as py_spy::Pid);
-            }
-            spy.dockerized = false;
-        }
+        spy.config.native = true;
+        give_spy_tids(&mut spy, &own_tids);
     }
     let (traces, paused, pause_error) = match spy.get_stack_traces() {
         Ok(t) => (t, true, None),
@@ -456,6 +456,10 @@ fn read_process(pid: u32, comm: &str, locals: bool, native: bool) -> Result<Read
         }
         Err(e) => return Err(classify(pid, comm, e)),
     };
+    if own_tid_map && own_tids.is_empty() {
+        let pthreads: Vec<u64> = traces.iter().map(|t| t.thread_id).collect();
+        own_tids = tids_of_pthreads(pid, &pthreads, &running);
+    }
     let threads = traces
         .into_iter()
         .map(|t| ThreadDump {

@@ -630,7 +630,8 @@ impl Writer {
     /// counted, the error else (their caller counts them instead).
     fn write_unstored(&mut self) {
         let u = std::mem::take(&mut self.unstored);
-        if u.waiting.is_empty() && u.dropped.is_empty() {
+        // Drop counts and claims come with the reports that wait.
+        if u.waiting.is_empty() {
             return;
         }
         let result = in_transaction(&self.conn, |c| {
@@ -645,13 +646,10 @@ impl Writer {
             }
             Ok(())
         });
+        // Called while full (or stopping): a failure changes no state, its reports' callers
+        // count them instead.
         if let Err(error) = &result {
             tracing::debug!(target: "store", %error, "events kept out by a full disk not counted in the store");
-            if let StoreError::Sqlite(e) = error {
-                if is_full(e) {
-                    self.enter_full(e);
-                }
-            }
         }
         for (done, events) in u.waiting {
             done.settle(match &result {
@@ -943,19 +941,16 @@ impl Writer {
                 let resent = match &report {
                     Some((stream, seq)) => {
                         let key = (process_id, stream.clone());
-                        let pending = self.unstored.claims.get(&key).copied();
-                        let stored = if pending.is_none() {
-                            note(&mut sqlite_error, last_claimed(conn, process_id, stream))
-                                .unwrap_or(None)
-                        } else {
-                            None
+                        let last = match self.unstored.claims.get(&key) {
+                            Some(&pending) => Some(pending),
+                            None => note(&mut sqlite_error, last_claimed(conn, process_id, stream))
+                                .unwrap_or(None),
                         };
-                        if pending.or(stored).is_some_and(|last| last >= *seq) {
-                            true
-                        } else {
+                        let resent = last.is_some_and(|last| last >= *seq);
+                        if !resent {
                             self.unstored.claims.insert(key, *seq);
-                            false
                         }
+                        resent
                     }
                     None => false,
                 };
@@ -1266,8 +1261,6 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-/// Records `seq` as the last report of `stream`; false when it (or a later one) was stored
-/// already. Reports of one stream are queued in order, so the last seq is enough.
 /// The last report seq settled for (process, stream).
 fn last_claimed(
     conn: &Connection,
@@ -1281,6 +1274,8 @@ fn last_claimed(
     Ok(last.and_then(|s| u64::try_from(s).ok()))
 }
 
+/// Records `seq` as the last report of `stream`; false when it (or a later one) was settled
+/// already. Reports of one stream are queued in order, so the last seq is enough.
 fn claim_report(
     conn: &Connection,
     process_id: i64,
