@@ -24,7 +24,9 @@ that are running now (every thread), so that a loop already in progress reports.
 """
 
 import sys
+import threading
 import types
+import weakref
 
 from . import _features, _hit, _locate
 from ._threadtrace import OtherTracer, ThreadTracer
@@ -50,6 +52,8 @@ else:  # pragma: no cover - only on 3.12+
     _DISABLE = _LINE = _PY_START = None
 
 _getframe = sys._getframe
+_current_frames = sys._current_frames
+_weakref = weakref.ref
 
 
 def _on_line(code, line):
@@ -294,8 +298,257 @@ class TraceBackend(object):
             pass
 
 
-def make_backend():
-    """The backend this interpreter uses (see ``_features.BACKEND``)."""
-    if _features.MONITORING is not None:
+# -- bytecode injection ------------------------------------------------------------------------------
+
+
+class LineHook(object):
+    """What an injected line calls: one per probed (original code, line), kept across syncs, so
+    that a copy made once keeps working when the probes of its line change (``site`` is replaced)
+    and does nothing once they are gone (``site`` is None)."""
+
+    __slots__ = ("site", "fire")
+
+    def __init__(self):
+        self.site = None
+        hook = self
+
+        def fire():
+            site = hook.site
+            if site is not None and site.probes:
+                _hit_site(site, _getframe(1))
+
+        self.fire = fire
+
+
+def _quiet_trace(frame, event, arg):
+    """The trace function of a thread that runs code from before a probe: new calls untraced."""
+    return None
+
+
+class InjectionBackend(object):
+    """Probes through bytecode injection (3.8, 3.9, 3.11; see ``_inject``).
+
+    A probed code object is replaced, in every function that runs it, by a copy that calls the
+    line's :class:`LineHook`; removing the probe puts the original back. Untraced code pays
+    nothing. What cannot switch code (frames already running a probed function, generators and
+    coroutines suspended in one) gets a local tracer on those frames, and a trace function in their
+    threads only (every thread for suspended ones, which may resume anywhere) until they finish:
+    :meth:`refresh` (each flush of the link) notices when they have, and ``note`` says what is
+    followed that way and what it costs.
+    """
+
+    name = "bytecode"
+
+    def __init__(self):
+        from . import _inject
+        from ._inject import swap
+
+        self._inject = _inject
+        self.note = None
+        self._hooks = {}  # (id(original), line) -> LineHook
+        self._wanted = {}  # id(original) -> (original, {line: site})
+        self._swapper = swap.Swapper(self._make)
+        self._tracers = {}  # id(running code) -> (code, local tracer, its state)
+        self._threads = None  # the ThreadTracer of the frames from before, while there are any
+        self._traced = None  # the thread idents it covers (None: every thread)
+        self._generators = []  # weak references to suspended generators followed by a tracer
+
+    def start(self):
+        if self._inject.LAYOUT is None:
+            raise Unavailable(self._inject.REASON)
+
+    def _make(self, base, original, lines):
+        key = id(original)
+        return self._inject.inject(base, {line: self._hooks[(key, line)].fire for line in lines})
+
+    def apply(self, wanted):
+        for key, (_code, sites) in wanted.items():
+            for line, site in sites.items():
+                hook = self._hooks.get((key, line))
+                if hook is None:
+                    hook = self._hooks[(key, line)] = LineHook()
+                hook.site = site
+        for hook_key, hook in list(self._hooks.items()):
+            entry = wanted.get(hook_key[0])
+            if entry is None or hook_key[1] not in entry[1]:
+                hook.site = None
+                del self._hooks[hook_key]  # copies that still hold it call it, and it does nothing
+        self._wanted = dict(wanted)
+        failed, generators = self._swapper.apply(
+            {key: (code, frozenset(sites)) for key, (code, sites) in wanted.items()}
+        )
+        self._follow(generators)
+        return failed
+
+    def original(self, code):
+        """The code object ``code`` is a copy of (itself when it is not one of ours): the engine
+        finds code through functions, which may run copies, and must name the original."""
+        return self._swapper.original(code)
+
+    # -- frames that run code from before ------------------------------------------------------
+
+    def _tracer(self, code, missing):
+        entry = self._tracers.get(id(code))
+        if entry is None:
+            state = [missing]
+            entry = self._tracers[id(code)] = (code, _make_local(state), state)
+        else:
+            entry[2][0] = missing
+        return entry[1]
+
+    def _missing(self, code):
+        """The wanted sites ``code`` has no hook for (None when it is not probed code)."""
+        entry = self._wanted.get(id(self._swapper.original(code)))
+        if entry is None:
+            return None
+        hooked = self._swapper.hooked_lines(code)
+        missing = {line: site for line, site in entry[1].items() if line not in hooked}
+        return missing or None
+
+    def _follow(self, generators=None):
+        """Put local tracers on the frames that run code from before and trace their threads;
+        True when what is followed changed."""
+        used = set()
+        threads = {}  # ident -> names of the functions followed there
+        for ident, frame in _current_frames().items():
+            hops = 0
+            while frame is not None and hops < 10000:
+                missing = self._missing(frame.f_code)
+                if missing is not None:
+                    tracer = self._tracer(frame.f_code, missing)
+                    used.add(id(frame.f_code))
+                    if frame.f_trace is not tracer:
+                        frame.f_trace = tracer
+                    threads.setdefault(ident, []).append(frame.f_code.co_name)
+                frame = frame.f_back
+                hops += 1
+        if generators is not None:
+            self._generators = []
+            for gen in generators:
+                try:
+                    self._generators.append(_weakref(gen))
+                except TypeError:
+                    pass
+        suspended = 0
+        alive = []
+        for ref in self._generators:
+            gen = ref()
+            frame = _generator_frame(gen) if gen is not None else None
+            if frame is None:
+                continue
+            missing = self._missing(frame.f_code)
+            if missing is None:
+                continue
+            tracer = self._tracer(frame.f_code, missing)
+            used.add(id(frame.f_code))
+            if frame.f_trace is not tracer:
+                frame.f_trace = tracer
+            alive.append(ref)
+            suspended += 1
+        self._generators = alive
+        for key in [k for k in self._tracers if k not in used]:
+            self._tracers.pop(key)[2][0] = None
+        wanted_threads = None if suspended else set(threads)
+        if not threads and not suspended:
+            changed = self._threads is not None
+            self._untrace()
+            self.note = None
+            return changed
+        if self._threads is not None and self._traced == wanted_threads:
+            return False
+        self._untrace()
+        self._threads = ThreadTracer(_quiet_trace)
+        try:
+            self._threads.install(only=wanted_threads)
+        except OtherTracer as exc:
+            self._threads = None
+            self.note = (
+                "code that was already running when the probe was armed is not covered: another "
+                "trace function is active ({})".format(exc)
+            )
+            return True
+        self._traced = wanted_threads
+        names = {}
+        for thread in threading.enumerate():
+            names[thread.ident] = thread.name
+        where = "; ".join(
+            "{} in thread {}".format(", ".join(sorted(set(funcs))), names.get(ident, ident))
+            for ident, funcs in sorted(threads.items(), key=lambda item: str(names.get(item[0])))
+        )
+        parts = []
+        if threads:
+            parts.append(
+                "frames running since before the probe ({}) report through a trace function in "
+                "their thread until they return; that thread runs slower meanwhile".format(where)
+            )
+        if suspended:
+            parts.append(
+                "{} suspended generator(s) or coroutine(s) of probed code report through a trace "
+                "function in every thread until they finish; the process runs slower "
+                "meanwhile".format(suspended)
+            )
+        if self._threads.note and wanted_threads is not None:
+            parts.append(self._threads.note)
+        self.note = "; ".join(parts)
+        return True
+
+    def refresh(self):
+        """From the link thread, each flush: stop following frames that are gone. True when the
+        note changed."""
+        if self._threads is None and not self._generators:
+            return False
+        before = self.note
+        self._follow()
+        return self.note != before
+
+    def _untrace(self):
+        threads, self._threads = self._threads, None
+        self._traced = None
+        if threads is not None:
+            threads.remove()
+
+    def stop(self):
+        for hook in self._hooks.values():
+            hook.site = None
+        self._hooks = {}
+        self._wanted = {}
+        self._swapper.restore()
+        tracers, self._tracers = self._tracers, {}
+        for entry in tracers.values():
+            entry[2][0] = None
+        self._untrace()
+        for frame in _locate.running_frames():
+            if is_local_tracer(frame.f_trace):
+                frame.f_trace = None
+        for ref in self._generators:
+            gen = ref()
+            frame = _generator_frame(gen) if gen is not None else None
+            if frame is not None and is_local_tracer(frame.f_trace):
+                frame.f_trace = None
+        self._generators = []
+        self.note = None
+
+    def stop_in_child(self):
+        for hook in self._hooks.values():
+            hook.site = None
+        self._swapper.restore()
+        for entry in self._tracers.values():
+            entry[2][0] = None
+        self._tracers = {}
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.remove_in_child()
+
+
+def _generator_frame(obj):
+    return getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
+
+
+def make_backend(name=None):
+    """The backend this interpreter uses (see ``_features.BACKEND``), or the one named."""
+    name = name or _features.BACKEND
+    if name == "sys.monitoring":
         return MonitoringBackend()
+    if name == "bytecode":
+        return InjectionBackend()
     return TraceBackend()

@@ -40,7 +40,9 @@ class EngineClosed(Exception):
 class Engine(object):
     """The probes of this process (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, backend=None):
+        #: The backend's name, to use another than this interpreter's (tests run each one).
+        self.backend_name = backend
         self.lock = threading.RLock()
         self.closed = False
         self.probes = {}  # id -> Probe, in the daemon's order
@@ -175,9 +177,12 @@ class Engine(object):
             by_code = {}
             for probe in armed:
                 probe.sites = ()
+            original = getattr(self.backend, "original", None)
             for probe in armed:
                 target = probe.target
                 for code in target.codes:
+                    if original is not None:
+                        code = original(code)
                     key = id(code)
                     entry = wanted.get(key)
                     if entry is None:
@@ -191,20 +196,25 @@ class Engine(object):
                     probe.sites = probe.sites + (site,)
                     by_code.setdefault(key, []).append(probe)
             failed = self.backend.apply(wanted)
-            note = self.backend.note
-            for probe in armed:
-                if note and not probe.unsafe and probe.reason != note:
-                    self._set(probe, ARMED, None, note)
+            self._note_backend(armed)
             if not failed:
                 return
             for key, why in failed.items():
                 for probe in by_code.get(key, ()):
-                    if all(id(code) in failed for code in probe.target.codes):
+                    if all(id(original(code) if original else code) in failed for code in probe.target.codes):
                         _hit.retire(probe, ERROR, "location", why)
                         self._dirty.add(probe.id)
 
+    def _note_backend(self, armed):
+        """Armed probes say what the backend does not cover, or what it costs (its ``note``)."""
+        note = self.backend.note
+        for probe in armed:
+            reason = UNSAFE_REASON if probe.unsafe else note
+            if probe.state == ARMED and probe.reason != reason:
+                self._set(probe, ARMED, None, reason)
+
     def _start_backend(self, armed):
-        backend = _backends.make_backend()
+        backend = _backends.make_backend(self.backend_name)
         try:
             backend.start()
         except _backends.Unavailable as exc:
@@ -280,6 +290,9 @@ class Engine(object):
                 changed = True
         if changed:
             self._apply()
+        refresh = getattr(self.backend, "refresh", None)
+        if refresh is not None and refresh():
+            self._note_backend([p for p in self.probes.values() if p.state == ARMED])
 
     def collect(self, max_events):
         """For the link thread, each flush: ``(events, lost, statuses)``.

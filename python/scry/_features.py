@@ -28,6 +28,11 @@ LINE_NEEDS_PY_START = PY >= (3, 13)
 #: ``frame.f_locals`` is a write-through proxy (PEP 667, 3.13+): cheap, and fine for ``eval``.
 F_LOCALS_IS_PROXY = PY >= (3, 13)
 
+#: The bytecode injection layout of this interpreter (``scry._inject``), or None: one module per
+#: bytecode format, for the versions without sys.monitoring that have been tested (3.10 has a
+#: format of its own and no interpreter here to test it on).
+INJECTION_LAYOUT = {(3, 8): "py38", (3, 9): "py38", (3, 11): "py311"}.get(PY)
+
 #: Whether a private ``_PyEval_SetTrace(tstate, func, arg)`` exists to install a trace function
 #: in another thread (3.9-3.11). 3.8 has none: the engine writes the thread state's fields.
 HAS_PRIVATE_SETTRACE = (3, 9) <= PY < (3, 12)
@@ -37,10 +42,16 @@ def backend():
     """``(name, reason)``: the probe backend this interpreter gets, and why."""
     if MONITORING is not None:
         return "sys.monitoring", "Python {}.{} has sys.monitoring (PEP 669)".format(*PY)
+    if INJECTION_LAYOUT is not None:
+        return (
+            "bytecode",
+            "Python {}.{} has no sys.monitoring (3.12+): a probed line gets a call injected into a "
+            "copy of its code object, and nothing else is traced".format(*PY),
+        )
     return (
         "settrace",
-        "Python {}.{} has no sys.monitoring (3.12+): probes use a trace function that exists only "
-        "while probes are armed".format(*PY),
+        "Python {}.{} has no sys.monitoring (3.12+) and scry has no bytecode injection layout for "
+        "it: probes use a trace function that exists only while probes are armed".format(*PY),
     )
 
 

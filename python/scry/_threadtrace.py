@@ -39,6 +39,8 @@ from . import _features
 
 #: Words of the current thread state read to find c_traceobj (every 3.8-3.11 layout has more).
 _WORDS = 24
+#: Words read to find thread_id (index 22-26 in the 3.8-3.11 layouts, which all have more words).
+_THREAD_ID_WORDS = 32
 
 
 class OtherTracer(Exception):
@@ -62,6 +64,7 @@ class ThreadTracer(object):
         self._index = None  # word index of c_traceobj in PyThreadState
         self._tramp = None
         self._use_tracing_offset = None  # 3.8 only
+        self._thread_id_index = None  # word index of thread_id in PyThreadState
         self._prev_thread_hook = None
         self._installed_hook = False
         self._active = False
@@ -89,21 +92,24 @@ class ThreadTracer(object):
 
     # -- install / remove --------------------------------------------------------------------
 
-    def install(self):
-        """Trace every thread with ``func``. Raises OtherTracer; on any ctypes trouble, traces the
-        current thread and new threads only, with the reason in ``note``."""
+    def install(self, only=None):
+        """Trace every thread with ``func`` (with ``only``, a set of thread idents: just those, and
+        no thread started later). Raises OtherTracer; on any ctypes trouble, traces the current
+        thread and new threads only, with the reason in ``note``."""
         foreign = self.foreign_tracers()
         if foreign:
             raise OtherTracer("; ".join(foreign))
-        self._prev_thread_hook = _thread_hook(self.profile)
-        self._set_thread_hook(self.func)
-        self._installed_hook = True
         self._active = True
+        if only is None:
+            self._prev_thread_hook = _thread_hook(self.profile)
+            self._set_thread_hook(self.func)
+            self._installed_hook = True
         if not self._setup():
-            self._set_hook(self.func)
+            if only is None or threading.get_ident() in only:
+                self._set_hook(self.func)
             return
         try:
-            self._install_everywhere()
+            self._install_everywhere(only)
         except OtherTracer:
             raise
         except Exception as exc:  # never break the host: this thread and new ones, and why
@@ -111,7 +117,7 @@ class ThreadTracer(object):
             if self._get_hook() is None:
                 self._set_hook(self.func)
 
-    def _install_everywhere(self):
+    def _install_everywhere(self, only=None):
         api = self._api
         current = api.PyThreadState_Get()
         before = self._words(current)
@@ -121,14 +127,19 @@ class ThreadTracer(object):
         if self._tramp != self._word(current, self._index - 2) or self._word(current, self._index) != id(self.func):
             self.note = _not_covered("the current thread state does not look as expected")
             return
+        if only is not None and self._thread_id_index is None and not self._find_thread_id():
+            # Which thread state is which thread cannot be told: trace them all (the note says so).
+            only = None
         with _NoSwitch():
             others = [t for t in self._tstates() if t != current]
             if any(self._word(t, self._index) for t in others):
                 self.remove()
                 raise OtherTracer("another thread has a trace function")
+            if only is not None:
+                others = [t for t in others if self._word(t, self._thread_id_index) in only]
             for tstate in others:
                 self._set_trace(tstate, True)
-            if threading.current_thread().name.startswith("scry-"):
+            if (only is not None and threading.get_ident() not in only) or threading.current_thread().name.startswith("scry-"):
                 # The agent's own thread (the link, applying a probes_sync) runs no program code:
                 # untrace it so that shipping hits does not pay a trace call per function call.
                 # (On 3.8 this is a direct write, so the count sys.settrace raised stays: the other
@@ -247,6 +258,24 @@ class ThreadTracer(object):
         if len(untraced) != 1:
             return None
         return untraced[0]
+
+    def _find_thread_id(self):
+        """Find ``thread_id`` in the thread state: the one word of the current thread's that holds
+        its ident, checked against every other thread state (each must hold a running thread's)."""
+        current = self._api.PyThreadState_Get()
+        ident = threading.get_ident()
+        words = [self._word(current, i) for i in range(_THREAD_ID_WORDS)]
+        hits = [i for i, w in enumerate(words) if w == ident and i >= 4]
+        if len(hits) != 1:
+            self.note = "thread_id was not found in the thread state: every thread is traced"
+            return False
+        running = set(sys._current_frames()) | set(getattr(threading, "_active", {}))
+        with _NoSwitch():
+            if any(self._word(t, hits[0]) not in running for t in self._tstates()):
+                self.note = "thread_id was not recognised in every thread state: every thread is traced"
+                return False
+        self._thread_id_index = hits[0]
+        return True
 
     def _set_trace(self, tstate, on):
         """Give ``tstate`` our trace function (on) or none (off). True when done."""

@@ -1,7 +1,8 @@
 """The probe engine, driven in-process: sync specs, run code, drain the hits.
 
-These tests use the real backend of the running interpreter (sys.monitoring on 3.12+, the trace
-function before), and check after each one that nothing of ours is left hooked.
+These tests run on every real backend of the running interpreter (sys.monitoring on 3.12+;
+bytecode injection and the trace function before), and check after each one that nothing of ours
+is left hooked.
 """
 
 import asyncio
@@ -12,6 +13,7 @@ import queue
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -20,7 +22,8 @@ from conftest import wait_until
 from scry import _backends, _engine, _features, _hit, _locate
 
 MON = _features.MONITORING
-SETTRACE = MON is None
+#: The backends this interpreter can run; every engine test runs on each.
+BACKENDS = ["sys.monitoring"] if MON is not None else (["bytecode", "settrace"] if _features.INJECTION_LAYOUT else ["settrace"])
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -66,6 +69,9 @@ def hooks_left(other_thread=None):
         if _backends._LINES:
             left.append("the LINE table is not empty")
     else:
+        injected = injected_functions()
+        if injected:
+            left.append("functions still run injected code: {}".format(injected))
         if sys.gettrace() is not None:
             left.append("this thread still has {!r}".format(sys.gettrace()))
         if thread_hook() is not None:
@@ -79,9 +85,26 @@ def hooks_left(other_thread=None):
     return left
 
 
-@pytest.fixture
-def engine():
-    e = _engine.Engine()
+def _holds_hook(code, depth=0):
+    for const in code.co_consts:
+        if getattr(const, "__qualname__", "") == "LineHook.__init__.<locals>.fire":
+            return True
+        if type(const) is types.CodeType and depth < 50 and _holds_hook(const, depth + 1):
+            return True
+    return False
+
+
+def injected_functions():
+    """Functions whose code (or code nested in it) calls a LineHook: injected code left behind."""
+    return [obj for obj in gc.get_objects() if type(obj) is types.FunctionType and _holds_hook(obj.__code__)]
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request):
+    marker = request.node.get_closest_marker("backends")
+    if marker is not None and request.param not in marker.args:
+        pytest.skip("a test of the {} backend".format(" and ".join(marker.args)))
+    e = _engine.Engine(backend=request.param)
     try:
         yield e
     finally:
@@ -224,7 +247,8 @@ def test_location_errors_are_clear(engine):
 
 
 def test_pending_until_the_module_is_imported(engine, tmp_path, monkeypatch):
-    name = "pending_mod_{}".format(os.getpid())
+    _ids[0] += 1
+    name = "pending_mod_{}_{}".format(os.getpid(), _ids[0])  # a module not imported by an earlier run
     (tmp_path / (name + ".py")).write_text("def work(a):\n    b = a * 2\n    return b\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     by_path, by_module = spec(name + ".py:3", "b"), spec(name + ":work", "a")
@@ -340,7 +364,7 @@ def test_a_loop_already_running_in_another_thread_starts_reporting(engine):
         _hit.BUFFER.clear()
         time.sleep(0.05)
         assert hits(engine) == []
-        if SETTRACE:
+        if MON is None:
             assert not _backends.is_local_tracer(sys._current_frames()[thread.ident].f_trace)
     finally:
         stop.set()
@@ -673,6 +697,7 @@ def test_no_free_tool_id_is_an_error_naming_the_holders(engine):
 
 
 @pytest.mark.skipif(MON is not None, reason="the trace function is the backend before 3.12")
+@pytest.mark.backends("settrace")
 def test_another_tracer_is_not_replaced(engine):
     def other(frame, event, arg):
         return None
@@ -694,6 +719,9 @@ def test_removing_the_last_probe_leaves_nothing(engine):
         if MON is not None:
             tool = next(t for t in range(6) if MON.get_tool(t) == "scry")
             assert MON.get_local_events(tool, T.compute.__code__) & MON.events.LINE
+        elif engine.backend_name == "bytecode":
+            assert sys.gettrace() is None and asker.ask(sys.gettrace) is None
+            assert injected_functions() and engine.backend.note is None
         else:
             assert sys.gettrace() is _backends._global_trace
             assert asker.ask(sys.gettrace) is _backends._global_trace
@@ -811,6 +839,7 @@ def test_code_that_cannot_be_instrumented_gives_that_probe_an_error(engine, monk
 
 
 @pytest.mark.skipif(MON is not None, reason="the trace function is the backend before 3.12")
+@pytest.mark.backends("settrace")
 def test_without_ctypes_threads_that_already_run_are_not_covered_and_the_status_says_so(engine, monkeypatch):
     from scry import _threadtrace
 
