@@ -371,6 +371,68 @@ def test_a_loop_already_running_in_another_thread_starts_reporting(engine):
         thread.join(10)
 
 
+def frame_of(thread, code_name):
+    frame = sys._current_frames()[thread.ident]
+    while frame is not None and frame.f_code.co_name != code_name:
+        frame = frame.f_back
+    return frame
+
+
+@pytest.mark.backends("bytecode")
+def test_injection_follows_a_frame_from_before_in_its_thread_only_until_it_returns(engine):
+    stop = threading.Event()
+    counter = [0]
+    thread = threading.Thread(target=T.spin, args=(stop, counter), name="spinner", daemon=True)
+    thread.start()
+    asker = ThreadProbe()
+    try:
+        wait_until(lambda: counter[0] > 1000, message="the loop to run")
+        (st,) = engine.sync([spec(at("spin"), "n")])
+        assert st["state"] == "armed"
+        assert "frames running since before the probe (spin in thread spinner)" in st["reason"], st
+        assert "runs slower" in st["reason"]
+        wait_until(lambda: hits(engine, limit=500), message="hits from the running loop")
+        # Only the spinner's thread is traced, on that frame; another thread and this one are not.
+        assert asker.ask(sys.gettrace) is None and sys.gettrace() is None
+        assert _backends.is_local_tracer(frame_of(thread, "spin").f_trace)
+        assert engine.backend._traced == {thread.ident}
+        stop.set()
+        thread.join(10)
+        engine.collect(0)  # the link's flush notices the frame has returned
+        assert engine.backend._threads is None
+        (st,) = engine.statuses()
+        assert st["reason"] is None, st
+        hits(engine)
+        # A new call runs the injected copy: hits, and no trace function anywhere.
+        again, counter2 = threading.Event(), [0]
+        second = threading.Thread(target=T.spin, args=(again, counter2), name="second", daemon=True)
+        second.start()
+        wait_until(lambda: counter2[0] > 3, message="a new loop to run")
+        assert frame_of(second, "spin").f_trace is None
+        again.set()
+        second.join(10)
+        assert hits(engine) and engine.backend._threads is None
+    finally:
+        stop.set()
+        thread.join(10)
+        asker.close()
+
+
+@pytest.mark.backends("bytecode")
+def test_injection_follows_a_suspended_generator_until_it_finishes(engine):
+    gen = T.generator(3)
+    assert next(gen) == 0
+    (st,) = engine.sync([spec(at("generator"), "i")])
+    assert "1 suspended generator(s) or coroutine(s)" in st["reason"], st
+    assert list(gen) == [1, 2]
+    assert [v(x) for x in values(hits(engine), "i")] == [1, 2]
+    engine.collect(0)
+    (st,) = engine.statuses()
+    assert st["reason"] is None and engine.backend._threads is None
+    assert list(T.generator(2)) == [0, 1]  # a new generator runs the copy
+    assert [v(x) for x in values(hits(engine), "i")] == [0, 1]
+
+
 def test_a_running_module_level_loop_is_found_through_its_frame(engine, tmp_path):
     script = tmp_path / "toplevel_loop.py"
     script.write_text(

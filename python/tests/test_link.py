@@ -21,7 +21,7 @@ import scry
 from conftest import scry_threads, wait_until
 from realdaemon import elsewhere, running, write_config
 from scripted_peer import ScriptedPeer
-from scry import _link, _proto, _state
+from scry import _features, _link, _proto, _state
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_hello_carries_everything(daemon):
     assert proc["argv"] and proc["cwd"] == os.getcwd()
     caps = proc["capabilities"]
     assert caps[:2] == ["control_plane", "probes"]
-    backend = "sys.monitoring" if sys.version_info >= (3, 12) else "settrace"
+    backend = "sys.monitoring" if sys.version_info >= (3, 12) else _features.BACKEND
     assert "backend:" + backend in caps
     assert any(c.startswith("backend_reason:") for c in caps)
     assert proc["control"] == {"socket": st["control_socket"]}
