@@ -113,6 +113,12 @@ def hooks():
         state["sys.monitoring"] = tools
     else:
         state["sys.monitoring"] = None
+    # Bytecode injection (3.8, 3.9, 3.11): functions running a copy that calls scry's line hook.
+    state["injected"] = [
+        fn.__module__ + "." + fn.__name__
+        for fn in (hot, plain, spin, elsewhere.plain, elsewhere.calls, elsewhere._step)
+        if any(getattr(c, "__qualname__", "") == "LineHook.__init__.<locals>.fire" for c in fn.__code__.co_consts)
+    ]
     state["threads"] = sorted(t.name for t in threading.enumerate())
     return state
 
@@ -125,6 +131,7 @@ def hooks_clean(state):
         and not state["threading.gettrace"]
         and not state["threading.getprofile"]
         and not state["sys.monitoring"]
+        and not state["injected"]
     )
 
 

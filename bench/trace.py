@@ -207,7 +207,7 @@ def measure(py, reps, n):
 
 def default_pythons():
     out = [shutil.which("python3") or sys.executable]
-    for v in ("3.13", "3.14"):
+    for v in ("3.9", "3.13", "3.14", "3.15"):
         p = REPO / ".matrix" / "bin" / ("python" + v)
         if p.exists():
             out.append(str(p))
