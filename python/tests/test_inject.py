@@ -167,3 +167,112 @@ def test_what_cannot_be_injected_is_refused_with_the_reason():
 def test_the_backend_name_says_injection():
     assert _features.BACKEND == "bytecode"
     assert "injected" in _features.BACKEND_REASON
+
+
+# -- trace hooks -----------------------------------------------------------------------------------
+
+
+def traced_copy(code, events, name=None):
+    """``code`` and its nested code with trace hooks that append (kind, name[, value])."""
+    name = name or code.co_name
+    consts = tuple(traced_copy(c, events) if type(c) is types.CodeType else c for c in code.co_consts)
+
+    def record(kind):
+        def hook(value=None):
+            if kind == "exception":
+                events.append((kind, name, type(value).__name__))
+            else:
+                events.append((kind, name))
+
+        return hook
+
+    return _inject.inject(code.replace(co_consts=consts), trace={kind: record(kind) for kind in _inject.TRACE_KINDS})
+
+
+def profiled(run):
+    """(kind, name) from the profile function, classified as scry's profile tracer does (3.8-3.11)."""
+    from scry import _trace
+
+    events = []
+
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if code.co_filename != T.__file__ or code.co_name == "run_all":
+            return
+        if event == "call":
+            events.append((_trace.KIND_NAMES[_trace._entry_kind(frame, code)], code.co_name))
+        elif event == "return":
+            events.append((_trace.KIND_NAMES[_trace._exit_kind(frame, code)], code.co_name))
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return events
+
+
+def test_trace_hooks_report_calls_returns_yields_and_the_exception_that_leaves():
+    expected = profiled(T.run_all)
+    before = T.run_all()
+    events = []
+    originals = {f: f.__code__ for f in T.FUNCTIONS}
+    try:
+        for f in T.FUNCTIONS:
+            f.__code__ = traced_copy(f.__code__, events)
+        assert T.run_all() == before
+    finally:
+        for f, code in originals.items():
+            f.__code__ = code
+    got = [e[:2] for e in events]
+    if _inject.LAYOUT.YIELD_FROM_OPS:
+        # 3.8/3.9: each await reports one yield and one resume, whether it suspended or not (the
+        # profile function sees suspensions only).
+        def awaits(seq):
+            return [e for e in seq if e[1] == "coroutine" and e[0] in ("yield", "resume")]
+
+        assert len(awaits(got)) >= len(awaits(expected)) > 0
+        got = [e for e in got if e not in awaits(got)]
+        expected = [e for e in expected if e not in awaits(expected)]
+    # The profile function cannot see which exception left; the hooks can.
+    assert got == expected
+    assert ("exception", "raises", "KeyError") in events
+    assert ("exception", "handlers", "ZeroDivisionError") not in events  # caught inside
+
+
+def test_trace_hooks_see_exceptions_thrown_into_generators_and_closing():
+    events = []
+
+    def gen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            pass
+
+    gen.__code__ = traced_copy(gen.__code__, events, "gen")
+    g = gen()
+    next(g)
+    with pytest.raises(ValueError):
+        g.throw(ValueError("in"))
+    g = gen()
+    next(g)
+    g.close()
+    # An exception thrown in ends the suspension without a resume: the frame goes on raising.
+    assert events == [
+        ("call", "gen"), ("yield", "gen"), ("exception", "gen", "ValueError"),
+        ("call", "gen"), ("yield", "gen"), ("exception", "gen", "GeneratorExit"),
+    ]
+
+
+def test_deeply_nested_blocks_are_refused_before_they_could_overflow_the_block_stack():
+    if not _inject.LAYOUT.BLOCK_STACK:
+        pytest.skip("Python {}.{} has no block stack".format(*sys.version_info[:2]))
+    depth = 19
+    source = "def deep(x):\n" + "".join("    " * (i + 1) + "try:\n" for i in range(depth)) + "    " * (depth + 1) + "x += 1\n"
+    source += "".join("    " * (depth - i) + "finally:\n" + "    " * (depth - i + 1) + "pass\n" for i in range(depth))
+    source += "    return x\n"
+    namespace = {}
+    exec(compile(source, "<deep>", "exec"), namespace)
+    with pytest.raises(_inject.InjectError, match="too many blocks"):
+        _inject.inject(namespace["deep"].__code__, trace={k: (lambda *a: None) for k in _inject.TRACE_KINDS})

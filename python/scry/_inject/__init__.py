@@ -119,12 +119,22 @@ def _size(op, arg, caches):
     return 2 * (1 + ext + caches[op])
 
 
-def inject(code, hooks):
+#: What a traced copy calls (the keys of :func:`inject`'s ``trace``).
+TRACE_KINDS = ("call", "return", "yield", "resume", "exception")
+
+
+def inject(code, hooks=None, trace=None):
     """A copy of ``code`` where each line of ``hooks`` (``{line: callable}``) calls its hook as it
-    starts (see the module docstring). Raises InjectError when this cannot be done safely."""
+    starts (see the module docstring), and with ``trace`` (``{kind: callable}`` for every kind of
+    :data:`TRACE_KINDS`): ``call()`` as the code starts, ``return(value)`` before it returns,
+    ``yield(value)`` before it yields (no argument for 3.8/3.9's ``yield from`` and ``await``,
+    which report one yield and one resume however often they suspend), ``resume()`` after it
+    resumes, and ``exception(exc)`` when an exception leaves it. Raises InjectError when this
+    cannot be done safely."""
     lay = LAYOUT
     if lay is None:
         raise InjectError(REASON)
+    hooks = hooks or {}
     caches = lay.CACHES
     instrs = _decode(code, caches)
     n = len(instrs)
@@ -164,10 +174,19 @@ def inject(code, hooks):
             from_other[target] = True
 
     consts = list(code.co_consts)
-    const_of = {}
+    slots = {}
+
+    def const(obj):
+        slot = slots.get(id(obj))
+        if slot is None:
+            slot = slots[id(obj)] = len(consts)
+            consts.append(obj)
+        return slot
+
     hook_at = [None] * n
     skip_at = [False] * n
     first = lay.first_site(instrs)
+    hooked = set()
     for k in range(first, n):
         line = lines[k]
         hook = hooks.get(line) if line is not None else None
@@ -179,45 +198,83 @@ def inject(code, hooks):
         same_before = k > first and lines[k - 1] == line
         if same_before and not from_other[k]:
             continue
-        slot = const_of.get(line)
-        if slot is None:
-            slot = const_of[line] = len(consts)
-            consts.append(hook)
-        hook_at[k] = slot
+        hook_at[k] = const(hook)
         skip_at[k] = same_before
-    if not const_of:
+        hooked.add(line)
+    if hooks and not hooked:
         raise InjectError("no line of {} to hook in {}".format(sorted(hooks), code.co_name))
+    if not hooked and trace is None:
+        raise InjectError("nothing to inject into {}".format(code.co_name))
 
-    # The new layout: per original instruction, where its group starts (a skip jump, the hook), where
-    # its hook starts, and where it is itself.
+    # Trace hooks: before an instruction (every way to it runs them), after one (reached only by
+    # falling through from it: where a generator resumes), before everything (3.8/3.9's entry).
+    pre = [()] * n
+    post = [()] * n
+    prefix = []
+    handler = []
+    stack = code.co_stacksize + lay.HOOK_STACK
+    if trace is not None:
+        stack = max(code.co_stacksize + lay.VALUE_HOOK_STACK, lay.HANDLER_STACK)
+        call = lay.hook_sequence(const(trace["call"]))
+        if lay.BLOCK_STACK:
+            if sum(1 for ins in instrs if ins.op in lay.SETUP_OPS) > lay.MAX_SETUPS:
+                raise InjectError(
+                    "{} nests too many blocks to trace its exceptions (the block stack has 20 "
+                    "levels)".format(code.co_name)
+                )
+            prefix = [(op, arg, None) for op, arg in call] + [(lay.SETUP_FINALLY, 0, ("handler",))]
+        else:
+            post[first - 1] = call
+        for k, ins in enumerate(instrs):
+            if ins.op in lay.RETURN_OPS:
+                pre[k] = lay.value_hook_sequence(const(trace["return"])) + lay.BEFORE_RETURN
+            elif ins.op in lay.YIELD_OPS:
+                pre[k] = lay.value_hook_sequence(const(trace["yield"]))
+            elif ins.op in lay.YIELD_FROM_OPS:
+                pre[k] = lay.hook_sequence(const(trace["yield"]))
+            if k >= first and lay.resumes_after(ins):
+                post[k] = lay.hook_sequence(const(trace["resume"]))
+        handler = lay.exception_handler(const(trace["exception"]))
+
+    # The new layout. Per original instruction: its group (a skip jump over its line hook, the line
+    # hook, its trace hook), then itself, then what runs after it.
     items = []
     group = [0] * (n + 1)
     hook_start = [0] * (n + 1)
+    pre_start = [0] * (n + 1)
     own = [0] * (n + 1)
-    jump_from = {}  # item index -> original instruction index, for original jumps
+
+    def emit(seq, pos):
+        for entry in seq:
+            op, arg = entry[0], entry[1]
+            label = entry[2] if len(entry) > 2 else None
+            items.append(_Item(op, arg, label, pos, _size(op, 0 if label else arg, caches)))
+
+    emit(prefix, instrs[0].pos if instrs else None)
     for k, ins in enumerate(instrs):
         group[k] = len(items)
+        if hook_at[k] is not None and skip_at[k]:
+            emit([(lay.JUMP_FORWARD, 0, ("pre", k))], ins.pos)
+        hook_start[k] = len(items)
         if hook_at[k] is not None:
-            if skip_at[k]:
-                items.append(_Item(lay.JUMP_FORWARD, 0, ("own", k), ins.pos, 0))
-            hook_start[k] = len(items)
-            for op, arg in lay.hook_sequence(hook_at[k]):
-                items.append(_Item(op, arg, None, ins.pos, _size(op, arg, caches)))
-        else:
-            hook_start[k] = len(items)
+            emit(lay.hook_sequence(hook_at[k]), ins.pos)
+        pre_start[k] = len(items)
+        emit(pre[k], ins.pos)
         own[k] = len(items)
+        label = None
         if ins.target is not None:
-            jump_from[len(items)] = k
-        items.append(_Item(ins.op, ins.arg, None, ins.pos, _size(ins.op, ins.arg, caches)))
-    group[n] = hook_start[n] = own[n] = len(items)
-    for i, item in enumerate(items):
+            t = ins.target
+            label = ("hook", t) if hook_at[t] is not None and lines[k] != lines[t] else ("pre", t)
+        emit([(ins.op, ins.arg, label)], ins.pos)
+        emit(post[k], ins.pos)
+    group[n] = hook_start[n] = pre_start[n] = own[n] = len(items)
+    handler_start = len(items)
+    emit(handler, instrs[-1].pos if instrs else None)
+    where = {"hook": hook_start, "pre": pre_start}
+    for item in items:
         if item.label is not None:
-            item.label = own[item.label[1]]
-        elif i in jump_from:
-            k = jump_from[i]
-            t = instrs[k].target
-            item.label = hook_start[t] if hook_at[t] is not None and lines[k] != lines[t] else own[t]
-            item.size = _size(item.op, 0, caches)
+            kind = item.label[0]
+            item.label = handler_start if kind == "handler" else where[kind][item.label[1]]
 
     offsets = _lay_out(items, lay, caches, code)
     raw = bytearray()
@@ -228,7 +285,9 @@ def inject(code, hooks):
         raw += bytes((item.op, item.arg & 0xFF))
         raw += b"\x00\x00" * caches[item.op]
     new_handlers = [(offsets[group[s]], offsets[group[e]], offsets[hook_start[t]], x) for s, e, t, x in handlers]
-    fields = {"co_code": bytes(raw), "co_consts": tuple(consts), "co_stacksize": code.co_stacksize + lay.HOOK_STACK}
+    if handler and not lay.BLOCK_STACK:
+        new_handlers = _fill_gaps(new_handlers, offsets[group[first]], offsets[handler_start], offsets[handler_start])
+    fields = {"co_code": bytes(raw), "co_consts": tuple(consts), "co_stacksize": stack}
     try:
         fields.update(lay.encode_positions(code, [(item.pos, item.size) for item in items]))
     except ValueError as exc:
@@ -240,6 +299,22 @@ def inject(code, hooks):
         raise InjectError("CPython refused the injected copy of {}: {!r}".format(code.co_name, exc))
     _check(new, items, offsets, new_handlers, lay, caches)
     return new
+
+
+def _fill_gaps(entries, start, end, target):
+    """``entries`` plus one entry to ``target`` (depth 0, no lasti) for each stretch of
+    ``[start, end)`` they do not cover: the exception handler of a traced copy gets every
+    exception that would leave the frame (the table's entries never overlap)."""
+    out = []
+    position = start
+    for entry in sorted(entries):
+        if entry[0] > position and position < end:
+            out.append((position, min(entry[0], end), target, 0))
+        out.append(entry)
+        position = max(position, entry[1])
+    if position < end:
+        out.append((position, end, target, 0))
+    return sorted(out)
 
 
 def _lay_out(items, lay, caches, code):

@@ -35,6 +35,40 @@ def hook_sequence(const_index):
     return [(_PUSH_NULL, 0), (_LOAD_CONST, const_index), (_PRECALL, 0), (_CALL, 0), (_POP_TOP, 0)]
 
 
+# -- tracing: entry, exits and the exception that leaves --------------------------------------------
+# The entry hook goes after the first RESUME, the resume hook after every other one (a yield or an
+# await resumes there, and RESUME must stay right after YIELD_VALUE: the interpreter looks there to
+# know that a generator is suspended in an await). Every stretch of the code that the exception table
+# leaves uncovered (the compiler's table has no overlaps) gets an entry to a handler at the end,
+# which passes the exception to the hook and re-raises it.
+
+_m = dis.opmap
+VALUE_HOOK_STACK = 3
+HANDLER_STACK = 4
+BLOCK_STACK = False
+SETUP_FINALLY = None
+SETUP_OPS = frozenset()
+MAX_SETUPS = 0
+RETURN_OPS = frozenset((_m["RETURN_VALUE"],))
+YIELD_OPS = frozenset((_m["YIELD_VALUE"],))
+YIELD_FROM_OPS = frozenset()
+BEFORE_RETURN = []
+
+
+def resumes_after(ins):
+    """Whether a suspended frame resumes right after ``ins``: a RESUME after a yield or an await."""
+    return ins.op == _RESUME and ins.arg >= 1
+
+
+def value_hook_sequence(const_index):
+    """Call the hook with the value on top of the stack, which stays."""
+    return [(_PUSH_NULL, 0), (_LOAD_CONST, const_index), (_m["COPY"], 3), (_PRECALL, 1), (_CALL, 1), (_POP_TOP, 0)]
+
+
+def exception_handler(const_index):
+    return value_hook_sequence(const_index) + [(_m["RERAISE"], 0)]
+
+
 def first_site(instrs):
     """Index just after the first RESUME: the prologue before it runs when the frame is made."""
     for k, ins in enumerate(instrs):

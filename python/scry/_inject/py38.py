@@ -28,6 +28,51 @@ def hook_sequence(const_index):
     return [(_LOAD_CONST, const_index), (_CALL_FUNCTION, 0), (_POP_TOP, 0)]
 
 
+# -- tracing: entry, exits and the exception that leaves --------------------------------------------
+# The entry hook and a SETUP_FINALLY to a handler at the end go before everything; each
+# RETURN_VALUE first pops that block (the compiler has popped every other one by then). The handler
+# finds (traceback, value, type) on the stack above the saved exception state, passes the value to
+# the hook and re-raises (RERAISE; 3.8 has END_FINALLY, which does the same with a type on top).
+
+_m = dis.opmap
+VALUE_HOOK_STACK = 2
+HANDLER_STACK = 8
+BLOCK_STACK = True
+SETUP_FINALLY = _m["SETUP_FINALLY"]
+SETUP_OPS = frozenset(op for name, op in _m.items() if name.startswith("SETUP_") and name != "SETUP_ANNOTATIONS")
+#: CPython's block stack has 20 levels (CO_MAXBLOCKS, a fatal error past it); ours takes one and
+#: no function nests deeper than it has SETUP instructions.
+MAX_SETUPS = 18
+RETURN_OPS = frozenset((_m["RETURN_VALUE"],))
+YIELD_OPS = frozenset((_m["YIELD_VALUE"],))
+YIELD_FROM_OPS = frozenset((_m["YIELD_FROM"],))
+BEFORE_RETURN = [(_m["POP_BLOCK"], 0)]
+_RESUMES_AFTER = YIELD_OPS | YIELD_FROM_OPS
+_RERAISE = _m.get("RERAISE", _m.get("END_FINALLY"))
+
+
+def resumes_after(ins):
+    """Whether a suspended frame resumes right after ``ins`` (a yield)."""
+    return ins.op in _RESUMES_AFTER
+
+
+def value_hook_sequence(const_index):
+    """Call the hook with the value on top of the stack, which stays."""
+    return [(_m["DUP_TOP"], 0), (_LOAD_CONST, const_index), (_m["ROT_TWO"], 0), (_CALL_FUNCTION, 1), (_POP_TOP, 0)]
+
+
+def exception_handler(const_index):
+    return [
+        (_m["DUP_TOP_TWO"], 0),
+        (_POP_TOP, 0),
+        (_LOAD_CONST, const_index),
+        (_m["ROT_TWO"], 0),
+        (_CALL_FUNCTION, 1),
+        (_POP_TOP, 0),
+        (_RERAISE, 0),
+    ]
+
+
 def first_site(instrs):
     """Index of the first instruction a hook may precede: there is no prologue."""
     return 0
