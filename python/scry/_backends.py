@@ -347,7 +347,8 @@ class InjectionBackend(object):
         self.note = None
         self._hooks = {}  # (id(original), line) -> LineHook
         self._wanted = {}  # id(original) -> (original, {line: site})
-        self._swapper = swap.Swapper(self._make)
+        self._swapper = swap.SWAPPER
+        self._generator_frame = swap.generator_frame
         self._tracers = {}  # id(running code) -> (code, local tracer, its state)
         self._threads = None  # the ThreadTracer of the frames from before, while there are any
         self._traced = None  # the thread idents it covers (None: every thread)
@@ -357,9 +358,8 @@ class InjectionBackend(object):
         if self._inject.LAYOUT is None:
             raise Unavailable(self._inject.REASON)
 
-    def _make(self, base, original, lines):
-        key = id(original)
-        return self._inject.inject(base, {line: self._hooks[(key, line)].fire for line in lines})
+    def _hook_of(self, original, line):
+        return self._hooks[(id(original), line)].fire
 
     def apply(self, wanted):
         for key, (_code, sites) in wanted.items():
@@ -374,8 +374,8 @@ class InjectionBackend(object):
                 hook.site = None
                 del self._hooks[hook_key]  # copies that still hold it call it, and it does nothing
         self._wanted = dict(wanted)
-        failed, generators = self._swapper.apply(
-            {key: (code, frozenset(sites)) for key, (code, sites) in wanted.items()}
+        failed, generators = self._swapper.set_lines(
+            {key: (code, frozenset(sites)) for key, (code, sites) in wanted.items()}, self._hook_of
         )
         self._follow(generators)
         return failed
@@ -433,7 +433,7 @@ class InjectionBackend(object):
         alive = []
         for ref in self._generators:
             gen = ref()
-            frame = _generator_frame(gen) if gen is not None else None
+            frame = self._generator_frame(gen) if gen is not None else None
             if frame is None:
                 continue
             missing = self._missing(frame.f_code)
@@ -512,7 +512,7 @@ class InjectionBackend(object):
             hook.site = None
         self._hooks = {}
         self._wanted = {}
-        self._swapper.restore()
+        self._swapper.set_lines({}, None)
         tracers, self._tracers = self._tracers, {}
         for entry in tracers.values():
             entry[2][0] = None
@@ -522,7 +522,7 @@ class InjectionBackend(object):
                 frame.f_trace = None
         for ref in self._generators:
             gen = ref()
-            frame = _generator_frame(gen) if gen is not None else None
+            frame = self._generator_frame(gen) if gen is not None else None
             if frame is not None and is_local_tracer(frame.f_trace):
                 frame.f_trace = None
         self._generators = []
@@ -531,17 +531,13 @@ class InjectionBackend(object):
     def stop_in_child(self):
         for hook in self._hooks.values():
             hook.site = None
-        self._swapper.restore()
+        self._swapper.reset_in_child()
         for entry in self._tracers.values():
             entry[2][0] = None
         self._tracers = {}
         threads, self._threads = self._threads, None
         if threads is not None:
             threads.remove_in_child()
-
-
-def _generator_frame(obj):
-    return getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
 
 
 def make_backend(name=None):

@@ -28,6 +28,7 @@ each flush into report events of kind ``trace`` (docs/protocol.md "Trace events"
 
 import collections
 import fnmatch
+import gc
 import logging
 import os
 import sys
@@ -411,9 +412,104 @@ class ProfileTracer(object):
         self._threads.remove_in_child()
 
 
+# -- bytecode injection (3.8, 3.9, 3.11) -----------------------------------------------------------
+
+
+def _record(kind, code, value):
+    """One record from an injected hook, within the budget; never raises but Ctrl-C."""
+    try:
+        if id(code) not in _SEL:  # a copy still running after the trace stopped
+            return
+        t = _now()
+        b = _B
+        if t >= b[1]:
+            _new_window(t)
+        if b[0] >= b[2]:
+            b[3] += 1
+            return
+        b[0] += 1
+        _append((kind, code, t, _ident(), value))
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        pass
+
+
+def _injected_hooks(code):
+    """The hooks an injected copy of ``code`` calls (see ``_inject.inject``'s ``trace``)."""
+
+    def call():
+        try:
+            args = _args(code, _getframe(1)) if _WITH_ARGS[0] and id(code) in _SEL else None
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            args = None
+        _record(CALL, code, args)
+
+    def returned(value):
+        _record(RETURN, code, _value(value) if _WITH_RETURNS[0] else None)
+
+    def yielded(value=None):
+        _record(YIELD, code, _value(value) if _WITH_RETURNS[0] else None)
+
+    def resumed():
+        _record(RESUME, code, None)
+
+    def raised(exc):
+        _record(EXCEPTION, code, _exc_value(exc))
+
+    return {"call": call, "return": returned, "yield": yielded, "resume": resumed, "exception": raised}
+
+
+class InjectionTracer(object):
+    """Call tracing through bytecode injection: the selected code objects get a copy that calls
+    hooks as they start, return, yield, resume and let an exception out (``_inject``); every other
+    function runs untouched. Calls already running when the trace starts report only their end.
+    On 3.8/3.9 an ``await`` (``yield from``) reports one yield and one resume, whether it
+    suspended or not."""
+
+    name = "bytecode"
+
+    def __init__(self):
+        from ._inject import swap
+
+        self.note = None
+        self._swapper = swap.SWAPPER
+        self._traced = {}  # id(original) -> (original, hooks)
+
+    def start(self):
+        from . import _inject
+
+        if _inject.LAYOUT is None:
+            raise RuntimeError(_inject.REASON)
+
+    def add(self, codes):
+        keys = {}
+        for key, code in codes.items():
+            original = self._swapper.original(code)
+            keys[id(original)] = key
+            if id(original) not in self._traced:
+                self._traced[id(original)] = (original, _injected_hooks(code))
+        failed = self._swapper.set_traced(self._traced)
+        for key in failed:
+            self._traced.pop(key, None)
+        return [keys[key] for key in failed if key in keys]
+
+    def stop(self):
+        self._traced = {}
+        self._swapper.set_traced({})
+
+    def stop_in_child(self):
+        self._traced = {}
+        self._swapper.reset_in_child()
+
+
 def make_tracer():
     if _features.MONITORING is not None:
         return MonitoringTracer()
+    if _features.INJECTION_LAYOUT is not None:
+        return InjectionTracer()
     return ProfileTracer()
 
 
@@ -613,6 +709,7 @@ class Trace(object):
         self.wall0 = time.time()
         self.deadline = None if duration is None else self.perf0 + int(duration * 1e9)
         self.tracer = None
+        self.backend = None
         self.codes = {}  # id -> (code, qualname, module)
         self.failed = 0
         self.recorded = 0
@@ -642,6 +739,7 @@ class Trace(object):
         except RuntimeError as exc:
             raise _calls.CallError("unavailable", str(exc))
         self.tracer = tracer
+        self.backend = tracer.name
         self._add(found)
         self.watcher.install()
 
@@ -686,7 +784,7 @@ class Trace(object):
     def status(self):
         return {
             "id": self.id,
-            "backend": "sys.monitoring" if _features.MONITORING is not None else "setprofile",
+            "backend": self.backend,
             "tool_id": getattr(self.tracer, "tool", None),
             "functions": len(self.codes),
             "not_instrumented": self.failed,
@@ -885,6 +983,13 @@ def hooks_installed():
             return True
     elif sys.getprofile() is _profile or getattr(threading, "_profile_hook", None) is _profile:
         return True
+    if _features.INJECTION_LAYOUT is not None and _features.MONITORING is None:
+        hooks = _injected_hooks(None)["call"].__code__
+        for obj in gc.get_objects():
+            if type(obj) is types.FunctionType and any(
+                getattr(c, "__code__", None) is hooks for c in obj.__code__.co_consts
+            ):
+                return True
     return bool(_SEL)
 
 

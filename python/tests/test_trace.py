@@ -1,6 +1,7 @@
 """Call tracing end to end in this process: the real daemon starts a trace through
 `POST /api/v1/traces`, the agent traces the functions of ``trace_targets`` with the backend of
-the running interpreter (sys.monitoring on 3.12+, a profile function before), and the records
+the running interpreter (sys.monitoring on 3.12+; bytecode injection on 3.8, 3.9 and 3.11; a
+profile function on 3.10), and the records
 are read back from the daemon's store. After each test nothing of tracing is hooked."""
 
 import asyncio
@@ -17,6 +18,8 @@ from realdaemon import running
 from scry import _features, _trace
 
 MON = _features.MONITORING
+#: Bytecode injection traces (3.8, 3.9, 3.11): it sees the exception that leaves a call.
+INJECTION = MON is None and _features.INJECTION_LAYOUT is not None
 
 
 def thread_profile():
@@ -157,6 +160,9 @@ def test_exceptions_caught_inside_and_escaping(awake):
         assert escapes[0]["exc"]["type"] == "Boom"
         raised_in_catches = [r for r in catches if r["e"] == "raise"]
         assert raised_in_catches and raised_in_catches[0]["exc"]["message"] == "caught inside"
+    elif INJECTION:
+        assert fails[0]["exc"] == {"type": "Boom", "message": "caught inside"}
+        assert escapes[0]["exc"]["type"] == "Boom"
     else:
         assert fails[0]["exc"]["type"] is None  # the profile hook does not see the exception
     assert all("dur" in r for r in fails + escapes)
@@ -186,12 +192,16 @@ def test_duration_ends_the_trace_and_removes_the_hooks(awake):
 
 
 def test_stop_leaves_no_hook(awake):
+    fib_code, untraced_code = T.fib.__code__, T.untraced.__code__
     doc = start(awake)
     if MON is not None:
         tool = doc["processes"][0]["status"]["tool_id"]
         assert MON.get_tool(tool) == "scry-trace"
         assert MON.get_local_events(tool, T.fib.__code__) != 0
         assert MON.get_local_events(tool, T.untraced.__code__) != 0  # selected by the module
+    elif INJECTION:
+        assert _trace.hooks_installed() and sys.getprofile() is None
+        assert T.fib.__code__ is not fib_code and T.untraced.__code__ is not untraced_code
     else:
         assert sys.getprofile() is _trace._profile and thread_profile() is _trace._profile
     stop_and_read(awake, doc["id"])
@@ -201,6 +211,7 @@ def test_stop_leaves_no_hook(awake):
         assert MON.get_tool(tool) is None
     else:
         assert sys.getprofile() is None and thread_profile() is None
+    assert T.fib.__code__ is fib_code and T.untraced.__code__ is untraced_code
     # The same trace id cannot be stopped twice in the agent, but the daemon says it is over.
     status, again = awake.api("POST", "/api/v1/traces/{}/stop".format(doc["id"]), {})
     assert status == 200 and again["state"] == "stopped"
