@@ -14,10 +14,16 @@ RAISE (which cannot be local) only while the trace runs, filtered by a dict look
 runs uninstrumented. Stopping clears every local event, the global events and the callbacks, and
 frees the tool id.
 
-**3.8-3.11**: a profile function installed in every thread (``_threadtrace.ThreadTracer`` in
-profile mode) only while the trace runs; for code objects that are not selected it returns after
-one dict lookup. Yields, resumptions and exception exits are told apart by the instruction the
-frame stopped at; the profile hook does not see which exception escaped (``exc.type`` is null).
+**3.8, 3.9, 3.11** (bytecode injection, :class:`InjectionTracer`): the selected code objects get
+a copy (``_inject``, shared with the probes through ``_inject.swap.SWAPPER``) that calls hooks as
+it starts, returns, yields, resumes and lets an exception out, with the exception. Untraced code
+runs untouched.
+
+**3.10** (no injection layout): a profile function installed in every thread
+(``_threadtrace.ThreadTracer`` in profile mode) only while the trace runs; for code objects that
+are not selected it returns after one dict lookup. Yields, resumptions and exception exits are
+told apart by the instruction the frame stopped at; the profile hook does not see which exception
+escaped (``exc.type`` is null).
 
 The hot path appends ONE tuple ``(kind, code, perf_counter_ns, thread ident, value)`` to
 :data:`BUFFER`; no lock, no I/O, no formatting. A budget (``max_rate`` events a second, counted in
@@ -307,7 +313,7 @@ class MonitoringTracer(object):
     stop_in_child = stop
 
 
-# -- the profile function (3.8-3.11) ----------------------------------------------------------------
+# -- the profile function (3.10) --------------------------------------------------------------------
 
 
 def _opcodes():
