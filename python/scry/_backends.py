@@ -38,6 +38,14 @@ import weakref
 from . import _features, _hit, _locate
 from ._threadtrace import OtherTracer, ThreadTracer
 
+if _features.INJECTION_LAYOUT is not None:
+    # Imported now, not when the first probe arms: an agent placed by `scry attach` is imported from
+    # a directory that is removed once it runs.
+    from . import _inject
+    from ._inject import swap as _swap
+else:  # pragma: no cover - 3.10 and 3.12+
+    _inject = _swap = None
+
 _hit_site = _hit.hit
 _FunctionType = types.FunctionType
 
@@ -347,23 +355,19 @@ class InjectionBackend(object):
     name = "bytecode"
 
     def __init__(self):
-        from . import _inject
-        from ._inject import swap
-
-        self._inject = _inject
         self.note = None
         self._hooks = {}  # (id(original), line) -> LineHook
         self._wanted = {}  # id(original) -> (original, {line: site})
-        self._swapper = swap.SWAPPER
-        self._generator_frame = swap.generator_frame
+        self._swapper = _swap.SWAPPER
+        self._generator_frame = _swap.generator_frame
         self._tracers = {}  # id(running code) -> (code, local tracer, its state)
         self._threads = None  # the ThreadTracer of the frames from before, while there are any
         self._traced = None  # the thread idents it covers (None: every thread)
         self._generators = []  # weak references to suspended generators followed by a tracer
 
     def start(self):
-        if self._inject.LAYOUT is None:
-            raise Unavailable(self._inject.REASON)
+        if _inject is None or _inject.LAYOUT is None:
+            raise Unavailable(_inject.REASON if _inject is not None else _features.BACKEND_REASON)
 
     def _hook_of(self, original, line):
         return self._hooks[(id(original), line)].fire

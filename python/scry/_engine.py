@@ -214,8 +214,9 @@ class Engine(object):
                 self._set(probe, ARMED, None, reason)
 
     def _start_backend(self, armed):
-        backend = _backends.make_backend(self.backend_name)
+        backend = None
         try:
+            backend = _backends.make_backend(self.backend_name)
             backend.start()
         except _backends.Unavailable as exc:
             for probe in armed:
@@ -224,11 +225,13 @@ class Engine(object):
         except Exception as exc:
             log.warning("the probe backend could not start: %r", exc)
             try:
-                backend.stop()
+                if backend is not None:
+                    backend.stop()
             except Exception:
                 pass
+            name = backend.name if backend is not None else self.backend_name or _features.BACKEND
             for probe in armed:
-                self._set(probe, ERROR, "internal", "the probe backend ({}) could not start: {!r}".format(backend.name, exc))
+                self._set(probe, ERROR, "internal", "the probe backend ({}) could not start: {!r}".format(name, exc))
             return False
         self.backend = backend
         log.debug("probe backend %s started", backend.name)

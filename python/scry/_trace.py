@@ -42,7 +42,7 @@ import threading
 import time
 import types
 
-from . import _calls, _capture, _features, _locate
+from . import _backends, _calls, _capture, _features, _locate
 from ._threadtrace import OtherTracer, ThreadTracer
 
 log = logging.getLogger("scry")
@@ -478,17 +478,14 @@ class InjectionTracer(object):
     name = "bytecode"
 
     def __init__(self):
-        from ._inject import swap
-
+        self._inject = _backends._inject  # imported with the agent (see there)
         self.note = None
-        self._swapper = swap.SWAPPER
+        self._swapper = _backends._swap.SWAPPER
         self._traced = {}  # id(original) -> (original, hooks)
 
     def start(self):
-        from . import _inject
-
-        if _inject.LAYOUT is None:
-            raise RuntimeError(_inject.REASON)
+        if self._inject.LAYOUT is None:
+            raise RuntimeError(self._inject.REASON)
 
     def add(self, codes):
         keys = {}

@@ -433,6 +433,37 @@ def test_injection_follows_a_suspended_generator_until_it_finishes(engine):
     assert [v(x) for x in values(hits(engine), "i")] == [0, 1]
 
 
+@pytest.mark.backends("bytecode")
+def test_a_probe_and_a_call_trace_share_one_copy_and_each_leaves_alone(engine):
+    from scry import _trace
+
+    original = T.compute.__code__
+    engine.sync([spec(at("compute"), "x")])
+    probed = T.compute.__code__
+    assert probed is not original
+    tracer = _trace.InjectionTracer()
+    tracer.start()
+    _trace.BUFFER.clear()
+    _trace._B[:] = [0, 0, 1000000, 0]
+    try:
+        assert tracer.add({id(probed): probed}) == []
+        _trace._SEL = {id(probed): probed}
+        both = T.compute.__code__
+        assert both is not probed
+        T.compute(3)
+        assert [r[0] for r in _trace.BUFFER] == [_trace.CALL, _trace.RETURN]
+        assert values(hits(engine), "x") == [{"t": "int", "v": 3}]
+        engine.sync([])  # the probe goes, the trace stays
+        assert T.compute.__code__ not in (original, probed, both)
+        T.compute(4)
+        assert len(_trace.BUFFER) == 4 and hits(engine) == []
+    finally:
+        _trace._SEL = {}
+        tracer.stop()
+        _trace.BUFFER.clear()
+    assert T.compute.__code__ is original
+
+
 def test_a_running_module_level_loop_is_found_through_its_frame(engine, tmp_path):
     script = tmp_path / "toplevel_loop.py"
     script.write_text(

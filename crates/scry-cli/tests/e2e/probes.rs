@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{http_post_json, http_request, pythons, text, wait_for, Ctx};
+use crate::support::{http_post_json, http_request, minor_of, pythons, text, wait_for, Ctx};
 
 /// The line of `tests/scripts/SCRIPT` marked `# PROBE: TAG`.
 fn marked_line(script: &str, tag: &str) -> u32 {
@@ -504,4 +504,60 @@ fn first_n_and_ttl_end_their_probes_for_good() {
         "an expired probe cannot be enabled: {}",
         text(&out)
     );
+}
+
+/// A probe on a loop that is already running in a function that never returns: it reports on
+/// every interpreter. Before 3.12 (bytecode injection) that frame keeps the code it started with,
+/// so it is followed by a trace function in its own thread, and `probe list` says so and what it
+/// costs; on 3.12+ sys.monitoring instruments the running code itself.
+#[test]
+fn probe_on_a_loop_already_running_reports_and_says_how() {
+    let line = marked_line("orders_loop.py", "loop");
+    for py in pythons() {
+        let mut ctx = Ctx::new();
+        ctx.start_daemon();
+        let target = ctx.python(&py, "orders_loop.py", &["loop-e2e"]);
+        let pid = target.pid();
+        wait_for(
+            &format!("{py}: target awake"),
+            Duration::from_secs(20),
+            || (ctx.state_of(pid).as_deref() == Some("awake")).then_some(()),
+        );
+        let loc = format!("orders_loop.py:{line}");
+        let out = ctx.scry(&[
+            "probe",
+            "add",
+            &loc,
+            "n",
+            "--name",
+            "loop",
+            "--pid",
+            &pid.to_string(),
+        ]);
+        assert!(out.status.success(), "{py}: {}", text(&out));
+        let status = wait_armed(&ctx, "loop", pid, &format!("{py}: probe armed"));
+        let events = wait_for(&format!("{py}: events"), Duration::from_secs(20), || {
+            let ev = events_of(&ctx, "loop", &[]);
+            (ev.len() >= 3).then_some(ev)
+        });
+        assert_eq!(events[0]["data"]["function"], "main", "{}", events[0]);
+        let reason = status["reason"].as_str();
+        if minor_of(&py) < 12 {
+            let reason = reason.unwrap_or_default();
+            assert!(
+                reason
+                    .contains("frames running since before the probe (main in thread MainThread)")
+                    && reason.contains("runs slower"),
+                "{py}: {status}"
+            );
+            let out = ctx.scry(&["probe", "list"]);
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("report through a trace function"),
+                "{py}: {}",
+                text(&out)
+            );
+        } else {
+            assert!(reason.is_none(), "{py}: {status}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ def main():
     n = 0
     late = None
     while True:
-        n += 1
+        n += 1  # PROBE: loop
         order = {"id": n, "items": [(1 + n % 3, 2.5)], "customer": "c%d" % (n % 4)}
         order["total"] = price(order)
         if TRIGGER and late is None and os.path.exists(TRIGGER):
