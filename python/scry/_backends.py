@@ -379,11 +379,12 @@ class InjectionBackend(object):
                 if hook is None:
                     hook = self._hooks[(key, line)] = LineHook()
                 hook.site = site
-        for hook_key, hook in list(self._hooks.items()):
+        # A hook whose line is not probed any more stays (until the backend stops), doing
+        # nothing: copies that still run hold it, and light up again if the line is probed again.
+        for hook_key, hook in self._hooks.items():
             entry = wanted.get(hook_key[0])
             if entry is None or hook_key[1] not in entry[1]:
                 hook.site = None
-                del self._hooks[hook_key]  # copies that still hold it call it, and it does nothing
         self._wanted = dict(wanted)
         failed, generators = self._swapper.set_lines(
             {key: (code, frozenset(sites)) for key, (code, sites) in wanted.items()}, self._hook_of

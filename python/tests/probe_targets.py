@@ -55,6 +55,19 @@ async def coroutine(x):
     return x * 3  # @coroutine
 
 
+def blocks(x):
+    out = []
+    try:
+        out.append(10 // x)  # @try-body
+    except ZeroDivisionError:
+        out.append("zero")  # @except-body
+    finally:
+        out.append("finally")  # @finally-body
+    with open(os.devnull) as f:
+        out.append(f.name)  # @with-body
+    return [v for v in out if v]  # @comprehension
+
+
 def spin(stop, counter):
     n = 0
     while not stop.is_set():

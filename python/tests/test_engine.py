@@ -345,6 +345,26 @@ def test_nested_code_objects(engine):
     assert values(by_probe["one-liner"], "x") == [{"t": "int", "v": 9}]
 
 
+def test_lines_inside_try_except_finally_with_and_a_comprehension(engine):
+    markers = ("try-body", "except-body", "finally-body", "with-body", "comprehension")
+    statuses = engine.sync([spec(at(m), "len(out)", id=m) for m in markers])
+    assert all(st["state"] == "armed" for st in statuses), statuses
+    assert T.blocks(0) == ["zero", "finally", os.devnull]
+    assert T.blocks(5) == [2, "finally", os.devnull]
+    by_probe = {m: [] for m in markers}
+    for ev in hits(engine):
+        by_probe[ev["source"]].append(v(ev["data"]["values"]["len(out)"]))
+    # The compiler copies a finally body (one copy for the normal path, one for the exception):
+    # each call runs one of them, and reports once.
+    assert by_probe == {
+        "try-body": [0, 0],
+        "except-body": [0],
+        "finally-body": [1, 1],
+        "with-body": [2, 2],
+        "comprehension": [3, 3],
+    }, by_probe
+
+
 def test_a_loop_already_running_in_another_thread_starts_reporting(engine):
     stop = threading.Event()
     counter = [0]
