@@ -47,6 +47,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import wheels  # bench/wheels.py, beside this script
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 SCRY_BIN = REPO / "target" / "release" / "scry"
@@ -72,19 +74,10 @@ def version_of(py):
 
 
 def provision_viztracer(py, version):
+    """VizTracer (the pin, or the newest release for an old Python) for Python `version`: the
+    directory it is in, and its version."""
     target = DEPS / "viztracer-{}".format(version)
-    if not (target / "viztracer-{}.dist-info".format(VIZTRACER)).exists():
-        log("installing viztracer=={} for Python {} into {}".format(VIZTRACER, version, target))
-        if target.exists():
-            shutil.rmtree(str(target))
-        arch = platform.machine()
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--only-binary=:all:", "--python-version", version, "--implementation", "cp"]
-        for plat in ("manylinux_2_28", "manylinux_2_17", "manylinux2014"):
-            cmd += ["--platform", "{}_{}".format(plat, arch)]
-        cmd += ["--target", str(target), "viztracer==" + VIZTRACER, "objprint"]
-        subprocess.run(cmd, check=True)
-    return target
+    return target, wheels.install("viztracer", VIZTRACER, version, target, log, extra=["objprint"])
 
 
 class Target(object):
@@ -145,7 +138,8 @@ def measure(py, reps, n):
         targets.append(t_scry)
         pid = str(t_scry.proc.pid)
         scry(home, "wake", pid, "--json")
-        viz_env = dict(clean_env(), PYTHONPATH=str(provision_viztracer(py, version)))
+        viz_dir, viz_version = provision_viztracer(py, version)
+        viz_env = dict(clean_env(), PYTHONPATH=str(viz_dir))
         t_viz = Target(py, "viztracer", n, viz_env)
         targets.append(t_viz)
         rows = {"scry": [], "viztracer": []}
@@ -173,6 +167,7 @@ def measure(py, reps, n):
             log("{} rep {}: scry {:.0f} ns/call, viztracer {:.0f} ns/call".format(
                 full, rep + 1, (on["traced"] - off["traced"]) / n * 1e9, (v_on["traced"] - v_off["traced"]) / n * 1e9))
         result["runs"] = rows
+        result["viztracer_version"] = viz_version
         for tool, runs in rows.items():
             per_call = [(r["on"]["traced"] - r["off"]["traced"]) / n * 1e9 for r in runs]
             untraced = [(r["on"]["untraced"] - r["off"]["untraced"]) / r["off"]["untraced"] * 100 for r in runs]
