@@ -313,6 +313,26 @@ class MonitoringTracer(object):
     stop_in_child = stop
 
 
+def _record(kind, code, value):
+    """One record from an injected hook, within the budget; never raises but Ctrl-C."""
+    try:
+        if id(code) not in _SEL:  # a copy still running after the trace stopped
+            return
+        t = _now()
+        b = _B
+        if t >= b[1]:
+            _new_window(t)
+        if b[0] >= b[2]:
+            b[3] += 1
+            return
+        b[0] += 1
+        _append((kind, code, t, _ident(), value))
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        pass
+
+
 # -- the profile function (3.10) --------------------------------------------------------------------
 
 
@@ -374,19 +394,11 @@ def _profile(frame, event, arg):
                 value = _value(arg) if _WITH_RETURNS[0] else None
         else:
             return
-        t = _now()
-        b = _B
-        if t >= b[1]:
-            _new_window(t)
-        if b[0] >= b[2]:
-            b[3] += 1
-            return
-        b[0] += 1
-        _append((kind, code, t, _ident(), value))
     except KeyboardInterrupt:
         raise
     except BaseException:
-        pass
+        return
+    _record(kind, code, value)
 
 
 class ProfileTracer(object):
@@ -419,26 +431,6 @@ class ProfileTracer(object):
 
 
 # -- bytecode injection (3.8, 3.9, 3.11) -----------------------------------------------------------
-
-
-def _record(kind, code, value):
-    """One record from an injected hook, within the budget; never raises but Ctrl-C."""
-    try:
-        if id(code) not in _SEL:  # a copy still running after the trace stopped
-            return
-        t = _now()
-        b = _B
-        if t >= b[1]:
-            _new_window(t)
-        if b[0] >= b[2]:
-            b[3] += 1
-            return
-        b[0] += 1
-        _append((kind, code, t, _ident(), value))
-    except KeyboardInterrupt:
-        raise
-    except BaseException:
-        pass
 
 
 def _injected_hooks(code):

@@ -41,6 +41,14 @@ fn wait_armed(ctx: &Ctx, name: &str, pid: u32, what: &str) -> Value {
     })
 }
 
+fn wait_awake(ctx: &Ctx, pid: u32, python: &str) {
+    wait_for(
+        &format!("{python}: target awake"),
+        Duration::from_secs(20),
+        || (ctx.state_of(pid).as_deref() == Some("awake")).then_some(()),
+    );
+}
+
 fn events_of(ctx: &Ctx, probe: &str, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["events", "--probe", probe, "--limit", "1000"];
     args.extend_from_slice(extra);
@@ -58,11 +66,7 @@ fn probe_through_cli_reads_typed_values_and_stats() {
         ctx.start_daemon();
         let target = ctx.python(&py, "orders_loop.py", &["orders-e2e"]);
         let pid = target.pid();
-        wait_for(
-            &format!("{py}: target awake"),
-            Duration::from_secs(20),
-            || (ctx.state_of(pid).as_deref() == Some("awake")).then_some(()),
-        );
+        wait_awake(&ctx, pid, &py);
 
         let loc = format!("orders_loop.py:{line}");
         let out = ctx.scry(&[
@@ -518,11 +522,7 @@ fn probe_on_a_loop_already_running_reports_and_says_how() {
         ctx.start_daemon();
         let target = ctx.python(&py, "orders_loop.py", &["loop-e2e"]);
         let pid = target.pid();
-        wait_for(
-            &format!("{py}: target awake"),
-            Duration::from_secs(20),
-            || (ctx.state_of(pid).as_deref() == Some("awake")).then_some(()),
-        );
+        wait_awake(&ctx, pid, &py);
         let loc = format!("orders_loop.py:{line}");
         let out = ctx.scry(&[
             "probe",
