@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{http_post_json, pythons, text, wait_for, Ctx};
+use crate::support::{http_post_json, pythons, skipped, text, wait_for, Ctx};
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/attach_target.py")
@@ -56,11 +56,9 @@ fn pep768_pythons() -> Vec<String> {
 }
 
 fn py314() -> Option<String> {
-    let py = python_of((3, 14));
-    if py.is_none() {
-        eprintln!("no Python 3.14 in SCRY_TEST_PYTHONS: the PEP 768 attach tests have nothing to attach to");
-    }
-    py
+    python_of((3, 14)).or_else(|| {
+        skipped("no Python 3.14 in SCRY_TEST_PYTHONS: the PEP 768 attach tests have nothing to attach to")
+    })
 }
 
 /// A target process: its stdout lines arrive on a channel; killed on drop.
@@ -413,7 +411,11 @@ fn attach_failures_are_clear() {
     let _ = sleep.wait();
 
     for (version, label) in [((3, 11), "3.11"), ((3, 13), "3.13")] {
-        let Some(py) = python_of(version) else {
+        let Some(py) = python_of(version).or_else(|| {
+            skipped(&format!(
+                "no Python {label} in SCRY_TEST_PYTHONS for the gdb-only refusal"
+            ))
+        }) else {
             continue;
         };
         let target = Target::python(&py, "sleep");
@@ -489,7 +491,7 @@ fn is_root() -> bool {
 fn blocked_target_times_out_and_nothing_fires_later() {
     let Some(py) = py314() else { return };
     if !is_root() {
-        eprintln!("needs root for a private /tmp (unshare --mount); skipped");
+        skipped::<()>("needs root for a private /tmp (unshare --mount)");
         return;
     }
     let mut ctx = Ctx::new();
@@ -530,7 +532,7 @@ fn blocked_target_times_out_and_nothing_fires_later() {
 fn target_exiting_during_attach() {
     let Some(py) = py314() else { return };
     if !is_root() {
-        eprintln!("needs root for a private /tmp (unshare --mount); skipped");
+        skipped::<()>("needs root for a private /tmp (unshare --mount)");
         return;
     }
     let mut ctx = Ctx::new();
@@ -564,14 +566,14 @@ fn target_exiting_during_attach() {
 #[test]
 fn another_users_process_is_refused_with_the_cause() {
     if !is_root() {
-        eprintln!("needs root to run processes as other users; skipped");
+        skipped::<()>("needs root to run processes as other users");
         return;
     }
     // A system interpreter that another user may run (the matrix's live under /root or need
     // root for their chroot).
     let py = "/usr/bin/python3";
     if !Path::new(py).exists() {
-        eprintln!("no {py} for a target of another user; skipped");
+        skipped::<()>(&format!("no {py} for a target of another user"));
         return;
     }
     let mut cmd = Command::new("setpriv");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::discovery::{reload_starts, start_reload_server};
-use crate::support::{minor_of, pythons, text, wait_for, Ctx, Proc};
+use crate::support::{minor_of, pythons, skipped, text, wait_for, Ctx, Proc};
 
 fn line_of(script: &str, marker: &str) -> usize {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -45,7 +45,10 @@ fn attach_through_gdb_then_probe_and_detach() {
         (8..=13).contains(&minor_of(p))
             && std::fs::read_to_string(p).map_or(true, |t| !t.contains("exec chroot"))
     }) else {
-        return; // no host interpreter before 3.14 in SCRY_TEST_PYTHONS
+        skipped::<()>(
+            "no host interpreter from 3.8 to 3.13 in SCRY_TEST_PYTHONS for gdb to attach to",
+        );
+        return;
     };
     assert!(
         std::path::Path::new("/usr/bin/gdb").exists() || which_gdb(),
@@ -142,7 +145,10 @@ fn wait_values(ctx: &Ctx, name: &str, pid: u64, what: &str) {
 #[test]
 fn follow_attaches_the_restarted_worker_of_a_reloading_server() {
     let Some(python) = pythons().into_iter().find(|p| minor_of(p) >= 14) else {
-        return; // the matrix has 3.14; the follow logic is the same for gdb targets
+        skipped::<()>(
+            "no Python 3.14+ in SCRY_TEST_PYTHONS (the follow logic is the same for gdb targets)",
+        );
+        return;
     };
     let mut ctx = Ctx::new();
     ctx.start_daemon();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{minor_of, pythons, text, wait_for, Ctx, Proc};
+use crate::support::{minor_of, pythons, skipped, text, wait_for, Ctx, Proc};
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/debug_loop.py")
@@ -221,7 +221,8 @@ fn scry_debug_starts_debugpy_and_a_dap_client_hits_a_breakpoint() {
 fn scry_debug_says_how_to_install_debugpy() {
     let ctx = Ctx::new();
     let Some(python) = pythons().into_iter().find(|p| minor_of(p) >= 14) else {
-        return; // needs 3.14+ (the native injector); the matrix has it
+        skipped::<()>("no Python 3.14+ in SCRY_TEST_PYTHONS for the native injector");
+        return;
     };
     let counter = ctx.home().join("counter-nosite");
     // -S: no site-packages, so debugpy cannot be imported.
@@ -248,7 +249,8 @@ fn scry_debug_says_how_to_install_debugpy() {
 fn scry_debug_follow_starts_debugpy_again_in_a_restarted_worker() {
     let ctx = Ctx::new();
     let Some(python) = pythons().into_iter().find(|p| minor_of(p) >= 14) else {
-        return; // needs 3.14+; the matrix has it
+        skipped::<()>("no Python 3.14+ in SCRY_TEST_PYTHONS");
+        return;
     };
     let (_server, status) = crate::discovery::start_reload_server(&ctx, &python);
     let (supervisor, first) = wait_for("the first worker", Duration::from_secs(30), || {

@@ -49,6 +49,32 @@ fn wait_awake(ctx: &Ctx, pid: u32, python: &str) {
     );
 }
 
+/// A barrier on the link of an `orders_loop.py` process: adds a probe `name` on its loop counter
+/// and waits until it has reported two iterations. Every hit made before it was added has then
+/// been shipped (one link, one buffer, in order), and a probe that fires on every iteration would
+/// have fired in between: negative checks wait on this rather than on a sleep.
+fn barrier(ctx: &Ctx, pid: u32, name: &str) {
+    let loc = format!("orders_loop.py:{}", marked_line("orders_loop.py", "loop"));
+    let out = ctx.scry(&[
+        "probe",
+        "add",
+        &loc,
+        "n",
+        "--name",
+        name,
+        "--pid",
+        &pid.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(&format!("barrier {name}"), Duration::from_secs(20), || {
+        let seen: std::collections::BTreeSet<u64> = events_of(ctx, name, &[])
+            .iter()
+            .filter_map(|e| e["data"]["values"]["n"]["v"].as_u64())
+            .collect();
+        (seen.len() >= 2).then_some(())
+    });
+}
+
 fn events_of(ctx: &Ctx, probe: &str, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["events", "--probe", probe, "--limit", "1000"];
     args.extend_from_slice(extra);
@@ -138,9 +164,9 @@ fn probe_through_cli_reads_typed_values_and_stats() {
         // Removing it stops the events (which stay queryable by the probe's id).
         let out = ctx.scry(&["probe", "rm", "totals"]);
         assert!(out.status.success(), "{}", text(&out));
-        std::thread::sleep(Duration::from_millis(300));
+        barrier(&ctx, pid, "after-rm");
         let before = events_of(&ctx, &id, &[]).len();
-        std::thread::sleep(Duration::from_millis(500));
+        barrier(&ctx, pid, "later");
         assert_eq!(
             events_of(&ctx, &id, &[]).len(),
             before,
@@ -484,7 +510,7 @@ fn first_n_and_ttl_end_their_probes_for_good() {
         (p["expired"] == true && p["enabled"] == false).then_some(p)
     });
     assert_eq!(p["processes"][0]["state"], "expired", "{p}");
-    std::thread::sleep(Duration::from_millis(300));
+    barrier(&ctx, pid, "after-expiry");
     let settled = events_of(&ctx, "brief", &[]);
     let last = settled
         .iter()
@@ -499,7 +525,7 @@ fn first_n_and_ttl_end_their_probes_for_good() {
     // Neither comes back after a sleep and a wake of the process.
     assert!(ctx.scry(&["sleep", &pid.to_string()]).status.success());
     assert!(ctx.scry(&["wake", &pid.to_string()]).status.success());
-    std::thread::sleep(Duration::from_millis(500));
+    barrier(&ctx, pid, "after-wake");
     assert_eq!(events_of(&ctx, "three", &[]).len(), 3);
     assert_eq!(events_of(&ctx, "brief", &[]).len(), settled.len());
     let out = ctx.scry(&["probe", "enable", "brief"]);
