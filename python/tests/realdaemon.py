@@ -21,7 +21,6 @@ SCRY_BIN = os.environ.get("SCRY_BIN") or os.path.join(REPO, "target", "debug", "
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_DISCONNECTED = re.compile(r'agent disconnected pid=(\d+) state="(\w+)" reason=(?:Some\("([^"]*)"\)|None)')
 
 
 def write_config(home, **agents):
@@ -103,15 +102,16 @@ class RealDaemon(object):
         return _ANSI.sub("", "".join(parts))
 
     def goodbyes(self, pid):
-        """The reason of each disconnection of ``pid`` as the daemon logged it, oldest first: the
-        ``goodbye`` reason the agent sent (``"sleep"``, ``"shutdown"``, ``"exit"``), or None when
-        the connection ended without one."""
-        out = []
-        for line in self.full_log().splitlines():
-            m = _DISCONNECTED.search(line)
-            if m and int(m.group(1)) == pid:
-                out.append(m.group(3))
-        return out
+        """The reason of each disconnection of ``pid``, oldest first, from the daemon's
+        ``agent_disconnected`` system events: the ``goodbye`` reason the agent sent (``"sleep"``,
+        ``"shutdown"``, ``"exit"``), or None when the connection ended without one."""
+        status, body = self.api("GET", "/api/v1/system-events?limit=10000")
+        assert status == 200, body
+        return [
+            ev["data"]["reason"]
+            for ev in body["system_events"]
+            if ev["kind"] == "agent_disconnected" and ev["data"].get("pid") == pid
+        ]
 
     def api(self, method, path, body=None):
         """A request to its local API socket (the owner's way in, as the CLI's)."""

@@ -381,7 +381,25 @@ impl Shared {
             (view, detached)
         };
         let (view, detached) = view;
-        tracing::info!(target: "agent_link", pid = view.pid, state = view.state.as_str(), reason = ?goodbye, detached, "agent disconnected");
+        // Stored, so that who asks learns why the link ended (tests read it through the API).
+        self.system_event(
+            Level::Info,
+            "agent_disconnected",
+            format!(
+                "the agent of process {} disconnected: {}",
+                view.pid,
+                goodbye
+                    .as_deref()
+                    .unwrap_or("no goodbye (the connection was lost)")
+            ),
+            json!({
+                "pid": view.pid,
+                "process_id": view.id,
+                "reason": goodbye,
+                "state": view.state.as_str(),
+                "detached": detached,
+            }),
+        );
         if detached {
             self.publish_process(&view);
             if let Err(e) = self.persist_process(&view).await {
