@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::support::{http_post_json, http_request, minor_of, pythons, text, wait_for, Ctx};
 
 /// The line of `tests/scripts/SCRIPT` marked `# PROBE: TAG`.
-fn marked_line(script: &str, tag: &str) -> u32 {
+pub fn marked_line(script: &str, tag: &str) -> u32 {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/scripts")
         .join(script);

@@ -1,0 +1,99 @@
+//! What users read of the CLI, as snapshots (insta): adding a probe, `probe list`, `probe show`,
+//! `events`, `ps`, and an error with its hint. What varies between runs and machines is masked
+//! (ids, pids, times, ages, counters, versions, the repository's path, column padding), so a
+//! change of wording or layout shows up as a diff to review: `cargo insta review`, or
+//! `INSTA_UPDATE=always` to write them anew (under `CI` a difference fails).
+
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::support::{pythons, repo, wait_for, Ctx};
+
+/// `out` with what varies masked.
+fn masked(out: &str, pid: u32) -> String {
+    let mut s = out.replace(&repo().display().to_string(), "[REPO]");
+    for (pattern, with) in [
+        (r"\bp-[0-9a-f]{10}\b", "p-[ID]"),
+        (r"\b\d{2}:\d{2}:\d{2}\.\d{3}\b", "[TIME]"),
+        (r"\b\d+/\d+/\d+/\d+\b", "[COUNTS]"),
+        (
+            r"hits +\d+ \(recorded \d+, dropped \d+, errors \d+\)",
+            "hits [N] (recorded [N], dropped [N], errors [N])",
+        ),
+        (r"\b3\.\d+\.\d+\b", "[VERSION]"),
+        (r"\b\d+s\b", "[AGE]"),
+        (r" {2,}", "  "),
+    ] {
+        let re = Regex::new(pattern).expect("a valid pattern");
+        s = re.replace_all(&s, with).into_owned();
+    }
+    let pid_re = Regex::new(&format!(r"\b{pid}\b")).expect("a valid pattern");
+    let s = pid_re.replace_all(&s, "[PID]");
+    s.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+fn shown(ctx: &Ctx, args: &[&str], pid: u32) -> String {
+    let out = ctx.scry(args);
+    format!(
+        "$ scry {}\nexit: {}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" ").replace(&pid.to_string(), "[PID]"),
+        out.status.code().unwrap_or(-1),
+        masked(&String::from_utf8_lossy(&out.stdout), pid),
+        masked(&String::from_utf8_lossy(&out.stderr), pid),
+    )
+}
+
+#[test]
+fn what_users_read_of_probes_events_and_ps() {
+    let py = pythons().into_iter().next().expect("a python");
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let target = ctx.python(&py, "orders_loop.py", &["snap-e2e"]);
+    let pid = target.pid();
+    wait_for("target awake", Duration::from_secs(20), || {
+        (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
+    });
+    let line = crate::probes::marked_line("orders_loop.py", "total");
+    let loc = format!("orders_loop.py:{line}");
+    let pid_s = pid.to_string();
+    insta::assert_snapshot!(
+        "probe_add",
+        shown(
+            &ctx,
+            &[
+                "probe",
+                "add",
+                &loc,
+                "len(order['items'])",
+                "--name",
+                "totals",
+                "--pid",
+                &pid_s
+            ],
+            pid
+        )
+    );
+    // Hits counted in the process's status, and events stored.
+    wait_for("counters and events", Duration::from_secs(20), || {
+        let list = ctx.scry_json(&["probe", "list"]);
+        let counted = list["probes"][0]["processes"][0]["hits"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0;
+        let events = ctx.scry_json(&["events", "--probe", "totals", "--limit", "2"]);
+        let stored = events["events"].as_array().map_or(0, Vec::len) >= 2;
+        (counted && stored).then_some(())
+    });
+    insta::assert_snapshot!("probe_list", shown(&ctx, &["probe", "list"], pid));
+    insta::assert_snapshot!("probe_show", shown(&ctx, &["probe", "show", "totals"], pid));
+    insta::assert_snapshot!(
+        "events",
+        shown(&ctx, &["events", "--probe", "totals", "--limit", "2"], pid)
+    );
+    insta::assert_snapshot!("ps", shown(&ctx, &["ps"], pid));
+    let missing = format!("orders_loop.py:{}", line + 10_000);
+    let refused = shown(&ctx, &["probe", "add", &missing, "x", "--pid", &pid_s], pid);
+    assert!(!refused.contains("exit: 0"), "{refused}");
+    insta::assert_snapshot!("error_line_without_code", refused);
+}
