@@ -41,7 +41,7 @@ fn wait_armed(ctx: &Ctx, name: &str, pid: u32, what: &str) -> Value {
     })
 }
 
-fn wait_awake(ctx: &Ctx, pid: u32, python: &str) {
+pub fn wait_awake(ctx: &Ctx, pid: u32, python: &str) {
     wait_for(
         &format!("{python}: target awake"),
         Duration::from_secs(20),

@@ -51,9 +51,7 @@ fn what_users_read_of_probes_events_and_ps() {
     ctx.start_daemon();
     let target = ctx.python(&py, "orders_loop.py", &["snap-e2e"]);
     let pid = target.pid();
-    wait_for("target awake", Duration::from_secs(20), || {
-        (ctx.state_of(pid).as_deref() == Some("awake")).then_some(())
-    });
+    crate::probes::wait_awake(&ctx, pid, &py);
     let line = crate::probes::marked_line("orders_loop.py", "total");
     let loc = format!("orders_loop.py:{line}");
     let pid_s = pid.to_string();
