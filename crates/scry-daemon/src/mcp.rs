@@ -491,28 +491,29 @@ impl ScryMcp {
         description = "Add a probe: evaluate Python expressions each time a line runs in live processes, without pausing them. Prefer a line from find_lines. Returns the probe id and its state per process (armed, pending until the module is imported, or error with the reason). Read its values with query_events / wait_for_hits / event_stats; remove it when done."
     )]
     async fn add_probe(&self, Parameters(a): Parameters<AddProbeArgs>) -> CallToolResult {
-        let mut body =
-            json!({"location": a.location, "expressions": a.expressions, "stack": a.stack});
-        if let Some(p) = a.pid {
-            body["pid"] = json!(p);
-        }
-        if let Some(n) = a.name {
-            body["name"] = json!(n);
-        }
-        if let Some(c) = a.condition {
-            body["condition"] = json!(c);
-        }
-        if let Some(t) = a.ttl {
-            body["ttl"] = json!(t);
-        }
-        match (a.first, a.max_per_second) {
+        let rate = match (a.first, a.max_per_second) {
             (Some(_), Some(_)) => {
                 return answer(Err(invalid("give `first` or `max_per_second`, not both")))
             }
-            (Some(n), None) => body["rate"] = json!({"mode": "first", "n": n}),
-            (None, Some(r)) => body["rate"] = json!({"mode": "rate", "per_second": r}),
-            (None, None) => {}
-        }
+            (Some(n), None) => Some(scry_api::RateMode::First { n }),
+            (None, Some(per_second)) => Some(scry_api::RateMode::Rate { per_second }),
+            (None, None) => None,
+        };
+        let request = scry_api::NewProbe {
+            location: a.location,
+            expressions: a.expressions,
+            stack: a.stack,
+            pid: a.pid,
+            name: a.name,
+            condition: a.condition,
+            ttl: a.ttl.map(scry_api::Ttl::Duration),
+            rate,
+            ..scry_api::NewProbe::default()
+        };
+        let body = match serde_json::to_value(&request) {
+            Ok(body) => body,
+            Err(e) => return answer(Err(invalid(format!("cannot encode the probe: {e}")))),
+        };
         answer(
             self.local(Method::POST, "/api/v1/probes", Some(body))
                 .await

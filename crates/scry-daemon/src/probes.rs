@@ -9,9 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use scry_proto::{
-    CaptureLimits, CaptureOptions, DaemonMessage, ProbeSpec, ProbeState, ProbeStatus, RateMode,
-};
+use scry_proto::{CaptureOptions, DaemonMessage, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -242,57 +240,8 @@ impl ProbeTable {
     }
 }
 
-/// A request to add a probe, as the API takes it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewProbe {
-    /// Where.
-    pub location: String,
-    /// What to evaluate.
-    pub expressions: Vec<String>,
-    /// Optional unique name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Record only when true.
-    #[serde(default)]
-    pub condition: Option<String>,
-    /// One pid.
-    #[serde(default)]
-    pub pid: Option<u32>,
-    /// Processes with this name.
-    #[serde(default)]
-    pub process: Option<String>,
-    /// Every process (the default when no pid or process is given).
-    #[serde(default)]
-    pub all: bool,
-    /// Rate mode.
-    #[serde(default)]
-    pub rate: Option<RateMode>,
-    /// TTL: seconds, or a duration such as `5m`.
-    #[serde(default)]
-    pub ttl: Option<Value>,
-    /// Capture the stack.
-    #[serde(default)]
-    pub stack: bool,
-    /// Capture the locals.
-    #[serde(default)]
-    pub locals: bool,
-    /// Call user `__repr__`.
-    #[serde(default)]
-    pub repr: bool,
-    /// Allow any call in expressions.
-    #[serde(default, rename = "unsafe")]
-    pub unsafe_calls: bool,
-    /// Group.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Capture limits.
-    #[serde(default)]
-    pub limits: Option<CaptureLimits>,
-    /// Created disabled.
-    #[serde(default)]
-    pub disabled: bool,
-}
+/// A request to add a probe, as the API takes it (the contract lives in `scry-api`).
+pub use scry_api::{NewProbe, Ttl};
 
 /// Why a probe cannot be added.
 #[derive(Debug, thiserror::Error)]
@@ -369,28 +318,22 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, BuildError> 
         _ => {}
     }
     let ttl_s = match &req.ttl {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => {
-            let secs = n
-                .as_f64()
-                .ok_or_else(|| format!("ttl {n} is not a number of seconds"))?;
-            if secs <= 0.0 {
+        None => None,
+        Some(Ttl::Seconds(secs)) => {
+            if *secs <= 0.0 {
                 return Err("ttl must be positive".into());
             }
             Some(
-                crate::config::check_seconds(secs)
+                crate::config::check_seconds(*secs)
                     .map_err(|e| format!("ttl: {e}"))?
                     .as_secs_f64(),
             )
         }
-        Some(Value::String(s)) => Some(
+        Some(Ttl::Duration(s)) => Some(
             crate::config::parse_duration(s)
                 .map_err(|e| format!("ttl: {e}"))?
                 .as_secs_f64(),
         ),
-        Some(other) => {
-            return Err(format!("ttl must be seconds or a duration like `5m`, not {other}").into())
-        }
     };
     if ttl_s.is_some_and(|t| t <= 0.0) {
         return Err("ttl must be positive".into());
@@ -731,22 +674,31 @@ mod tests {
         r.rate = Some(RateMode::Sample { n: 0 });
         assert!(build(r, &t).is_err());
         let mut r = req("a.py:3");
-        r.ttl = Some(json!("5m"));
+        r.ttl = Some(Ttl::Duration("5m".into()));
         let def = build(r, &t).expect("ttl");
         assert_eq!(def.ttl_s, Some(300.0));
         assert!(def.spec.expires_at.is_some_and(|e| e > now() + 299.0));
         // TTLs are bounded (10 years): huge ones are refused with the maximum, not accepted.
-        let two_pow_64: Value = serde_json::from_str("18446744073709551616").expect("number");
-        for huge in [json!(1e308), two_pow_64, json!(u64::MAX), json!("4000d")] {
+        let two_pow_64: Ttl = serde_json::from_str("18446744073709551616").expect("number");
+        for huge in [
+            Ttl::Seconds(1e308),
+            two_pow_64,
+            Ttl::Seconds(u64::MAX as f64),
+            Ttl::Duration("4000d".into()),
+        ] {
             let mut r = req("a.py:3");
             r.ttl = Some(huge.clone());
             let err = build(r, &t).expect_err("huge ttl");
-            assert!(err.to_string().contains("maximum"), "{huge}: {err}");
+            assert!(err.to_string().contains("maximum"), "{huge:?}: {err}");
         }
-        for bad in [json!(0), json!(-1), json!("soon")] {
+        for bad in [
+            Ttl::Seconds(0.0),
+            Ttl::Seconds(-1.0),
+            Ttl::Duration("soon".into()),
+        ] {
             let mut r = req("a.py:3");
             r.ttl = Some(bad.clone());
-            assert!(build(r, &t).is_err(), "{bad}");
+            assert!(build(r, &t).is_err(), "{bad:?}");
         }
         let mut r = req("a.py:3");
         r.expressions = vec![" ".into()];

@@ -1,5 +1,6 @@
 //! `scry probe add|list|rm|enable|disable`.
 
+use scry_api::{NewProbe, RateMode, Ttl};
 use scry_daemon::Home;
 use serde_json::{json, Value};
 
@@ -23,24 +24,38 @@ pub async fn probe(home: &Home, cmd: &ProbeCmd, printer: &mut Printer) -> CmdRes
     }
 }
 
-fn rate(a: &ProbeAddArgs) -> Value {
+fn rate(a: &ProbeAddArgs) -> RateMode {
     if let Some(n) = a.sample {
-        json!({"mode": "sample", "n": n})
-    } else if let Some(r) = a.rate {
-        json!({"mode": "rate", "per_second": r})
+        RateMode::Sample { n }
+    } else if let Some(per_second) = a.rate {
+        RateMode::Rate { per_second }
     } else if let Some(n) = a.first {
-        json!({"mode": "first", "n": n})
+        RateMode::First { n }
     } else {
-        json!({"mode": "every"})
+        RateMode::Every
     }
 }
 
 async fn add(client: &DaemonClient, a: &ProbeAddArgs, printer: &mut Printer) -> CmdResult {
-    let body = json!({
-        "location": a.location, "expressions": a.expressions, "name": a.name, "condition": a.condition,
-        "pid": a.pid, "process": a.process, "all": a.all, "rate": rate(a), "ttl": a.ttl,
-        "stack": a.stack, "locals": a.locals, "repr": a.repr, "unsafe": a.unsafe_calls, "group": a.group,
-    });
+    let request = NewProbe {
+        location: a.location.clone(),
+        expressions: a.expressions.clone(),
+        name: a.name.clone(),
+        condition: a.condition.clone(),
+        pid: a.pid,
+        process: a.process.clone(),
+        all: a.all,
+        rate: Some(rate(a)),
+        ttl: a.ttl.clone().map(Ttl::Duration),
+        stack: a.stack,
+        locals: a.locals,
+        repr: a.repr,
+        unsafe_calls: a.unsafe_calls,
+        group: a.group.clone(),
+        ..NewProbe::default()
+    };
+    let body = serde_json::to_value(&request)
+        .map_err(|e| CliError::new(format!("cannot encode the probe request: {e}")))?;
     let probe = client.post("/api/v1/probes", &body).await?;
     if printer.json {
         printer.json_value(&probe)?;
