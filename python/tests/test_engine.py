@@ -365,6 +365,51 @@ def test_lines_inside_try_except_finally_with_and_a_comprehension(engine):
     }, by_probe
 
 
+def test_probes_armed_and_removed_over_and_over_while_threads_run_the_code(engine):
+    import inject_targets as I
+
+    expected = I.run_all()
+    originals = {f: f.__code__ for f in (T.compute, T.make_closure, T.generator, T.blocks, I.loops, I.handlers)}
+    markers = ["compute", "closure", "generator", "try-body", "finally-body", "except-body", "with-body", "comprehension"]
+    stop = threading.Event()
+    failures = []
+    runs = [0]
+
+    def worker():
+        while not stop.is_set():
+            try:
+                assert T.compute(3) == 7
+                assert T.make_closure(10)(5) == 15
+                assert list(T.generator(3)) == [0, 1, 2]
+                assert T.blocks(0) == ["zero", "finally", os.devnull]
+                assert I.run_all() == expected
+                runs[0] += 1
+            except BaseException as exc:  # anything at all is a failure of the swap
+                failures.append(repr(exc))
+                stop.set()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    rng = __import__("random").Random(7)
+    deadline = time.monotonic() + 2.0
+    rounds = 0
+    try:
+        while time.monotonic() < deadline and not stop.is_set():
+            chosen = rng.sample(markers, rng.randint(0, len(markers)))
+            engine.sync([spec(at(m), "1", id=m) for m in chosen])
+            engine.collect(100000)
+            rounds += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert failures == []
+    assert rounds > 20 and runs[0] > 0
+    engine.sync([])
+    assert [f.__name__ for f, code in originals.items() if f.__code__ is not code] == []
+
+
 def test_a_loop_already_running_in_another_thread_starts_reporting(engine):
     stop = threading.Event()
     counter = [0]
