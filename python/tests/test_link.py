@@ -152,6 +152,16 @@ def test_sleep_and_shutdown_say_goodbye(daemon):
     wait_until(lambda: daemon.goodbyes(os.getpid()) == ["sleep", "shutdown"], message="goodbye (shutdown)")
 
 
+def test_a_goodbye_reason_is_kept_short_whatever_the_agent_sends(daemon, monkeypatch):
+    # The reason is the agent's word and goes into a stored system event: cut to 64 characters.
+    real = _proto.goodbye
+    monkeypatch.setattr(_proto, "goodbye", lambda reason: real("x" * 100000))
+    scry.init()
+    scry.wake()
+    scry.sleep()
+    wait_until(lambda: daemon.goodbyes(os.getpid()) == ["x" * 64], message="the goodbye, cut")
+
+
 def test_heartbeat_when_silent(heartbeat_daemon):
     d = heartbeat_daemon
     scry.init()

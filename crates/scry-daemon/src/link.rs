@@ -19,6 +19,9 @@ use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 use crate::registry::{AgentHandle, Entry, ProcState, ProcessView};
 use crate::{now, Shared};
 
+/// The longest goodbye reason kept (the agent sends `sleep`, `shutdown` or `exit`).
+const GOODBYE_REASON_CHARS: usize = 64;
+
 /// How long an agent has to send `hello` after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -237,7 +240,10 @@ where
                 shared.agent_notified(process_id, hello.pid, topic, data);
             }
             Ok(AgentMessage::Goodbye { reason }) => {
-                goodbye = Some(reason.unwrap_or_else(|| "goodbye".into()));
+                // Stored in a system event: the agent's word, cut to what a reason needs (`sleep`,
+                // `shutdown`, `exit`), whatever length the process sent.
+                let reason = reason.unwrap_or_else(|| "goodbye".into());
+                goodbye = Some(reason.chars().take(GOODBYE_REASON_CHARS).collect());
             }
             Ok(AgentMessage::Error(e)) => {
                 tracing::warn!(target: "agent_link", session = %session_id, kind = ?e.kind, "agent reported a protocol error: {}", e.message);
