@@ -241,6 +241,13 @@ def is_local_tracer(obj):
     return type(obj) is _FunctionType and obj.__code__ is _LOCAL_CODE
 
 
+def _untrace_frames(frames):
+    """Take our local tracers off ``frames`` (None entries are skipped)."""
+    for frame in frames:
+        if frame is not None and is_local_tracer(frame.f_trace):
+            frame.f_trace = None
+
+
 class TraceBackend(object):
     """Probes through a trace function (see the module docstring)."""
 
@@ -292,9 +299,7 @@ class TraceBackend(object):
         for entry in tracers.values():
             entry[2][0] = None
         self._threads.remove()
-        for frame in _locate.running_frames():
-            if is_local_tracer(frame.f_trace):
-                frame.f_trace = None
+        _untrace_frames(_locate.running_frames())
 
     def stop_in_child(self):
         global _TRACERS
@@ -421,16 +426,23 @@ class InjectionBackend(object):
         """Put local tracers on the frames that run code from before and trace their threads;
         True when what is followed changed."""
         used = set()
+
+        def cover(frame):
+            """Give ``frame`` the tracer of the lines its code misses; False when it misses none."""
+            missing = self._missing(frame.f_code)
+            if missing is None:
+                return False
+            tracer = self._tracer(frame.f_code, missing)
+            used.add(id(frame.f_code))
+            if frame.f_trace is not tracer:
+                frame.f_trace = tracer
+            return True
+
         threads = {}  # ident -> names of the functions followed there
         for ident, frame in _current_frames().items():
             hops = 0
             while frame is not None and hops < 10000:
-                missing = self._missing(frame.f_code)
-                if missing is not None:
-                    tracer = self._tracer(frame.f_code, missing)
-                    used.add(id(frame.f_code))
-                    if frame.f_trace is not tracer:
-                        frame.f_trace = tracer
+                if cover(frame):
                     threads.setdefault(ident, []).append(frame.f_code.co_name)
                 frame = frame.f_back
                 hops += 1
@@ -446,17 +458,9 @@ class InjectionBackend(object):
         for ref in self._generators:
             gen = ref()
             frame = self._generator_frame(gen) if gen is not None else None
-            if frame is None:
-                continue
-            missing = self._missing(frame.f_code)
-            if missing is None:
-                continue
-            tracer = self._tracer(frame.f_code, missing)
-            used.add(id(frame.f_code))
-            if frame.f_trace is not tracer:
-                frame.f_trace = tracer
-            alive.append(ref)
-            suspended += 1
+            if frame is not None and cover(frame):
+                alive.append(ref)
+                suspended += 1
         self._generators = alive
         for key in [k for k in self._tracers if k not in used]:
             self._tracers.pop(key)[2][0] = None
@@ -529,14 +533,8 @@ class InjectionBackend(object):
         for entry in tracers.values():
             entry[2][0] = None
         self._untrace()
-        for frame in _locate.running_frames():
-            if is_local_tracer(frame.f_trace):
-                frame.f_trace = None
-        for ref in self._generators:
-            gen = ref()
-            frame = self._generator_frame(gen) if gen is not None else None
-            if frame is not None and is_local_tracer(frame.f_trace):
-                frame.f_trace = None
+        suspended = [ref() for ref in self._generators]
+        _untrace_frames(_locate.running_frames() + [self._generator_frame(g) for g in suspended if g is not None])
         self._generators = []
         self.note = None
 

@@ -114,7 +114,7 @@ class ThreadTracer(object):
             raise
         except Exception as exc:  # never break the host: this thread and new ones, and why
             self.note = _not_covered("installing through ctypes failed ({!r})".format(exc))
-            if self._get_hook() is None:
+            if self._get_hook() is None and (only is None or threading.get_ident() in only):
                 self._set_hook(self.func)
 
     def _install_everywhere(self, only=None):

@@ -49,23 +49,20 @@ pub fn wait_awake(ctx: &Ctx, pid: u32, python: &str) {
     );
 }
 
+/// Adds the probe `name`, recording `n`, on the main loop of the `orders_loop.py` process `pid`.
+fn add_loop_probe(ctx: &Ctx, pid: u32, name: &str) {
+    let loc = format!("orders_loop.py:{}", marked_line("orders_loop.py", "loop"));
+    let pid = pid.to_string();
+    let out = ctx.scry(&["probe", "add", &loc, "n", "--name", name, "--pid", &pid]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// A barrier on the link of an `orders_loop.py` process: adds a probe `name` on its loop counter
 /// and waits until it has reported two iterations. Every hit made before it was added has then
 /// been shipped (one link, one buffer, in order), and a probe that fires on every iteration would
 /// have fired in between: negative checks wait on this rather than on a sleep.
 fn barrier(ctx: &Ctx, pid: u32, name: &str) {
-    let loc = format!("orders_loop.py:{}", marked_line("orders_loop.py", "loop"));
-    let out = ctx.scry(&[
-        "probe",
-        "add",
-        &loc,
-        "n",
-        "--name",
-        name,
-        "--pid",
-        &pid.to_string(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    add_loop_probe(ctx, pid, name);
     wait_for(&format!("barrier {name}"), Duration::from_secs(20), || {
         let seen: std::collections::BTreeSet<u64> = events_of(ctx, name, &[])
             .iter()
@@ -542,25 +539,13 @@ fn first_n_and_ttl_end_their_probes_for_good() {
 /// costs; on 3.12+ sys.monitoring instruments the running code itself.
 #[test]
 fn probe_on_a_loop_already_running_reports_and_says_how() {
-    let line = marked_line("orders_loop.py", "loop");
     for py in pythons() {
         let mut ctx = Ctx::new();
         ctx.start_daemon();
         let target = ctx.python(&py, "orders_loop.py", &["loop-e2e"]);
         let pid = target.pid();
         wait_awake(&ctx, pid, &py);
-        let loc = format!("orders_loop.py:{line}");
-        let out = ctx.scry(&[
-            "probe",
-            "add",
-            &loc,
-            "n",
-            "--name",
-            "loop",
-            "--pid",
-            &pid.to_string(),
-        ]);
-        assert!(out.status.success(), "{py}: {}", text(&out));
+        add_loop_probe(&ctx, pid, "loop");
         let status = wait_armed(&ctx, "loop", pid, &format!("{py}: probe armed"));
         let events = wait_for(&format!("{py}: events"), Duration::from_secs(20), || {
             let ev = events_of(&ctx, "loop", &[]);
