@@ -7,9 +7,18 @@
 //! status codes) — that is the daemon's. It depends on serde and `scry-proto` only (the agent
 //! protocol's types that the API carries as they are: rate modes, capture limits).
 //!
-//! The types move here one resource at a time (issue 15); probes first.
+//! The types move here one resource at a time (issue 15): errors, probes, attaches and trace requests so far; the other
+//! resources still answer `serde_json::Value` documents described in `docs/architecture.md`.
 
+pub mod attach;
+pub mod error;
 pub mod probes;
+pub mod traces;
 
-pub use probes::{NewProbe, Ttl};
+pub use attach::{AttachReport, AttachRequest, PidRequest};
+pub use error::{Error, ErrorBody, ErrorKind};
+pub use probes::{
+    NewProbe, ProbeDef, ProbeInProcess, ProbeList, ProbeTotals, ProbeView, Removed, Target, Ttl,
+};
 pub use scry_proto::{CaptureLimits, RateMode};
+pub use traces::NewTrace;

@@ -1,11 +1,12 @@
-//! Probes: `POST /api/v1/probes` takes a [`NewProbe`].
+//! Probes: `POST /api/v1/probes` takes a [`NewProbe`]; every probe endpoint answers with
+//! [`ProbeView`]s (`GET /api/v1/probes` as `{"probes": [ProbeView]}`).
 
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use scry_proto::{CaptureLimits, RateMode};
+use scry_proto::{CaptureLimits, ProbeSpec, ProbeStatus, RateMode};
 
 /// A request to add a probe (`POST /api/v1/probes`, the MCP tool `add_probe`, `scry probe add`).
 ///
@@ -108,6 +109,130 @@ impl<'de> Deserialize<'de> for Ttl {
         }
         d.deserialize_any(TtlVisitor)
     }
+}
+
+/// Which processes a probe applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// One process.
+    Pid {
+        /// Its pid (as the daemon sees it).
+        pid: u32,
+    },
+    /// Every process registered under this name.
+    Name {
+        /// The name.
+        name: String,
+    },
+    /// Every process.
+    All,
+}
+
+/// A probe as the daemon keeps it (and stores it): what agents apply, where, and whether.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeDef {
+    /// What agents apply (its fields appear at the top level of the JSON).
+    #[serde(flatten)]
+    pub spec: ProbeSpec,
+    /// Where it applies.
+    pub target: Target,
+    /// A group, to enable, disable or remove several at once.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Whether agents should have it.
+    pub enabled: bool,
+    /// The TTL it was created with, in seconds.
+    #[serde(default)]
+    pub ttl_s: Option<f64>,
+    /// Creation time (epoch seconds).
+    pub created_at: f64,
+}
+
+impl ProbeDef {
+    /// Whether it should be armed at `at` (epoch seconds): enabled and not expired.
+    pub fn active(&self, at: f64) -> bool {
+        self.enabled && self.spec.expires_at.is_none_or(|t| t > at)
+    }
+}
+
+/// A probe's status in one process, with the process it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeInProcess {
+    /// Store row id of the process.
+    pub process_id: i64,
+    /// Its pid.
+    pub pid: u32,
+    /// Its name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The status the agent reported (its fields appear at the top level of the JSON). A probe
+    /// that is off in the daemon shows `disabled` or `expired` rather than the agent's last
+    /// `armed` or `pending`.
+    #[serde(flatten)]
+    pub status: ProbeStatus,
+    /// When the agent reported it (epoch seconds).
+    pub updated_at: f64,
+}
+
+/// A probe's counters over every process, with what became of the recorded hits:
+/// `recorded = stored + removed_by_retention + not_stored_disk_full + dropped_by_daemon + in flight`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeTotals {
+    /// Times its line ran in a process where it was armed.
+    pub hits: u64,
+    /// Hits that passed the condition and the rate and were captured.
+    pub recorded: u64,
+    /// Captured hits the agents dropped (their buffer was full).
+    pub dropped: u64,
+    /// Hits whose capture failed.
+    pub errors: u64,
+    /// Hits that reached the daemon and could not be stored (counted in memory).
+    #[serde(default)]
+    pub dropped_by_daemon: u64,
+    /// Events of the probe in the store now (`null` when the store could not say).
+    #[serde(default)]
+    pub stored: Option<u64>,
+    /// Events retention removed.
+    #[serde(default)]
+    pub removed_by_retention: Option<u64>,
+    /// Events a full disk kept out.
+    #[serde(default)]
+    pub not_stored_disk_full: Option<u64>,
+}
+
+/// A probe as every probe endpoint shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeView {
+    /// The definition (its fields appear at the top level of the JSON).
+    #[serde(flatten)]
+    pub def: ProbeDef,
+    /// Its TTL passed.
+    pub expired: bool,
+    /// Counters over every process.
+    pub totals: ProbeTotals,
+    /// Its status in each process that had it.
+    pub processes: Vec<ProbeInProcess>,
+    /// Adding it: what the daemon noticed about the location (e.g. no process has that file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Adding it: what to do about the notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// `GET /api/v1/probes`, and enabling or disabling probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeList {
+    /// The probes.
+    pub probes: Vec<ProbeView>,
+}
+
+/// Removing probes: the ids removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Removed {
+    /// Their ids.
+    pub removed: Vec<String>,
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The probe-expression checker: one gate in the daemon for every way a probe gets in (CLI,
-//! HTTP, MCP, web UI all end in [`crate::probes::build`]), whether or not an agent is
+//! HTTP, MCP, web UI all end in [`crate::state::probes::build`]), whether or not an agent is
 //! connected. The agent checks again (`python/scry/_probes.py`) with the same rules; the shared
 //! vectors `crates/scry-proto/vectors/expressions.json` hold both to them. The rules are
 //! written down in `docs/expressions.md`.

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 
-use crate::registry::{AgentHandle, Entry, ProcState, ProcessView};
+use crate::state::registry::{AgentHandle, Entry, ProcState, ProcessView};
 use crate::{now, Shared};
 
 /// The longest goodbye reason kept (the agent sends `sleep`, `shutdown` or `exit`).
@@ -192,7 +192,7 @@ where
     // Its probes, without anyone asking (a restarted worker gets them back).
     let sync_shared = shared.clone();
     tokio::spawn(async move {
-        sync_shared.sync_probes(process_id).await;
+        crate::service::probes::sync(&sync_shared, process_id).await;
     });
 
     let mut goodbye: Option<String> = None;
@@ -230,14 +230,14 @@ where
                 // Waits while the store's queue is full: this agent is not read meanwhile, so
                 // it slows down (and counts what its own buffer cannot hold) instead of the
                 // daemon growing or dropping.
-                shared.accept_report(process_id, report, &tx).await;
+                crate::service::agents::accept_report(&shared, process_id, report, &tx).await;
             }
             Ok(AgentMessage::Heartbeat {}) => {}
             Ok(AgentMessage::ProbeStatus { statuses }) => {
-                shared.probe_statuses_reported(process_id, statuses);
+                crate::service::probes::statuses_reported(&shared, process_id, statuses);
             }
             Ok(AgentMessage::Notify { topic, data }) => {
-                shared.agent_notified(process_id, hello.pid, topic, data);
+                crate::service::calls::notified(&shared, process_id, hello.pid, topic, data);
             }
             Ok(AgentMessage::Goodbye { reason }) => {
                 // Stored in a system event: the agent's word, cut to what a reason needs (`sleep`,
@@ -267,7 +267,7 @@ where
         }
     }
     agent.abandon_all();
-    shared.disconnected(process_id, &session_id, goodbye).await;
+    crate::service::agents::disconnected(&shared, process_id, &session_id, goodbye).await;
     // Let the writer send what is queued (e.g. the error that ended the connection): it ends
     // when the last sender is gone; a peer that stopped reading must not keep it forever.
     drop(agent);
@@ -455,7 +455,7 @@ async fn register(
         capabilities: hello.capabilities.clone(),
         start_ticks,
     };
-    view.id = shared.persist_process(&view).await?;
+    view.id = crate::service::agents::persist_process(shared, &view).await?;
     let id = view.id;
     shared.publish_process(&view);
     shared.registry().put(Entry {

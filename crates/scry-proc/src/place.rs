@@ -164,11 +164,13 @@ pub enum PlaceError {
 
 impl PlaceError {
     /// A stable machine-readable kind (`no_place` for a target without a usable temporary
-    /// directory, as before; `placement` for the others).
+    /// directory, as before; `permission_denied` when the daemon cannot take the target's
+    /// credentials; `placement` for the others).
     pub fn kind(&self) -> &'static str {
         match self {
             PlaceError::NoSuchProcess { .. } => "no_such_process",
             PlaceError::NoPlace { .. } | PlaceError::NotWritable { .. } => "no_place",
+            PlaceError::Credentials { .. } => "permission_denied",
             _ => "placement",
         }
     }

@@ -362,6 +362,9 @@ pub enum ProbeState {
     Error,
     /// Its TTL or `first N` budget ran out; removed.
     Expired,
+    /// Turned off in the daemon (`scry probe disable`): the daemon's view only, agents never
+    /// send it.
+    Disabled,
 }
 
 /// A probe's status and counters in one process.

@@ -16,7 +16,7 @@ use crate::render;
 /// Parses `--since`/`--until`: a duration ago (`5m`) or an RFC 3339 time (the daemon's own
 /// parser, so that the CLI and the API agree).
 pub fn parse_time(text: &str) -> Result<f64, CliError> {
-    scry_daemon::query::parse_time(text).map_err(|e| {
+    scry_daemon::service::events::parse_time(text).map_err(|e| {
         CliError::new(e)
             .hint("use a duration ago such as 30s, 5m, 2h, or a time such as 2026-11-21T12:00:00Z")
     })
@@ -53,7 +53,7 @@ fn filters(probe: Option<&str>, f: &EventFilterArgs) -> Result<String, CliError>
     }
     if !f.where_.is_empty() {
         let joined = f.where_.join(" && ");
-        scry_daemon::query::parse_where(&joined).map_err(|e| {
+        scry_daemon::service::events::parse_where(&joined).map_err(|e| {
             CliError::new(format!("--where: {e}"))
                 .hint("quote the condition for the shell: --where 'total>100'")
         })?;

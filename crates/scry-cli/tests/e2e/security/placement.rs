@@ -8,7 +8,7 @@
 //!   that file. Rounds: 10 real `scry attach` (the host's Python 3.11 through gdb, about a
 //!   second each, as a 3.14 target would need the matrix's chroot, which only root can enter),
 //!   then 250 rounds that drive the daemon's own placement directly
-//!   (`scry_daemon::attach::Placement::create` and its drop, which is everything an attach does
+//!   (`scry_daemon::service::attach::Placement::create` and its drop, which is everything an attach does
 //!   in the target's root: directory, agent package, socket, bootstrap, removal) against the
 //!   same target and racer. The sacrificial
 //!   file keeps its owner, mode and content, and nothing scry placed is owned by root. Then,
@@ -249,7 +249,7 @@ fn placement_race_never_hands_a_root_file_to_the_target() {
     let _in_runtime = rt.enter();
     let (mut placed, mut refused) = (0, 0);
     for round in 0..PLACEMENT_ROUNDS {
-        match scry_daemon::attach::Placement::create(pid, "n-race", 0.0) {
+        match scry_daemon::service::attach::Placement::create(pid, "n-race", 0.0) {
             Ok(p) => {
                 placed += 1;
                 drop(p);

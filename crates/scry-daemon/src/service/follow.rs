@@ -6,7 +6,7 @@
 //! the tree under the root from `/proc`, recognises Python processes from their memory image
 //! (`scry_proc::python`, cached per pid and start time; multiprocessing's resource tracker and
 //! fork server are left out) and attaches to those without an awake
-//! agent ([`crate::attach::attach`], each on its own task so that a slow gdb attach does not
+//! agent ([`crate::service::attach::attach`], each on its own task so that a slow gdb attach does not
 //! hold the others back). A process whose attach failed is retried a few times, then left
 //! alone (its error is kept and shown). Probes need nothing here: the daemon syncs the probes
 //! meant for a process when its agent connects, so a new worker gets them.
@@ -22,16 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Serialize;
+use scry_api::{AttachReport, AttachRequest};
+use scry_proc::python::Role;
 use serde_json::{json, Value};
 
-use scry_proc::python::Role;
-
-use crate::attach::{self, AttachError};
-use crate::http::ApiError;
+use super::{attach, Result};
+use crate::state::follows::{Follow, FollowState, Restart};
 use crate::Shared;
 
 /// How often a followed tree is walked.
@@ -42,87 +38,6 @@ const MAX_ATTEMPTS: u32 = 5;
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// The time each attach gives the target to pick the bootstrap up.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One restart seen: a followed process exited and another appeared under the same parent.
-#[derive(Debug, Clone, Serialize)]
-pub struct Restart {
-    /// The pid that exited.
-    pub old_pid: u32,
-    /// The pid that replaced it.
-    pub new_pid: u32,
-    /// Their parent.
-    pub parent: u32,
-    /// When (epoch seconds).
-    pub at: f64,
-}
-
-/// What a follow knows, as `GET /api/v1/follow` shows it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FollowState {
-    /// The followed root.
-    pub root: u32,
-    /// Since when (epoch seconds).
-    pub since: f64,
-    /// Pids attached by this follow (and still alive), with their parent.
-    pub attached: Vec<u32>,
-    /// Pids it could not attach to, with the last error.
-    pub failed: HashMap<u32, String>,
-    /// Restarts seen.
-    pub restarts: Vec<Restart>,
-}
-
-struct Follow {
-    state: Arc<Mutex<FollowState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// The follows in progress, by root pid.
-#[derive(Default)]
-pub struct Follows {
-    map: Mutex<HashMap<u32, Follow>>,
-}
-
-impl Follows {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Follow>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Stops following `root` (and a follow whose tree holds `root`); true when one was.
-    pub fn stop(&self, pid: u32) -> bool {
-        let mut map = self.lock();
-        let roots: Vec<u32> = map
-            .iter()
-            .filter(|(root, f)| {
-                **root == pid
-                    || f.state
-                        .lock()
-                        .map(|s| s.attached.contains(&pid))
-                        .unwrap_or(false)
-            })
-            .map(|(root, _)| *root)
-            .collect();
-        for root in &roots {
-            if let Some(f) = map.remove(root) {
-                f.task.abort();
-            }
-        }
-        !roots.is_empty()
-    }
-
-    /// The state of every follow.
-    pub fn states(&self) -> Vec<FollowState> {
-        self.lock()
-            .values()
-            .map(|f| f.state.lock().map(|s| s.clone()).unwrap_or_default())
-            .collect()
-    }
-
-    fn is_following(&self, root: u32) -> bool {
-        self.lock()
-            .get(&root)
-            .is_some_and(|f| !f.task.is_finished())
-    }
-}
 
 /// Per process (pid, start ticks): Python or not, attempts, outcome.
 #[derive(Default)]
@@ -145,7 +60,7 @@ fn is_attached(shared: &Shared, pid: u32) -> bool {
         .registry()
         .find(&pid.to_string())
         .into_iter()
-        .any(|e| e.view.state == crate::registry::ProcState::Awake && e.agent.is_some())
+        .any(|e| e.view.state == crate::state::registry::ProcState::Awake && e.agent.is_some())
 }
 
 async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
@@ -217,7 +132,7 @@ async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
                 let result = attach::attach(&shared2, pid, ATTACH_TIMEOUT, None)
                     .await
                     .map(|_| ())
-                    .map_err(|e: AttachError| e.to_string());
+                    .map_err(|e| e.to_string());
                 let _ = tx.send((pid, start, result));
             });
         }
@@ -277,14 +192,11 @@ async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
     }
 }
 
-/// Attaches to `root` now (the answer of `scry attach --follow`), then follows its tree.
-pub async fn follow(
-    shared: &Arc<Shared>,
-    root: u32,
-    timeout: Duration,
-    only: Option<String>,
-) -> Result<Value, AttachError> {
-    let report = attach::attach(shared, root, timeout, only).await?;
+/// Attaches to the request's process now (the answer of `scry attach --follow`), then follows
+/// its tree.
+pub async fn follow(shared: &Arc<Shared>, req: &AttachRequest) -> Result<AttachReport> {
+    let (root, timeout, only) = attach::check_request(req)?;
+    let mut report = attach::attach(shared, root, timeout, only).await?;
     let already_following = shared.follows.is_following(root);
     if !already_following {
         let state = Arc::new(Mutex::new(FollowState {
@@ -293,54 +205,20 @@ pub async fn follow(
             ..FollowState::default()
         }));
         let task = tokio::spawn(run(shared.clone(), root, state.clone()));
-        let previous = shared.follows.lock().insert(root, Follow { state, task });
-        if let Some(p) = previous {
-            p.task.abort();
-        }
+        shared.follows.start(root, Follow { state, task });
     }
-    let mut answer = serde_json::to_value(&report).unwrap_or(Value::Null);
-    answer["following"] = json!(true);
-    answer["already_following"] = json!(already_following);
-    Ok(answer)
+    report.following = Some(true);
+    report.already_following = Some(already_following);
+    Ok(report)
 }
 
-/// `POST /api/v1/follow {pid, timeout_ms?, injector?}`, `GET /api/v1/follow`,
-/// `POST /api/v1/unfollow {pid}`.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/follow", post(follow_handler).get(list_handler))
-        .route("/api/v1/unfollow", post(unfollow_handler))
+/// Every follow in progress (`GET /api/v1/follow`).
+pub fn list(shared: &Shared) -> Value {
+    json!({"follows": shared.follows.states()})
 }
 
-async fn follow_handler(
-    State(shared): State<Arc<Shared>>,
-    Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let pid = crate::attach::pid_of(&body)?;
-    let timeout = body
-        .get("timeout_ms")
-        .and_then(Value::as_f64)
-        .filter(|t| *t > 0.0 && *t <= 30_000.0)
-        .map(|t| Duration::from_secs_f64(t / 1e3))
-        .unwrap_or(attach::DEFAULT_TIMEOUT);
-    let only = body
-        .get("injector")
-        .and_then(Value::as_str)
-        .filter(|s| *s != "auto")
-        .map(str::to_owned);
-    Ok(Json(follow(&shared, pid, timeout, only).await?))
-}
-
-async fn list_handler(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({"follows": shared.follows.states()}))
-}
-
-async fn unfollow_handler(
-    State(shared): State<Arc<Shared>>,
-    Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let pid = crate::attach::pid_of(&body)?;
-    Ok(Json(
-        json!({"pid": pid, "stopped": shared.follows.stop(pid)}),
-    ))
+/// Stops following `pid` (a root, or a process of a followed tree); the agents stay.
+pub fn unfollow(shared: &Shared, pid: u32) -> Result<Value> {
+    let pid = attach::positive_pid(pid)?;
+    Ok(json!({"pid": pid, "stopped": shared.follows.stop(pid)}))
 }

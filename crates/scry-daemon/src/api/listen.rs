@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
-use crate::access::UnixPeer;
+use crate::api::access::UnixPeer;
 
 /// Connections served at once per listener; more wait in the backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 256;

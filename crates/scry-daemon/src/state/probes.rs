@@ -7,92 +7,28 @@
 //! in the agent; the daemon only says what should exist.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
-use scry_proto::{CaptureOptions, DaemonMessage, ProbeSpec, ProbeState, ProbeStatus, RateMode};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use scry_proto::{CaptureOptions, ProbeSpec, ProbeStatus, RateMode};
 
-use crate::registry::{ProcState, ProcessView};
-use crate::{now, Shared};
+use super::registry::ProcessView;
+use crate::now;
 
-/// Which processes a probe applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Target {
-    /// One process.
-    Pid {
-        /// Its pid (as the daemon sees it).
-        pid: u32,
-    },
-    /// Every process registered under this name.
-    Name {
-        /// The name.
-        name: String,
-    },
-    /// Every process.
-    All,
-}
+pub use scry_api::{ProbeDef, ProbeInProcess, Target};
 
-impl Target {
-    /// Whether the process is targeted.
-    pub fn matches(&self, p: &ProcessView) -> bool {
-        match self {
-            Target::Pid { pid } => p.pid == *pid || p.ns_pid == Some(*pid),
-            Target::Name { name } => p.name.as_deref() == Some(name.as_str()),
-            Target::All => true,
-        }
+/// Whether `target` names the process.
+pub fn targets(target: &Target, p: &ProcessView) -> bool {
+    match target {
+        Target::Pid { pid } => p.pid == *pid || p.ns_pid == Some(*pid),
+        Target::Name { name } => p.name.as_deref() == Some(name.as_str()),
+        Target::All => true,
     }
-}
-
-/// A probe as the daemon keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProbeDef {
-    /// What agents apply.
-    #[serde(flatten)]
-    pub spec: ProbeSpec,
-    /// Where it applies.
-    pub target: Target,
-    /// A group, to enable, disable or remove several at once.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Whether agents should have it.
-    pub enabled: bool,
-    /// The TTL it was created with, in seconds.
-    #[serde(default)]
-    pub ttl_s: Option<f64>,
-    /// Creation time.
-    pub created_at: f64,
-}
-
-impl ProbeDef {
-    /// Whether it should be armed now.
-    pub fn active(&self, at: f64) -> bool {
-        self.enabled && self.spec.expires_at.is_none_or(|t| t > at)
-    }
-}
-
-/// A probe's status in one process, with the process it belongs to.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessProbeStatus {
-    /// Store row id of the process.
-    pub process_id: i64,
-    /// Its pid.
-    pub pid: u32,
-    /// Its name.
-    pub name: Option<String>,
-    /// The status the agent reported.
-    #[serde(flatten)]
-    pub status: ProbeStatus,
-    /// When the agent reported it.
-    pub updated_at: f64,
 }
 
 /// All probes and their statuses.
 #[derive(Debug, Default)]
 pub struct ProbeTable {
     defs: BTreeMap<String, ProbeDef>,
-    statuses: HashMap<(String, i64), ProcessProbeStatus>,
+    statuses: HashMap<(String, i64), ProbeInProcess>,
 }
 
 impl ProbeTable {
@@ -164,7 +100,7 @@ impl ProbeTable {
     pub fn specs_for(&self, p: &ProcessView, at: f64) -> Vec<ProbeSpec> {
         self.defs
             .values()
-            .filter(|d| d.active(at) && d.target.matches(p))
+            .filter(|d| d.active(at) && targets(&d.target, p))
             .map(|d| d.spec.clone())
             .collect()
     }
@@ -197,7 +133,7 @@ impl ProbeTable {
             }
             self.statuses.insert(
                 (s.probe.clone(), p.id),
-                ProcessProbeStatus {
+                ProbeInProcess {
                     process_id: p.id,
                     pid: p.pid,
                     name: p.name.clone(),
@@ -209,8 +145,8 @@ impl ProbeTable {
     }
 
     /// Statuses of one probe, by process.
-    pub fn statuses_of(&self, id: &str) -> Vec<ProcessProbeStatus> {
-        let mut v: Vec<ProcessProbeStatus> = self
+    pub fn statuses_of(&self, id: &str) -> Vec<ProbeInProcess> {
+        let mut v: Vec<ProbeInProcess> = self
             .statuses
             .iter()
             .filter(|((p, _), _)| p == id)
@@ -407,230 +343,10 @@ pub fn validate_location(loc: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl Shared {
-    /// Sends `probes_sync` to one process (if its agent supports probes) and records the
-    /// statuses it answers with. Returns them.
-    pub async fn sync_probes(&self, process_id: i64) -> Option<Vec<ProbeStatus>> {
-        let (view, agent) = {
-            let mut reg = self.registry();
-            let e = reg.get_mut(process_id)?;
-            if !e.view.capabilities.iter().any(|c| c == "probes") {
-                return None;
-            }
-            (e.view.clone(), e.agent.clone()?)
-        };
-        let specs = self.probes().specs_for(&view, now());
-        let asked_at = now();
-        let reply = agent
-            .request(
-                |id| DaemonMessage::ProbesSync { id, probes: specs },
-                Duration::from_secs(10),
-            )
-            .await;
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(target: "daemon", pid = view.pid, "probe sync failed: {e}");
-                return None;
-            }
-        };
-        if !reply.ok {
-            tracing::warn!(target: "daemon", pid = view.pid, "agent refused probe sync: {:?}", reply.error);
-            return None;
-        }
-        let statuses: Vec<ProbeStatus> = reply
-            .result
-            .and_then(|r| r.get("statuses").cloned())
-            .and_then(|s| serde_json::from_value(s).ok())
-            .unwrap_or_default();
-        // Statuses of probes this process no longer has are kept with their last counters (a
-        // disabled or expired probe still shows what it recorded); removed probes lose theirs.
-        // A status the agent sent on its own after this request is as new as the reply or
-        // newer (the reply is applied here, on the asking task, possibly after it): keep it.
-        self.probes()
-            .update_if_older(&view, statuses.clone(), Some(asked_at));
-        self.publish_probe_statuses(&view, &statuses);
-        self.end_spent_probes(&statuses).await;
-        Some(statuses)
-    }
-
-    /// Syncs every connected process that a probe targets (or that had it).
-    pub async fn sync_all(&self) -> Vec<(ProcessView, Vec<ProbeStatus>)> {
-        let ids: Vec<(i64, ProcessView)> = self
-            .registry()
-            .views()
-            .into_iter()
-            .filter(|v| v.state == ProcState::Awake && v.capabilities.iter().any(|c| c == "probes"))
-            .map(|v| (v.id, v))
-            .collect();
-        let mut out = Vec::new();
-        let futures = ids
-            .into_iter()
-            .map(|(id, v)| async move { (v, self.sync_probes(id).await) });
-        for (v, r) in futures_util::future::join_all(futures).await {
-            if let Some(s) = r {
-                out.push((v, s));
-            }
-        }
-        out
-    }
-
-    /// An agent reported statuses on its own. Recorded at once, on the link's task, so that
-    /// a status is never overtaken by an older one; what a spent probe needs next (disable,
-    /// sync the others) runs on a task of its own.
-    pub fn probe_statuses_reported(
-        self: &std::sync::Arc<Self>,
-        process_id: i64,
-        statuses: Vec<ProbeStatus>,
-    ) {
-        let Some(view) = self.registry().get_mut(process_id).map(|e| e.view.clone()) else {
-            return;
-        };
-        self.probes().update(&view, statuses.clone());
-        self.publish_probe_statuses(&view, &statuses);
-        if statuses.iter().any(|s| s.state == ProbeState::Expired) {
-            let shared = std::sync::Arc::clone(self);
-            tokio::spawn(async move { shared.end_spent_probes(&statuses).await });
-        }
-    }
-
-    /// A `first N` probe that an agent reports expired has done its job: it is disabled, so
-    /// that no process (nor the same one after a sleep and wake) records N more.
-    async fn end_spent_probes(&self, statuses: &[ProbeStatus]) {
-        for s in statuses.iter().filter(|s| s.state == ProbeState::Expired) {
-            let def = {
-                let mut t = self.probes();
-                match t.resolve(&s.probe).cloned() {
-                    Some(mut d) if d.enabled && matches!(d.spec.rate, RateMode::First { .. }) => {
-                        d.enabled = false;
-                        t.put(d.clone());
-                        d
-                    }
-                    _ => continue,
-                }
-            };
-            if let Err(e) = self.persist_probe(&def).await {
-                tracing::warn!(target: "store", "cannot store probe {}: {e}", s.probe);
-            }
-            self.system_event(
-                scry_store::Level::Info,
-                "probe_spent",
-                format!(
-                    "probe {} recorded its first hits and was disabled",
-                    def.spec.name.as_deref().unwrap_or(&s.probe)
-                ),
-                json!({"probe": s.probe}),
-            );
-            // The other processes drop it too.
-            Box::pin(self.sync_all()).await;
-        }
-    }
-
-    fn publish_probe_statuses(&self, view: &ProcessView, statuses: &[ProbeStatus]) {
-        for s in statuses {
-            self.publish(
-                "probe_status",
-                json!({"process_id": view.id, "pid": view.pid, "status": s}),
-            );
-        }
-    }
-
-    /// Disables probes whose TTL passed and tells the agents.
-    pub async fn expire_probes(&self) {
-        let at = now();
-        let expired = self.probes().newly_expired(at);
-        if expired.is_empty() {
-            return;
-        }
-        for id in &expired {
-            let def = {
-                let mut t = self.probes();
-                let Some(mut def) = t.resolve(id).cloned() else {
-                    continue;
-                };
-                def.enabled = false;
-                t.put(def.clone());
-                def
-            };
-            if let Err(e) = self.persist_probe(&def).await {
-                tracing::warn!(target: "store", "cannot store probe {id}: {e}");
-            }
-            self.system_event(
-                scry_store::Level::Info,
-                "probe_expired",
-                format!(
-                    "probe {} expired (ttl {:?} s)",
-                    def.spec.name.as_deref().unwrap_or(id),
-                    def.ttl_s
-                ),
-                json!({"probe": id}),
-            );
-        }
-        self.sync_all().await;
-    }
-
-    /// Writes a definition to the store.
-    pub async fn persist_probe(&self, def: &ProbeDef) -> Result<(), scry_store::StoreError> {
-        let rec = scry_store::ProbeRecord {
-            id: def.spec.id.clone(),
-            name: def.spec.name.clone(),
-            spec: serde_json::to_value(def).unwrap_or(Value::Null),
-            enabled: def.enabled,
-            group_name: def.group.clone(),
-            created_at: def.created_at,
-            updated_at: now(),
-        };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put_probe(&rec))
-            .await
-            .map_err(|_| scry_store::StoreError::WriterGone)?
-    }
-
-    /// Removes a definition from the store.
-    pub async fn unpersist_probe(&self, id: &str) -> Result<(), scry_store::StoreError> {
-        let store = self.store.clone();
-        let id = id.to_owned();
-        tokio::task::spawn_blocking(move || store.delete_probe(&id).map(|_| ()))
-            .await
-            .map_err(|_| scry_store::StoreError::WriterGone)?
-    }
-}
-
-/// The API view of a probe: its definition and its status in every process.
-pub fn describe(def: &ProbeDef, statuses: Vec<ProcessProbeStatus>) -> Value {
-    let mut v = serde_json::to_value(def).unwrap_or(Value::Null);
-    let expired = def.spec.expires_at.is_some_and(|t| t <= now());
-    v["expired"] = json!(expired);
-    let totals = statuses.iter().fold([0u64; 4], |mut acc, s| {
-        acc[0] += s.status.hits;
-        acc[1] += s.status.recorded;
-        acc[2] += s.status.dropped;
-        acc[3] += s.status.errors;
-        acc
-    });
-    v["totals"] = json!({"hits": totals[0], "recorded": totals[1], "dropped": totals[2], "errors": totals[3]});
-    let mut processes = serde_json::to_value(statuses).unwrap_or(Value::Null);
-    // The agents' last word, but a probe that is off is not armed anywhere any more.
-    if !def.enabled {
-        let shown = if expired { "expired" } else { "disabled" };
-        for p in processes.as_array_mut().into_iter().flatten() {
-            if p["state"] == "armed" || p["state"] == "pending" {
-                p["state"] = json!(shown);
-            }
-        }
-    }
-    v["processes"] = processes;
-    v
-}
-
-/// Whether a status says the probe itself is invalid (the same in every process).
-pub fn is_invalid(s: &ProbeStatus) -> bool {
-    s.state == ProbeState::Error && s.error_kind.as_deref() == Some("invalid_expression")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn req(location: &str) -> NewProbe {
         serde_json::from_value(json!({"location": location, "expressions": ["x"]})).expect("req")

@@ -1,5 +1,5 @@
-//! REST endpoints for call traces (`scry trace`): start a trace in the agents of one or more
-//! live processes (`trace.start` through [`Shared::call`]), stop it, list and show them, read
+//! Call traces (`scry trace`): start a trace in the agents of one or more live processes
+//! (`trace.start` through [`super::calls::call`]), stop it, list and show them, read
 //! their events, and follow them live (server-sent events).
 //!
 //! The trace's metadata (spec, targets, state) is a row of the store's `traces` table; its
@@ -7,63 +7,21 @@
 //! (docs/protocol.md "Trace events"). Not for: building call trees or exports (the CLI does
 //! that from the events).
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, Sse};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use futures_util::Stream;
-use serde::Deserialize;
+use scry_api::NewTrace;
 use serde_json::{json, Value};
 
-use crate::calls::CallError;
-use crate::http::{blocking, live_sse, ApiError};
-use crate::registry::ProcState;
+use super::calls::CallError;
+use super::{blocking, Error, ErrorKind, Result};
+use crate::state::registry::ProcState;
 use crate::Shared;
-
-type ApiResult = Result<Json<Value>, ApiError>;
 
 /// How long the daemon waits for an agent to start or stop a trace.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The trace routes.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/traces", get(list).post(start))
-        .route("/api/v1/traces/{id}", get(show))
-        .route("/api/v1/traces/{id}/stop", post(stop))
-        .route("/api/v1/traces/{id}/events", get(events))
-        .route("/api/v1/traces/{id}/stream", get(stream))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartBody {
-    /// A pid or a process name (matched against the name given to `scry.init`, else the
-    /// script's file name); `all` traces every connected process, `run` the processes of every
-    /// `scry run`, `run:SESSION` those of one `scry run` session.
-    target: String,
-    #[serde(default)]
-    include: Vec<String>,
-    #[serde(default)]
-    exclude: Vec<String>,
-    #[serde(default)]
-    functions: Vec<String>,
-    #[serde(default)]
-    args: bool,
-    #[serde(default)]
-    returns: bool,
-    max_rate: Option<f64>,
-    duration: Option<f64>,
-}
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+fn bad(message: impl Into<String>) -> Error {
+    Error::bad_request(message)
 }
 
 fn script_name(argv: &[String]) -> Option<String> {
@@ -86,7 +44,7 @@ fn run_session_of(pid: u32) -> Option<String> {
 
 /// The connected processes `target` names: (registry id, pid). `run` means every process of
 /// any `scry run`, `run:SESSION` those of one `scry run` session.
-fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>, ApiError> {
+fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>> {
     let views = shared.registry().views();
     let by_pid: Option<u32> = target.parse().ok();
     let session = target.strip_prefix("run:");
@@ -106,9 +64,8 @@ fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>, ApiE
         })
         .collect();
     if matching.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        return Err(Error::new(
+            ErrorKind::NotFound,
             format!("scry knows no live Python process `{target}`"),
         )
         .hint("`scry ps` lists the processes scry knows; give a pid or a name"));
@@ -120,9 +77,8 @@ fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>, ApiE
         .collect();
     if awake.is_empty() {
         let pids: Vec<String> = matching.iter().map(|v| v.pid.to_string()).collect();
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_connected",
+        return Err(Error::new(
+            ErrorKind::NotConnected,
             format!(
                 "no agent is connected in `{target}` (pid {})",
                 pids.join(", ")
@@ -142,11 +98,8 @@ fn call_error_text(e: &CallError) -> (String, String) {
     }
 }
 
-async fn start(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<StartBody>, JsonRejection>,
-) -> ApiResult {
-    let Json(body) = body?;
+/// Starts a trace in every process the request's target names; refused when none could.
+pub async fn start(shared: &Shared, body: NewTrace) -> Result<Value> {
     if body.max_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err(bad(
             "`max_rate` must be a positive number of events a second",
@@ -160,7 +113,7 @@ async fn start(
             "`{f}`: a function is `module:function` (e.g. `myapp.jobs:run`)"
         )));
     }
-    let targets = resolve_target(&shared, body.target.trim())?;
+    let targets = resolve_target(shared, body.target.trim())?;
     let id = crate::new_id("tr");
     let spec = json!({
         "include": body.include, "exclude": body.exclude, "functions": body.functions,
@@ -172,9 +125,14 @@ async fn start(
     let mut processes = Vec::new();
     let mut started = 0;
     for (process_id, pid) in targets {
-        match shared
-            .call(process_id, "trace.start", params.clone(), CALL_TIMEOUT)
-            .await
+        match super::calls::call(
+            shared,
+            process_id,
+            "trace.start",
+            params.clone(),
+            CALL_TIMEOUT,
+        )
+        .await
         {
             Ok(status) => {
                 started += 1;
@@ -193,9 +151,8 @@ async fn start(
             .and_then(|p| p["error"]["message"].as_str())
             .unwrap_or("no process could start it")
             .to_owned();
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_started",
+        return Err(Error::new(
+            ErrorKind::NotStarted,
             format!("the trace could not start: {first}"),
         ));
     }
@@ -213,7 +170,7 @@ async fn start(
     let store = shared.store.clone();
     blocking(move || store.put_trace(&record)).await?;
     shared.publish("trace", json!({"trace": id, "state": "running"}));
-    Ok(Json(doc))
+    Ok(doc)
 }
 
 /// The API's view of a stored trace: the record's document, its id and its state now (a trace
@@ -232,39 +189,33 @@ fn trace_doc(r: &scry_store::TraceRecord, now: f64) -> Value {
     doc
 }
 
-async fn load(shared: &Shared, id: &str) -> Result<scry_store::TraceRecord, ApiError> {
+async fn load(shared: &Shared, id: &str) -> Result<scry_store::TraceRecord> {
     let store = shared.store.clone();
     let key = id.to_owned();
     blocking(move || store.trace(&key)).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no trace `{id}`"),
-        )
-        .hint("`scry trace list` lists the traces")
+        Error::not_found(format!("no trace `{id}`")).hint("`scry trace list` lists the traces")
     })
 }
 
-async fn list(
-    State(shared): State<Arc<Shared>>,
-    q: Result<Query<crate::http::ListQuery>, QueryRejection>,
-) -> ApiResult {
-    let Query(q) = q?;
+/// The newest traces (`limit`, default 100).
+pub async fn list(shared: &Shared, limit: Option<usize>) -> Result<Value> {
     let store = shared.store.clone();
-    let limit = q.limit.unwrap_or(100);
+    let limit = limit.unwrap_or(100);
     let rows = blocking(move || store.traces(limit)).await?;
     let now = crate::now();
     let traces: Vec<Value> = rows.iter().map(|r| trace_doc(r, now)).collect();
-    Ok(Json(json!({ "traces": traces })))
+    Ok(json!({ "traces": traces }))
 }
 
-async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
-    let r = load(&shared, &id).await?;
-    Ok(Json(trace_doc(&r, crate::now())))
+/// One trace.
+pub async fn get(shared: &Shared, id: &str) -> Result<Value> {
+    let r = load(shared, id).await?;
+    Ok(trace_doc(&r, crate::now()))
 }
 
-async fn stop(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
-    let mut r = load(&shared, &id).await?;
+/// Stops a trace in every process where it started.
+pub async fn stop(shared: &Shared, id: &str) -> Result<Value> {
+    let mut r = load(shared, id).await?;
     let now = crate::now();
     let mut processes: Vec<Value> = r.data["processes"].as_array().cloned().unwrap_or_default();
     for p in processes.iter_mut() {
@@ -274,9 +225,14 @@ async fn stop(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiR
         if p.get("error").is_some() {
             continue;
         }
-        match shared
-            .call(process_id, "trace.stop", json!({"id": id}), CALL_TIMEOUT)
-            .await
+        match super::calls::call(
+            shared,
+            process_id,
+            "trace.stop",
+            json!({"id": id}),
+            CALL_TIMEOUT,
+        )
+        .await
         {
             Ok(status) => p["status"] = status,
             Err(e) => {
@@ -297,32 +253,25 @@ async fn stop(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiR
     let store = shared.store.clone();
     blocking(move || store.put_trace(&r)).await?;
     shared.publish("trace", json!({"trace": id, "state": doc["state"]}));
-    Ok(Json(doc))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsQuery {
-    after_id: Option<i64>,
-    limit: Option<usize>,
+    Ok(doc)
 }
 
 /// The trace's events, oldest first, a page at a time (`after_id` = the last id seen).
-async fn events(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    q: Result<Query<EventsQuery>, QueryRejection>,
-) -> ApiResult {
-    let Query(q) = q?;
-    load(&shared, &id).await?;
+pub async fn events(
+    shared: &Shared,
+    id: &str,
+    after_id: Option<i64>,
+    limit: Option<usize>,
+) -> Result<Value> {
+    load(shared, id).await?;
     let query = scry_store::EventQuery {
-        source: Some(id),
+        source: Some(id.to_owned()),
         process_id: None,
         kind: Some("trace".into()),
         since: None,
         until: None,
-        after_id: Some(q.after_id.unwrap_or(0)),
-        limit: q.limit.unwrap_or(1000),
+        after_id: Some(after_id.unwrap_or(0)),
+        limit: limit.unwrap_or(1000),
         order: scry_store::Order::Oldest,
     };
     let store = shared.store.clone();
@@ -343,21 +292,20 @@ async fn events(
             v
         })
         .collect();
-    Ok(Json(json!({"events": events, "truncated": page.truncated})))
+    Ok(json!({"events": events, "truncated": page.truncated}))
 }
 
-/// Live events of one trace (`{id}` = a trace id, or `all` for every trace): SSE events named
+/// Live events of one trace (`id` = a trace id, or `all` for every trace): SSE events named
 /// `trace` whose data is `{process_id, pid, kind, source, t_hit, t_recv, data}`, `data` being
-/// one batch of records (docs/protocol.md "Trace events"), and `lagged` when the reader fell
-/// behind.
-async fn stream(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+/// one batch of records (docs/protocol.md "Trace events").
+pub async fn live(
+    shared: &Shared,
+    id: String,
+) -> Result<impl FnMut(&crate::LiveEvent) -> Option<&'static str> + Send + 'static> {
     if id != "all" {
-        load(&shared, &id).await?;
+        load(shared, &id).await?;
     }
-    Ok(live_sse(&shared, move |ev| {
+    Ok(move |ev: &crate::LiveEvent| {
         if ev.topic != "event" || ev.data["kind"] != "trace" {
             return None;
         }
@@ -365,5 +313,21 @@ async fn stream(
             return None;
         }
         Some("trace")
-    }))
+    })
+}
+
+/// Every stored batch of a trace's records, oldest first (at most
+/// [`scry_store::MAX_QUERY_LIMIT`]; `truncated` says when there were more).
+pub async fn batches(shared: &Shared, id: &str) -> Result<scry_store::EventPage> {
+    load(shared, id).await?;
+    let store = shared.store.clone();
+    let q = scry_store::EventQuery {
+        source: Some(id.to_owned()),
+        kind: Some("trace".into()),
+        limit: scry_store::MAX_QUERY_LIMIT,
+        order: scry_store::Order::Oldest,
+        after_id: Some(0),
+        ..Default::default()
+    };
+    blocking(move || store.events(&q)).await
 }

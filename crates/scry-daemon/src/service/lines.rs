@@ -1,29 +1,18 @@
-//! Finding the line: `POST /api/v1/lines` asks a process's agent (the `find_lines` call) for
+//! Finding the line: `POST /api/v1/lines` (and `find_lines`) asks a process's agent (the `find_lines` call) for
 //! the executable lines of a file or function and, with `var`, where a variable is bound and
 //! read. The answer comes from the code loaded in that process, never from a file on the
 //! daemon's disk; the shape is described in `docs/agents.md`.
 //!
 //! Not for: arming probes (the caller adds one at a line it chose).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::ApiError;
-use crate::registry::ProcState;
+use super::{Error, ErrorKind, Result};
+use crate::state::registry::ProcState;
 use crate::Shared;
-
-/// The `find_lines` route.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new().route("/api/v1/lines", post(lines_endpoint))
-}
 
 /// What to find: the body of `POST /api/v1/lines` and the arguments of the MCP tool
 /// `find_lines` (its input schema comes from these doc comments).
@@ -46,13 +35,9 @@ pub struct LinesRequest {
 }
 
 /// The process that answers a request naming `pid` (or none): its registry id and pid.
-pub fn pick_process(
-    shared: &Shared,
-    pid: Option<u32>,
-    method: &str,
-) -> Result<(i64, u32), ApiError> {
+pub fn pick_process(shared: &Shared, pid: Option<u32>, method: &str) -> Result<(i64, u32)> {
     if let Some(pid) = pid {
-        return crate::calls::live_process_id(shared, pid).map(|id| (id, pid));
+        return super::calls::live_process_id(shared, pid).map(|id| (id, pid));
     }
     let want = format!("call:{method}");
     let awake: Vec<(i64, u32)> = shared
@@ -64,15 +49,13 @@ pub fn pick_process(
         .collect();
     match awake.as_slice() {
         [one] => Ok(*one),
-        [] => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        [] => Err(Error::new(
+            ErrorKind::NotFound,
             "no awake process can answer: give a pid",
         )
         .hint("see `scry ps`; wake a sleeping client with `scry wake PID`")),
-        many => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "ambiguous",
+        many => Err(Error::new(
+            ErrorKind::Ambiguous,
             format!(
                 "{} awake processes could answer (pids {}): say which",
                 many.len(),
@@ -88,11 +71,9 @@ pub fn pick_process(
 
 /// Asks the process's agent; the shared implementation of the REST endpoint, `scry lines` and
 /// the MCP `find_lines` tool.
-pub async fn find_lines(shared: &Shared, req: LinesRequest) -> Result<Value, ApiError> {
+pub async fn find_lines(shared: &Shared, req: LinesRequest) -> Result<Value> {
     if req.target.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+        return Err(Error::bad_request(
             "`target` is empty: give a file (app/orders.py) or a function (orders:checkout)",
         ));
     }
@@ -104,20 +85,17 @@ pub async fn find_lines(shared: &Shared, req: LinesRequest) -> Result<Value, Api
     if let Some(limit) = req.limit {
         params["limit"] = json!(limit);
     }
-    let mut answer = shared
-        .call(process_id, "find_lines", params, Duration::from_secs(20))
-        .await
-        .map_err(|e| crate::calls::call_error_to_api(e, pid))?;
+    let mut answer = super::calls::call(
+        shared,
+        process_id,
+        "find_lines",
+        params,
+        Duration::from_secs(20),
+    )
+    .await
+    .map_err(|e| super::calls::call_error(e, pid))?;
     answer["pid"] = json!(pid);
     Ok(answer)
-}
-
-async fn lines_endpoint(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<LinesRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body?;
-    find_lines(&shared, req).await.map(Json)
 }
 
 /// How long the add-time location check waits for each process (an agent that does not
@@ -149,8 +127,8 @@ fn file_and_line(location: &str) -> Option<(&str, u32)> {
 pub async fn check_location(
     shared: &Shared,
     location: &str,
-    target: &crate::probes::Target,
-) -> Result<LocationCheck, ApiError> {
+    target: &scry_api::Target,
+) -> Result<LocationCheck> {
     let Some((path, line)) = file_and_line(location) else {
         return Ok(LocationCheck::default());
     };
@@ -161,7 +139,7 @@ pub async fn check_location(
         .filter(|v| {
             v.state == ProcState::Awake
                 && v.capabilities.iter().any(|c| c == "call:find_lines")
-                && target.matches(v)
+                && crate::state::probes::targets(target, v)
         })
         .map(|v| (v.id, v.pid))
         .collect();
@@ -180,7 +158,7 @@ pub async fn check_location(
         let params = json!({"target": path, "limit": 1});
         (
             pid,
-            shared.call(id, "find_lines", params, LOCATION_WAIT).await,
+            super::calls::call(shared, id, "find_lines", params, LOCATION_WAIT).await,
         )
     }))
     .await;
@@ -191,9 +169,8 @@ pub async fn check_location(
                 let file = found["file"].as_str().unwrap_or(path);
                 if let Some(last) = found["last_line"].as_u64() {
                     if u64::from(line) > last {
-                        return Err(ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad_location",
+                        return Err(Error::new(
+                            ErrorKind::BadLocation,
                             format!(
                                 "line {line} is past the end of {file}: its last line is {last} \
                                  (as loaded in pid {pid})"
@@ -206,12 +183,12 @@ pub async fn check_location(
                 }
                 loaded.push(pid);
             }
-            Err(crate::calls::CallError::Refused { kind, .. }) if kind == "not_found" => {
+            Err(super::calls::CallError::Refused { kind, .. }) if kind == "not_found" => {
                 not_loaded.push(pid)
             }
             // Several files match, or something else the agent will report as the probe's
             // state: not a reason to refuse here.
-            Err(crate::calls::CallError::Refused { .. }) => loaded.push(pid),
+            Err(super::calls::CallError::Refused { .. }) => loaded.push(pid),
             Err(_) => silent.push(pid),
         }
     }

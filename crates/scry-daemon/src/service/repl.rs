@@ -9,77 +9,16 @@
 //!
 //! Not for: the REPL itself (pdb runs in the agent) or the terminal's line editing (the CLI).
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::http::ApiError;
+use super::{Error, ErrorKind, Result};
+use crate::state::repl::{Repl, Session};
 use crate::Shared;
-
-/// One REPL that holds or waits for a terminal.
-#[derive(Debug, Clone)]
-struct Repl {
-    id: String,
-    process_id: i64,
-    pid: u32,
-    name: String,
-    thread: String,
-    kind: String,
-    place: String,
-    exception: Option<String>,
-}
-
-impl Repl {
-    fn view(&self) -> Value {
-        json!({"repl": self.id, "pid": self.pid, "name": self.name, "thread": self.thread,
-               "kind": self.kind, "where": self.place})
-    }
-}
-
-/// One terminal and its queue.
-struct Session {
-    name: Option<String>,
-    holder: Option<Repl>,
-    waiting: VecDeque<Repl>,
-    terminal: mpsc::UnboundedSender<Value>,
-    terminal_rx: Option<mpsc::UnboundedReceiver<Value>>,
-}
-
-impl Session {
-    fn state(&self, id: &str) -> Value {
-        json!({
-            "id": id,
-            "name": self.name,
-            "holder": self.holder.as_ref().map(Repl::view),
-            "waiting": self.waiting.iter().map(Repl::view).collect::<Vec<_>>(),
-        })
-    }
-
-    fn send(&self, event: Value) {
-        let _ = self.terminal.send(event);
-    }
-}
-
-/// The sessions of this daemon.
-#[derive(Default)]
-pub struct ReplHub {
-    sessions: Mutex<HashMap<String, Session>>,
-    started: std::sync::atomic::AtomicBool,
-}
-
-impl ReplHub {
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// Creates a session and returns its id (starting the relay task on first use).
 pub fn create_session(shared: &Arc<Shared>, name: Option<String>) -> String {
@@ -109,7 +48,7 @@ fn ensure_task(shared: &Arc<Shared>) {
 }
 
 async fn relay_task(shared: Arc<Shared>) {
-    let mut notices = shared.agent_notices();
+    let mut notices = super::calls::notices(&shared);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stop = shared.shutdown_signal();
     loop {
@@ -135,7 +74,7 @@ fn text(data: &Value, key: &str) -> String {
         .to_owned()
 }
 
-fn on_notice(shared: &Arc<Shared>, n: crate::calls::AgentNotice) {
+fn on_notice(shared: &Arc<Shared>, n: super::calls::AgentNotice) {
     let session_id = text(&n.data, "session");
     let repl_id = text(&n.data, "repl");
     let mut grants = Vec::new();
@@ -145,7 +84,12 @@ fn on_notice(shared: &Arc<Shared>, n: crate::calls::AgentNotice) {
             drop(sessions);
             if n.topic == "repl.request" {
                 // The terminal is gone: let the process run on.
-                shared.notify_agent(n.process_id, "repl.cancel", json!({"repl": repl_id}));
+                super::calls::notify(
+                    shared,
+                    n.process_id,
+                    "repl.cancel",
+                    json!({"repl": repl_id}),
+                );
             }
             return;
         };
@@ -197,7 +141,7 @@ fn on_notice(shared: &Arc<Shared>, n: crate::calls::AgentNotice) {
         }
     }
     for (process_id, repl) in grants {
-        shared.notify_agent(process_id, "repl.grant", json!({"repl": repl}));
+        super::calls::notify(shared, process_id, "repl.grant", json!({"repl": repl}));
     }
 }
 
@@ -261,194 +205,116 @@ fn drop_dead(shared: &Arc<Shared>) {
         }
     }
     for (process_id, repl) in grants {
-        shared.notify_agent(process_id, "repl.grant", json!({"repl": repl}));
+        super::calls::notify(shared, process_id, "repl.grant", json!({"repl": repl}));
     }
     for (process_id, repl) in cancels {
-        shared.notify_agent(process_id, "repl.cancel", json!({"repl": repl}));
+        super::calls::notify(shared, process_id, "repl.cancel", json!({"repl": repl}));
     }
 }
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no REPL session `{id}`"),
-    )
+fn not_found(id: &str) -> Error {
+    Error::not_found(format!("no REPL session `{id}`"))
 }
 
 /// The holder of a session: (process id, pid, repl id).
-fn holder(shared: &Shared, id: &str) -> Result<(i64, u32, String), ApiError> {
+fn holder(shared: &Shared, id: &str) -> Result<(i64, u32, String)> {
     let sessions = shared.repl.sessions();
     let s = sessions.get(id).ok_or_else(|| not_found(id))?;
-    let h = s.holder.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no_repl",
-            "no REPL holds this terminal now",
-        )
-    })?;
+    let h = s
+        .holder
+        .as_ref()
+        .ok_or_else(|| Error::new(ErrorKind::NoRepl, "no REPL holds this terminal now"))?;
     Ok((h.process_id, h.pid, h.id.clone()))
 }
 
-/// `/api/v1/repl/...` routes.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/repl/sessions", post(create))
-        .route(
-            "/api/v1/repl/sessions/{id}",
-            get(state).delete(delete_session),
-        )
-        .route("/api/v1/repl/sessions/{id}/stream", get(stream))
-        .route("/api/v1/repl/sessions/{id}/input", post(input))
-        .route("/api/v1/repl/sessions/{id}/interrupt", post(interrupt))
-        .route("/api/v1/repl/sessions/{id}/complete", post(complete))
-        .route("/api/v1/processes/{pid}/repl", post(break_in))
-}
-
-#[derive(serde::Deserialize, Default)]
-struct CreateBody {
-    name: Option<String>,
-}
-
-async fn create(State(shared): State<Arc<Shared>>, body: Option<Json<CreateBody>>) -> Json<Value> {
-    let name = body.and_then(|Json(b)| b.name);
-    let id = create_session(&shared, name);
-    Json(json!({"id": id}))
-}
-
-async fn state(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+/// A session's state: its holder and the REPLs waiting.
+pub fn state(shared: &Shared, id: &str) -> Result<Value> {
     let sessions = shared.repl.sessions();
-    let s = sessions.get(&id).ok_or_else(|| not_found(&id))?;
-    Ok(Json(s.state(&id)))
+    let s = sessions.get(id).ok_or_else(|| not_found(id))?;
+    Ok(s.state(id))
 }
 
-async fn delete_session(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+/// Ends a session: every REPL holding or waiting for it is cancelled.
+pub fn delete_session(shared: &Shared, id: &str) -> Result<Value> {
     let s = shared
         .repl
         .sessions()
-        .remove(&id)
-        .ok_or_else(|| not_found(&id))?;
+        .remove(id)
+        .ok_or_else(|| not_found(id))?;
     for r in s.holder.iter().chain(s.waiting.iter()) {
-        shared.notify_agent(r.process_id, "repl.cancel", json!({"repl": r.id}));
+        super::calls::notify(shared, r.process_id, "repl.cancel", json!({"repl": r.id}));
     }
-    Ok(Json(json!({"deleted": id})))
+    Ok(json!({"deleted": id}))
 }
 
-/// The terminal's events as JSON lines: `open`, `output`, `prompt`, `closed`, `queue`.
-async fn stream(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> Result<axum::response::Response, ApiError> {
-    let rx = {
-        let mut sessions = shared.repl.sessions();
-        let s = sessions.get_mut(&id).ok_or_else(|| not_found(&id))?;
-        s.terminal_rx.take().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "busy",
-                "another terminal already follows this session",
-            )
-        })?
-    };
-    let mut stop = shared.shutdown_signal();
-    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = rx.recv().await?;
-        Some((
-            Ok::<_, Infallible>(axum::body::Bytes::from(format!("{ev}\n"))),
-            rx,
-        ))
-    });
-    let lines = futures_util::StreamExt::take_until(lines, async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
-    axum::response::Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(axum::body::Body::from_stream(lines))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+/// The session's terminal events (`open`, `output`, `prompt`, `closed`, `queue`), for the one
+/// terminal that follows it.
+pub fn terminal(shared: &Shared, id: &str) -> Result<mpsc::UnboundedReceiver<Value>> {
+    let mut sessions = shared.repl.sessions();
+    let s = sessions.get_mut(id).ok_or_else(|| not_found(id))?;
+    s.terminal_rx.take().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Busy,
+            "another terminal already follows this session",
+        )
+    })
 }
 
-#[derive(serde::Deserialize)]
-struct InputBody {
-    line: String,
-}
-
-async fn input(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    Json(body): Json<InputBody>,
-) -> Result<Json<Value>, ApiError> {
-    let (process_id, _, repl) = holder(&shared, &id)?;
-    let sent = shared.notify_agent(
+/// A line typed in the terminal, for the REPL that holds it.
+pub fn input(shared: &Shared, id: &str, line: String) -> Result<Value> {
+    let (process_id, _, repl) = holder(shared, id)?;
+    let sent = super::calls::notify(
+        shared,
         process_id,
         "repl.input",
-        json!({"repl": repl, "line": body.line}),
+        json!({"repl": repl, "line": line}),
     );
-    Ok(Json(json!({"sent": sent})))
+    Ok(json!({"sent": sent}))
 }
 
-async fn interrupt(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let (process_id, _, repl) = holder(&shared, &id)?;
-    let sent = shared.notify_agent(process_id, "repl.interrupt", json!({"repl": repl}));
-    Ok(Json(json!({"sent": sent})))
+/// Ctrl-C in the terminal: interrupts the REPL that holds it.
+pub fn interrupt(shared: &Shared, id: &str) -> Result<Value> {
+    let (process_id, _, repl) = holder(shared, id)?;
+    let sent = super::calls::notify(shared, process_id, "repl.interrupt", json!({"repl": repl}));
+    Ok(json!({"sent": sent}))
 }
 
-async fn complete(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    Json(mut params): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let (process_id, pid, repl) = holder(&shared, &id)?;
+/// Tab in the terminal: completions from the REPL that holds it.
+pub async fn complete(shared: &Shared, id: &str, mut params: Value) -> Result<Value> {
+    let (process_id, pid, repl) = holder(shared, id)?;
     if !params.is_object() {
         params = json!({});
     }
     params["repl"] = json!(repl);
-    shared
-        .call(process_id, "repl.complete", params, Duration::from_secs(5))
-        .await
-        .map(Json)
-        .map_err(|e| crate::calls::call_error_to_api(e, pid))
+    super::calls::call(
+        shared,
+        process_id,
+        "repl.complete",
+        params,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| super::calls::call_error(e, pid))
 }
 
-#[derive(serde::Deserialize, Default)]
-struct BreakBody {
-    thread: Option<String>,
-}
-
-/// `POST /api/v1/processes/{pid}/repl`: a new session whose REPL is the process `pid` stopped
-/// at its next Python line (main thread unless `thread`).
-async fn break_in(
-    State(shared): State<Arc<Shared>>,
-    Path(pid): Path<String>,
-    body: Option<Json<BreakBody>>,
-) -> Result<Json<Value>, ApiError> {
-    let pid = crate::http::parse_pid(&pid)?;
-    let process_id = crate::calls::live_process_id(&shared, pid)?;
-    let thread = body.and_then(|Json(b)| b.thread);
-    let id = create_session(&shared, Some(format!("repl {pid}")));
-    let result = shared
-        .call(
-            process_id,
-            "repl.break",
-            json!({"session": id, "thread": thread}),
-            Duration::from_secs(10),
-        )
-        .await;
+/// A new session whose REPL is the process `pid` stopped at its next Python line (main thread
+/// unless `thread`).
+pub async fn break_in(shared: &Arc<Shared>, pid: u32, thread: Option<String>) -> Result<Value> {
+    let process_id = super::calls::live_process_id(shared, pid)?;
+    let id = create_session(shared, Some(format!("repl {pid}")));
+    let result = super::calls::call(
+        shared,
+        process_id,
+        "repl.break",
+        json!({"session": id, "thread": thread}),
+        Duration::from_secs(10),
+    )
+    .await;
     match result {
-        Ok(r) => Ok(Json(
-            json!({"id": id, "pid": pid, "thread": r.get("thread")}),
-        )),
+        Ok(r) => Ok(json!({"id": id, "pid": pid, "thread": r.get("thread")})),
         Err(e) => {
             shared.repl.sessions().remove(&id);
-            Err(crate::calls::call_error_to_api(e, pid))
+            Err(super::calls::call_error(e, pid))
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - **The TCP listener** (web UI, remote callers, `/mcp` over HTTP) wants proof on every request,
 //!   loopback included: `Authorization: Bearer <token>`, or `?token=` on a server-sent-event stream
 //!   (an `EventSource` cannot set headers), or the web UI's session cookie. The cookie is handed
-//!   out by a one-time sign-in link that only an authorised caller can ask for ([`UiLogins`]:
+//!   out by a one-time sign-in link that only an authorised caller can ask for
+//!   ([`crate::state::ui_logins::UiLogins`]:
 //!   `scry ui`), is `HttpOnly` and `SameSite=Strict`, and a request carrying it must not come
 //!   from another site's page (`Origin`). Without proof only two things answer: the sign-in link
 //!   itself and `GET /api/v1/agent-endpoint` (where an agent's link goes: no secret, and an agent
@@ -18,9 +19,7 @@
 //! Not for: agent links (the agent socket checks its peer in `lib.rs`, TCP agents prove the token
 //! in `link.rs`), or what a caller may do once let in (everyone let in is the owner).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
@@ -30,7 +29,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
-use crate::http::ApiError;
+use scry_api::ErrorKind;
+
+use super::ApiError;
+use crate::state::ui_logins::SESSION_TTL;
 use crate::Shared;
 
 /// The peer of a connection to the local API socket, read when it was accepted.
@@ -52,78 +54,6 @@ impl Connected<IncomingStream<'_, UnixListener>> for UnixPeer {
     }
 }
 
-/// How long a sign-in link is valid, and how long a signed-in browser stays signed in.
-const LINK_TTL: Duration = Duration::from_secs(120);
-const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// At most this many links and sessions are kept (the oldest go first).
-const MAX_KEPT: usize = 256;
-
-/// One-time sign-in links and the web UI sessions they opened. In memory only: a restarted
-/// daemon signs every browser out (`scry ui` signs it in again).
-#[derive(Default)]
-pub struct UiLogins {
-    links: Mutex<HashMap<String, Instant>>,
-    sessions: Mutex<HashMap<String, Instant>>,
-}
-
-impl UiLogins {
-    /// A new one-time sign-in secret, valid for two minutes.
-    pub fn new_link(&self) -> String {
-        let secret = random_secret();
-        insert_bounded(&self.links, secret.clone(), Instant::now() + LINK_TTL);
-        secret
-    }
-
-    /// Uses up a sign-in secret: a new session id if it was valid.
-    pub fn redeem(&self, once: &str) -> Option<String> {
-        let expires = lock(&self.links).remove(once)?;
-        if expires < Instant::now() {
-            return None;
-        }
-        let session = random_secret();
-        insert_bounded(
-            &self.sessions,
-            session.clone(),
-            Instant::now() + SESSION_TTL,
-        );
-        Some(session)
-    }
-
-    /// Whether a session id is one this daemon handed out and still honours.
-    pub fn is_session(&self, id: &str) -> bool {
-        let sessions = lock(&self.sessions);
-        // Compared in constant time against each: the ids are secrets.
-        sessions.iter().any(|(known, expires)| {
-            crate::auth::constant_time_eq(known.as_bytes(), id.as_bytes())
-                && *expires > Instant::now()
-        })
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn insert_bounded(map: &Mutex<HashMap<String, Instant>>, key: String, expires: Instant) {
-    let mut map = lock(map);
-    let now = Instant::now();
-    map.retain(|_, e| *e > now);
-    while map.len() >= MAX_KEPT {
-        let Some(oldest) = map.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) else {
-            break;
-        };
-        map.remove(&oldest);
-    }
-    map.insert(key, expires);
-}
-
-fn random_secret() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The name of the session cookie of the daemon on `port`: cookies are per host, not per port,
 /// so two daemons on one machine must not overwrite each other's.
 pub fn cookie_name(port: u16) -> String {
@@ -143,7 +73,7 @@ pub fn session_cookie(port: u16, session: &str) -> HeaderValue {
 /// Requests that answer without proof on the TCP listener.
 fn is_public(method: &Method, path: &str) -> bool {
     (method == Method::GET || method == Method::HEAD)
-        && (path == crate::web::LOGIN_PATH || path == "/api/v1/agent-endpoint")
+        && (path == crate::api::web::LOGIN_PATH || path == "/api/v1/agent-endpoint")
 }
 
 /// The largest request body the daemon reads.
@@ -158,8 +88,7 @@ async fn buffered(req: Request) -> Result<Request, Response> {
     match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
         Err(e) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "bad_request",
+            ErrorKind::TooLarge,
             format!("the request body could not be read (at most {MAX_BODY} bytes): {e}"),
         )
         .into_response()),
@@ -178,8 +107,7 @@ pub async fn check(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
             other => {
                 tracing::warn!(target: "http", uid = ?other, pid = ?peer.pid, "refused a local API caller of another user");
                 ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
+                    ErrorKind::Forbidden,
                     format!(
                         "this daemon takes commands from uid {} and root only{}",
                         shared.owner_uid,
@@ -195,8 +123,8 @@ pub async fn check(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
     // which is removed here so that no handler (their queries refuse unknown fields) or log
     // ever sees it.
     let mut query_token = None;
-    if crate::web::is_event_stream(req.method(), req.uri().path()) {
-        let (token, uri) = crate::web::take_query_token(req.uri());
+    if crate::api::web::is_event_stream(req.method(), req.uri().path()) {
+        let (token, uri) = crate::api::web::take_query_token(req.uri());
         query_token = token;
         *req.uri_mut() = uri;
     }
@@ -204,9 +132,7 @@ pub async fn check(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
         return next.run(req).await;
     }
     let Some(want) = shared.token.as_deref() else {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+        return ApiError::new(ErrorKind::Forbidden,
             "this daemon has no token, so its TCP listener serves nobody",
         )
         .hint("use the local API (the CLI does), or give the daemon a token (SCRY_TOKEN or $SCRY_HOME/token)")
@@ -222,7 +148,7 @@ pub async fn check(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
         if crate::auth::constant_time_eq(got.as_bytes(), want.as_bytes()) {
             return next.run(req).await;
         }
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token")
+        return ApiError::new(ErrorKind::Unauthorized, "wrong token")
             .hint("send `Authorization: Bearer <token>` with the daemon's token ($SCRY_HOME/token of the daemon's user)")
             .into_response();
     }
@@ -239,9 +165,7 @@ pub async fn check(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
     if is_page(req.method(), req.uri().path()) {
         return (StatusCode::UNAUTHORIZED, Html(sign_in_page(signed_out))).into_response();
     }
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+    ApiError::new(ErrorKind::Unauthorized,
         "this request needs the daemon's token",
     )
     .hint("send `Authorization: Bearer <token>` (the token is $SCRY_HOME/token of the daemon's user); on this machine the CLI needs none, it uses the local socket")
@@ -282,8 +206,7 @@ fn same_site(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorKind::Forbidden,
             format!("requests from the web page at {origin} are not accepted"),
         )
         .hint("only the daemon's own web UI (scry ui) may call the API from a browser"))
@@ -306,17 +229,6 @@ fn sign_in_page(stale: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_link_opens_one_session_once() {
-        let logins = UiLogins::default();
-        let once = logins.new_link();
-        let session = logins.redeem(&once).expect("first use");
-        assert!(logins.is_session(&session));
-        assert!(logins.redeem(&once).is_none(), "used up");
-        assert!(!logins.is_session(&once), "a link is not a session");
-        assert!(!logins.is_session("made-up"));
-    }
 
     #[test]
     fn cookies_and_origins() {

@@ -22,28 +22,23 @@
 //! Detach asks the agent to remove every hook and close its connection (the `agent.detach`
 //! call), then waits until it is gone.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use rand::Rng;
 use scry_proc::inject::{pep768, InjectError, Injector};
 use scry_proc::place;
-use scry_proto::{Hello, Origin};
-use serde::Serialize;
+
+use scry_api::{AttachReport, AttachRequest};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
-use crate::http::ApiError;
+use super::{Error, ErrorKind, Result};
 use crate::link::Peer;
-use crate::registry::ProcState;
+use crate::state::attaches::Pending;
+use crate::state::registry::ProcState;
 use crate::{link, Shared};
 
 /// How long an agent has, after the target picked the bootstrap up, to say hello.
@@ -53,167 +48,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long detach waits for the agent to go.
 const DETACH_WAIT: Duration = Duration::from_secs(10);
 
-/// Nonces of attaches in progress: the agent's hello must present one, from the right pid.
-#[derive(Default)]
-pub struct Pending {
-    map: Mutex<HashMap<String, PendingAttach>>,
-}
-
-struct PendingAttach {
-    pid: u32,
-    expires: Instant,
-    connected: Option<oneshot::Sender<i64>>,
-}
-
-/// A claimed nonce: tell the attach which process row the agent got.
-pub struct Claim(Option<oneshot::Sender<i64>>);
-
-impl Claim {
-    /// The agent is registered as `process_id`.
-    pub fn registered(mut self, process_id: i64) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(process_id);
-        }
+/// An injector's refusal as a service error (its kind names the reason; its hint says what to do).
+fn inject_error(e: InjectError) -> Error {
+    let hint = e.hint();
+    Error {
+        kind: ErrorKind::from_name(e.kind()),
+        message: e.to_string(),
+        hint,
     }
-}
-
-impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingAttach>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn add(&self, nonce: String, pid: u32, expires: Instant) -> oneshot::Receiver<i64> {
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(
-            nonce,
-            PendingAttach {
-                pid,
-                expires,
-                connected: Some(tx),
-            },
-        );
-        rx
-    }
-
-    fn forget(&self, nonce: &str) {
-        self.lock().remove(nonce);
-    }
-
-    /// Checks an agent's hello: an injected agent must present a nonce of an attach in
-    /// progress, from the pid that attach targets; the nonce is used up. Other origins pass.
-    pub fn claim(&self, hello: &Hello, peer: &Peer) -> Result<Option<Claim>, String> {
-        if hello.origin != Origin::Injected {
-            return Ok(None);
-        }
-        let refuse = || {
-            "an injected agent must present the one-time nonce of an attach in progress (`scry attach PID`); this one is unknown, used or expired".to_string()
-        };
-        let Some(nonce) = hello.nonce.as_deref() else {
-            return Err(refuse());
-        };
-        let mut map = self.lock();
-        let Some(entry) = map.get(nonce) else {
-            return Err(refuse());
-        };
-        let peer_pid = match peer {
-            Peer::Unix { pid } => *pid,
-            Peer::Tcp(_) => None,
-        };
-        if peer_pid != Some(entry.pid) {
-            return Err(format!(
-                "the nonce was issued for pid {}, not for this peer ({peer_pid:?})",
-                entry.pid
-            ));
-        }
-        let Some(entry) = map.remove(nonce) else {
-            return Err(refuse());
-        };
-        if Instant::now() > entry.expires {
-            return Err(refuse());
-        }
-        Ok(Some(Claim(entry.connected)))
-    }
-}
-
-/// Why an attach or a detach failed: what the HTTP API answers.
-#[derive(Debug)]
-pub struct AttachError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-    hint: Option<String>,
-}
-
-impl AttachError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> AttachError {
-        AttachError {
-            status,
-            kind,
-            message: message.into(),
-            hint: None,
-        }
-    }
-    fn hint(mut self, hint: impl Into<String>) -> AttachError {
-        self.hint = Some(hint.into());
-        self
-    }
-    /// The machine-readable kind.
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
-}
-
-impl std::fmt::Display for AttachError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<InjectError> for AttachError {
-    fn from(e: InjectError) -> Self {
-        let status = match &e {
-            InjectError::NoSuchProcess { .. } => StatusCode::NOT_FOUND,
-            InjectError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
-            InjectError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            InjectError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::CONFLICT,
-        };
-        let hint = e.hint();
-        let mut err = AttachError::new(status, e.kind(), e.to_string());
-        err.hint = hint;
-        err
-    }
-}
-
-impl From<AttachError> for ApiError {
-    fn from(e: AttachError) -> Self {
-        let err = ApiError::new(e.status, e.kind, e.message);
-        match e.hint {
-            Some(h) => err.hint(h),
-            None => err,
-        }
-    }
-}
-
-/// What a successful attach reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttachReport {
-    /// The pid.
-    pub pid: u32,
-    /// The process's row (as in `scry ps`).
-    pub process_id: i64,
-    /// True when an agent was already connected: nothing was done.
-    pub already_attached: bool,
-    /// The injector used (`pep768`, `gdb`), when one ran.
-    pub injector: Option<&'static str>,
-    /// The target's Python version, when an injector ran.
-    pub python_version: Option<String>,
-    /// Milliseconds until the target picked the bootstrap up.
-    pub picked_up_ms: Option<f64>,
-    /// Milliseconds from the start of the attach until the agent was registered.
-    pub connected_ms: Option<f64>,
-    /// Where the agent and bootstrap were placed (as the target sees it; removed by now).
-    pub placed_in: Option<PathBuf>,
 }
 
 /// The injector for `pid`, after checking (without writing anything) that it can work.
@@ -274,24 +116,17 @@ pub struct Placement {
     listener: Option<UnixListener>,
 }
 
-impl From<place::PlaceError> for AttachError {
-    fn from(e: place::PlaceError) -> Self {
-        let status = match &e {
-            place::PlaceError::NoSuchProcess { .. } => StatusCode::NOT_FOUND,
-            place::PlaceError::NoPlace { .. } | place::PlaceError::NotWritable { .. } => {
-                StatusCode::CONFLICT
-            }
-            place::PlaceError::Credentials { .. } => StatusCode::FORBIDDEN,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        // The io error's cause belongs in the message (the API has no error chain).
-        let message = match &e {
-            place::PlaceError::Io { source, .. } => format!("{e}: {source}"),
-            _ => e.to_string(),
-        };
-        let mut err = AttachError::new(status, e.kind(), message);
-        err.hint = e.hint();
-        err
+/// A placement failure as a service error (an io error's cause belongs in the message: the API
+/// has no error chain).
+fn place_error(e: place::PlaceError) -> Error {
+    let message = match &e {
+        place::PlaceError::Io { source, .. } => format!("{e}: {source}"),
+        _ => e.to_string(),
+    };
+    Error {
+        kind: ErrorKind::from_name(e.kind()),
+        message,
+        hint: e.hint(),
     }
 }
 
@@ -299,14 +134,14 @@ impl Placement {
     /// Creates the directory (exclusively, mode 0700, as the target's user), writes the
     /// agent package and a bootstrap carrying `nonce` that refuses to run after
     /// `expires_epoch`, and binds the socket.
-    pub fn create(pid: u32, nonce: &str, expires_epoch: f64) -> Result<Placement, AttachError> {
-        let dir = place::Placement::create(pid, "scry-attach", "agent")?;
+    pub fn create(pid: u32, nonce: &str, expires_epoch: f64) -> Result<Placement> {
+        let dir = place::Placement::create(pid, "scry-attach", "agent").map_err(place_error)?;
         let agent = crate::bundle::AGENT_FILES
             .iter()
             .filter(|(rel, _)| rel.starts_with("scry/"))
             .map(|(rel, contents)| (*rel, contents.as_bytes()));
-        dir.write_files(agent)?;
-        let listener = dir.bind("agent.sock")?;
+        dir.write_files(agent).map_err(place_error)?;
+        let listener = dir.bind("agent.sock").map_err(place_error)?;
         let listener = listener
             .set_nonblocking(true)
             .and_then(|()| UnixListener::from_std(listener))
@@ -322,7 +157,8 @@ impl Placement {
             nonce,
             expires_epoch,
         );
-        dir.write_files([("bootstrap.py", bootstrap.as_bytes())])?;
+        dir.write_files([("bootstrap.py", bootstrap.as_bytes())])
+            .map_err(place_error)?;
         Ok(Placement {
             dir,
             listener: Some(listener),
@@ -414,20 +250,18 @@ pub async fn attach(
     pid: u32,
     timeout: Duration,
     only: Option<String>,
-) -> Result<AttachReport, AttachError> {
+) -> Result<AttachReport> {
     let started = Instant::now();
     if pid == std::process::id() {
-        return Err(AttachError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "that is the scry daemon itself",
-        ));
+        return Err(Error::bad_request("that is the scry daemon itself"));
     }
     if let Some((process_id, _)) = awake_process(shared, pid) {
         return Ok(AttachReport {
             pid,
             process_id,
             already_attached: true,
+            following: None,
+            already_following: None,
             injector: None,
             python_version: None,
             picked_up_ms: None,
@@ -437,7 +271,8 @@ pub async fn attach(
     }
     let injector = tokio::task::spawn_blocking(move || injector_for(pid, only.as_deref()))
         .await
-        .map_err(|e| internal(format!("the attach task failed: {e}")))??;
+        .map_err(|e| internal(format!("the attach task failed: {e}")))?
+        .map_err(inject_error)?;
 
     let nonce = format!("n-{:032x}", rand::thread_rng().gen::<u128>());
     let expires = Instant::now() + timeout + HELLO_WAIT;
@@ -475,7 +310,7 @@ pub async fn attach(
             Ok(i) => i,
             // It was there for the checks and the placement: gone now means it exited meanwhile.
             Err(InjectError::NoSuchProcess { pid }) => {
-                return Err(InjectError::Exited { pid }.into())
+                return Err(inject_error(InjectError::Exited { pid }))
             }
             // A target dying mid-injection loses its memory first: that reads as "no interpreter"
             // or a bad layout. Say what happened once it is gone (a zombie within moments).
@@ -490,11 +325,11 @@ pub async fn attach(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 if scry_proc::alive(pid, None) {
-                    return Err(e.into());
+                    return Err(inject_error(e));
                 }
-                return Err(InjectError::Exited { pid }.into());
+                return Err(inject_error(InjectError::Exited { pid }));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(inject_error(e)),
         };
 
     let process_id = wait_connected(pid, connected).await?;
@@ -504,7 +339,9 @@ pub async fn attach(
         pid,
         process_id,
         already_attached: false,
-        injector: Some(injection.injector),
+        following: None,
+        already_following: None,
+        injector: Some(injection.injector.to_owned()),
         python_version: Some(injection.python_version.clone()),
         picked_up_ms: Some(injection.picked_up_after.as_secs_f64() * 1e3),
         connected_ms: Some(started.elapsed().as_secs_f64() * 1e3),
@@ -524,10 +361,7 @@ pub async fn attach(
     Ok(report)
 }
 
-async fn wait_connected(
-    pid: u32,
-    mut connected: oneshot::Receiver<i64>,
-) -> Result<i64, AttachError> {
+async fn wait_connected(pid: u32, mut connected: oneshot::Receiver<i64>) -> Result<i64> {
     let deadline = tokio::time::Instant::now() + HELLO_WAIT;
     loop {
         tokio::select! {
@@ -537,12 +371,11 @@ async fn wait_connected(
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         if !scry_proc::alive(pid, None) {
-            return Err(InjectError::Exited { pid }.into());
+            return Err(inject_error(InjectError::Exited { pid }));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(AttachError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "no_hello",
+            return Err(Error::new(
+                ErrorKind::NoHello,
                 format!(
                     "process {pid} ran the bootstrap but its agent did not connect within {} s",
                     HELLO_WAIT.as_secs()
@@ -553,40 +386,37 @@ async fn wait_connected(
     }
 }
 
-fn internal(message: String) -> AttachError {
-    AttachError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+fn internal(message: String) -> Error {
+    Error::new(ErrorKind::Internal, message)
 }
 
 /// Detaches the agent of `pid`: every hook removed, connection closed. Returns what happened.
-pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value, AttachError> {
+pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value> {
+    let pid = positive_pid(pid)?;
     let unfollowed = shared.follows.stop(pid);
     if unfollowed && awake_process(shared, pid).is_none() {
         return Ok(json!({"pid": pid, "detached": false, "unfollowed": true}));
     }
     let Some((process_id, origin)) = awake_process(shared, pid) else {
-        return Err(AttachError::new(
-            StatusCode::NOT_FOUND,
-            "not_attached",
+        return Err(Error::new(
+            ErrorKind::NotAttached,
             format!("process {pid} has no scry agent connected"),
         )
         .hint("`scry ps` lists the processes scry is attached to"));
     };
-    shared
-        .call(process_id, "agent.detach", json!({}), DETACH_WAIT)
+    super::calls::call(shared, process_id, "agent.detach", json!({}), DETACH_WAIT)
         .await
         .map_err(|e| {
-            AttachError::new(
-                StatusCode::BAD_GATEWAY,
-                "detach_failed",
+            Error::new(
+                ErrorKind::DetachFailed,
                 format!("process {pid} did not detach: {e}"),
             )
         })?;
     let deadline = Instant::now() + DETACH_WAIT;
     while awake_process(shared, pid).is_some() {
         if Instant::now() >= deadline {
-            return Err(AttachError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "detach_failed",
+            return Err(Error::new(
+                ErrorKind::DetachFailed,
                 format!(
                     "process {pid} accepted to detach but is still connected after {} s",
                     DETACH_WAIT.as_secs()
@@ -598,69 +428,43 @@ pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value, AttachError
     Ok(json!({"pid": pid, "process_id": process_id, "detached": true, "origin": origin}))
 }
 
-/// `POST /api/v1/attach` and `POST /api/v1/detach`.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/attach", post(attach_handler))
-        .route("/api/v1/detach", post(detach_handler))
-}
-
-/// The positive `pid` of a JSON body, or a 400.
-pub(crate) fn pid_of(body: &Value) -> Result<u32, ApiError> {
-    body.get("pid")
-        .and_then(Value::as_u64)
-        .and_then(|p| u32::try_from(p).ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "`pid` must be a positive process id",
-            )
-        })
-}
-
-async fn attach_handler(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body?;
-    let pid = pid_of(&body)?;
-    let timeout = match body.get("timeout_ms") {
-        None | Some(Value::Null) => DEFAULT_TIMEOUT,
-        Some(v) => match v.as_f64() {
-            Some(ms) if ms > 0.0 && ms <= 600_000.0 => Duration::from_secs_f64(ms / 1e3),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "`timeout_ms` must be a number of milliseconds between 1 and 600000",
-                ))
-            }
-        },
-    };
-    let only = match body.get("injector").and_then(Value::as_str) {
-        None | Some("auto") => None,
-        Some(name) if INJECTORS.contains(&name) => Some(name.to_owned()),
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("unknown injector `{other}`: use auto or one of {INJECTORS:?}"),
+/// Checks an attach request: the pid, the timeout (default [`DEFAULT_TIMEOUT`]) and the
+/// injector (`None` for `auto`).
+pub fn check_request(req: &AttachRequest) -> Result<(u32, Duration, Option<String>)> {
+    let pid = positive_pid(req.pid)?;
+    let timeout = match req.timeout_ms {
+        None => DEFAULT_TIMEOUT,
+        Some(ms) if ms > 0.0 && ms <= 600_000.0 => Duration::from_secs_f64(ms / 1e3),
+        Some(_) => {
+            return Err(Error::bad_request(
+                "`timeout_ms` must be a number of milliseconds between 1 and 600000",
             ))
         }
     };
-    let report = attach(&shared, pid, timeout, only).await?;
-    Ok(Json(serde_json::to_value(&report).unwrap_or(Value::Null)))
+    let only = match req.injector.as_deref() {
+        None | Some("auto") => None,
+        Some(name) if INJECTORS.contains(&name) => Some(name.to_owned()),
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "unknown injector `{other}`: use auto or one of {INJECTORS:?}"
+            )))
+        }
+    };
+    Ok((pid, timeout, only))
 }
 
-async fn detach_handler(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body?;
-    let pid = pid_of(&body)?;
-    Ok(Json(detach(&shared, pid).await?))
+/// A pid that can name a process (0 cannot).
+pub fn positive_pid(pid: u32) -> Result<u32> {
+    if pid == 0 {
+        return Err(Error::bad_request("`pid` must be a positive process id"));
+    }
+    Ok(pid)
+}
+
+/// Attaches as a request asks (`POST /api/v1/attach`, the MCP tool `attach`).
+pub async fn attach_request(shared: &Arc<Shared>, req: &AttachRequest) -> Result<AttachReport> {
+    let (pid, timeout, only) = check_request(req)?;
+    attach(shared, pid, timeout, only).await
 }
 
 #[cfg(test)]

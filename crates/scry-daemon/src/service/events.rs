@@ -1,4 +1,4 @@
-//! Event queries shared by the REST API, the CLI (through REST) and MCP: time windows, filters
+//! Events: queries shared by the REST API, the CLI (through REST) and MCP: time windows, filters
 //! on process and on captured values (`where`), statistics, and waiting for new hits.
 //!
 //! A `where` is one or more comparisons joined by `&&`: `EXPR OP VALUE`, where `EXPR` is a
@@ -14,18 +14,12 @@
 //!
 //! Not for: SQL (the store's queries) or presentation (the CLI prints, MCP shapes tables).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{blocking, ApiError};
+use super::{blocking, Error, Result};
 use crate::Shared;
 
 /// A comparison operator of a `where`.
@@ -250,28 +244,25 @@ pub struct Selection {
     conditions: Vec<Condition>,
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+fn bad(message: impl Into<String>) -> Error {
+    Error::bad_request(message)
 }
 
 impl EventFilter {
     /// Checks and resolves the filter; every mistake is a `bad_request` or `not_found` that
     /// says what to write instead.
-    pub fn select(&self, shared: &Shared) -> Result<Selection, ApiError> {
+    pub fn select(&self, shared: &Shared) -> Result<Selection> {
         let source = match &self.probe {
-            Some(p) => crate::api_probes::resolve_source(shared, Some(p.clone()))?,
+            Some(p) => super::probes::resolve_source(shared, Some(p.clone()))?,
             None => self.source.clone(),
         };
         let mut process_ids: Option<Vec<i64>> = self.process_id.map(|id| vec![id]);
         if let Some(pid) = self.pid {
-            let ids = crate::api_probes::process_ids_for_pid(shared, pid);
+            let ids = super::processes::row_ids_for_pid(shared, pid);
             if ids.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("scry knows no process {pid}"),
-                )
-                .hint("see `scry ps`"));
+                return Err(
+                    Error::not_found(format!("scry knows no process {pid}")).hint("see `scry ps`")
+                );
             }
             process_ids = Some(ids);
         }
@@ -284,12 +275,10 @@ impl EventFilter {
                 .map(|v| v.id)
                 .collect();
             if ids.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("scry knows no process named `{name}`"),
-                )
-                .hint("see `scry ps` for names"));
+                return Err(
+                    Error::not_found(format!("scry knows no process named `{name}`"))
+                        .hint("see `scry ps` for names"),
+                );
             }
             process_ids = Some(match process_ids {
                 Some(prev) => prev.into_iter().filter(|i| ids.contains(i)).collect(),
@@ -376,7 +365,7 @@ pub async fn find(
     sel: &Selection,
     limit: usize,
     order: scry_store::Order,
-) -> Result<Found, ApiError> {
+) -> Result<Found> {
     let limit = limit.clamp(1, scry_store::MAX_QUERY_LIMIT);
     let mut query = sel.query.clone();
     query.order = order;
@@ -432,7 +421,7 @@ pub fn counts(found: &Found) -> Value {
 }
 
 /// Statistics of the probe values of `sel` (the newest [`scry_store::MAX_QUERY_LIMIT`]).
-pub async fn stats(shared: &Shared, sel: &Selection) -> Result<Value, ApiError> {
+pub async fn stats(shared: &Shared, sel: &Selection) -> Result<Value> {
     let found = find(
         shared,
         sel,
@@ -450,7 +439,7 @@ pub async fn stats(shared: &Shared, sel: &Selection) -> Result<Value, ApiError> 
 }
 
 /// The id of the newest stored event (0 when none): a cursor for "from now on".
-pub async fn newest_id(shared: &Shared) -> Result<i64, ApiError> {
+pub async fn newest_id(shared: &Shared) -> Result<i64> {
     let store = shared.store.clone();
     let q = scry_store::EventQuery {
         limit: 1,
@@ -470,7 +459,7 @@ pub async fn wait(
     after_id: Option<i64>,
     count: usize,
     timeout: Duration,
-) -> Result<Value, ApiError> {
+) -> Result<Value> {
     let start_after = match after_id {
         Some(id) => id,
         None => newest_id(shared).await?,
@@ -526,56 +515,8 @@ pub async fn wait(
     }
 }
 
-/// The query routes: `GET /api/v1/events`, `/api/v1/events/stats`, `/api/v1/events/wait`.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/events", get(events_endpoint))
-        .route("/api/v1/events/stats", get(stats_endpoint))
-        .route("/api/v1/events/wait", get(wait_endpoint))
-}
-
-/// The query string of the three routes: the filter, and what each route adds.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    probe: Option<String>,
-    pid: Option<u32>,
-    process: Option<String>,
-    process_id: Option<i64>,
-    source: Option<String>,
-    kind: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    #[serde(rename = "where")]
-    where_: Option<String>,
-    after_id: Option<i64>,
-    limit: Option<usize>,
-    order: Option<String>,
-    /// wait: how many new events.
-    count: Option<usize>,
-    /// wait: seconds at most.
-    timeout: Option<f64>,
-}
-
-impl Params {
-    fn filter(&self) -> EventFilter {
-        EventFilter {
-            probe: self.probe.clone(),
-            pid: self.pid,
-            process: self.process.clone(),
-            process_id: self.process_id,
-            source: self.source.clone(),
-            kind: self.kind.clone(),
-            since: self.since.clone(),
-            until: self.until.clone(),
-            where_: self.where_.clone(),
-            after_id: self.after_id,
-        }
-    }
-}
-
 /// Parses `newest` / `oldest`.
-pub fn parse_order(order: Option<&str>) -> Result<scry_store::Order, ApiError> {
+pub fn parse_order(order: Option<&str>) -> Result<scry_store::Order> {
     match order {
         None | Some("newest") => Ok(scry_store::Order::Newest),
         Some("oldest") => Ok(scry_store::Order::Oldest),
@@ -589,7 +530,7 @@ pub fn parse_order(order: Option<&str>) -> Result<scry_store::Order, ApiError> {
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Checks a wait's timeout (seconds).
-pub fn wait_timeout(seconds: Option<f64>) -> Result<Duration, ApiError> {
+pub fn wait_timeout(seconds: Option<f64>) -> Result<Duration> {
     let s = seconds.unwrap_or(30.0);
     if !s.is_finite() || s < 0.0 || s > MAX_WAIT.as_secs_f64() {
         return Err(bad(format!(
@@ -600,44 +541,41 @@ pub fn wait_timeout(seconds: Option<f64>) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(s))
 }
 
-async fn events_endpoint(
-    State(shared): State<Arc<Shared>>,
-    q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q?;
-    let order = parse_order(q.order.as_deref())?;
-    let sel = q.filter().select(&shared)?;
-    let found = find(&shared, &sel, q.limit.unwrap_or(100), order).await?;
+/// A page of events (`GET /api/v1/events`, `query_events`): `{"events", "truncated", "counts"}`.
+pub async fn page(
+    shared: &Shared,
+    filter: &EventFilter,
+    limit: Option<usize>,
+    order: Option<&str>,
+) -> Result<Value> {
+    let order = parse_order(order)?;
+    let sel = filter.select(shared)?;
+    let found = find(shared, &sel, limit.unwrap_or(100), order).await?;
     let c = counts(&found);
     let truncated = found.truncated;
-    Ok(Json(
-        json!({"events": event_json(&shared, found.events), "truncated": truncated, "counts": c}),
-    ))
+    Ok(json!({"events": event_json(shared, found.events), "truncated": truncated, "counts": c}))
 }
 
-async fn stats_endpoint(
-    State(shared): State<Arc<Shared>>,
-    q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q?;
-    let sel = q.filter().select(&shared)?;
-    let mut s = stats(&shared, &sel).await?;
-    s["probe"] = json!(q.probe);
-    Ok(Json(s))
+/// Statistics of the matching probe values (`GET /api/v1/events/stats`, `event_stats`).
+pub async fn stats_of(shared: &Shared, filter: &EventFilter) -> Result<Value> {
+    let sel = filter.select(shared)?;
+    let mut s = stats(shared, &sel).await?;
+    s["probe"] = json!(filter.probe);
+    Ok(s)
 }
 
-async fn wait_endpoint(
-    State(shared): State<Arc<Shared>>,
-    q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q?;
-    let timeout = wait_timeout(q.timeout)?;
-    let mut filter = q.filter();
+/// Waits for `count` (default 1) new matching events after the filter's `after_id` (default:
+/// now), at most `timeout` seconds (default 30).
+pub async fn wait_for(
+    shared: &Shared,
+    mut filter: EventFilter,
+    count: Option<usize>,
+    timeout: Option<f64>,
+) -> Result<Value> {
+    let timeout = wait_timeout(timeout)?;
     let after = filter.after_id.take();
-    let sel = filter.select(&shared)?;
-    wait(&shared, &sel, after, q.count.unwrap_or(1), timeout)
-        .await
-        .map(Json)
+    let sel = filter.select(shared)?;
+    wait(shared, &sel, after, count.unwrap_or(1), timeout).await
 }
 
 #[cfg(test)]

@@ -20,9 +20,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::http::ApiError;
+use scry_api::ErrorKind;
+
+use super::{route, ApiError, Route};
+use crate::service;
 use crate::Shared;
 
 include!(concat!(env!("OUT_DIR"), "/web_files.rs"));
@@ -35,24 +38,26 @@ form-action 'none'; frame-ancestors 'none'";
 /// Where a one-time sign-in link points.
 pub const LOGIN_PATH: &str = "/login";
 
-/// The UI routes.
-pub fn routes() -> Router<Arc<Shared>> {
+/// The UI's pages: the page, its files, and where a sign-in link lands.
+pub fn pages() -> Router<Arc<Shared>> {
     Router::new()
         .route("/", get(index))
         .route("/ui/{file}", get(file))
         .route(LOGIN_PATH, get(login))
-        .route("/api/v1/ui/login", post(new_login_link))
+}
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![route(
+        "/api/v1/ui/login",
+        &[("POST", "daemon::ui_login_link")],
+        post(new_login_link),
+    )]
 }
 
 /// `POST /api/v1/ui/login`: a one-time sign-in link for the web UI (`scry ui` asks for it; only
 /// a caller who passed the access check can).
 async fn new_login_link(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let once = shared.ui_logins.new_link();
-    Json(json!({
-        "path": format!("{LOGIN_PATH}?once={once}"),
-        "http": shared.http_addr.to_string(),
-        "expires_in_s": 120,
-    }))
+    Json(service::daemon::ui_login_link(&shared, LOGIN_PATH))
 }
 
 #[derive(Deserialize)]
@@ -80,7 +85,7 @@ async fn login(State(shared): State<Arc<Shared>>, Query(q): Query<LoginQuery>) -
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
     h.insert(
         header::SET_COOKIE,
-        crate::access::session_cookie(shared.http_addr.port(), &session),
+        crate::api::access::session_cookie(shared.http_addr.port(), &session),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
@@ -109,8 +114,7 @@ fn content_type(name: &str) -> &'static str {
 fn serve(name: &str) -> Response {
     let Some(body) = asset(name) else {
         return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorKind::NotFound,
             format!("the web UI has no file `{name}`"),
         )
         .hint("open the UI at `/` (see `scry ui`)")

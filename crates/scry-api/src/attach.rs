@@ -1,0 +1,59 @@
+//! Attaching to a process that never loaded scry (`POST /api/v1/attach`, `POST /api/v1/follow`,
+//! the MCP tool `attach`): an [`AttachRequest`] in, an [`AttachReport`] out.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What to attach to, and how.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// The process (as the daemon sees it).
+    pub pid: u32,
+    /// How long the target has to pick the bootstrap up, in milliseconds (default 5000, at most
+    /// 600000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<f64>,
+    /// `auto` (the default), `pep768` (CPython 3.14+) or `gdb` (3.8-3.13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injector: Option<String>,
+}
+
+/// What a successful attach reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachReport {
+    /// The pid.
+    pub pid: u32,
+    /// The process's row (as in `scry ps`).
+    pub process_id: i64,
+    /// True when an agent was already connected: nothing was done.
+    pub already_attached: bool,
+    /// The injector used (`pep768`, `gdb`), when one ran.
+    #[serde(default)]
+    pub injector: Option<String>,
+    /// The target's Python version, when an injector ran.
+    #[serde(default)]
+    pub python_version: Option<String>,
+    /// Milliseconds until the target picked the bootstrap up.
+    #[serde(default)]
+    pub picked_up_ms: Option<f64>,
+    /// Milliseconds from the start of the attach until the agent was registered.
+    #[serde(default)]
+    pub connected_ms: Option<f64>,
+    /// Where the agent and bootstrap were placed (as the target sees it; removed by now).
+    #[serde(default)]
+    pub placed_in: Option<PathBuf>,
+    /// `follow`: the tree under the process is followed from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub following: Option<bool>,
+    /// `follow`: it already was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub already_following: Option<bool>,
+}
+
+/// A process named by pid (`POST /api/v1/detach`, `POST /api/v1/unfollow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PidRequest {
+    /// The process.
+    pub pid: u32,
+}
