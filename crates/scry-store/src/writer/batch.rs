@@ -23,7 +23,7 @@ use super::ops::{Completion, Op, Reply};
 use super::retention::run_retention;
 use super::sql::{
     add_dropped, append, claim_report, count_unstored, exec_cached, in_savepoint, in_transaction,
-    last_claimed, put_probe, set_process_state, upsert_process,
+    last_claimed, put_probe, roll_back, set_process_state, upsert_process,
 };
 use crate::{Retention, RetentionReport, StoreError, StoreHealth, StoreState, WriterStats};
 
@@ -314,6 +314,16 @@ impl Writer {
         self.full_recheck = Some(Instant::now() + FULL_RECHECK);
     }
 
+    /// A write failed with `error`: the full-disk mode if the disk is full, `Failing` else.
+    fn enter_trouble(&mut self, error: &rusqlite::Error) {
+        if is_full(error) {
+            self.enter_full(error);
+        } else {
+            self.counters
+                .set_trouble(StoreState::Failing, error.to_string());
+        }
+    }
+
     /// While full: is there room again? Making the reserve anew is the test.
     fn recheck_full(&mut self) {
         let Some(at) = self.full_recheck else { return };
@@ -571,11 +581,7 @@ impl Writer {
             None => match exec_cached(&self.conn, "COMMIT") {
                 Ok(()) => None,
                 Err(e) => {
-                    if !self.conn.is_autocommit() {
-                        if let Err(rollback) = self.conn.execute_batch("ROLLBACK") {
-                            tracing::error!(target: "store", error = %rollback, "store rollback failed");
-                        }
-                    }
+                    roll_back(&self.conn);
                     Some(Arc::new(e))
                 }
             },
@@ -600,12 +606,7 @@ impl Writer {
                 self.counters
                     .not_stored
                     .fetch_add(attempted, Ordering::Relaxed);
-                if is_full(source) {
-                    self.enter_full(source);
-                } else {
-                    self.counters
-                        .set_trouble(StoreState::Failing, source.to_string());
-                }
+                self.enter_trouble(source);
                 tracing::error!(target: "store", error = %source, ops = finishes.len(), "store batch commit failed");
             }
         }
@@ -617,12 +618,7 @@ impl Writer {
 
     /// Settles an operation that could not even start a transaction with that failure.
     fn fail(&mut self, op: Op, source: &Arc<rusqlite::Error>) {
-        if is_full(source) {
-            self.enter_full(source);
-        } else {
-            self.counters
-                .set_trouble(StoreState::Failing, source.to_string());
-        }
+        self.enter_trouble(source);
         let error = || StoreError::Commit {
             source: Arc::clone(source),
         };

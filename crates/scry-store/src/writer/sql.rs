@@ -53,12 +53,20 @@ pub(super) fn in_transaction<T>(
         exec_cached(conn, "COMMIT")?;
         Ok(v)
     });
-    if result.is_err() && !conn.is_autocommit() {
+    if result.is_err() {
+        roll_back(conn);
+    }
+    result
+}
+
+/// Rolls the open transaction back, if there still is one (after some errors SQLite has
+/// rolled it back itself).
+pub(super) fn roll_back(conn: &Connection) {
+    if !conn.is_autocommit() {
         if let Err(rollback) = conn.execute_batch("ROLLBACK") {
             tracing::error!(target: "store", error = %rollback, "store rollback failed");
         }
     }
-    result
 }
 
 /// How many events one multi-row `INSERT` carries: per-statement costs (the AUTOINCREMENT
@@ -118,12 +126,7 @@ pub(super) fn append(
     t_recv: f64,
 ) -> Result<(), StoreError> {
     static CHUNK_SQL: OnceLock<String> = OnceLock::new();
-    let known = conn
-        .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
-        .exists([process_id])?;
-    if !known {
-        return Err(StoreError::UnknownProcess { id: process_id });
-    }
+    require_process(conn, process_id)?;
     let mut chunks = events.rows.chunks_exact(INSERT_CHUNK);
     if chunks.len() > 0 {
         let mut stmt = conn.prepare_cached(CHUNK_SQL.get_or_init(|| insert_sql(INSERT_CHUNK)))?;
@@ -150,6 +153,17 @@ pub(super) fn append(
     Ok(())
 }
 
+/// Fails with [`StoreError::UnknownProcess`] unless process `process_id` is registered.
+fn require_process(conn: &Connection, process_id: i64) -> Result<(), StoreError> {
+    let known = conn
+        .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
+        .exists([process_id])?;
+    if !known {
+        return Err(StoreError::UnknownProcess { id: process_id });
+    }
+    Ok(())
+}
+
 pub(super) fn add_dropped(
     conn: &Connection,
     process_id: i64,
@@ -160,12 +174,7 @@ pub(super) fn add_dropped(
     if count == 0 {
         return Ok(());
     }
-    let known = conn
-        .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
-        .exists([process_id])?;
-    if !known {
-        return Err(StoreError::UnknownProcess { id: process_id });
-    }
+    require_process(conn, process_id)?;
     let count = i64::try_from(count).unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO dropped_counts (process_id, source, dropped, updated_at) \
