@@ -1,37 +1,35 @@
-//! The writer thread: the only code that writes to the database.
+//! The writer thread's body: [`Writer`] takes operations off the queue, executes them in
+//! batches of one transaction each, commits, and settles every operation with its outcome.
 //!
-//! Operations arrive on a bounded queue. The writer opens a transaction for the first one,
-//! executes every operation as it arrives (each inside a savepoint, so one failing operation
-//! does not spoil the others), and commits when the batch holds `batch_max` events, when
-//! `batch_delay` has passed, or as soon as the queue is empty if someone is waiting for an
-//! operation of the batch. After the commit it settles every operation of the batch: with its
-//! own result, or with the commit's error if the commit failed.
+//! Also here, because they change how the loop behaves: the full-disk mode (the reserve file
+//! given up and remade, events kept out and counted once a second, short WAL checkpoints),
+//! the scheduled retention passes and the idle cache shrink; and the [`Counters`] the loop
+//! keeps, which the store reads for its stats and health.
 //!
-//! An operation that is dropped without being settled (the writer stopped, or it was still
-//! queued when the store was closed) settles itself with [`StoreError::WriterGone`], so no
-//! callback is ever forgotten.
+//! Not for what operations carry (`ops`), for the statements they run (`sql`), nor for what
+//! retention deletes (`retention`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::ops::Range;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
-use crate::{
-    CommitCallback, Level, NewEvent, ProcessState, Retention, RetentionReport, StoreError,
-    StoreHealth, StoreState, WriterStats,
+use super::ops::{Completion, Op, Reply};
+use super::retention::run_retention;
+use super::sql::{
+    add_dropped, append, claim_report, count_unstored, exec_cached, in_savepoint, in_transaction,
+    last_claimed, put_probe, roll_back, set_process_state, upsert_process,
 };
+use crate::{Retention, RetentionReport, StoreError, StoreHealth, StoreState, WriterStats};
 
 /// Size of the reserve file kept beside the database: on a full disk it is deleted, and the
 /// room it leaves takes process registrations and state changes while events wait for space.
-pub(crate) const RESERVE_BYTES: usize = 1024 * 1024;
+const RESERVE_BYTES: usize = 1024 * 1024;
 /// SQLite's default checkpoint interval (WAL pages), and the one used while the disk is full.
 const WAL_PAGES: i64 = 1000;
 const WAL_PAGES_WHILE_FULL: i64 = 8;
@@ -41,271 +39,6 @@ const SHRINK_AFTER_IDLE: Duration = Duration::from_secs(3);
 const UNSTORED_EVERY: Duration = Duration::from_secs(1);
 /// How often a full store tries to make its reserve again (which is how it sees space return).
 const FULL_RECHECK: Duration = Duration::from_secs(1);
-
-/// Where a blocking caller waits for the result of its operation.
-pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
-
-/// The events of one append, ready for the database: all their text (kinds, sources and the
-/// JSON of their data, encoded on the caller's thread) in one buffer, so that an append costs
-/// the writer a couple of frees instead of several per event.
-#[derive(Debug, Default)]
-pub(crate) struct EncodedEvents {
-    text: Vec<u8>,
-    rows: Vec<EventSlot>,
-}
-
-/// Where one event's fields are in [`EncodedEvents::text`].
-#[derive(Debug)]
-struct EventSlot {
-    kind: Range<usize>,
-    source: Option<Range<usize>>,
-    t_hit: f64,
-    data: Range<usize>,
-}
-
-impl EncodedEvents {
-    pub(crate) fn encode(events: Vec<NewEvent>) -> Result<Self, StoreError> {
-        let mut text = Vec::with_capacity(events.len() * 160);
-        let mut rows = Vec::with_capacity(events.len());
-        let push = |text: &mut Vec<u8>, bytes: &[u8]| {
-            let start = text.len();
-            text.extend_from_slice(bytes);
-            start..text.len()
-        };
-        for e in events {
-            let kind = push(&mut text, e.kind.as_bytes());
-            let source = e.source.map(|s| push(&mut text, s.as_bytes()));
-            let data = push(&mut text, e.data.get().as_bytes());
-            rows.push(EventSlot {
-                kind,
-                source,
-                t_hit: e.t_hit,
-                data,
-            });
-        }
-        Ok(EncodedEvents { text, rows })
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// How many events each source has ("" for events without one); reports hold one or two.
-    fn per_source(&self) -> Vec<(&str, u64)> {
-        let mut counts: Vec<(&str, u64)> = Vec::new();
-        for row in &self.rows {
-            let source = row
-                .source
-                .as_ref()
-                .and_then(|r| std::str::from_utf8(&self.text[r.clone()]).ok())
-                .unwrap_or("");
-            match counts.iter_mut().find(|(s, _)| *s == source) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((source, 1)),
-            }
-        }
-        counts
-    }
-
-    /// Binds event `row` to parameters `first..first + 5` of `stmt` (all but `process_id`).
-    fn bind(
-        &self,
-        stmt: &mut rusqlite::Statement<'_>,
-        row: &EventSlot,
-        first: usize,
-        t_recv: f64,
-    ) -> rusqlite::Result<()> {
-        // The slices were cut by `encode` from UTF-8 strings and serde_json output.
-        let text = |r: &Range<usize>| ToSqlOutput::Borrowed(ValueRef::Text(&self.text[r.clone()]));
-        stmt.raw_bind_parameter(first, text(&row.kind))?;
-        stmt.raw_bind_parameter(first + 1, row.source.as_ref().map(text))?;
-        stmt.raw_bind_parameter(first + 2, row.t_hit)?;
-        stmt.raw_bind_parameter(first + 3, t_recv)?;
-        stmt.raw_bind_parameter(first + 4, text(&row.data))?;
-        Ok(())
-    }
-}
-
-/// A process record ready for the database.
-#[derive(Debug)]
-pub(crate) struct EncodedProcess {
-    pub key: String,
-    pub pid: u32,
-    pub ppid: Option<u32>,
-    pub host: String,
-    pub name: Option<String>,
-    pub python_version: String,
-    pub executable: String,
-    pub argv: String,
-    pub cwd: String,
-    pub origin: String,
-    pub state: ProcessState,
-    pub first_seen: f64,
-    pub connected_since: Option<f64>,
-    pub last_heard: f64,
-    pub info: String,
-}
-
-/// A probe record ready for the database.
-#[derive(Debug)]
-pub(crate) struct EncodedProbe {
-    pub id: String,
-    pub name: Option<String>,
-    pub spec: String,
-    pub enabled: bool,
-    pub group_name: Option<String>,
-    pub created_at: f64,
-    pub updated_at: f64,
-}
-
-/// A dump ready for the database.
-pub(crate) struct EncodedDump {
-    pub taken_at: f64,
-    pub root_pid: u32,
-    pub tree: bool,
-    pub processes: u32,
-    pub python_processes: u32,
-    pub command: String,
-    pub data: String,
-}
-
-/// A system event ready for the database.
-#[derive(Debug)]
-pub(crate) struct EncodedSystemEvent {
-    pub t: f64,
-    pub level: Level,
-    pub kind: String,
-    pub message: String,
-    pub data: String,
-}
-
-/// A callback that is settled exactly once: by the writer, or with `WriterGone` when dropped.
-pub(crate) struct Completion(Option<CommitCallback>);
-
-impl Completion {
-    pub(crate) fn new(callback: Option<CommitCallback>) -> Self {
-        Completion(callback)
-    }
-
-    fn settle(mut self, result: Result<(), StoreError>) {
-        if let Some(callback) = self.0.take() {
-            run_callback(callback, result);
-        }
-    }
-
-    /// Takes the callback out without calling it (the call that carried it failed instead).
-    pub(crate) fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if let Some(callback) = self.0.take() {
-            run_callback(callback, Err(StoreError::WriterGone));
-        }
-    }
-}
-
-fn run_callback(callback: CommitCallback, result: Result<(), StoreError>) {
-    if catch_unwind(AssertUnwindSafe(|| callback(result))).is_err() {
-        tracing::error!(target: "store", "a store commit callback panicked; the writer carries on");
-    }
-}
-
-/// One unit of work for the writer.
-pub(crate) enum Op {
-    Append {
-        process_id: i64,
-        events: EncodedEvents,
-        dropped: u64,
-        t_recv: f64,
-        done: Completion,
-        /// The report's stream and seq: stored only if newer than the stream's last.
-        report: Option<(String, u64)>,
-    },
-    Dropped {
-        process_id: i64,
-        source: Option<String>,
-        count: u64,
-        at: f64,
-    },
-    UpsertProcess {
-        process: EncodedProcess,
-        reply: Reply<i64>,
-    },
-    SetProcessState {
-        id: i64,
-        state: ProcessState,
-        at: f64,
-        reply: Reply<()>,
-    },
-    TouchProcess {
-        id: i64,
-        at: f64,
-    },
-    MarkAllGone {
-        at: f64,
-        reply: Reply<u64>,
-    },
-    SystemEvent(EncodedSystemEvent),
-    PutProbe {
-        probe: EncodedProbe,
-        reply: Reply<()>,
-    },
-    PutDump {
-        dump: EncodedDump,
-        reply: Reply<i64>,
-    },
-    PutTrace {
-        id: String,
-        created_at: f64,
-        updated_at: f64,
-        data: String,
-        reply: Reply<()>,
-    },
-    DeleteProbe {
-        id: String,
-        reply: Reply<bool>,
-    },
-    Flush {
-        reply: Reply<()>,
-    },
-    Retention {
-        now: f64,
-        reply: Reply<RetentionReport>,
-    },
-    Shutdown,
-    /// Runs arbitrary SQL inside the batch (tests use it to make a commit fail).
-    #[cfg(test)]
-    Exec(&'static str),
-}
-
-impl Op {
-    /// How much of a batch this operation fills.
-    fn weight(&self) -> usize {
-        match self {
-            Op::Append { events, .. } => events.len().max(1),
-            _ => 1,
-        }
-    }
-
-    /// Whether somebody blocks until this operation is committed.
-    fn is_waited_for(&self) -> bool {
-        matches!(
-            self,
-            Op::UpsertProcess { .. }
-                | Op::SetProcessState { .. }
-                | Op::MarkAllGone { .. }
-                | Op::PutProbe { .. }
-                | Op::PutDump { .. }
-                | Op::PutTrace { .. }
-                | Op::DeleteProbe { .. }
-                | Op::Flush { .. }
-                | Op::Retention { .. }
-        )
-    }
-}
 
 /// Shared counters behind [`WriterStats`].
 #[derive(Debug, Default)]
@@ -372,7 +105,7 @@ impl Counters {
             .unwrap_or(0)
     }
 
-    fn count_retention(&self, deleted: Vec<(String, u64)>) {
+    pub(super) fn count_retention(&self, deleted: Vec<(String, u64)>) {
         let mut map = self
             .retention_deleted
             .lock()
@@ -579,6 +312,16 @@ impl Writer {
             }
         }
         self.full_recheck = Some(Instant::now() + FULL_RECHECK);
+    }
+
+    /// A write failed with `error`: the full-disk mode if the disk is full, `Failing` else.
+    fn enter_trouble(&mut self, error: &rusqlite::Error) {
+        if is_full(error) {
+            self.enter_full(error);
+        } else {
+            self.counters
+                .set_trouble(StoreState::Failing, error.to_string());
+        }
     }
 
     /// While full: is there room again? Making the reserve anew is the test.
@@ -838,11 +581,7 @@ impl Writer {
             None => match exec_cached(&self.conn, "COMMIT") {
                 Ok(()) => None,
                 Err(e) => {
-                    if !self.conn.is_autocommit() {
-                        if let Err(rollback) = self.conn.execute_batch("ROLLBACK") {
-                            tracing::error!(target: "store", error = %rollback, "store rollback failed");
-                        }
-                    }
+                    roll_back(&self.conn);
                     Some(Arc::new(e))
                 }
             },
@@ -867,12 +606,7 @@ impl Writer {
                 self.counters
                     .not_stored
                     .fetch_add(attempted, Ordering::Relaxed);
-                if is_full(source) {
-                    self.enter_full(source);
-                } else {
-                    self.counters
-                        .set_trouble(StoreState::Failing, source.to_string());
-                }
+                self.enter_trouble(source);
                 tracing::error!(target: "store", error = %source, ops = finishes.len(), "store batch commit failed");
             }
         }
@@ -884,12 +618,7 @@ impl Writer {
 
     /// Settles an operation that could not even start a transaction with that failure.
     fn fail(&mut self, op: Op, source: &Arc<rusqlite::Error>) {
-        if is_full(source) {
-            self.enter_full(source);
-        } else {
-            self.counters
-                .set_trouble(StoreState::Failing, source.to_string());
-        }
+        self.enter_trouble(source);
         let error = || StoreError::Commit {
             source: Arc::clone(source),
         };
@@ -1197,477 +926,12 @@ fn clone_sqlite_error(e: &rusqlite::Error) -> rusqlite::Error {
     }
 }
 
-/// Runs one statement through the statement cache.
-fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([])?;
-    Ok(())
-}
-
-/// Runs `f` in a savepoint: all of it is kept, or none of it.
-fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    exec_cached(conn, "SAVEPOINT op")?;
-    match f(conn) {
-        Ok(v) => {
-            exec_cached(conn, "RELEASE op")?;
-            Ok(v)
-        }
-        Err(e) => {
-            if !conn.is_autocommit() {
-                let undo = exec_cached(conn, "ROLLBACK TO op")
-                    .and_then(|()| exec_cached(conn, "RELEASE op"));
-                if let Err(undo) = undo {
-                    tracing::error!(target: "store", error = %undo, "store savepoint rollback failed");
-                }
-            }
-            Err(e)
-        }
-    }
-}
-
-/// Runs `f` in its own transaction (used outside batches).
-fn in_transaction<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    exec_cached(conn, "BEGIN IMMEDIATE")?;
-    let result = f(conn).and_then(|v| {
-        exec_cached(conn, "COMMIT")?;
-        Ok(v)
-    });
-    if result.is_err() && !conn.is_autocommit() {
-        if let Err(rollback) = conn.execute_batch("ROLLBACK") {
-            tracing::error!(target: "store", error = %rollback, "store rollback failed");
-        }
-    }
-    result
-}
-
-/// How many events one multi-row `INSERT` carries: per-statement costs (the AUTOINCREMENT
-/// bookkeeping, the foreign-key cursor) are paid once per chunk instead of once per event.
-const INSERT_CHUNK: usize = 32;
-
-fn insert_sql(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO events (process_id, kind, source, t_hit, t_recv, data) VALUES ");
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?1, ?, ?, ?, ?, ?)");
-    }
-    sql
-}
-
-/// The last report seq settled for (process, stream).
-fn last_claimed(
-    conn: &Connection,
-    process_id: i64,
-    stream: &str,
-) -> Result<Option<u64>, StoreError> {
-    let last: Option<i64> = conn
-        .prepare_cached("SELECT seq FROM report_streams WHERE process_id = ?1 AND stream = ?2")?
-        .query_row(rusqlite::params![process_id, stream], |r| r.get(0))
-        .optional()?;
-    Ok(last.and_then(|s| u64::try_from(s).ok()))
-}
-
-/// Records `seq` as the last report of `stream`; false when it (or a later one) was settled
-/// already. Reports of one stream are queued in order, so the last seq is enough.
-fn claim_report(
-    conn: &Connection,
-    process_id: i64,
-    stream: &str,
-    seq: u64,
-) -> Result<bool, StoreError> {
-    if last_claimed(conn, process_id, stream)?.is_some_and(|last| last >= seq) {
-        return Ok(false);
-    }
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    conn.prepare_cached(
-        "INSERT INTO report_streams (process_id, stream, seq) VALUES (?1, ?2, ?3)
-         ON CONFLICT (process_id, stream) DO UPDATE SET seq = excluded.seq",
-    )?
-    .execute(rusqlite::params![process_id, stream, seq])?;
-    Ok(true)
-}
-
-fn append(
-    conn: &Connection,
-    process_id: i64,
-    events: &EncodedEvents,
-    dropped: u64,
-    t_recv: f64,
-) -> Result<(), StoreError> {
-    static CHUNK_SQL: OnceLock<String> = OnceLock::new();
-    let known = conn
-        .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
-        .exists([process_id])?;
-    if !known {
-        return Err(StoreError::UnknownProcess { id: process_id });
-    }
-    let mut chunks = events.rows.chunks_exact(INSERT_CHUNK);
-    if chunks.len() > 0 {
-        let mut stmt = conn.prepare_cached(CHUNK_SQL.get_or_init(|| insert_sql(INSERT_CHUNK)))?;
-        stmt.raw_bind_parameter(1, process_id)?;
-        for chunk in &mut chunks {
-            for (i, row) in chunk.iter().enumerate() {
-                events.bind(&mut stmt, row, 2 + 5 * i, t_recv)?;
-            }
-            stmt.raw_execute()?;
-        }
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut stmt = conn.prepare_cached(&insert_sql(1))?;
-        stmt.raw_bind_parameter(1, process_id)?;
-        for row in rest {
-            events.bind(&mut stmt, row, 2, t_recv)?;
-            stmt.raw_execute()?;
-        }
-    }
-    if dropped > 0 {
-        add_dropped(conn, process_id, "", dropped, t_recv)?;
-    }
-    Ok(())
-}
-
-fn add_dropped(
-    conn: &Connection,
-    process_id: i64,
-    source: &str,
-    count: u64,
-    at: f64,
-) -> Result<(), StoreError> {
-    if count == 0 {
-        return Ok(());
-    }
-    let known = conn
-        .prepare_cached("SELECT 1 FROM processes WHERE id = ?1")?
-        .exists([process_id])?;
-    if !known {
-        return Err(StoreError::UnknownProcess { id: process_id });
-    }
-    let count = i64::try_from(count).unwrap_or(i64::MAX);
-    conn.prepare_cached(
-        "INSERT INTO dropped_counts (process_id, source, dropped, updated_at) \
-         VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (process_id, source) DO UPDATE SET \
-         dropped = dropped + excluded.dropped, updated_at = excluded.updated_at",
-    )?
-    .execute(params![process_id, source, count, at])?;
-    Ok(())
-}
-
-fn upsert_process(conn: &Connection, p: &EncodedProcess) -> Result<i64, StoreError> {
-    let id = conn
-        .prepare_cached(
-            "INSERT INTO processes (key, pid, ppid, host, name, python_version, executable, \
-             argv, cwd, origin, state, state_since, first_seen, connected_since, last_heard, info) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?14, ?12, ?13, ?14, ?15) \
-             ON CONFLICT (key) DO UPDATE SET \
-             pid = excluded.pid, ppid = excluded.ppid, host = excluded.host, \
-             name = excluded.name, python_version = excluded.python_version, \
-             executable = excluded.executable, argv = excluded.argv, cwd = excluded.cwd, \
-             origin = excluded.origin, \
-             state_since = CASE WHEN state = excluded.state THEN state_since \
-                           ELSE excluded.state_since END, \
-             state = excluded.state, \
-             first_seen = min(first_seen, excluded.first_seen), \
-             connected_since = excluded.connected_since, \
-             last_heard = max(last_heard, excluded.last_heard), info = excluded.info \
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                p.key,
-                p.pid,
-                p.ppid,
-                p.host,
-                p.name,
-                p.python_version,
-                p.executable,
-                p.argv,
-                p.cwd,
-                p.origin,
-                p.state,
-                p.first_seen,
-                p.connected_since,
-                p.last_heard,
-                p.info
-            ],
-            |r| r.get(0),
-        )?;
-    Ok(id)
-}
-
-fn set_process_state(
-    conn: &Connection,
-    id: i64,
-    state: ProcessState,
-    at: f64,
-) -> Result<(), StoreError> {
-    let changed = conn
-        .prepare_cached(
-            "UPDATE processes SET \
-             state_since = CASE WHEN state = ?2 THEN state_since ELSE ?3 END, \
-             connected_since = CASE WHEN ?2 <> 'awake' THEN NULL \
-                               WHEN state = 'awake' THEN coalesce(connected_since, ?3) \
-                               ELSE ?3 END, \
-             last_heard = CASE WHEN ?2 = 'awake' THEN max(last_heard, ?3) ELSE last_heard END, \
-             state = ?2 \
-             WHERE id = ?1",
-        )?
-        .execute(params![id, state, at])?;
-    if changed == 0 {
-        return Err(StoreError::UnknownProcess { id });
-    }
-    Ok(())
-}
-
-fn put_probe(conn: &Connection, p: &EncodedProbe) -> Result<(), StoreError> {
-    if let Some(name) = &p.name {
-        let taken = conn
-            .prepare_cached("SELECT 1 FROM probes WHERE name = ?1 AND id <> ?2")?
-            .exists(params![name, p.id])?;
-        if taken {
-            return Err(StoreError::ProbeNameTaken { name: name.clone() });
-        }
-    }
-    conn.prepare_cached(
-        "INSERT INTO probes (id, name, spec, enabled, group_name, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-         ON CONFLICT (id) DO UPDATE SET \
-         name = excluded.name, spec = excluded.spec, enabled = excluded.enabled, \
-         group_name = excluded.group_name, updated_at = excluded.updated_at",
-    )?
-    .execute(params![
-        p.id,
-        p.name,
-        p.spec,
-        p.enabled,
-        p.group_name,
-        p.created_at,
-        p.updated_at
-    ])?;
-    Ok(())
-}
-
-/// Adds to the durable counts of events of `source` ("" for none) that retention removed
-/// (probe totals read them as `removed_by_retention`).
-/// The same numbers go to the in-memory `counters` (`scry status`'s `retention_deleted`).
-fn retire(
-    conn: &Connection,
-    counters: &Counters,
-    source: &str,
-    by_age: i64,
-    by_cap: i64,
-) -> Result<(), StoreError> {
-    counters.count_retention(vec![(
-        source.to_owned(),
-        u64::try_from(by_age + by_cap).unwrap_or(0),
-    )]);
-    conn.prepare_cached(
-        "INSERT INTO retired_counts (source, by_age, by_cap) VALUES (?1, ?2, ?3)
-         ON CONFLICT (source) DO UPDATE SET by_age = by_age + excluded.by_age,
-                                            by_cap = by_cap + excluded.by_cap",
-    )?
-    .execute(params![source, by_age, by_cap])?;
-    Ok(())
-}
-
-/// Adds `n` to the durable count of events of `source` that a full disk kept out.
-fn count_unstored(conn: &Connection, source: &str, n: u64) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO unstored_counts (source, disk_full) VALUES (?1, ?2)
-         ON CONFLICT (source) DO UPDATE SET disk_full = disk_full + excluded.disk_full",
-    )?
-    .execute(params![source, i64::try_from(n).unwrap_or(i64::MAX)])?;
-    Ok(())
-}
-
-/// Deletes what `retention` does not keep, as of `now` (seconds since the epoch), counting
-/// the events deleted per source in `counters` (the accounting reads them as dropped by
-/// `retention`).
-pub(crate) fn run_retention(
-    conn: &Connection,
-    retention: &Retention,
-    now: f64,
-    counters: &Counters,
-) -> Result<RetentionReport, StoreError> {
-    let mut report = RetentionReport::default();
-    if let Some(max_age) = retention.max_age {
-        let cutoff = now - max_age.as_secs_f64();
-        for (source, n) in per_source(
-            conn,
-            "SELECT coalesce(source, ''), count(*) FROM events WHERE t_hit < ?1 GROUP BY source",
-            params![cutoff],
-        )? {
-            retire(conn, counters, &source, n as i64, 0)?;
-        }
-        report.events_by_age = conn
-            .prepare_cached("DELETE FROM events WHERE t_hit < ?1")?
-            .execute([cutoff])? as u64;
-        report.system_events_by_age = conn
-            .prepare_cached("DELETE FROM system_events WHERE t < ?1")?
-            .execute([cutoff])? as u64;
-        report.dumps_by_age = conn
-            .prepare_cached("DELETE FROM dumps WHERE taken_at < ?1")?
-            .execute([cutoff])? as u64;
-        report.processes = conn
-            .prepare_cached(
-                "DELETE FROM processes WHERE state = 'gone' AND last_heard < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM events WHERE events.process_id = processes.id)",
-            )?
-            .execute([cutoff])? as u64;
-    }
-    if let Some(cap) = retention.max_events_per_source {
-        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-        let over: Vec<Option<String>> = conn
-            .prepare_cached("SELECT source FROM events GROUP BY source HAVING count(*) > ?1")?
-            .query_map([cap], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for source in over {
-            // The newest row that is *not* kept; it and everything older goes.
-            let first_gone: Option<(f64, i64)> = conn
-                .prepare_cached(
-                    "SELECT t_hit, id FROM events WHERE source IS ?1 \
-                     ORDER BY t_hit DESC, id DESC LIMIT 1 OFFSET ?2",
-                )?
-                .query_row(params![source, cap], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((t_hit, id)) = first_gone {
-                let n = conn
-                    .prepare_cached(
-                        "DELETE FROM events WHERE source IS ?1 \
-                         AND (t_hit < ?2 OR (t_hit = ?2 AND id <= ?3))",
-                    )?
-                    .execute(params![source, t_hit, id])? as u64;
-                report.events_by_cap += n;
-                retire(conn, counters, source.as_deref().unwrap_or(""), 0, n as i64)?;
-            }
-        }
-    }
-    if let Some(max_bytes) = retention.max_db_bytes {
-        report.events_by_size = shrink_to(conn, max_bytes, counters)?;
-    }
-    Ok(report)
-}
-
-/// Deleted events per source for a `SELECT source, count(*) … GROUP BY source`.
-fn per_source(
-    conn: &Connection,
-    sql: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<(String, u64)>, StoreError> {
-    let rows = conn
-        .prepare_cached(sql)?
-        .query_map(args, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows
-        .into_iter()
-        .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
-        .collect())
-}
-
-/// Bytes of database pages in use (the file minus its free pages).
-pub(crate) fn used_bytes(conn: &Connection) -> Result<u64, StoreError> {
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-    Ok(u64::try_from((pages - free).max(0) * page_size).unwrap_or(0))
-}
-
-/// Deletes the oldest events (by the order they were stored, whatever their sources) until the
-/// pages in use fit in `max_bytes`, aiming 10 % below so that it does not run every pass.
-fn shrink_to(conn: &Connection, max_bytes: u64, counters: &Counters) -> Result<u64, StoreError> {
-    let mut deleted = 0u64;
-    // A few rounds at most: each deletes the share of events that the excess suggests.
-    for _ in 0..8 {
-        let used = used_bytes(conn)?;
-        if used <= max_bytes {
-            break;
-        }
-        let target = max_bytes - max_bytes / 10;
-        let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
-        if total == 0 {
-            break;
-        }
-        let share = (used - target) as f64 / used as f64;
-        let n = ((total as f64 * share).ceil() as i64).clamp(1, total);
-        let last: i64 = conn.query_row(
-            "SELECT id FROM events ORDER BY id LIMIT 1 OFFSET ?1",
-            [n - 1],
-            |r| r.get(0),
-        )?;
-        // Counted as removed by the cap: the durable counts have no column of their own for size.
-        for (source, n) in per_source(
-            conn,
-            "SELECT coalesce(source, ''), count(*) FROM events WHERE id <= ?1 GROUP BY source",
-            params![last],
-        )? {
-            retire(conn, counters, &source, 0, n as i64)?;
-        }
-        deleted += conn
-            .prepare_cached("DELETE FROM events WHERE id <= ?1")?
-            .execute([last])? as u64;
-    }
-    Ok(deleted)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::sync::mpsc::sync_channel;
-    use std::sync::Mutex;
 
-    /// Opens a migrated writer connection on a fresh file, with one process (id 1).
-    fn setup(dir: &tempfile::TempDir) -> Connection {
-        let path = dir.path().join("scry.db");
-        let mut conn = crate::open_writer_connection(&path).expect("open");
-        crate::schema::migrate(&mut conn, &path, crate::schema::MIGRATIONS).expect("migrate");
-        conn.execute(
-            "INSERT INTO processes (key, pid, host, python_version, executable, cwd, origin, \
-             state, state_since, first_seen, last_heard) \
-             VALUES ('k', 1, 'h', '3.12', '/py', '/', 'test', 'awake', 0, 0, 0)",
-            [],
-        )
-        .expect("process");
-        conn
-    }
-
-    fn events(n: usize) -> EncodedEvents {
-        let events = (0..n)
-            .map(|i| NewEvent {
-                kind: "probe".to_string(),
-                source: (i % 2 == 0).then(|| "p1".to_string()),
-                t_hit: i as f64,
-                data: serde_json::value::to_raw_value(&serde_json::json!({ "i": i })).expect("raw"),
-            })
-            .collect();
-        EncodedEvents::encode(events).expect("encode")
-    }
-
-    type Results = Arc<Mutex<Vec<Result<(), String>>>>;
-
-    fn recording_append(process_id: i64, n: usize, results: &Results) -> Op {
-        let results = Arc::clone(results);
-        Op::Append {
-            process_id,
-            events: events(n),
-            dropped: 0,
-            t_recv: 0.0,
-            done: Completion::new(Some(Box::new(move |r: Result<(), StoreError>| {
-                results
-                    .lock()
-                    .expect("lock")
-                    .push(r.map_err(|e| format!("{e:?}")));
-            }))),
-            report: None,
-        }
-    }
+    use super::*;
+    use crate::writer::testutil::{recording_append, setup, Results};
 
     /// Runs a writer over a queue that is already full, so batching is deterministic.
     fn run_queued(conn: Connection, ops: Vec<Op>, batch_max: usize) -> WriterStats {
@@ -1751,57 +1015,6 @@ mod tests {
     }
 
     #[test]
-    fn retention_by_size_caps_events_whose_sources_are_all_distinct() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conn = setup(&dir);
-        let counters = Counters::default();
-        let n = 20_000usize;
-        let distinct: Vec<NewEvent> = (0..n)
-            .map(|i| NewEvent {
-                kind: "probe".to_string(),
-                source: Some(format!("p{i}")),
-                t_hit: crate::unix_now(),
-                data: serde_json::value::to_raw_value(
-                    &serde_json::json!({ "i": i, "pad": "x".repeat(100) }),
-                )
-                .expect("raw"),
-            })
-            .collect();
-        let encoded = EncodedEvents::encode(distinct).expect("encode");
-        append(&conn, 1, &encoded, 0, 0.0).expect("append");
-        let before = used_bytes(&conn).expect("used");
-        let mut retention = Retention {
-            max_age: Some(Duration::from_secs(3600)),
-            max_events_per_source: Some(100),
-            max_db_bytes: None,
-            check_interval: Duration::from_secs(3600),
-        };
-        // Age and per-source caps alone keep them all (each source has one event).
-        let report = run_retention(&conn, &retention, crate::unix_now(), &counters).expect("run");
-        assert_eq!(report, RetentionReport::default());
-        // The size cap does not care about sources.
-        retention.max_db_bytes = Some(before / 4);
-        let report = run_retention(&conn, &retention, crate::unix_now(), &counters).expect("run");
-        assert!(report.events_by_size > 0, "{report:?}");
-        assert!(used_bytes(&conn).expect("used") <= before / 4);
-        let left = count_events_conn(&conn);
-        assert_eq!(left + report.events_by_size, n as u64);
-        // What retention deleted is counted per source, for the accounting.
-        let health = counters.health();
-        let counted: u64 = health.retention_deleted.values().sum();
-        assert_eq!(counted, report.events_by_size);
-        assert_eq!(counters.retention_deleted_for("p0"), 1);
-        assert_eq!(counters.retention_deleted_for(&format!("p{}", n - 1)), 0);
-    }
-
-    fn count_events_conn(conn: &Connection) -> u64 {
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .expect("count");
-        u64::try_from(n).expect("count")
-    }
-
-    #[test]
     fn queued_appends_are_committed_in_few_batches() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = setup(&dir);
@@ -1875,15 +1088,5 @@ mod tests {
         );
         assert!(results[2].is_ok());
         assert_eq!(count_events(&dir), 6);
-    }
-
-    #[test]
-    fn unsettled_operations_report_writer_gone() {
-        let results: Results = Arc::default();
-        let op = recording_append(1, 1, &results);
-        drop(op);
-        let results = results.lock().expect("lock");
-        assert_eq!(results.len(), 1);
-        assert!(results[0].as_ref().is_err_and(|e| e == "WriterGone"));
     }
 }
