@@ -57,3 +57,16 @@ pub struct PidRequest {
     /// The process.
     pub pid: u32,
 }
+
+/// How an attach would go, checked without touching the process (`GET /api/v1/attach/plan`):
+/// which injector, and what to tell the user first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachPlan {
+    /// The process.
+    pub pid: u32,
+    /// The injector that would run (`pep768`, `gdb`).
+    pub injector: String,
+    /// What the user should know before it runs (gdb stops the process briefly).
+    #[serde(default)]
+    pub notice: Option<String>,
+}

@@ -116,6 +116,10 @@ kinds! {
     NoPlace => "no_place",
     /// Placing the agent's files in the target failed.
     Placement => "placement",
+    /// The process cannot import debugpy (the hint says how to install it for its interpreter).
+    NoDebugpy => "no_debugpy",
+    /// debugpy could not listen (the port is taken, or it failed to start).
+    ListenFailed => "listen_failed",
     /// The stacks of a process could not be read from outside.
     Dump => "dump",
     /// The daemon failed (the store, a task): a bug or the machine, not the request.

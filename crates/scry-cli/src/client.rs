@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use scry_api::{AttachReport, AttachRequest, ErrorBody, NewProbe, ProbeList, ProbeView, Removed};
 use scry_daemon::{env, DaemonFile, Home};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::CliError;
@@ -247,6 +250,105 @@ impl DaemonClient {
         Ok(resp)
     }
 
+    /// GET a document of a known type.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        decode(path, self.get(path).await?)
+    }
+
+    /// POST a typed body and read an answer of a known type.
+    pub async fn post_as<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| CliError::new(format!("cannot encode the request to {path}: {e}")))?;
+        decode(path, self.post(path, &body).await?)
+    }
+
+    /// POST a typed body and read an answer of a known type that may take up to `timeout`.
+    pub async fn post_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, CliError> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| CliError::new(format!("cannot encode the request to {path}: {e}")))?;
+        let answer = self
+            .call_within(self.http.post(self.url(path)).json(&body), timeout)
+            .await?;
+        decode(path, answer)
+    }
+
+    /// DELETE and read an answer of a known type.
+    pub async fn delete_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        decode(path, self.delete(path).await?)
+    }
+
+    /// Adds a probe (`POST /api/v1/probes`).
+    pub async fn add_probe(&self, probe: &NewProbe) -> Result<ProbeView, CliError> {
+        self.post_as("/api/v1/probes", probe).await
+    }
+
+    /// Every probe.
+    pub async fn probes(&self) -> Result<ProbeList, CliError> {
+        self.get_as("/api/v1/probes").await
+    }
+
+    /// One probe by id or name.
+    pub async fn probe(&self, key: &str) -> Result<ProbeView, CliError> {
+        self.get_as(&format!("/api/v1/probes/{}", enc(key))).await
+    }
+
+    /// Removes a probe by id or name.
+    pub async fn remove_probe(&self, key: &str) -> Result<Removed, CliError> {
+        self.delete_as(&format!("/api/v1/probes/{}", enc(key)))
+            .await
+    }
+
+    /// Removes every probe of a group.
+    pub async fn remove_group(&self, group: &str) -> Result<Removed, CliError> {
+        self.delete_as(&format!("/api/v1/probes?group={}", enc(group)))
+            .await
+    }
+
+    /// Enables (`on`) or disables a probe by id or name.
+    pub async fn switch_probe(&self, key: &str, on: bool) -> Result<ProbeList, CliError> {
+        let action = if on { "enable" } else { "disable" };
+        self.post_as(
+            &format!("/api/v1/probes/{}/{action}", enc(key)),
+            &Value::Null,
+        )
+        .await
+    }
+
+    /// Enables (`on`) or disables every probe of a group.
+    pub async fn switch_group(&self, group: &str, on: bool) -> Result<ProbeList, CliError> {
+        let action = if on { "enable" } else { "disable" };
+        self.post_as(
+            &format!("/api/v1/groups/{}/{action}", enc(group)),
+            &Value::Null,
+        )
+        .await
+    }
+
+    /// Attaches to a process (`POST /api/v1/attach`), or with `follow` to it and its tree from
+    /// now on (`POST /api/v1/follow`).
+    pub async fn attach(
+        &self,
+        request: &AttachRequest,
+        follow: bool,
+        timeout: Duration,
+    ) -> Result<AttachReport, CliError> {
+        let path = if follow {
+            "/api/v1/follow"
+        } else {
+            "/api/v1/attach"
+        };
+        self.post_within(path, request, timeout).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url_base)
     }
@@ -284,17 +386,39 @@ impl DaemonClient {
         if status.is_success() {
             return Ok(body);
         }
-        let message = body
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("the daemon answered HTTP {status}"));
-        let mut err = CliError::new(message);
-        if let Some(h) = body.pointer("/error/hint").and_then(Value::as_str) {
-            err = err.hint(h);
-        }
-        Err(err)
+        Err(match serde_json::from_value::<ErrorBody>(body) {
+            Ok(ErrorBody { error }) => {
+                let mut err = CliError::new(error.message);
+                if let Some(h) = error.hint {
+                    err = err.hint(h);
+                }
+                err
+            }
+            Err(_) => CliError::new(format!("the daemon answered HTTP {status}")),
+        })
     }
+}
+
+/// An answer read as the type the API documents for it (`scry-api`).
+fn decode<T: DeserializeOwned>(path: &str, answer: Value) -> Result<T, CliError> {
+    serde_json::from_value(answer).map_err(|e| {
+        CliError::new(format!(
+            "the daemon's answer to {path} is not what this scry expects: {e}"
+        ))
+        .hint("the daemon may run another version of scry: `scry status` shows it; restart it with `scry stop` then `scry serve --daemon`")
+    })
+}
+
+/// Percent-encodes a path or query component.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -110,7 +110,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Attach(a) => commands::attach::attach(&home, a, printer).await,
             Command::Detach(a) => commands::attach::detach(&home, a, printer).await,
             Command::Lines(a) => commands::lines::lines(&home, a, printer).await,
-            Command::Debug(a) => commands::debug::debug(a, printer).await,
+            Command::Debug(a) => commands::debug::debug(&home, a, printer).await,
             Command::Mcp => commands::mcp::mcp(&home, printer).await,
             Command::Ui(a) => commands::ui::ui(&home, a, printer).await,
             Command::Run(_) | Command::Repl(_) => unreachable!("handled in run_with_status"),

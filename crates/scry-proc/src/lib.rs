@@ -258,6 +258,19 @@ pub fn wchan(pid: u32) -> Option<String> {
         .filter(|w| !w.is_empty() && w != "0")
 }
 
+/// Whether `pid` has a TCP socket listening on 127.0.0.1:`port` (its own network namespace's
+/// `/proc/PID/net/tcp`).
+pub fn listens_on_loopback(pid: u32, port: u16) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    let want = format!("0100007F:{port:04X}");
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,19 @@ pub struct PythonInfo {
     pub memory_checked: bool,
 }
 
+impl PythonInfo {
+    /// `(major, minor)`, from `PY_VERSION_HEX` when it was read, else from the short version
+    /// (`3.14t` is `(3, 14)`); `None` when neither says.
+    pub fn major_minor(&self) -> Option<(u64, u64)> {
+        self.version_hex
+            .map(|h| ((h >> 24) & 0xff, (h >> 16) & 0xff))
+            .or_else(|| {
+                let (a, b) = self.short.trim_end_matches('t').split_once('.')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+    }
+}
+
 /// Another root or PID namespace than the reader's: what a container (or chroot) looks like.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Container {

@@ -1,32 +1,39 @@
 //! `scry attach` and `scry detach`: presentation only; the daemon does the work
-//! (`POST /api/v1/attach`, `POST /api/v1/detach`, see `scry_daemon::attach`).
+//! (`POST /api/v1/attach`, `POST /api/v1/detach`, see `scry_daemon::service::attach`).
 
+use scry_api::{AttachPlan, AttachRequest, PidRequest};
 use scry_daemon::Home;
-use serde_json::json;
+use serde_json::Value;
 
 use super::{emit, CmdResult};
 use crate::cli::{AttachArgs, DetachArgs};
-use crate::client::DaemonClient;
+use crate::client::{enc, DaemonClient};
 use crate::error::CliError;
 use crate::printer::Printer;
 
 /// The longest `--timeout`: the whole attach must fit in one HTTP request.
 const MAX_TIMEOUT_S: f64 = 30.0;
+/// How long the attach request may take: the target's timeout, the agent's hello (15 s) and
+/// gdb's own start.
+const ATTACH_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
-/// Before 3.14 the daemon attaches through gdb, which stops the process: what to say first
-/// (None for 3.14+, with `--injector pep768`, or without gdb).
-pub fn gdb_notice(pid: u32, injector: Option<&str>) -> Option<String> {
-    let before_314 = scry_proc::python::Detector::new()
-        .detect(pid)
-        .and_then(|p| p.version_hex)
-        .is_some_and(|h| (h >> 16) & 0xffff < 0x030e);
-    if !before_314 || injector == Some("pep768") {
-        return None;
+/// Prints what the daemon says about an attach before it runs (gdb stops the process briefly),
+/// and fails as the attach would when it cannot work. The daemon reads the target, not the CLI.
+pub async fn announce(
+    client: &DaemonClient,
+    pid: u32,
+    injector: Option<&str>,
+    printer: &mut Printer,
+) -> Result<(), CliError> {
+    let mut path = format!("/api/v1/attach/plan?pid={pid}");
+    if let Some(i) = injector {
+        path.push_str(&format!("&injector={}", enc(i)));
     }
-    scry_proc::inject::gdb::Gdb::from_path().and_then(|g| {
-        use scry_proc::inject::Injector;
-        g.notice()
-    })
+    let plan: AttachPlan = client.get_as(&path).await?;
+    if let Some(notice) = plan.notice {
+        printer.note(format!("note: {notice}"));
+    }
+    Ok(())
 }
 
 /// Attaches to a process through the daemon (started if needed).
@@ -39,24 +46,24 @@ pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> Cm
     }
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    if let Some(notice) = gdb_notice(args.pid, Some(&args.injector)) {
-        printer.note(format!("note: {notice}"));
-    }
-    let path = if args.follow {
-        "/api/v1/follow"
-    } else {
-        "/api/v1/attach"
+    announce(&client, args.pid, Some(&args.injector), printer).await?;
+    let request = AttachRequest {
+        pid: args.pid,
+        timeout_ms: Some(args.timeout * 1e3),
+        injector: Some(args.injector.clone()),
     };
-    let answer = client
-        .post(
-            path,
-            &json!({"pid": args.pid, "timeout_ms": args.timeout * 1e3, "injector": args.injector}),
-        )
+    let report = client
+        .attach(&request, args.follow, ATTACH_REQUEST_TIMEOUT)
         .await?;
+    if printer.json {
+        printer.json_value(&report)?;
+        return Ok(crate::error::ExitStatus::Success);
+    }
     let pid = args.pid;
-    emit(printer, &answer, |p| {
-        if answer["following"] == true {
-            let what = if answer["already_following"] == true {
+    {
+        let p = &mut *printer;
+        if report.following == Some(true) {
+            let what = if report.already_following == Some(true) {
                 "already followed"
             } else {
                 "followed"
@@ -65,26 +72,28 @@ pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> Cm
                 "pid {pid} and every Python process below it are {what}: new ones are attached as they appear (restarts are reported in `scry logs`); `scry detach {pid}` stops it"
             ))?;
         }
-        if answer["already_attached"].as_bool().unwrap_or(false) {
-            return p.line(format!(
+        if report.already_attached {
+            p.line(format!(
                 "pid {pid} already has a scry agent connected: nothing to do"
-            ));
+            ))?;
+            return Ok(crate::error::ExitStatus::Success);
         }
         p.line(format!(
             "attached to pid {pid} (Python {}, {}): agent connected in {:.0} ms; `scry detach {pid}` removes it",
-            answer["python_version"].as_str().unwrap_or("?"),
-            answer["injector"].as_str().unwrap_or("?"),
-            answer["connected_ms"].as_f64().unwrap_or(0.0),
-        ))
-    })
+            report.python_version.as_deref().unwrap_or("?"),
+            report.injector.as_deref().unwrap_or("?"),
+            report.connected_ms.unwrap_or(0.0),
+        ))?;
+    }
+    Ok(crate::error::ExitStatus::Success)
 }
 
 /// Detaches the agent of a process.
 pub async fn detach(home: &Home, args: &DetachArgs, printer: &mut Printer) -> CmdResult {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let answer = client
-        .post("/api/v1/detach", &json!({"pid": args.pid}))
+    let answer: Value = client
+        .post_as("/api/v1/detach", &PidRequest { pid: args.pid })
         .await?;
     let pid = args.pid;
     emit(printer, &answer, |p| {

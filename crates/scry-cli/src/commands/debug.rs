@@ -1,113 +1,27 @@
 //! `scry debug PID [--port P]`: start debugpy inside a running Python process, listening on
 //! loopback only, and print how to attach VS Code or nvim-dap to it.
 //!
-//! Steps: recognise the target's Python (`scry_proc::python`), pick the injector for its version
-//! (PEP 768 on 3.14+, gdb on 3.8–3.13, saying first that gdb stops it briefly), place a small
-//! script in the target's own root (`/proc/PID/root/tmp/scry-debug-<random>/`, created
-//! exclusively, mode 0700, by the target's own user through [`scry_proc::place`], the placement
-//! `scry attach` uses), run it in the target. The script starts
-//! a thread that imports debugpy and calls `debugpy.listen(("127.0.0.1", port))`, then writes a
-//! status file (port, working directory) or why it failed (debugpy not importable: with the
-//! target's interpreter and `sys.path`, to say how to install it). scry waits for that file and
-//! for the port to be in LISTEN state in `/proc/PID/net/tcp`, removes the directory, and
-//! prints the attach configurations. Injecting again into a process where scry already started
-//! debugpy reports the port it listens on.
+//! The daemon does the work (`POST /api/v1/debug`, `scry_daemon::service::debug`: the injector
+//! for the target's version, the script placed in the target's root by the one placement of
+//! scry, waiting until debugpy listens); this command says first what the injection does to the
+//! process, and prints the attach configurations. With `--follow` it asks again for each new
+//! worker of a reload supervisor.
 
 use std::time::{Duration, Instant};
 
-use scry_proc::place;
+use scry_api::{DebugReport, DebugRequest};
+use scry_daemon::Home;
 use serde_json::{json, Value};
 
 use super::CmdResult;
 use crate::cli::DebugArgs;
+use crate::client::DaemonClient;
 use crate::error::{CliError, ExitStatus};
 use crate::printer::Printer;
-
-/// The most of the status file scry reads (it is a line of JSON).
-const STATUS_LIMIT: usize = 1 << 20;
-
-/// The script run in the target. `{STATUS}` and `{PORT}` are substituted.
-const SCRIPT: &str = r#"
-import json as _json, os as _os, sys as _sys, threading as _threading
-
-_STATUS = {STATUS}
-_PORT = {PORT}
-
-
-def _scry_write(data):
-    tmp = _STATUS + ".tmp"
-    with open(tmp, "w") as f:
-        _json.dump(data, f)
-    _os.replace(tmp, _STATUS)
-
-
-def _scry_listen():
-    base = {"pid": _os.getpid(), "cwd": _os.getcwd(), "executable": _sys.executable,
-            "python": _sys.version.split()[0]}
-    try:
-        already = getattr(_sys, "_scry_debugpy_port", None)
-        if already:
-            base.update(ok=True, port=already, already=True)
-            _scry_write(base)
-            return
-        try:
-            import debugpy
-        except Exception as exc:
-            base.update(ok=False, kind="no_debugpy", error=repr(exc), path=list(_sys.path))
-            _scry_write(base)
-            return
-        addr = debugpy.listen(("127.0.0.1", _PORT))
-        port = addr[1] if isinstance(addr, tuple) else _PORT
-        _sys._scry_debugpy_port = port
-        base.update(ok=True, port=port, already=False, debugpy=getattr(debugpy, "__version__", "?"))
-        _scry_write(base)
-    except BaseException as exc:
-        base.update(ok=False, kind="listen_failed", error=repr(exc))
-        try:
-            _scry_write(base)
-        except Exception:
-            pass
-
-
-_threading.Thread(target=_scry_listen, name="scry-debugpy", daemon=True).start()
-"#;
-
-/// A directory in the target's root for the script (`scry-debug-<random>`), made by the one
-/// placement of scry ([`scry_proc::place`], as `scry attach` does): created, written, read and
-/// removed with the target's credentials, relative to directory fds, never following a link.
-fn place(pid: u32) -> Result<place::Placement, CliError> {
-    place::Placement::create(pid, "scry-debug", "script").map_err(place_error)
-}
-
-fn place_error(e: place::PlaceError) -> CliError {
-    let hint = e.hint();
-    let message = match &e {
-        place::PlaceError::Io { source, .. } => format!("{e}: {source}"),
-        _ => e.to_string(),
-    };
-    let err = CliError::new(message);
-    match hint {
-        Some(h) => err.hint(h),
-        None => err,
-    }
-}
 
 /// A Python string literal.
 fn py_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "''".into())
-}
-
-/// Whether `pid` has a TCP socket listening on 127.0.0.1:`port` (its own network namespace's
-/// `/proc/PID/net/tcp`).
-fn listening(pid: u32, port: u16) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
-        return false;
-    };
-    let want = format!("0100007F:{port:04X}");
-    text.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
-    })
 }
 
 /// The VS Code and nvim-dap configurations for a debugpy on 127.0.0.1:`port`.
@@ -130,129 +44,28 @@ pub fn configurations(port: u16, remote_root: &str) -> (Value, String) {
     (vscode, nvim)
 }
 
-/// What an injection of debugpy reported.
-struct Started {
-    status: Value,
-    port: u16,
-    injector: &'static str,
+/// How long the daemon may take: the target's timeout, debugpy's start (up to 30 s) and gdb's.
+fn request_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(30)) + Duration::from_secs(30)
 }
 
-/// Injects debugpy into `pid` listening on 127.0.0.1:`port` and waits until it listens.
+/// Asks the daemon to start debugpy in `pid` on `port`, saying first what the injection does.
 async fn start_debugpy(
+    client: &DaemonClient,
     pid: u32,
     port: u16,
     timeout: Duration,
     printer: &mut Printer,
-) -> Result<Started, CliError> {
-    let info = scry_proc::info(pid).map_err(|_| {
-        CliError::new(format!("no process with pid {pid}"))
-            .hint("list Python processes with `scry ps --all`")
-    })?;
-    let python = scry_proc::python::Detector::new()
-        .detect(pid)
-        .ok_or_else(|| {
-            CliError::new(format!(
-                "process {pid} ({}) is not a Python process: no CPython interpreter is mapped in its memory",
-                info.comm
-            ))
-            .hint("list Python processes with `scry ps --all`")
-        })?;
-    let version = python
-        .version_hex
-        .map(|h| ((h >> 24) & 0xff, (h >> 16) & 0xff))
-        .or_else(|| {
-            let (a, b) = python.short.trim_end_matches('t').split_once('.')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .unwrap_or((0, 0));
-    let injector = scry_proc::inject::for_version(pid, version).map_err(inject_error)?;
-    if let Some(notice) = injector.notice() {
-        printer.note(format!("note: {notice}"));
-    }
-    let placement = place(pid)?;
-    let status_target = placement.target_path("status.json");
-    let script = SCRIPT
-        .replace("{STATUS}", &py_str(&status_target.to_string_lossy()))
-        .replace("{PORT}", &port.to_string());
-    placement
-        .write_files([("debug.py", script.as_bytes())])
-        .map_err(place_error)?;
-    let script_target = placement.target_path("debug.py");
-    let injection = {
-        let injector = injector;
-        tokio::task::spawn_blocking(move || injector.inject(pid, &script_target, timeout))
-            .await
-            .map_err(|e| CliError::new(format!("the injection task failed: {e}")))?
-            .map_err(inject_error)?
-    };
-    // debugpy starts its adapter process: allow for a slow machine.
-    let deadline = Instant::now() + timeout.max(Duration::from_secs(30));
-    let status: Value = loop {
-        // Read as the target's user, without following a link: the target writes this file.
-        if let Some(v) = placement
-            .read("status.json", STATUS_LIMIT)
-            .map_err(place_error)?
-            .and_then(|t| serde_json::from_slice(&t).ok())
-        {
-            break v;
-        }
-        if !scry_proc::alive(pid, Some(info.start_ticks)) {
-            return Err(CliError::new(format!(
-                "process {pid} exited while debugpy started"
-            )));
-        }
-        if Instant::now() > deadline {
-            return Err(CliError::new(format!(
-                "process {pid} ran the script but debugpy did not report listening within {:.0} s",
-                timeout.max(Duration::from_secs(30)).as_secs_f64()
-            ))
-            .hint(format!(
-                "its stderr may say why; `scry dump {pid}` shows what it is doing"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    if let Err(e) = placement.remove() {
-        printer.note(format!("warning: {e}"));
-    }
-    if status["ok"] != true {
-        let kind = status["kind"].as_str().unwrap_or("");
-        let exe = status["executable"].as_str().unwrap_or("python");
-        let error = status["error"].as_str().unwrap_or("?");
-        return Err(if kind == "no_debugpy" {
-            CliError::new(format!(
-                "process {pid} cannot import debugpy ({error})"
-            ))
-            .hint(format!(
-                "install it for the target's interpreter: `{exe} -m pip install debugpy` (or into the virtualenv/container image it runs from; its sys.path is {}), then run `scry debug {pid}` again",
-                status["path"]
-            ))
-        } else {
-            CliError::new(format!(
-                "debugpy failed to listen in process {pid}: {error}"
-            ))
-            .hint(format!(
-                "pick another port with `scry debug {pid} --port P` if this one is taken"
-            ))
-        });
-    }
-    let port = status["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .ok_or_else(|| CliError::new(format!("process {pid} reported no port: {status}")))?;
-    while !listening(pid, port) {
-        if Instant::now() > deadline {
-            return Err(CliError::new(format!(
-                "debugpy said it listens on 127.0.0.1:{port} in process {pid}, but no such socket is listening"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(Started {
-        status,
+) -> Result<DebugReport, CliError> {
+    super::attach::announce(client, pid, None, printer).await?;
+    let request = DebugRequest {
+        pid,
         port,
-        injector: injection.injector,
-    })
+        timeout_ms: Some(timeout.as_secs_f64() * 1e3),
+    };
+    client
+        .post_within("/api/v1/debug", &request, request_timeout(timeout))
+        .await
 }
 
 /// The worker to debug under a reload supervisor: its first Python child that is not a
@@ -275,8 +88,16 @@ fn worker_of(supervisor: u32) -> Option<u32> {
 }
 
 /// `scry debug PID [--port P] [--follow]`.
-pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
+pub async fn debug(home: &Home, args: &DebugArgs, printer: &mut Printer) -> CmdResult {
     let timeout = Duration::from_secs_f64(args.timeout);
+    if !(args.timeout > 0.0 && args.timeout <= 600.0) {
+        return Err(CliError::new(format!(
+            "--timeout must be between 0 and 600 seconds, not {}",
+            args.timeout
+        )));
+    }
+    let mut client = DaemonClient::locate(home)?;
+    client.ensure_running(printer).await?;
     // With --follow, PID may be a reload supervisor: debug its worker, and the next one.
     let (mut pid, supervisor) = if args.follow {
         let info = scry_proc::info(args.pid).map_err(|_| {
@@ -306,7 +127,7 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
     } else {
         (args.pid, 0)
     };
-    let started = start_debugpy(pid, args.port, timeout, printer).await?;
+    let started = start_debugpy(&client, pid, args.port, timeout, printer).await?;
     print_started(printer, pid, &started)?;
     if !args.follow {
         return Ok(ExitStatus::Success);
@@ -333,11 +154,13 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
             continue;
         }
         // The old worker's port is free only once it exited.
-        if listening(worker, port) || scry_proc::alive(pid, None) && listening(pid, port) {
+        if scry_proc::listens_on_loopback(worker, port)
+            || scry_proc::alive(pid, None) && scry_proc::listens_on_loopback(pid, port)
+        {
             continue;
         }
         printer.note(format!("restart: pid {pid} -> pid {worker}"));
-        match start_debugpy(worker, port, timeout, printer).await {
+        match start_debugpy(&client, worker, port, timeout, printer).await {
             Ok(s) => {
                 pid = worker;
                 print_started(printer, pid, &s)?;
@@ -350,31 +173,20 @@ pub async fn debug(args: &DebugArgs, printer: &mut Printer) -> CmdResult {
     }
 }
 
-fn print_started(printer: &mut Printer, pid: u32, started: &Started) -> Result<(), CliError> {
-    let status = &started.status;
+fn print_started(printer: &mut Printer, pid: u32, started: &DebugReport) -> Result<(), CliError> {
     let port = started.port;
-    let cwd = status["cwd"].as_str().unwrap_or("/");
-    let (vscode, nvim) = configurations(port, cwd);
+    let (vscode, nvim) = configurations(port, &started.cwd);
     if printer.json {
         // One JSON document per line (with --follow, one per worker).
-        printer.line(
-            json!({
-                "pid": pid,
-                "host": "127.0.0.1",
-                "port": port,
-                "already": status["already"],
-                "cwd": cwd,
-                "python_version": status["python"],
-                "debugpy": status["debugpy"],
-                "injector": started.injector,
-                "vscode": vscode,
-                "nvim_dap": nvim,
-            })
-            .to_string(),
-        )?;
+        let mut doc: Value = serde_json::to_value(started)
+            .map_err(|e| CliError::new(format!("cannot encode the answer: {e}")))?;
+        doc["pid"] = json!(pid);
+        doc["vscode"] = vscode;
+        doc["nvim_dap"] = json!(nvim);
+        printer.line(doc.to_string())?;
         return Ok(());
     }
-    let what = if status["already"] == true {
+    let what = if started.already {
         "already listens"
     } else {
         "listens"
@@ -395,13 +207,4 @@ fn print_started(printer: &mut Printer, pid: u32, started: &Started) -> Result<(
         printer.line(format!("  {line}"))?;
     }
     Ok(())
-}
-
-fn inject_error(e: scry_proc::inject::InjectError) -> CliError {
-    let hint = e.hint();
-    let mut err = CliError::new(e.to_string());
-    if let Some(h) = hint {
-        err = err.hint(h);
-    }
-    err
 }

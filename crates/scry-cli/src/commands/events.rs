@@ -5,9 +5,9 @@ use std::time::Duration;
 use scry_daemon::Home;
 use serde_json::Value;
 
-use super::probe::enc;
 use super::CmdResult;
 use crate::cli::{EventFilterArgs, EventsArgs, EventsCmd, EventsSub, StatsArgs, WaitArgs};
+use crate::client::enc;
 use crate::client::DaemonClient;
 use crate::error::{CliError, ExitStatus};
 use crate::printer::Printer;

@@ -1,8 +1,7 @@
 //! `scry probe add|list|rm|enable|disable`.
 
-use scry_api::{NewProbe, RateMode, Ttl};
+use scry_api::{NewProbe, ProbeInProcess, ProbeState, ProbeView, RateMode, Ttl};
 use scry_daemon::Home;
-use serde_json::{json, Value};
 
 use super::CmdResult;
 use crate::cli::{ProbeAddArgs, ProbeCmd, ProbeKeyArgs};
@@ -54,67 +53,77 @@ async fn add(client: &DaemonClient, a: &ProbeAddArgs, printer: &mut Printer) -> 
         group: a.group.clone(),
         ..NewProbe::default()
     };
-    let body = serde_json::to_value(&request)
-        .map_err(|e| CliError::new(format!("cannot encode the probe request: {e}")))?;
-    let probe = client.post("/api/v1/probes", &body).await?;
+    let probe = client.add_probe(&request).await?;
     if printer.json {
         printer.json_value(&probe)?;
         return Ok(ExitStatus::Success);
     }
-    let id = probe["id"].as_str().unwrap_or("?");
-    let label = probe["name"]
-        .as_str()
+    let spec = &probe.def.spec;
+    let id = spec.id.as_str();
+    let label = spec
+        .name
+        .as_deref()
         .map(|n| format!("{n} ({id})"))
         .unwrap_or_else(|| id.to_owned());
     printer.line(format!("probe {label} added at {}", a.location))?;
     if a.unsafe_calls {
         printer.line("note: --unsafe: its expressions may call any function")?;
     }
-    for n in probe["notes"].as_array().into_iter().flatten() {
-        printer.line(format!("note: {}", n.as_str().unwrap_or("")))?;
+    for n in &probe.notes {
+        printer.line(format!("note: {n}"))?;
     }
-    let statuses = probe["processes"].as_array().cloned().unwrap_or_default();
-    if statuses.is_empty() {
+    if probe.processes.is_empty() {
         printer.line("no process has it yet: it arms in every matching process that connects")?;
     }
-    for s in &statuses {
-        printer.line(format!("  pid {}: {}", s["pid"], status_text(s)))?;
+    for s in &probe.processes {
+        printer.line(format!("  pid {}: {}", s.pid, status_text(s)))?;
     }
-    if let Some(h) = probe["hint"].as_str() {
+    if let Some(h) = &probe.hint {
         printer.note(format!("hint: {h}"));
     }
     printer.note(format!(
         "hint: `scry events --probe {} --follow` shows its values live",
-        probe["name"].as_str().unwrap_or(id)
+        spec.name.as_deref().unwrap_or(id)
     ));
     Ok(ExitStatus::Success)
 }
 
 /// A probe's state in one process, in words.
-fn status_text(s: &Value) -> String {
-    let state = s["state"].as_str().unwrap_or("?");
-    let mut text = state.to_owned();
-    if state == "armed" {
-        if let (Some(f), Some(l)) = (s["file"].as_str(), s["line"].as_u64()) {
+fn status_text(p: &ProbeInProcess) -> String {
+    let s = &p.status;
+    let mut text = state_word(s.state).to_owned();
+    if s.state == ProbeState::Armed {
+        if let (Some(f), Some(l)) = (&s.file, s.line) {
             text = format!("armed at {f}:{l}");
-            if let Some(req) = s["requested_line"].as_u64() {
+            if let Some(req) = s.requested_line {
                 text.push_str(&format!(" (line {req} is not executable; snapped to {l})"));
             }
         }
     }
-    if let Some(r) = s["reason"].as_str() {
+    if let Some(r) = &s.reason {
         text.push_str(&format!(": {r}"));
     }
     text
 }
 
+/// A probe state as the API names it.
+fn state_word(state: ProbeState) -> &'static str {
+    match state {
+        ProbeState::Pending => "pending",
+        ProbeState::Armed => "armed",
+        ProbeState::Error => "error",
+        ProbeState::Expired => "expired",
+        ProbeState::Disabled => "disabled",
+    }
+}
+
 async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
-    let answer = client.get("/api/v1/probes").await?;
+    let answer = client.probes().await?;
     if printer.json {
         printer.json_value(&answer)?;
         return Ok(ExitStatus::Success);
     }
-    let probes = answer["probes"].as_array().cloned().unwrap_or_default();
+    let probes = answer.probes;
     if probes.is_empty() {
         printer.line("no probes")?;
         printer.note("hint: `scry probe add FILE.py:LINE EXPR` adds one");
@@ -122,39 +131,31 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
     }
     let mut rows = Vec::new();
     for p in &probes {
+        let spec = &p.def.spec;
         let enabled = state_label(p);
-        let exprs: Vec<&str> = p["expressions"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let t = &p["totals"];
+        let t = &p.totals;
         // `--unsafe` is the owner's explicit choice: always visible.
-        let enabled = if p["unsafe"] == true {
+        let enabled = if spec.unsafe_calls {
             format!("{enabled} UNSAFE")
         } else {
             enabled.to_owned()
         };
         rows.push(vec![
-            p["id"].as_str().unwrap_or("?").to_owned(),
-            p["name"].as_str().unwrap_or("-").to_owned(),
+            spec.id.clone(),
+            spec.name.clone().unwrap_or_else(|| "-".into()),
             enabled,
-            p["location"].as_str().unwrap_or("?").to_owned(),
-            format!(
-                "{}/{}/{}/{}",
-                t["hits"], t["recorded"], t["dropped"], t["errors"]
-            ),
-            exprs.join(", "),
+            spec.location.clone(),
+            format!("{}/{}/{}/{}", t.hits, t.recorded, t.dropped, t.errors),
+            spec.expressions.join(", "),
         ]);
-        for s in p["processes"].as_array().cloned().unwrap_or_default() {
+        for s in &p.processes {
+            let c = &s.status;
             rows.push(vec![
                 String::new(),
-                format!("pid {}", s["pid"]),
+                format!("pid {}", s.pid),
                 String::new(),
-                status_text(&s),
-                format!(
-                    "{}/{}/{}/{}",
-                    s["hits"], s["recorded"], s["dropped"], s["errors"]
-                ),
+                status_text(s),
+                format!("{}/{}/{}/{}", c.hits, c.recorded, c.dropped, c.errors),
                 String::new(),
             ]);
         }
@@ -176,38 +177,38 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
 }
 
 async fn show(client: &DaemonClient, key: &str, printer: &mut Printer) -> CmdResult {
-    let p = client.get(&format!("/api/v1/probes/{}", enc(key))).await?;
+    let p = client.probe(key).await?;
     if printer.json {
         printer.json_value(&p)?;
         return Ok(ExitStatus::Success);
     }
-    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let spec = &p.def.spec;
     printer.line(format!(
         "probe     {} ({})",
-        text(&p["name"]),
-        text(&p["id"])
+        spec.name.as_deref().unwrap_or("-"),
+        spec.id
     ))?;
-    printer.line(format!("location  {}", text(&p["location"])))?;
-    for e in p["expressions"].as_array().into_iter().flatten() {
-        printer.line(format!("expr      {}", text(e)))?;
+    printer.line(format!("location  {}", spec.location))?;
+    for e in &spec.expressions {
+        printer.line(format!("expr      {e}"))?;
     }
-    if let Some(c) = p["condition"].as_str() {
+    if let Some(c) = &spec.condition {
         printer.line(format!("if        {c}"))?;
     }
     let enabled = state_label(&p);
     printer.line(format!("state     {enabled}"))?;
-    printer.line(if p["unsafe"] == true {
+    printer.line(if spec.unsafe_calls {
         "unsafe    yes: its expressions may call any function (created with --unsafe)"
     } else {
         "unsafe    no"
     })?;
-    let t = &p["totals"];
+    let t = &p.totals;
     printer.line(format!(
         "hits      {} (recorded {}, dropped {}, errors {})",
-        t["hits"], t["recorded"], t["dropped"], t["errors"]
+        t.hits, t.recorded, t.dropped, t.errors
     ))?;
-    for s in p["processes"].as_array().into_iter().flatten() {
-        printer.line(format!("  pid {}: {}", s["pid"], status_text(s)))?;
+    for s in &p.processes {
+        printer.line(format!("  pid {}: {}", s.pid, status_text(s)))?;
     }
     Ok(ExitStatus::Success)
 }
@@ -218,62 +219,39 @@ async fn change(
     action: &str,
     printer: &mut Printer,
 ) -> CmdResult {
-    let answer = match (&k.probe, &k.group, action) {
-        (Some(p), _, "rm") => client.delete(&format!("/api/v1/probes/{}", enc(p))).await?,
-        (Some(p), _, act) => {
-            client
-                .post(&format!("/api/v1/probes/{}/{act}", enc(p)), &json!({}))
-                .await?
-        }
-        (None, Some(g), "rm") => {
-            client
-                .delete(&format!("/api/v1/probes?group={}", enc(g)))
-                .await?
-        }
-        (None, Some(g), act) => {
-            client
-                .post(&format!("/api/v1/groups/{}/{act}", enc(g)), &json!({}))
-                .await?
-        }
+    let (removed, switched) = match (&k.probe, &k.group, action) {
+        (Some(p), _, "rm") => (Some(client.remove_probe(p).await?), None),
+        (Some(p), _, act) => (None, Some(client.switch_probe(p, act == "enable").await?)),
+        (None, Some(g), "rm") => (Some(client.remove_group(g).await?), None),
+        (None, Some(g), act) => (None, Some(client.switch_group(g, act == "enable").await?)),
         (None, None, _) => return Err(CliError::new("name a probe (id or name) or a --group")),
     };
-    if printer.json {
-        printer.json_value(&answer)?;
-        return Ok(ExitStatus::Success);
-    }
-    match action {
-        "rm" => {
-            let ids: Vec<&str> = answer["removed"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            printer.line(format!("removed {}", ids.join(", ")))?;
+    if let Some(removed) = removed {
+        if printer.json {
+            printer.json_value(&removed)?;
+        } else {
+            printer.line(format!("removed {}", removed.removed.join(", ")))?;
         }
-        act => {
-            let n = answer["probes"].as_array().map(Vec::len).unwrap_or(0);
-            printer.line(format!("{act}d {n} probe{}", if n == 1 { "" } else { "s" }))?;
+    }
+    if let Some(switched) = switched {
+        if printer.json {
+            printer.json_value(&switched)?;
+        } else {
+            let n = switched.probes.len();
+            printer.line(format!(
+                "{action}d {n} probe{}",
+                if n == 1 { "" } else { "s" }
+            ))?;
         }
     }
     Ok(ExitStatus::Success)
 }
 
-/// Percent-encodes a path or query component.
-pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A probe's on/off state as `probe list` and `probe show` print it.
-fn state_label(p: &Value) -> &'static str {
-    if p["expired"] == true {
+fn state_label(p: &ProbeView) -> &'static str {
+    if p.expired {
         "expired"
-    } else if p["enabled"] == true {
+    } else if p.def.enabled {
         "on"
     } else {
         "off"

@@ -825,14 +825,14 @@ pub async fn repl(
                         "scry repl: pid {} has no agent; attaching one (as `scry attach {}`)",
                         a.pid, a.pid
                     ));
-                    if let Some(notice) = super::attach::gdb_notice(a.pid, None) {
-                        printer.note(format!("note: {notice}"));
-                    }
+                    super::attach::announce(&client, a.pid, None, printer).await?;
+                    let request = scry_api::AttachRequest {
+                        pid: a.pid,
+                        timeout_ms: Some(REPL_ATTACH_TIMEOUT_MS),
+                        injector: None,
+                    };
                     client
-                        .post(
-                            "/api/v1/attach",
-                            &json!({"pid": a.pid, "timeout_ms": REPL_ATTACH_TIMEOUT_MS}),
-                        )
+                        .attach(&request, false, Duration::from_secs(90))
                         .await?;
                 }
             }
@@ -902,7 +902,7 @@ pub async fn repl(
 /// How long `scry repl` lets a process without an agent take to pick the attach up: more than
 /// `scry attach`'s default 5 s, since through gdb the whole of gdb's run counts (slow on a
 /// loaded machine) and the user is waiting for a prompt anyway.
-const REPL_ATTACH_TIMEOUT_MS: u64 = 10_000;
+const REPL_ATTACH_TIMEOUT_MS: f64 = 10_000.0;
 
 /// The daemon's state of `pid` (`awake`, `sleeping`, `gone`), or None when it does not know it.
 async fn process_state(client: &DaemonClient, pid: u32) -> Option<String> {

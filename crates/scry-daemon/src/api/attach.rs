@@ -1,13 +1,14 @@
-//! `POST /api/v1/attach`, `/api/v1/detach`, `/api/v1/follow` (and `GET` of it),
+//! `POST /api/v1/attach` (and `GET /api/v1/attach/plan`), `/api/v1/detach`, `/api/v1/follow` (and `GET` of it),
 //! `/api/v1/unfollow`.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
-use axum::routing::post;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
 use axum::Json;
-use scry_api::{AttachReport, AttachRequest, PidRequest};
+use scry_api::{AttachPlan, AttachReport, AttachRequest, PidRequest};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{route, ApiResult, Route};
@@ -16,6 +17,7 @@ use crate::Shared;
 
 pub(super) fn routes() -> Vec<Route> {
     vec![
+        route("/api/v1/attach/plan", &[("GET", "attach::plan")], get(plan)),
         route(
             "/api/v1/attach",
             &[("POST", "attach::attach_request")],
@@ -45,6 +47,18 @@ async fn attach_one(
 ) -> ApiResult<AttachReport> {
     let Json(req) = body?;
     Ok(Json(attach::attach_request(&shared, &req).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    pid: u32,
+    injector: Option<String>,
+}
+
+async fn plan(q: Result<Query<PlanQuery>, QueryRejection>) -> ApiResult<AttachPlan> {
+    let Query(q) = q?;
+    Ok(Json(attach::plan(q.pid, q.injector).await?))
 }
 
 async fn detach(

@@ -53,6 +53,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         | K::PathTooLong
         | K::GdbMissing
         | K::NoPlace
+        | K::NoDebugpy
+        | K::ListenFailed
         | K::Dump => StatusCode::CONFLICT,
         K::Timeout | K::NoHello => StatusCode::GATEWAY_TIMEOUT,
         K::Agent | K::ControlPlane | K::Disconnected | K::DetachFailed => StatusCode::BAD_GATEWAY,

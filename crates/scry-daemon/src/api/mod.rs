@@ -14,6 +14,7 @@ pub mod access;
 pub mod attach;
 pub mod calls;
 pub mod daemon;
+pub mod debug;
 pub mod dumps;
 pub mod error;
 pub mod events;
@@ -76,6 +77,7 @@ pub fn routes() -> Vec<Route> {
         lines::routes(),
         calls::routes(),
         attach::routes(),
+        debug::routes(),
         traces::routes(),
         dumps::routes(),
         repl::routes(),

@@ -30,7 +30,7 @@ use rand::Rng;
 use scry_proc::inject::{pep768, InjectError, Injector};
 use scry_proc::place;
 
-use scry_api::{AttachReport, AttachRequest};
+use scry_api::{AttachPlan, AttachReport, AttachRequest};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
@@ -49,7 +49,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DETACH_WAIT: Duration = Duration::from_secs(10);
 
 /// An injector's refusal as a service error (its kind names the reason; its hint says what to do).
-fn inject_error(e: InjectError) -> Error {
+pub(crate) fn inject_error(e: InjectError) -> Error {
     let hint = e.hint();
     Error {
         kind: ErrorKind::from_name(e.kind()),
@@ -82,14 +82,7 @@ pub fn injector_for(pid: u32, only: Option<&str>) -> Result<Box<dyn Injector>, I
             }),
         _ => {
             let info = scry_proc::python::Detector::new().detect(pid);
-            let minor = info.as_ref().and_then(|p| {
-                p.version_hex
-                    .map(|h| ((h >> 24) & 0xff, (h >> 16) & 0xff))
-                    .or_else(|| {
-                        let (a, b) = p.short.trim_end_matches('t').split_once('.')?;
-                        Some((a.parse().ok()?, b.parse().ok()?))
-                    })
-            });
+            let minor = info.as_ref().and_then(|p| p.major_minor());
             match minor {
                 // Not Python, not recognised, or 3.14+: the native injector says precisely why.
                 None | Some((3, 14..)) => {
@@ -118,7 +111,7 @@ pub struct Placement {
 
 /// A placement failure as a service error (an io error's cause belongs in the message: the API
 /// has no error chain).
-fn place_error(e: place::PlaceError) -> Error {
+pub(crate) fn place_error(e: place::PlaceError) -> Error {
     let message = match &e {
         place::PlaceError::Io { source, .. } => format!("{e}: {source}"),
         _ => e.to_string(),
@@ -451,6 +444,25 @@ pub fn check_request(req: &AttachRequest) -> Result<(u32, Duration, Option<Strin
         }
     };
     Ok((pid, timeout, only))
+}
+
+/// Which injector an attach to `pid` would use and what to tell the user before it runs,
+/// checked as an attach checks (nothing is written to the process).
+pub async fn plan(pid: u32, injector: Option<String>) -> Result<AttachPlan> {
+    let (pid, _, only) = check_request(&AttachRequest {
+        pid,
+        timeout_ms: None,
+        injector,
+    })?;
+    let chosen = tokio::task::spawn_blocking(move || injector_for(pid, only.as_deref()))
+        .await
+        .map_err(|e| internal(format!("the attach check failed: {e}")))?
+        .map_err(inject_error)?;
+    Ok(AttachPlan {
+        pid,
+        injector: chosen.name().to_owned(),
+        notice: chosen.notice(),
+    })
 }
 
 /// A pid that can name a process (0 cannot).

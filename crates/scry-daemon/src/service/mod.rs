@@ -13,6 +13,7 @@ pub mod agents;
 pub mod attach;
 pub mod calls;
 pub mod daemon;
+pub mod debug;
 pub mod dumps;
 pub mod events;
 pub mod follow;

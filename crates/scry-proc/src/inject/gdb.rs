@@ -168,13 +168,7 @@ impl Injector for Gdb {
                     .map(|p| p.display().to_string())
                     .unwrap_or(info.comm.clone()),
             })?;
-        let minor = python
-            .version_hex
-            .map(|h| ((h >> 24) & 0xff, (h >> 16) & 0xff))
-            .or_else(|| {
-                let (a, b) = python.short.trim_end_matches('t').split_once('.')?;
-                Some((a.parse().ok()?, b.parse().ok()?))
-            });
+        let minor = python.major_minor();
         if !matches!(minor, Some((3, 8..=13))) {
             return Err(InjectError::UnsupportedVersion {
                 pid,
