@@ -7,13 +7,14 @@
 //! status codes) — that is the daemon's. It depends on serde and `scry-proto` only (the agent
 //! protocol's types that the API carries as they are: rate modes, capture limits).
 //!
-//! The types move here one resource at a time (issue 15): errors, probes, attaches, debugpy and trace requests so far; the other
+//! The types move here one resource at a time (issue 15): errors, processes, probes, attaches, debugpy and trace requests so far; the other
 //! resources still answer `serde_json::Value` documents described in `docs/architecture.md`.
 
 pub mod attach;
 pub mod debug;
 pub mod error;
 pub mod probes;
+pub mod processes;
 pub mod traces;
 
 pub use attach::{AttachPlan, AttachReport, AttachRequest, PidRequest};
@@ -22,5 +23,6 @@ pub use error::{Error, ErrorBody, ErrorKind};
 pub use probes::{
     NewProbe, ProbeDef, ProbeInProcess, ProbeList, ProbeTotals, ProbeView, Removed, Target, Ttl,
 };
+pub use processes::{DiscoveredClient, ProcState, ProcessEntry, ProcessList, ProcessView};
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::NewTrace;

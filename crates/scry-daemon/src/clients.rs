@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Home;
+use scry_proto::ControlAddr;
 
 /// What an embedded client wrote about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,12 +46,20 @@ pub struct ClientFile {
 }
 
 impl ClientFile {
-    /// The control plane's address as the API shows it: `{"socket": ...}` or `{"host", "port"}`.
-    pub fn control_value(&self) -> Value {
+    /// The control plane's address as the API shows it: a socket, or a host and port.
+    pub fn control(&self) -> Option<ControlAddr> {
         match (&self.control_socket, &self.control_host, self.control_port) {
-            (Some(path), _, _) => serde_json::json!({"socket": path}),
-            (None, Some(host), Some(port)) => serde_json::json!({"host": host, "port": port}),
-            _ => Value::Null,
+            (Some(path), _, _) => Some(ControlAddr {
+                socket: Some(path.clone()),
+                host: None,
+                port: None,
+            }),
+            (None, Some(host), Some(port)) => Some(ControlAddr {
+                socket: None,
+                host: Some(host.clone()),
+                port: Some(port),
+            }),
+            _ => None,
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 
-use crate::state::registry::{AgentHandle, Entry, ProcState, ProcessView};
+use crate::state::registry::{AgentHandle, Entry};
 use crate::{now, Shared};
 
 /// The longest goodbye reason kept (the agent sends `sleep`, `shutdown` or `exit`).
@@ -426,35 +426,15 @@ async fn register(
     peer: &Peer,
     agent: AgentHandle,
 ) -> Result<i64, crate::DaemonError> {
-    let (key, pid, ns_pid, start_ticks) = identity(hello, peer);
+    let identity = identity(hello, peer);
     let t = now();
     let first_seen = shared
         .registry()
-        .by_key(&key)
+        .by_key(&identity.0)
         .map(|e| e.view.first_seen)
         .unwrap_or(t);
-    let mut view = ProcessView {
-        id: 0,
-        key,
-        pid,
-        ns_pid,
-        ppid: hello.ppid,
-        host: hello.host.clone(),
-        name: hello.name.clone(),
-        python_version: hello.python.version.clone(),
-        executable: hello.python.executable.clone(),
-        argv: hello.argv.clone(),
-        cwd: hello.cwd.clone(),
-        origin: hello.origin.as_str().into(),
-        state: ProcState::Awake,
-        first_seen,
-        connected_since: Some(t),
-        last_heard: t,
-        session_id: Some(agent.session_id.clone()),
-        control: hello.control.clone(),
-        capabilities: hello.capabilities.clone(),
-        start_ticks,
-    };
+    let mut view =
+        crate::state::registry::view_from_hello(hello, identity, first_seen, &agent.session_id, t);
     view.id = crate::service::agents::persist_process(shared, &view).await?;
     let id = view.id;
     shared.publish_process(&view);

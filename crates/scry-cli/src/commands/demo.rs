@@ -63,9 +63,9 @@ pub async fn demo(home: &Home, args: &DemoArgs, printer: &mut Printer) -> CmdRes
     let (location, probe) = ensure_probe(&client, pid).await?;
     let events = watch(&client, &probe, printer, &location).await?;
     if printer.json {
-        let procs = client.get("/api/v1/processes").await?;
+        let procs: scry_api::ProcessList = client.get_as("/api/v1/processes").await?;
         printer.json_value(&json!({
-            "demo_pid": pid, "wake": woke, "processes": procs["processes"],
+            "demo_pid": pid, "wake": woke, "processes": procs.processes,
             "probe": probe, "events": events,
         }))?;
         return Ok(ExitStatus::Success);

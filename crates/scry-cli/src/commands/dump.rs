@@ -85,13 +85,15 @@ const INSPECT_TIMEOUT_MS: u64 = 1500;
 /// inside can see: thread names set in Python and asyncio tasks. A process without an agent is
 /// left as it is; one whose agent does not answer gets `agent.error`.
 async fn ask_agents(client: &DaemonClient, dump: &mut Dump) {
-    let connected: std::collections::HashSet<u32> = match client.get("/api/v1/processes").await {
-        Ok(list) => list["processes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["state"] == "awake")
-            .filter_map(|p| p["pid"].as_u64().and_then(|v| u32::try_from(v).ok()))
+    let connected: std::collections::HashSet<u32> = match client
+        .get_as::<scry_api::ProcessList>("/api/v1/processes")
+        .await
+    {
+        Ok(list) => list
+            .processes
+            .iter()
+            .filter(|p| p.state() == scry_api::ProcState::Awake)
+            .map(scry_api::ProcessEntry::pid)
             .collect(),
         Err(_) => return,
     };

@@ -1,6 +1,7 @@
 //! `scry ps` (the processes scry knows) and `scry ps --tree PID` (a process tree read from
 //! `/proc`, with what scry knows of each process).
 
+use scry_api::{ProcState, ProcessEntry, ProcessList};
 use scry_daemon::Home;
 use scry_proc::tree::{Sampler, Selection, TreeProcess};
 use serde_json::Value;
@@ -26,12 +27,12 @@ pub async fn ps(home: &Home, args: &PsArgs, printer: &mut Printer) -> CmdResult 
     } else {
         "/api/v1/processes"
     };
-    let answer = client.get(path).await?;
+    let answer: ProcessList = client.get_as(path).await?;
     if printer.json {
         printer.json_value(&answer)?;
         return Ok(ExitStatus::Success);
     }
-    let list = answer["processes"].as_array().cloned().unwrap_or_default();
+    let list = answer.processes;
     if list.is_empty() {
         printer.line("no processes yet")?;
         printer.note(
@@ -52,30 +53,32 @@ pub async fn ps(home: &Home, args: &PsArgs, printer: &mut Printer) -> CmdResult 
     Ok(ExitStatus::Success)
 }
 
-fn row(p: &Value, now: f64) -> Vec<String> {
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    let state = text(&p["state"]).unwrap_or_else(|| "?".into());
-    let since = match state.as_str() {
-        "awake" => p["connected_since"].as_f64(),
-        "gone" => p["last_heard"].as_f64(),
-        _ => p["last_heard"].as_f64().or(p["first_seen"].as_f64()),
+fn row(p: &ProcessEntry, now: f64) -> Vec<String> {
+    let (since, command, origin) = match p {
+        ProcessEntry::Agent(v) => {
+            let since = match v.state {
+                ProcState::Awake => v.connected_since,
+                ProcState::Gone | ProcState::Sleeping => Some(v.last_heard),
+            };
+            let command = if v.argv.is_empty() {
+                v.executable.clone()
+            } else {
+                v.argv.join(" ")
+            };
+            (since, command, v.origin.clone())
+        }
+        ProcessEntry::Discovery(c) => (
+            c.first_seen,
+            c.executable.clone().unwrap_or_default(),
+            "embedded".to_owned(),
+        ),
     };
-    let command = p["argv"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| text(&p["executable"]).unwrap_or_default());
     vec![
-        p["pid"].as_u64().map(|v| v.to_string()).unwrap_or_default(),
-        text(&p["name"]).unwrap_or_else(|| "-".into()),
-        state,
-        text(&p["python_version"]).unwrap_or_else(|| "-".into()),
-        text(&p["origin"]).unwrap_or_else(|| "embedded".into()),
+        p.pid().to_string(),
+        p.name().unwrap_or("-").to_owned(),
+        p.state().as_str().to_owned(),
+        p.python_version().unwrap_or("-").to_owned(),
+        origin,
         since.map(|t| age(now - t)).unwrap_or_else(|| "-".into()),
         command,
     ]
@@ -119,22 +122,19 @@ pub async fn known(home: &Home) -> (std::collections::HashMap<u32, Known>, bool)
     if !ours || !client.is_up().await {
         return (out, false);
     }
-    let Ok(answer) = client.get("/api/v1/processes").await else {
+    let Ok(answer) = client.get_as::<ProcessList>("/api/v1/processes").await else {
         return (out, false);
     };
-    for p in answer["processes"].as_array().into_iter().flatten() {
-        let (Some(pid), Some(state)) = (p["pid"].as_u64(), p["state"].as_str()) else {
-            continue;
-        };
-        if state == "gone" {
+    for p in answer.processes {
+        if p.state() == ProcState::Gone {
             continue;
         }
         out.insert(
-            pid as u32,
+            p.pid(),
             Known {
-                state: state.to_owned(),
-                name: p["name"].as_str().map(str::to_owned),
-                python: p["python_version"].as_str().map(str::to_owned),
+                state: p.state().as_str().to_owned(),
+                name: p.name().map(str::to_owned),
+                python: p.python_version().map(str::to_owned),
             },
         );
     }

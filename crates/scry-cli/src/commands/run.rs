@@ -906,11 +906,11 @@ const REPL_ATTACH_TIMEOUT_MS: f64 = 10_000.0;
 
 /// The daemon's state of `pid` (`awake`, `sleeping`, `gone`), or None when it does not know it.
 async fn process_state(client: &DaemonClient, pid: u32) -> Option<String> {
-    let p = client.get(&format!("/api/v1/processes/{pid}")).await.ok()?;
-    p.get("state")
-        .or_else(|| p.pointer("/process/state"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    let p: scry_api::ProcessEntry = client
+        .get_as(&format!("/api/v1/processes/{pid}"))
+        .await
+        .ok()?;
+    Some(p.state().as_str().to_owned())
 }
 
 /// The bootstrap directories of `scry run` are `$TMPDIR/scry-run-<pid of scry run>-<random>`.

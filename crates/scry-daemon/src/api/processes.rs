@@ -6,8 +6,9 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::Json;
+use scry_api::{ProcessEntry, ProcessList};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{parse_pid, route, ApiResult, Route};
 use crate::service::processes;
@@ -44,12 +45,15 @@ struct ListQuery {
 async fn list(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<ProcessList> {
     let Query(q) = q?;
-    Ok(Json(json!({"processes": processes::list(&shared, q.gone)})))
+    Ok(Json(processes::list(&shared, q.gone)))
 }
 
-async fn one(State(shared): State<Arc<Shared>>, Path(pid): Path<String>) -> ApiResult {
+async fn one(
+    State(shared): State<Arc<Shared>>,
+    Path(pid): Path<String>,
+) -> ApiResult<ProcessEntry> {
     let pid = parse_pid(&pid)?;
     Ok(Json(processes::get(&shared, pid)?))
 }

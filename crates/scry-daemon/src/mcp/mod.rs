@@ -141,23 +141,28 @@ impl ScryMcp {
         description = "List the Python processes scry knows: pid, parent pid (the tree), name, Python version and scry state (awake: observable now; sleeping: an embedded client to wake first; gone). Start here to pick a pid."
     )]
     async fn list_processes(&self, Parameters(a): Parameters<ListProcessesArgs>) -> CallToolResult {
-        let list = processes::list(&self.shared, a.include_gone);
+        let list = processes::list(&self.shared, a.include_gone).processes;
         let rows: Vec<Value> = list
             .iter()
-            .map(|p| {
-                json!([
-                    p["pid"],
-                    p["ppid"],
-                    p["name"],
-                    p["state"],
-                    p["python_version"],
-                    p["origin"],
-                    p["argv"].as_array().map(|a| a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" "))
-                ])
+            .map(|p| match p {
+                scry_api::ProcessEntry::Agent(v) => json!([
+                    v.pid,
+                    v.ppid,
+                    v.name,
+                    v.state,
+                    v.python_version,
+                    v.origin,
+                    v.argv.join(" ")
+                ]),
+                scry_api::ProcessEntry::Discovery(c) => json!([
+                    c.pid,
+                    Value::Null,
+                    c.name,
+                    c.state,
+                    c.python_version,
+                    Value::Null,
+                    Value::Null
+                ]),
             })
             .collect();
         answer(Ok(json!({

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use scry_proto::DaemonMessage;
-use scry_store::{Level, NewEvent, ProcessRecord, Store};
+use scry_store::{Level, NewEvent, Store};
 use serde_json::{json, Value};
 
 use crate::state::registry::{self, ProcState, ProcessView, Registry};
@@ -16,28 +16,7 @@ use crate::{now, DaemonError, Shared};
 
 /// Writes a process to the store and returns its row id.
 pub async fn persist_process(shared: &Shared, view: &ProcessView) -> Result<i64, DaemonError> {
-    let rec = ProcessRecord {
-        key: view.key.clone(),
-        pid: view.pid,
-        ppid: Some(view.ppid),
-        host: view.host.clone(),
-        name: view.name.clone(),
-        python_version: view.python_version.clone(),
-        executable: view.executable.clone(),
-        argv: view.argv.clone(),
-        cwd: view.cwd.clone(),
-        origin: view.origin.clone(),
-        state: store_state(view.state),
-        first_seen: view.first_seen,
-        connected_since: view.connected_since,
-        last_heard: view.last_heard,
-        info: json!({
-            "ns_pid": view.ns_pid,
-            "control": view.control,
-            "start_ticks": view.start_ticks,
-            "capabilities": view.capabilities,
-        }),
-    };
+    let rec = registry::record_of(view);
     let store = shared.store.clone();
     let id = tokio::task::spawn_blocking(move || store.upsert_process(&rec))
         .await
@@ -254,66 +233,26 @@ pub async fn sweep(shared: &Shared) {
     }
 }
 
-fn store_state(s: ProcState) -> scry_store::ProcessState {
-    match s {
-        ProcState::Sleeping => scry_store::ProcessState::Sleeping,
-        ProcState::Awake => scry_store::ProcessState::Awake,
-        ProcState::Gone => scry_store::ProcessState::Gone,
-    }
-}
-
 /// Loads the processes the store remembers into a registry; those whose process exited since
 /// are marked gone, the others sleeping (their agents reconnect on their own).
 pub(crate) fn load_registry(store: &Store) -> Result<Registry, DaemonError> {
     let mut reg = Registry::default();
-    for scry_store::ProcessRow {
-        id, process: row, ..
-    } in store.processes()?
-    {
-        let start_ticks = row.info.get("start_ticks").and_then(Value::as_u64);
-        let pid = row.pid;
-        let was = ProcState::parse(row.state.as_str());
+    for row in store.processes()? {
+        let start_ticks = row.process.info.get("start_ticks").and_then(Value::as_u64);
+        let was = ProcState::parse(row.process.state.as_str());
         // An injected agent never reconnects (its nonce was used once), so after a restart
         // its process is no client at all, whatever an older daemon stored for it.
         let state = if was != ProcState::Gone
-            && row.origin != "injected"
-            && scry_proc::alive(pid, start_ticks)
+            && row.process.origin != "injected"
+            && scry_proc::alive(row.process.pid, start_ticks)
         {
             ProcState::Sleeping
         } else {
             ProcState::Gone
         };
-        let view = ProcessView {
-            id,
-            key: row.key,
-            pid,
-            ns_pid: row
-                .info
-                .get("ns_pid")
-                .and_then(Value::as_u64)
-                .and_then(|v| u32::try_from(v).ok()),
-            ppid: row.ppid.unwrap_or(0),
-            host: row.host,
-            name: row.name,
-            python_version: row.python_version,
-            executable: row.executable,
-            argv: row.argv,
-            cwd: row.cwd,
-            origin: row.origin,
-            state,
-            first_seen: row.first_seen,
-            connected_since: None,
-            last_heard: row.last_heard,
-            session_id: None,
-            control: row
-                .info
-                .get("control")
-                .and_then(|c| serde_json::from_value(c.clone()).ok()),
-            start_ticks,
-            capabilities: Vec::new(),
-        };
+        let view = registry::view_from_row(row, state);
         if state != was {
-            store.set_process_state(view.id, store_state(state), now())?;
+            store.set_process_state(view.id, registry::store_state(state), now())?;
         }
         reg.put(registry::Entry { view, agent: None });
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use scry_api::{DiscoveredClient, ProcessEntry, ProcessList};
 use serde_json::{json, Value};
 
 use super::{Error, ErrorKind, Result};
@@ -15,10 +16,10 @@ const RECENTLY_GONE: f64 = 15.0 * 60.0;
 
 /// Every process scry knows: agents' processes (gone ones of the last 15 minutes, or all with
 /// `all_gone`) and sleeping clients the daemon has not heard from.
-pub fn list(shared: &Shared, all_gone: bool) -> Vec<Value> {
+pub fn list(shared: &Shared, all_gone: bool) -> ProcessList {
     let views = shared.registry().views();
     let cutoff = crate::now() - RECENTLY_GONE;
-    let mut out: Vec<Value> = Vec::new();
+    let mut out = Vec::new();
     let mut live_pids = Vec::new();
     for v in views {
         if v.state == ProcState::Gone && !all_gone && v.last_heard < cutoff {
@@ -27,32 +28,37 @@ pub fn list(shared: &Shared, all_gone: bool) -> Vec<Value> {
         if v.state != ProcState::Gone {
             live_pids.push(v.pid);
         }
-        let mut value = serde_json::to_value(&v).unwrap_or(Value::Null);
-        value["source"] = json!("agent");
-        out.push(value);
+        out.push(ProcessEntry::Agent(Box::new(v)));
     }
     // Sleeping embedded clients the daemon has not heard from (e.g. started before the daemon).
     for c in clients::discover(&shared.home) {
         if live_pids.contains(&c.pid) {
             continue;
         }
-        out.push(json!({
-            "pid": c.pid, "name": c.name, "state": "sleeping", "source": "discovery",
-            "python_version": c.python_version, "executable": c.executable,
-            "control": c.control_value(),
-            "first_seen": c.started_at,
+        out.push(ProcessEntry::Discovery(DiscoveredClient {
+            pid: c.pid,
+            name: c.name.clone(),
+            state: ProcState::Sleeping,
+            python_version: c
+                .python_version
+                .as_ref()
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            executable: c.executable.clone(),
+            control: c.control(),
+            first_seen: c.started_at,
         }));
     }
-    out
+    ProcessList { processes: out }
 }
 
 /// The process with this pid: the live one when there is one, else the newest gone one.
-pub fn get(shared: &Shared, pid: u32) -> Result<Value> {
-    let all = list(shared, true);
+pub fn get(shared: &Shared, pid: u32) -> Result<ProcessEntry> {
+    let all = list(shared, true).processes;
     let live = all
         .iter()
-        .find(|p| p["pid"] == json!(pid) && p["state"] != json!("gone"));
-    live.or_else(|| all.iter().find(|p| p["pid"] == json!(pid)))
+        .find(|p| p.pid() == pid && p.state() != ProcState::Gone);
+    live.or_else(|| all.iter().find(|p| p.pid() == pid))
         .cloned()
         .ok_or_else(|| {
             Error::not_found(format!("scry knows no process {pid}"))

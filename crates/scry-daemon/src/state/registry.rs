@@ -9,86 +9,121 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scry_proto::{ControlAddr, DaemonMessage, Reply};
-use serde::Serialize;
+use scry_proto::{DaemonMessage, Hello, Reply};
+use scry_store::{ProcessRecord, ProcessRow};
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-/// A process's state as scry sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProcState {
-    /// Known, alive, no agent connected (an embedded client that sleeps).
-    Sleeping,
-    /// An agent is connected.
-    Awake,
-    /// The process has exited.
-    Gone,
+pub use scry_api::{ProcState, ProcessView};
+
+// -- one process record, from hello to screen ------------------------------------------------
+//
+// A process has one shape, `scry_api::ProcessView`: built from an agent's hello, kept here,
+// shown by the API. The store keeps it as a `ProcessRecord` (the fields it indexes, the rest in
+// `info`); these three functions are the only conversions.
+
+/// The view of a process from its agent's hello. `identity` is `(key, pid, ns_pid,
+/// start_ticks)`, what the daemon knows of the peer beyond what the agent says.
+pub fn view_from_hello(
+    hello: &Hello,
+    identity: (String, u32, Option<u32>, Option<u64>),
+    first_seen: f64,
+    session_id: &str,
+    now: f64,
+) -> ProcessView {
+    let (key, pid, ns_pid, start_ticks) = identity;
+    ProcessView {
+        id: 0,
+        key,
+        pid,
+        ns_pid,
+        ppid: hello.ppid,
+        host: hello.host.clone(),
+        name: hello.name.clone(),
+        python_version: hello.python.version.clone(),
+        executable: hello.python.executable.clone(),
+        argv: hello.argv.clone(),
+        cwd: hello.cwd.clone(),
+        origin: hello.origin.as_str().into(),
+        state: ProcState::Awake,
+        first_seen,
+        connected_since: Some(now),
+        last_heard: now,
+        session_id: Some(session_id.to_owned()),
+        control: hello.control.clone(),
+        capabilities: hello.capabilities.clone(),
+        start_ticks,
+    }
 }
 
-impl ProcState {
-    /// The wire and database name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProcState::Sleeping => "sleeping",
-            ProcState::Awake => "awake",
-            ProcState::Gone => "gone",
-        }
-    }
-    /// Parses the database name.
-    pub fn parse(s: &str) -> ProcState {
-        match s {
-            "awake" => ProcState::Awake,
-            "sleeping" => ProcState::Sleeping,
-            _ => ProcState::Gone,
-        }
+/// The store's record of a view.
+pub fn record_of(view: &ProcessView) -> ProcessRecord {
+    ProcessRecord {
+        key: view.key.clone(),
+        pid: view.pid,
+        ppid: Some(view.ppid),
+        host: view.host.clone(),
+        name: view.name.clone(),
+        python_version: view.python_version.clone(),
+        executable: view.executable.clone(),
+        argv: view.argv.clone(),
+        cwd: view.cwd.clone(),
+        origin: view.origin.clone(),
+        state: store_state(view.state),
+        first_seen: view.first_seen,
+        connected_since: view.connected_since,
+        last_heard: view.last_heard,
+        info: json!({
+            "ns_pid": view.ns_pid,
+            "control": view.control,
+            "start_ticks": view.start_ticks,
+            "capabilities": view.capabilities,
+        }),
     }
 }
 
-/// What the API shows of a process.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessView {
-    /// The store's row id.
-    pub id: i64,
-    /// Identity: `host:pid:start`.
-    pub key: String,
-    /// Pid as the daemon sees it.
-    pub pid: u32,
-    /// Pid inside the process's own PID namespace, when it differs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ns_pid: Option<u32>,
-    /// Parent pid.
-    pub ppid: u32,
-    /// Host name.
-    pub host: String,
-    /// Registered name.
-    pub name: Option<String>,
-    /// Python version.
-    pub python_version: String,
-    /// Interpreter path.
-    pub executable: String,
-    /// Command line.
-    pub argv: Vec<String>,
-    /// Working directory.
-    pub cwd: String,
-    /// `embedded`, `injected` or `run`.
-    pub origin: String,
-    /// Current state.
-    pub state: ProcState,
-    /// First time the daemon heard of it (epoch seconds).
-    pub first_seen: f64,
-    /// When the current connection began.
-    pub connected_since: Option<f64>,
-    /// Last message from it.
-    pub last_heard: f64,
-    /// The current connection's session id.
-    pub session_id: Option<String>,
-    /// The embedded client's control plane.
-    pub control: Option<ControlAddr>,
-    /// Features its agent offers (`probes`, …).
-    pub capabilities: Vec<String>,
-    /// Kernel start time (clock ticks) when known: detects pid reuse.
-    #[serde(skip)]
-    pub start_ticks: Option<u64>,
+/// The view of a stored process, in `state` (no agent is connected to a process read back).
+pub fn view_from_row(row: ProcessRow, state: ProcState) -> ProcessView {
+    let ProcessRow {
+        id, process: rec, ..
+    } = row;
+    let info = &rec.info;
+    ProcessView {
+        id,
+        key: rec.key,
+        pid: rec.pid,
+        ns_pid: info
+            .get("ns_pid")
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok()),
+        ppid: rec.ppid.unwrap_or(0),
+        host: rec.host,
+        name: rec.name,
+        python_version: rec.python_version,
+        executable: rec.executable,
+        argv: rec.argv,
+        cwd: rec.cwd,
+        origin: rec.origin,
+        state,
+        first_seen: rec.first_seen,
+        connected_since: None,
+        last_heard: rec.last_heard,
+        session_id: None,
+        control: info
+            .get("control")
+            .and_then(|c| serde_json::from_value(c.clone()).ok()),
+        start_ticks: info.get("start_ticks").and_then(Value::as_u64),
+        capabilities: Vec::new(),
+    }
+}
+
+/// The store's name of a state.
+pub fn store_state(s: ProcState) -> scry_store::ProcessState {
+    match s {
+        ProcState::Sleeping => scry_store::ProcessState::Sleeping,
+        ProcState::Awake => scry_store::ProcessState::Awake,
+        ProcState::Gone => scry_store::ProcessState::Gone,
+    }
 }
 
 /// A handle to a connected agent: send it messages and wait for its replies.
