@@ -21,7 +21,7 @@ import scry
 from conftest import scry_threads, wait_until
 from realdaemon import elsewhere, running, write_config
 from scripted_peer import ScriptedPeer
-from scry import _features, _link, _proto, _state
+from scry import _features, _handshake, _link, _proto, _state
 
 
 @pytest.fixture
@@ -387,7 +387,7 @@ def test_a_daemon_that_stops_reading(home, monkeypatch):
     # Writes to a daemon that reads nothing block; after SEND_TIMEOUT the agent gives that
     # connection up, reconnects, and resends what was not acknowledged (same stream, the same
     # seqs: the daemon stores each once), then goes on once acks come: nothing dropped.
-    monkeypatch.setattr(_link, "SEND_TIMEOUT", 0.5)
+    monkeypatch.setattr(_handshake, "SEND_TIMEOUT", 0.5)
     p = ScriptedPeer(str(home / "run" / "agent.sock"), deaf=[0])
     try:
         deaf = awake_with(p)
