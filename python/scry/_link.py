@@ -7,10 +7,10 @@ connection: it answers the daemon's requests, flushes the report buffer every
 when the connection drops, reconnects with backoff (0.1 s doubling to 2 s) for as long as the
 link is not stopped.
 
-Each flush the link moves the forwarded log records, the events of a trace it started and its
-probe engine's hits into the report buffer, where whoever holds the link may queue events too
-(``send_report``). Reports carry a seq and are kept until the daemon acknowledges them, to be
-resent after a reconnect.
+What goes into the report buffer comes from the producers registered in ``_producers`` (probe
+hits, trace events, forwarded log records): each flush the link drains each of them, knowing none
+by name, and whoever holds the link may queue events too (``send_report``). Reports carry a seq
+and are kept until the daemon acknowledges them, to be resent after a reconnect.
 
 Ownership, so that no fd is ever closed under another thread's feet: once started, only the link
 thread reads, writes and closes the socket; ``stop()`` only sets a flag and writes one byte to the
@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 
-from . import _calls, _hit, _logfwd, _proto, _trace
+from . import _calls, _producers, _proto
 from ._address import need_token, parse_daemon_url, resolve_endpoint
 from ._errors import ScryError, describe
 from ._handshake import (
@@ -160,8 +160,8 @@ class Link(object):
         self._outbox = collections.deque()
         self._dropped = 0
         self._bad_events_logged = False
-        #: Forwards the ``scry`` logger's records to the daemon while the link thread runs.
-        self.log_forwarder = _logfwd.LogForwarder()
+        #: What this link drains into its reports each flush (``_producers``), in drain order.
+        self._producers = _producers.for_link(self)
 
     # -- called by the state, under its lock ---------------------------------------------------
 
@@ -178,11 +178,12 @@ class Link(object):
     def start(self):
         """Start the ``scry-link`` thread (RuntimeError when the process is out of threads)."""
         thread = threading.Thread(target=self._run, name="scry-link", daemon=True)
-        log.addHandler(self.log_forwarder)
+        for producer in self._producers:
+            producer.before_start()
         try:
             thread.start()
         except BaseException:
-            log.removeHandler(self.log_forwarder)
+            self._close_producers()
             raise
         self._thread = thread
 
@@ -220,10 +221,11 @@ class Link(object):
         """After fork, in the child: close our copies of the fds (never shutdown(), which would
         cut the parent's connection). Takes no lock: another thread may have held one at fork."""
         self._thread = None
-        try:
-            log.removeHandler(self.log_forwarder)
-        except Exception:
-            pass
+        for producer in self._producers:
+            try:
+                producer.link_closed_in_child()
+            except Exception:
+                pass
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
@@ -346,8 +348,9 @@ class Link(object):
         log.debug("connected to the daemon at %s (session %s)", self.endpoint, self.session_id)
 
     def _run(self):
-        self.log_forwarder.skip_thread = threading.get_ident()
         try:
+            for producer in self._producers:
+                producer.on_link_thread()
             while not self._stop.is_set():
                 if self._sock is not None:
                     self._serve()
@@ -366,13 +369,17 @@ class Link(object):
         except BaseException as exc:  # never let the thread die with a traceback on stderr
             log.warning("the scry-link thread failed: %r", exc)
         finally:
-            try:
-                _trace.link_closed(self)
-            except Exception:
-                pass
-            log.removeHandler(self.log_forwarder)
+            self._close_producers()
             self._close_socket(goodbye=True)
             self._close_pipe()
+
+    def _close_producers(self):
+        """Tell every producer the link is done; one that fails does not keep the others open."""
+        for producer in self._producers:
+            try:
+                producer.link_closed()
+            except Exception:
+                pass
 
     def _drain_wake_pipe(self):
         with self._pipe_lock:
@@ -500,10 +507,11 @@ class Link(object):
                     self._pump()
                     self._flush()
                     last_flush = now
-                    # Hits still waiting by the batch: a hot line fills the buffer faster than
-                    # one flush per interval empties it, so keep draining without sleeping
-                    # (the poll above still serves the daemon in between).
-                    if len(_hit.BUFFER) >= self.settings["max_batch"] or len(_trace.BUFFER) >= 64 * _trace.RECORDS_PER_EVENT:
+                    # A producer still holds more than one drain takes (a hot line's hits): keep
+                    # draining without sleeping (the poll above still serves the daemon in
+                    # between).
+                    max_batch = self.settings["max_batch"]
+                    if any(producer.backlog(max_batch) for producer in self._producers):
                         last_flush = now - flush_every
                 if now - self._last_sent >= heartbeat_every:
                     self._send(_proto.heartbeat())
@@ -591,35 +599,21 @@ class Link(object):
         return _proto.reply_ok(msg["id"], {"statuses": statuses})
 
     def _pump(self):
-        """Move the forwarded log records and the probe engine's hits into the report buffer;
-        send due probe statuses."""
-        with self._buf_lock:
-            room = BUFFER_CAPACITY - len(self._buf)
-        records, lost = self.log_forwarder.drain(max(0, room))
-        if records or lost:
-            self.send_report(records, lost)
-        try:
-            traced = _trace.pump(self, 64)
-        except Exception as exc:
-            log.warning("could not collect trace events: %r", exc)
-            traced = None
-        if traced:
-            self.send_report(traced)
-        engine = self.engine
-        if engine is None:
-            return
-        with self._buf_lock:
-            room = BUFFER_CAPACITY - len(self._buf)
-        limit = min(room, self.settings["max_batch"] * MAX_REPORTS_PER_FLUSH)
-        try:
-            events, lost, statuses = engine.collect(max(0, limit))
-        except Exception as exc:
-            log.warning("could not collect probe hits: %r", exc)
-            return
-        if events or lost:
-            self.send_report(events, lost)
-        if statuses:
-            self._send(_proto.probe_status(statuses))
+        """Move what each producer holds (forwarded log records, trace events, probe hits) into
+        the report buffer, in drain order; send the messages they hand over (probe statuses)."""
+        flush_max = self.settings["max_batch"] * MAX_REPORTS_PER_FLUSH
+        for producer in self._producers:
+            with self._buf_lock:
+                room = BUFFER_CAPACITY - len(self._buf)
+            try:
+                events, dropped, messages = producer.drain(max(0, room), flush_max)
+            except Exception as exc:
+                log.warning("could not collect %s: %r", producer.what, exc)
+                continue
+            if events or dropped:
+                self.send_report(events, dropped)
+            for msg in messages:
+                self._send(msg)
 
     def _send(self, msg):
         self._send_bytes(_proto.encode(msg))

@@ -8,9 +8,9 @@ after it has executed. The trace sets the budget (``max_rate``) and what records
 returned values) for the backend's hooks, and ends when asked, when its ``duration`` is over, or
 when its link closes.
 
-The link thread drains the records each flush (:func:`pump`) into report events of kind
-``trace`` (docs/protocol.md "Trace events"), already JSON text; the last one says how the trace
-ended. ``scry.pulse`` goes into the running trace as a
+The link thread drains the records each flush (the :class:`TraceProducer` registered with
+``_producers``) into report events of kind ``trace`` (docs/protocol.md "Trace events"), already
+JSON text; the last one says how the trace ended. ``scry.pulse`` goes into the running trace as a
 record, else out as a ``pulse`` event.
 
 Not for: hooking the interpreter (``_trace_backends``) or matching patterns (``_trace_select``).
@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from . import _calls, _capture, _locate, _trace_backends
+from . import _calls, _capture, _locate, _producers, _trace_backends
 from ._trace_backends import (
     BUDGET,
     BUFFER,
@@ -48,6 +48,8 @@ log = logging.getLogger("scry")
 DEFAULT_MAX_RATE = 200000
 #: Records per report event.
 RECORDS_PER_EVENT = 1000
+#: Trace events (of up to RECORDS_PER_EVENT records each) the link takes per flush.
+EVENTS_PER_FLUSH = 64
 
 _append = BUFFER.append
 _now = time.perf_counter_ns
@@ -382,6 +384,29 @@ def link_closed(link):
             trace.stop("disconnected")
             BUFFER.clear()
             _current = None
+
+
+class TraceProducer(_producers.Producer):
+    """What one link ships of the trace it started: the trace's events (:func:`pump`); the trace
+    ends with the link (:func:`link_closed`)."""
+
+    what = "trace events"
+
+    def __init__(self, link):
+        self.link = link
+
+    def drain(self, room, flush_max):
+        return pump(self.link, EVENTS_PER_FLUSH), 0, ()
+
+    def backlog(self, max_batch):
+        return len(BUFFER) >= EVENTS_PER_FLUSH * RECORDS_PER_EVENT
+
+    def link_closed(self):
+        link_closed(self.link)
+
+
+# After the log records, before the probe hits (see ``_producers``).
+_producers.register(TraceProducer, order=1)
 
 
 def pulse(name, values, link):
