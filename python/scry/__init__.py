@@ -27,6 +27,10 @@ from . import _state as _state_module
 from . import _trace
 from . import _attach  # noqa: F401  (registers agent.detach and agent.state)
 
+# What a link ships is registered with ``_producers`` by the module that fills it, when imported:
+# the probe hits (``_engine``, through ``_state``), trace events (``_trace``) and log records.
+from . import _logfwd  # noqa: F401  (registers the link's log records)
+
 _calls_module.lazy("scry._lines", methods=("find_lines",))
 _calls_module.lazy("scry._inspect", methods=("inspect",))
 _calls_module.lazy(

@@ -3,9 +3,10 @@
 One :class:`Engine` exists per wake (the link owns it through the agent state). The daemon sends
 the complete set of probes (``probes_sync``); :meth:`Engine.sync` arms new ones, removes missing
 ones, re-arms changed ones (a spec that differs in anything) and returns one status per probe.
-Afterwards the link thread calls :meth:`Engine.collect` every flush interval: it cleans up after
-probes the hit path disarmed, expires probes whose TTL is over, drains the hits into report events
-and returns the statuses to send (a state change at once, moving counters at most once a second).
+Afterwards the link thread calls :meth:`Engine.collect` every flush interval, through the
+:class:`HitProducer` this module registers with ``_producers``: it cleans up after probes the hit
+path disarmed, expires probes whose TTL is over, drains the hits into report events and returns
+the statuses to send (a state change at once, moving counters at most once a second).
 
 Arming: a probe's expressions are checked and compiled first (an invalid one is never armed); then
 its location is resolved against the code objects alive now (``_locate``); a location that no
@@ -22,7 +23,7 @@ import logging
 import threading
 import time
 
-from . import _backends, _capture, _features, _hit, _locate, _probes
+from . import _backends, _capture, _features, _hit, _locate, _probes, _producers, _proto
 from ._probes import ARMED, ERROR, EXPIRED, PENDING
 
 log = logging.getLogger("scry")
@@ -435,3 +436,31 @@ class Engine(object):
         self.probes = {}
         _hit.BUFFER.clear()
         _hit.CHANGED.clear()
+
+
+class HitProducer(_producers.Producer):
+    """What a link ships of its probe engine (``Link.engine``): the hits, and the probe statuses
+    that are due."""
+
+    what = "probe hits"
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def drain(self, room, flush_max):
+        events, lost, statuses = self.engine.collect(min(room, flush_max))
+        return events, lost, [_proto.probe_status(statuses)] if statuses else ()
+
+    def backlog(self, max_batch):
+        # Hits still waiting by the batch: a hot line fills the buffer faster than one flush
+        # per interval empties it.
+        return len(_hit.BUFFER) >= max_batch
+
+
+def _hit_producer(link):
+    engine = link.engine
+    return HitProducer(engine) if engine is not None else None
+
+
+# Last: a hot line can fill the link's report buffer; the hits get the room the others left.
+_producers.register(_hit_producer, order=2)

@@ -1,4 +1,9 @@
-"""The exceptions the agent raises; every message says what to do about it."""
+"""The exceptions the agent raises; every message says what to do about it.
+
+:func:`describe` words the cause of a failed connection for such a message.
+"""
+
+import socket
 
 
 class ScryError(Exception):
@@ -30,3 +35,12 @@ class ControlPlaneError(ScryError):
     """The embedded client's control plane could not be started or did not answer."""
 
     kind = "control_plane"
+
+
+def describe(exc):
+    """A few words on why a socket or HTTP operation failed (``exc``), for an error message."""
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,10 +1,12 @@
 """Forwarding of the agent's own log records to the daemon, as events of kind ``log``.
 
-A :class:`LogForwarder` is a ``logging.Handler`` that the link puts on the ``scry`` logger while
-it runs. ``emit`` turns a record into an event and appends it to a bounded deque: it takes no
-lock of ours, does no I/O and never waits; a record that finds the deque full is counted as
-dropped. Records of the link thread itself are not forwarded. The link thread drains the deque into its report buffer on every flush, so the records
-reach the daemon with the probe hits, and the drops are reported as ``report.dropped``.
+A :class:`LogForwarder` is a ``logging.Handler`` that each link's :class:`LogProducer` puts on
+the ``scry`` logger while the link runs. ``emit`` turns a record into an event and appends it to
+a bounded deque: it takes no lock of ours, does no I/O and never waits; a record that finds the
+deque full is counted as dropped. Records of the link thread itself are not forwarded. The link
+thread drains the deque into its report buffer on every flush (the producer is registered with
+``_producers``), so the records reach the daemon with the probe hits, and the drops are reported
+as ``report.dropped``.
 
 An event: ``{"kind": "log", "t": record.created, "source": logger name, "data": {"level",
 "logger", "message", "thread", "pid"}}`` (``level`` is one of ``debug``, ``info``, ``warn``,
@@ -13,12 +15,18 @@ An event: ``{"kind": "log", "t": record.created, "source": logger name, "data": 
 
 import collections
 import logging
+import threading
 import traceback
+
+from . import _producers
 
 #: Records held between two flushes; more are counted as dropped.
 CAPACITY = 1024
 #: A message (or traceback) longer than this is cut, and says so.
 MAX_MESSAGE = 8192
+
+#: The logger whose records a link forwards: the agent's own.
+_SCRY_LOG = logging.getLogger("scry")
 
 
 def level_name(levelno):
@@ -92,3 +100,34 @@ class LogForwarder(logging.Handler):
             events.append(queue.popleft())
         dropped, self._dropped = self._dropped, 0
         return events, dropped
+
+
+class LogProducer(_producers.Producer):
+    """The ``scry`` logger's records, for one link: its forwarder is on the logger from just before
+    the link thread starts until the link is done."""
+
+    what = "log records"
+
+    def __init__(self, link):
+        #: Forwards the ``scry`` logger's records to the daemon while the link thread runs.
+        self.forwarder = LogForwarder()
+
+    def before_start(self):
+        _SCRY_LOG.addHandler(self.forwarder)
+
+    def on_link_thread(self):
+        self.forwarder.skip_thread = threading.get_ident()
+
+    def drain(self, room, flush_max):
+        records, lost = self.forwarder.drain(room)
+        return records, lost, ()
+
+    def link_closed(self):
+        _SCRY_LOG.removeHandler(self.forwarder)
+
+    link_closed_in_child = link_closed
+
+
+# First: few and bounded, the agent's own records (its warnings about a flood among them) are
+# never crowded out of the report buffer by the hits drained after them.
+_producers.register(LogProducer, order=0)

@@ -500,32 +500,32 @@ def test_injection_follows_a_suspended_generator_until_it_finishes(engine):
 
 @pytest.mark.backends("bytecode")
 def test_a_probe_and_a_call_trace_share_one_copy_and_each_leaves_alone(engine):
-    from scry import _trace
+    from scry import _trace_backends
 
     original = T.compute.__code__
     engine.sync([spec(at("compute"), "x")])
     probed = T.compute.__code__
     assert probed is not original
-    tracer = _trace.InjectionTracer()
+    tracer = _trace_backends.InjectionTracer()
     tracer.start()
-    _trace.BUFFER.clear()
-    _trace._B[:] = [0, 0, 1000000, 0]
+    _trace_backends.BUFFER.clear()
+    _trace_backends.BUDGET[:] = [0, 0, 1000000, 0]
     try:
         assert tracer.add({id(probed): probed}) == []
-        _trace._SEL = {id(probed): probed}
+        _trace_backends.SELECTED = {id(probed): probed}
         both = T.compute.__code__
         assert both is not probed
         T.compute(3)
-        assert [r[0] for r in _trace.BUFFER] == [_trace.CALL, _trace.RETURN]
+        assert [r[0] for r in _trace_backends.BUFFER] == [_trace_backends.CALL, _trace_backends.RETURN]
         assert values(hits(engine), "x") == [{"t": "int", "v": 3}]
         engine.sync([])  # the probe goes, the trace stays
         assert T.compute.__code__ not in (original, probed, both)
         T.compute(4)
-        assert len(_trace.BUFFER) == 4 and hits(engine) == []
+        assert len(_trace_backends.BUFFER) == 4 and hits(engine) == []
     finally:
-        _trace._SEL = {}
+        _trace_backends.SELECTED = {}
         tracer.stop()
-        _trace.BUFFER.clear()
+        _trace_backends.BUFFER.clear()
     assert T.compute.__code__ is original
 
 

@@ -191,7 +191,7 @@ def traced_copy(code, events, name=None):
 
 def profiled(run):
     """(kind, name) from the profile function, classified as scry's profile tracer does (3.8-3.11)."""
-    from scry import _trace
+    from scry import _trace_backends
 
     events = []
 
@@ -200,9 +200,9 @@ def profiled(run):
         if code.co_filename != T.__file__ or code.co_name == "run_all":
             return
         if event == "call":
-            events.append((_trace.KIND_NAMES[_trace._entry_kind(frame, code)], code.co_name))
+            events.append((_trace_backends.KIND_NAMES[_trace_backends._entry_kind(frame, code)], code.co_name))
         elif event == "return":
-            events.append((_trace.KIND_NAMES[_trace._exit_kind(frame, code)], code.co_name))
+            events.append((_trace_backends.KIND_NAMES[_trace_backends._exit_kind(frame, code)], code.co_name))
 
     sys.setprofile(profile)
     try:

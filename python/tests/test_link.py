@@ -21,7 +21,7 @@ import scry
 from conftest import scry_threads, wait_until
 from realdaemon import elsewhere, running, write_config
 from scripted_peer import ScriptedPeer
-from scry import _features, _link, _proto, _state
+from scry import _features, _handshake, _link, _producers, _proto, _state
 
 
 @pytest.fixture
@@ -224,6 +224,38 @@ def test_report_buffer_is_bounded(slow_flush_daemon, monkeypatch):
     assert _state.send_report(events) is False  # asleep: nothing is queued
 
 
+def test_a_link_drains_its_producers_in_order_past_one_that_fails(monkeypatch):
+    monkeypatch.setattr(_producers, "_factories", [])  # only these, and the real ones back after
+    drained = []
+
+    class Fixed(_producers.Producer):
+        what = "fixed events"
+
+        def __init__(self, name, fail=False):
+            self.name = name
+            self.fail = fail
+
+        def drain(self, room, flush_max):
+            drained.append((self.name, room))
+            if self.fail:
+                raise RuntimeError("boom")
+            return [{"kind": "pulse", "t": 1.0, "source": self.name, "data": {}}] * 2, 1, ()
+
+    _producers.register(lambda link: Fixed("last"), order=2)
+    _producers.register(lambda link: None, order=0)  # nothing for this link
+    _producers.register(lambda link: Fixed("failing", fail=True), order=1)
+    _producers.register(lambda link: Fixed("first"), order=0)
+    link = _link.Link("unix:///nonexistent/agent.sock", None, "", None, 1.0, None)
+    try:
+        link._pump()
+    finally:
+        link._close_pipe()
+    room = _link.BUFFER_CAPACITY
+    assert drained == [("first", room), ("failing", room - 2), ("last", room - 2)]
+    assert [e["source"] for e in link._buf] == ["first", "first", "last", "last"]
+    assert link._dropped == 2
+
+
 def test_reconnects_when_the_daemon_stops_and_comes_back(daemon):
     scry.init(name="patient")
     first = scry.wake()["connection_id"]
@@ -387,7 +419,7 @@ def test_a_daemon_that_stops_reading(home, monkeypatch):
     # Writes to a daemon that reads nothing block; after SEND_TIMEOUT the agent gives that
     # connection up, reconnects, and resends what was not acknowledged (same stream, the same
     # seqs: the daemon stores each once), then goes on once acks come: nothing dropped.
-    monkeypatch.setattr(_link, "SEND_TIMEOUT", 0.5)
+    monkeypatch.setattr(_handshake, "SEND_TIMEOUT", 0.5)
     p = ScriptedPeer(str(home / "run" / "agent.sock"), deaf=[0])
     try:
         deaf = awake_with(p)

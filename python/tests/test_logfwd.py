@@ -81,11 +81,13 @@ def test_an_exception_is_shipped_with_its_traceback():
 def test_the_link_pumps_records_into_its_report_buffer():
     link = _link.Link("unix:///nonexistent/agent.sock", None, "", None, 1.0, None)
     try:
-        logging.getLogger("scry").addHandler(link.log_forwarder)
+        (logs,) = [p for p in link._producers if isinstance(p, _logfwd.LogProducer)]
+        logs.before_start()  # what link.start() does: the forwarder goes on the scry logger
         try:
             logging.getLogger("scry").warning("from the agent")
         finally:
-            logging.getLogger("scry").removeHandler(link.log_forwarder)
+            logs.link_closed()
+        assert logs.forwarder not in logging.getLogger("scry").handlers
         link._pump()
         events = list(link._buf)
         assert [e["data"]["message"] for e in events if e["kind"] == "log"] == ["from the agent"]

@@ -15,7 +15,7 @@ import scry
 import trace_targets as T
 from conftest import wait_until
 from realdaemon import running
-from scry import _features, _trace
+from scry import _features, _trace_backends
 
 MON = _features.MONITORING
 #: Bytecode injection traces (3.8, 3.9, 3.11): it sees the exception that leaves a call.
@@ -31,7 +31,7 @@ def thread_profile():
 @pytest.fixture
 def daemon(home, tmp_path):
     yield from running(home, tmp_path)
-    assert not _trace.hooks_installed()
+    assert not _trace_backends.hooks_installed()
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_duration_ends_the_trace_and_removes_the_hooks(awake):
     records, events = read(awake, doc["id"])
     assert events[-1]["data"]["ended"]["reason"] == "duration"
     assert "fib" in names(records)
-    assert not _trace.hooks_installed()
+    assert not _trace_backends.hooks_installed()
     status, shown = awake.api("GET", "/api/v1/traces/" + doc["id"])
     assert status == 200 and shown["state"] == "ended"
 
@@ -200,12 +200,12 @@ def test_stop_leaves_no_hook(awake):
         assert MON.get_local_events(tool, T.fib.__code__) != 0
         assert MON.get_local_events(tool, T.untraced.__code__) != 0  # selected by the module
     elif INJECTION:
-        assert _trace.hooks_installed() and sys.getprofile() is None
+        assert _trace_backends.hooks_installed() and sys.getprofile() is None
         assert T.fib.__code__ is not fib_code and T.untraced.__code__ is not untraced_code
     else:
-        assert sys.getprofile() is _trace._profile and thread_profile() is _trace._profile
+        assert sys.getprofile() is _trace_backends._profile and thread_profile() is _trace_backends._profile
     stop_and_read(awake, doc["id"])
-    assert not _trace.hooks_installed()
+    assert not _trace_backends.hooks_installed()
     if MON is not None:
         assert all(MON.get_tool(t) != "scry-trace" for t in range(6))
         assert MON.get_tool(tool) is None
@@ -231,7 +231,7 @@ def test_bad_patterns_and_unknown_targets_are_refused(awake):
     assert status == 404 and "hint" in body["error"], body
     status, body = awake.api("POST", "/api/v1/traces", {"target": str(os.getpid()), "max_rate": -1})
     assert status == 400, body
-    assert not _trace.hooks_installed()
+    assert not _trace_backends.hooks_installed()
 
 
 def test_secret_arguments_are_redacted(awake):
@@ -257,7 +257,7 @@ def test_modules_imported_during_the_trace_are_traced(awake, tmp_path, monkeypat
 def test_pulse_without_a_daemon_is_a_no_op():
     assert scry.pulse("nothing", x=1, y=object()) is None
     assert scry.pulse(object()) is None
-    assert not _trace.hooks_installed()
+    assert not _trace_backends.hooks_installed()
 
 
 def test_pulse_goes_into_the_trace_or_the_event_stream(awake):

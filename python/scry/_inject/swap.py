@@ -4,11 +4,12 @@ A code object is run from a function (``f.__code__``: functions, methods, closur
 created from a constant of another code object (a nested function, made each time its ``def``
 runs). The one :data:`SWAPPER` of the process gives every function the code wanted now: a copy with
 the probed lines' hooks and, when the code is traced, the trace hooks; or the original. Probes
-(``_backends.InjectionBackend``) and call traces (``_trace.InjectionTracer``) each say what they
-want, and one copy serves both. A code object whose constants hold a replaced one gets a copy with
-the replacement too (its own function, a closure's enclosing function, is given that), so that
-functions made later run the copy as well. Copies are built from the originals, never from other
-copies, and kept while they are wanted, so that applying the same set again changes nothing.
+(``_backends.InjectionBackend``) and call traces (``_trace_backends.InjectionTracer``) each say
+what they want, and one copy serves both. A code object whose constants hold a replaced one gets a
+copy with the replacement too (its own function, a closure's enclosing function, is given that),
+so that functions made later run the copy as well. Copies are built from the originals, never
+from other copies, and kept while they are wanted, so that applying the same set again changes
+nothing.
 
 What it cannot swap: frames already running (their code is fixed) and suspended generators and
 coroutines; :meth:`Swapper.set_lines` returns those generators, for the probe backend to follow
