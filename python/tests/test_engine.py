@@ -392,20 +392,28 @@ def test_probes_armed_and_removed_over_and_over_while_threads_run_the_code(engin
     for t in threads:
         t.start()
     rng = __import__("random").Random(7)
-    deadline = time.monotonic() + 2.0
     rounds = 0
     try:
-        while time.monotonic() < deadline and not stop.is_set():
+        # A fixed number of swaps, each followed by a completed run of the workers over the
+        # swapped code (a state, not a time: a busy machine only makes it slower).
+        while rounds < 40 and not stop.is_set():
             chosen = rng.sample(markers, rng.randint(0, len(markers)))
             engine.sync([spec(at(m), "1", id=m) for m in chosen])
             engine.collect(100000)
+            before = runs[0]
+            # Four runs may have begun before the swap: a fifth began after it.
+            wait_until(
+                lambda: runs[0] > before + 4 or stop.is_set(),
+                timeout=30.0,
+                message="the workers to run the swapped code",
+            )
             rounds += 1
     finally:
         stop.set()
         for t in threads:
             t.join(10)
     assert failures == []
-    assert rounds > 20 and runs[0] > 0
+    assert rounds == 40
     engine.sync([])
     assert [f.__name__ for f, code in originals.items() if f.__code__ is not code] == []
 
