@@ -553,7 +553,7 @@ def test_a_running_module_level_loop_is_found_through_its_frame(engine, tmp_path
     try:
         wait_until(lambda: namespace.get("ticks", 0) > 100, message="the top-level loop to run")
         (st,) = engine.sync([spec("toplevel_loop.py:5", "ticks")])
-        assert st["state"] == "armed" and st["function"] == "<module>", st
+        assert st["state"] == "armed" and st["function"] == "<module>", json.dumps(st)
         events = wait_until(lambda: hits(engine, limit=500), message="hits from module-level code")
         assert all(v(x) > 100 for x in values(events, "ticks"))
     finally:

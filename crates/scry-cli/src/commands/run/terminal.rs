@@ -1,0 +1,548 @@
+//! The terminal side of a `scry run` / `scry repl` session: the keyboard reader (it reads only
+//! while a prompt is shown, never while the program owns the terminal), REPL output, and the line
+//! editor (history, tab completion asked of the target's pdb through the daemon, the usual keys).
+//!
+//! The line editor is ours (a small one on raw termios): a REPL's prompt must be abandoned when
+//! its process dies while the user has not typed anything, which the line-editor crates
+//! (rustyline, reedline) cannot do from outside their blocking `readline`.
+//!
+//! Not for: the session's processes and signals (`mod.rs`) or colours (`highlight.rs`).
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
+use nix::unistd::{getpgrp, isatty, tcsetpgrp, Pid};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::highlight::highlight_line;
+use crate::client::DaemonClient;
+use crate::printer::Printer;
+
+pub(super) fn stdin_fd() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 stays open for the life of the process.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+/// Reads the keyboard only while a prompt is shown (never while the program owns the terminal).
+pub(super) struct KeyReader {
+    pub(super) active: Arc<AtomicBool>,
+    pub(super) rx: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+impl KeyReader {
+    pub(super) fn start(tty: bool) -> KeyReader {
+        let active = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let flag = active.clone();
+        std::thread::spawn(move || {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 1024];
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                if !flag.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(Duration::from_millis(50));
+                    continue;
+                }
+                let mut fds = [PollFd::new(stdin_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::from(50u16)) {
+                    Ok(n) if n > 0 => {}
+                    _ => continue,
+                }
+                if !flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                match stdin.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = tx.send(vec![4]); // end of input: like ctrl-d
+                        if !tty {
+                            return;
+                        }
+                    }
+                    Ok(n) => {
+                        let _ = tx.send(buf[..n].to_vec());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        KeyReader { active, rx }
+    }
+}
+
+/// The terminal side of the session: REPL output, the prompt and its line editor.
+pub(super) struct Terminal<'p> {
+    printer: &'p mut Printer,
+    pub(super) client: DaemonClient,
+    session: String,
+    tty: bool,
+    color: bool,
+    child_pgrp: Option<Pid>,
+    pub(super) holder: Option<String>,
+    prompt: Option<String>,
+    buf: Vec<char>,
+    cursor: usize,
+    history: VecDeque<String>,
+    hist_pos: Option<usize>,
+    saved_termios: Option<Termios>,
+    escape: Vec<u8>,
+}
+
+impl<'p> Terminal<'p> {
+    pub(super) fn new(
+        printer: &'p mut Printer,
+        client: DaemonClient,
+        session: String,
+        tty: bool,
+        child_pgrp: Option<Pid>,
+    ) -> Self {
+        let color =
+            tty && scry_daemon::env::var("NO_COLOR").is_none() && isatty(1).unwrap_or(false);
+        Terminal {
+            printer,
+            client,
+            session,
+            tty,
+            color,
+            child_pgrp,
+            holder: None,
+            prompt: None,
+            buf: Vec::new(),
+            cursor: 0,
+            history: VecDeque::new(),
+            hist_pos: None,
+            saved_termios: None,
+            escape: Vec::new(),
+        }
+    }
+
+    fn out(&mut self, text: &str) {
+        self.printer.raw(text);
+    }
+
+    pub(super) fn note(&mut self, text: &str) {
+        let shown = self.prompt.is_some();
+        if shown {
+            self.out("\r\x1b[K");
+        }
+        let text = if self.color {
+            format!("\x1b[2m{text}\x1b[0m\n")
+        } else {
+            format!("{text}\n")
+        };
+        self.out(&text);
+        if shown {
+            self.redraw();
+        }
+    }
+
+    pub(super) async fn on_event(&mut self, ev: &Value, active: &Arc<AtomicBool>) {
+        // Names and places come from the target: shown, never sent to the terminal as controls.
+        let s = |k: &str| {
+            crate::printer::escape_controls(ev.get(k).and_then(Value::as_str).unwrap_or(""))
+                .into_owned()
+        };
+        match s("type").as_str() {
+            "open" => {
+                self.holder = Some(s("repl"));
+                if self.tty {
+                    // The REPL owns the terminal: ctrl-c now reaches scry run, not the tree.
+                    let _ = tcsetpgrp(stdin_fd(), getpgrp());
+                }
+                let what = match s("kind").as_str() {
+                    "post_mortem" => "post-mortem",
+                    "break" => "break-in",
+                    _ => "breakpoint",
+                };
+                let mut header = format!(
+                    "── scry REPL: {} pid {}, thread {} ({what} at {}) ──",
+                    s("name"),
+                    ev.get("pid").and_then(Value::as_u64).unwrap_or(0),
+                    s("thread"),
+                    s("where")
+                );
+                if self.color {
+                    header = format!("\x1b[1;35m{header}\x1b[0m");
+                }
+                self.out(&format!("\n{header}\n"));
+                let waiting = waiting_text(ev.get("waiting"));
+                if !waiting.is_empty() {
+                    self.note(&waiting);
+                }
+            }
+            "output" => {
+                let text = s("text");
+                let text = if self.color {
+                    text.split_inclusive('\n').map(highlight_line).collect()
+                } else {
+                    text
+                };
+                let shown = self.prompt.is_some();
+                if shown {
+                    self.out("\r\x1b[K");
+                }
+                self.out(&text);
+                if shown {
+                    self.redraw();
+                }
+            }
+            "prompt" => {
+                self.prompt = Some(s("prompt"));
+                self.buf.clear();
+                self.cursor = 0;
+                self.hist_pos = None;
+                self.enter_raw();
+                active.store(true, Ordering::SeqCst);
+                self.redraw();
+            }
+            "closed" => {
+                let was_ours = self.holder.as_deref() == Some(s("repl").as_str());
+                if was_ours {
+                    self.leave_prompt(active);
+                    self.holder = None;
+                    let reason = s("reason");
+                    if reason != "released" {
+                        self.note(&format!("scry: REPL closed: {reason}"));
+                    }
+                    if let (true, Some(pgrp)) = (self.tty, self.child_pgrp) {
+                        let _ = tcsetpgrp(stdin_fd(), pgrp);
+                    }
+                }
+            }
+            "queue" if self.holder.is_some() => {
+                let waiting = waiting_text(ev.get("waiting"));
+                if !waiting.is_empty() {
+                    self.note(&waiting);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn enter_raw(&mut self) {
+        if !self.tty || self.saved_termios.is_some() {
+            return;
+        }
+        if let Ok(t) = termios::tcgetattr(stdin_fd()) {
+            let mut raw = t.clone();
+            raw.local_flags &=
+                !(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG | LocalFlags::IEXTEN);
+            raw.input_flags &= !(termios::InputFlags::ICRNL | termios::InputFlags::IXON);
+            if termios::tcsetattr(stdin_fd(), SetArg::TCSADRAIN, &raw).is_ok() {
+                self.saved_termios = Some(t);
+            }
+        }
+    }
+
+    pub(super) fn leave_prompt(&mut self, active: &Arc<AtomicBool>) {
+        active.store(false, Ordering::SeqCst);
+        if self.prompt.take().is_some() {
+            self.out("\r\n");
+        }
+        if let Some(t) = self.saved_termios.take() {
+            let _ = termios::tcsetattr(stdin_fd(), SetArg::TCSADRAIN, &t);
+        }
+    }
+
+    fn redraw(&mut self) {
+        let Some(prompt) = self.prompt.clone() else {
+            return;
+        };
+        let line: String = self.buf.iter().collect();
+        let back = self.buf.len() - self.cursor;
+        let mut text = format!("\r\x1b[K{prompt}{line}");
+        if back > 0 {
+            text.push_str(&format!("\x1b[{back}D"));
+        }
+        self.out(&text);
+    }
+
+    async fn post(&mut self, what: &str, body: Value) -> Option<Value> {
+        let path = format!("/api/v1/repl/sessions/{}/{what}", self.session);
+        match self.client.post(&path, &body).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.note(&format!("scry: {}", e.message));
+                None
+            }
+        }
+    }
+
+    pub(super) async fn on_sigint(&mut self) {
+        if self.holder.is_some() {
+            // A REPL is running a command: interrupt it, never the tree.
+            self.post("interrupt", json!({})).await;
+        } else if let Some(pgrp) = self.child_pgrp {
+            let _ = if self.tty {
+                killpg(pgrp, Signal::SIGINT)
+            } else {
+                kill(pgrp, Signal::SIGINT)
+            };
+        }
+    }
+
+    pub(super) async fn on_keys(&mut self, bytes: &[u8], active: &Arc<AtomicBool>) {
+        if self.prompt.is_none() {
+            return;
+        }
+        let mut text = String::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            i += 1;
+            if !self.escape.is_empty() || b == 0x1b {
+                self.escape.push(b);
+                if let Some(done) = self.escape_key() {
+                    self.escape.clear();
+                    self.key_escape(&done);
+                }
+                continue;
+            }
+            match b {
+                b'\r' | b'\n' => {
+                    let line: String = self.buf.iter().collect();
+                    self.cursor = self.buf.len();
+                    self.redraw();
+                    self.leave_prompt(active);
+                    if !line.trim().is_empty() && self.history.back() != Some(&line) {
+                        self.history.push_back(line.clone());
+                        if self.history.len() > 1000 {
+                            self.history.pop_front();
+                        }
+                    }
+                    self.post("input", json!({"line": line})).await;
+                    return;
+                }
+                3 => {
+                    // ctrl-c at the prompt: pdb prints --KeyboardInterrupt-- and prompts again.
+                    self.out("^C");
+                    self.leave_prompt(active);
+                    self.post("interrupt", json!({})).await;
+                    return;
+                }
+                4 => {
+                    if self.buf.is_empty() {
+                        self.leave_prompt(active);
+                        self.post("input", json!({"line": "EOF"})).await;
+                        return;
+                    }
+                    if self.cursor < self.buf.len() {
+                        self.buf.remove(self.cursor);
+                    }
+                }
+                b'\t' => {
+                    let typed: String = std::mem::take(&mut text);
+                    self.insert(&typed);
+                    self.complete().await;
+                }
+                0x7f | 8 if self.cursor > 0 => {
+                    self.cursor -= 1;
+                    self.buf.remove(self.cursor);
+                }
+                1 => self.cursor = 0,
+                5 => self.cursor = self.buf.len(),
+                2 => self.cursor = self.cursor.saturating_sub(1),
+                6 => self.cursor = (self.cursor + 1).min(self.buf.len()),
+                0x0b => self.buf.truncate(self.cursor),
+                0x15 => {
+                    self.buf.drain(..self.cursor);
+                    self.cursor = 0;
+                }
+                0x0c => self.out("\x1b[H\x1b[2J"),
+                b if b >= 0x20 => {
+                    // Gather printable bytes (UTF-8 sequences included) and insert them at once.
+                    let start = i - 1;
+                    let mut end = i;
+                    while end < bytes.len() && bytes[end] >= 0x20 && bytes[end] != 0x7f {
+                        end += 1;
+                    }
+                    text.push_str(&String::from_utf8_lossy(&bytes[start..end]));
+                    i = end;
+                    let typed = std::mem::take(&mut text);
+                    self.insert(&typed);
+                }
+                _ => {}
+            }
+        }
+        self.redraw();
+    }
+
+    fn insert(&mut self, text: &str) {
+        for c in text.chars() {
+            self.buf.insert(self.cursor, c);
+            self.cursor += 1;
+        }
+    }
+
+    /// A complete escape sequence collected in `self.escape`, or None while it goes on.
+    fn escape_key(&self) -> Option<String> {
+        let e = &self.escape;
+        if e.len() < 2 {
+            return None;
+        }
+        if e[1] != b'[' && e[1] != b'O' {
+            return Some(String::from_utf8_lossy(e).into_owned());
+        }
+        let last = *e.last()?;
+        if e.len() >= 3 && (last.is_ascii_alphabetic() || last == b'~') {
+            return Some(String::from_utf8_lossy(&e[2..]).into_owned());
+        }
+        (e.len() > 8).then(String::new)
+    }
+
+    fn key_escape(&mut self, key: &str) {
+        match key {
+            "A" => self.history_move(true),
+            "B" => self.history_move(false),
+            "C" => self.cursor = (self.cursor + 1).min(self.buf.len()),
+            "D" => self.cursor = self.cursor.saturating_sub(1),
+            "H" | "1~" => self.cursor = 0,
+            "F" | "4~" => self.cursor = self.buf.len(),
+            "3~" if self.cursor < self.buf.len() => {
+                self.buf.remove(self.cursor);
+            }
+            _ => {}
+        }
+    }
+
+    fn history_move(&mut self, up: bool) {
+        if self.history.is_empty() {
+            return;
+        }
+        let pos = match (self.hist_pos, up) {
+            (None, true) => Some(self.history.len() - 1),
+            (None, false) => None,
+            (Some(p), true) => Some(p.saturating_sub(1)),
+            (Some(p), false) if p + 1 < self.history.len() => Some(p + 1),
+            (Some(_), false) => None,
+        };
+        self.hist_pos = pos;
+        self.buf = pos
+            .and_then(|p| self.history.get(p))
+            .map(|l| l.chars().collect())
+            .unwrap_or_default();
+        self.cursor = self.buf.len();
+    }
+
+    /// Tab: completions from the target's pdb (readline's word rules).
+    async fn complete(&mut self) {
+        const DELIMS: &str = " \t\n`~!@#$%^&*()-=+[{]}\\|;:'\",<>/?";
+        let line: String = self.buf[..self.cursor].iter().collect();
+        let begidx = self.buf[..self.cursor]
+            .iter()
+            .rposition(|c| DELIMS.contains(*c))
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let text: String = self.buf[begidx..self.cursor].iter().collect();
+        let full: String = self.buf.iter().collect();
+        let Some(answer) = self
+            .post(
+                "complete",
+                json!({"text": text, "line": full, "begidx": char_to_byte(&line, begidx),
+                       "endidx": line.len()}),
+            )
+            .await
+        else {
+            return;
+        };
+        let matches: Vec<String> = answer
+            .get("matches")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if matches.is_empty() {
+            return;
+        }
+        let common = common_prefix(&matches);
+        if common.chars().count() > text.chars().count() {
+            let rest: String = common.chars().skip(text.chars().count()).collect();
+            self.insert(&rest);
+        } else if matches.len() > 1 {
+            let list = matches.join("  ");
+            self.out("\r\x1b[K");
+            self.out(&format!("{list}\n"));
+        }
+    }
+}
+
+fn char_to_byte(s: &str, chars: usize) -> usize {
+    s.char_indices()
+        .nth(chars)
+        .map(|(b, _)| b)
+        .unwrap_or(s.len())
+}
+
+fn common_prefix(items: &[String]) -> String {
+    let Some(first) = items.first() else {
+        return String::new();
+    };
+    let mut n = first.chars().count();
+    for it in &items[1..] {
+        n = n.min(
+            first
+                .chars()
+                .zip(it.chars())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    first.chars().take(n).collect()
+}
+
+fn waiting_text(waiting: Option<&Value>) -> String {
+    let list = waiting
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if list.is_empty() {
+        return String::new();
+    }
+    let who: Vec<String> = list
+        .iter()
+        .map(|w| {
+            format!(
+                "{} pid {} ({})",
+                w.get("name").and_then(Value::as_str).unwrap_or("?"),
+                w.get("pid").and_then(Value::as_u64).unwrap_or(0),
+                w.get("thread").and_then(Value::as_str).unwrap_or("?")
+            )
+        })
+        .collect();
+    format!(
+        "scry: {} REPL{} waiting: {}",
+        list.len(),
+        if list.len() == 1 { "" } else { "s" },
+        who.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_prefix_of_matches() {
+        let m = vec!["obj.alpha".to_owned(), "obj.also".to_owned()];
+        assert_eq!(common_prefix(&m), "obj.al");
+    }
+
+    #[test]
+    fn a_borrowed_stdin_is_usable() {
+        use std::os::fd::AsFd;
+        let _ = stdin_fd().as_fd();
+    }
+}
