@@ -159,31 +159,14 @@ class MonitoringBackend(object):
 
     def stop(self):
         global _LINES
-        mon = _features.MONITORING
         tool = self.tool
         if tool is None:
             return
         self.tool = None
         codes, self._codes = self._codes, {}
-        for code, _lines, _mask in codes.values():
-            try:
-                mon.set_local_events(tool, code, 0)
-            except Exception:
-                pass
-        for event in (_LINE, _PY_START):
-            try:
-                mon.register_callback(tool, event, None)
-            except Exception:
-                pass
-        try:
-            mon.set_events(tool, 0)
-        except Exception:
-            pass
-        try:
-            if mon.get_tool(tool) == TOOL_NAME:
-                mon.free_tool_id(tool)
-        except Exception:
-            pass
+        _features.release_monitoring_tool(
+            tool, TOOL_NAME, [code for code, _lines, _mask in codes.values()], (_LINE, _PY_START)
+        )
         _LINES = {}
 
     stop_in_child = stop

@@ -84,3 +84,29 @@ def claim_monitoring_tool(order, name):
     raise RuntimeError(
         "sys.monitoring has no free tool id (held: {}); scry never evicts another tool".format(holders)
     )
+
+
+def release_monitoring_tool(tool, name, codes, events):
+    """Undoes :func:`claim_monitoring_tool`: local events off on ``codes``, the callbacks of
+    ``events`` and the global events removed, the id freed if it still holds ``name``. Never
+    raises (a half-released tool is better than an exception in the host's thread)."""
+    mon = MONITORING
+    for code in codes:
+        try:
+            mon.set_local_events(tool, code, 0)
+        except Exception:
+            pass
+    try:
+        mon.set_events(tool, 0)
+    except Exception:
+        pass
+    for event in events:
+        try:
+            mon.register_callback(tool, event, None)
+        except Exception:
+            pass
+    try:
+        if mon.get_tool(tool) == name:
+            mon.free_tool_id(tool)
+    except Exception:
+        pass

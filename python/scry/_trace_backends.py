@@ -281,26 +281,13 @@ class MonitoringTracer(object):
         if tool is None:
             return
         codes, self._codes = self._codes, {}
-        for code in codes.values():
-            try:
-                mon.set_local_events(tool, code, 0)
-            except Exception:
-                pass
-        try:
-            mon.set_events(tool, 0)
-        except Exception:
-            pass
         ev = mon.events
-        for event in (ev.PY_START, ev.PY_RETURN, ev.PY_YIELD, ev.PY_RESUME, ev.PY_THROW, ev.PY_UNWIND, ev.RAISE):
-            try:
-                mon.register_callback(tool, event, None)
-            except Exception:
-                pass
-        try:
-            if mon.get_tool(tool) == TOOL_NAME:
-                mon.free_tool_id(tool)
-        except Exception:
-            pass
+        _features.release_monitoring_tool(
+            tool,
+            TOOL_NAME,
+            codes.values(),
+            (ev.PY_START, ev.PY_RETURN, ev.PY_YIELD, ev.PY_RESUME, ev.PY_THROW, ev.PY_UNWIND, ev.RAISE),
+        )
 
     stop_in_child = stop
 
