@@ -195,21 +195,9 @@ impl Store {
     /// An update keeps the earliest `first_seen` and the latest `last_heard`.
     pub fn upsert_process(&self, p: &ProcessRecord) -> Result<i64, StoreError> {
         let process = EncodedProcess {
-            key: p.key.clone(),
-            pid: p.pid,
-            ppid: p.ppid,
-            host: p.host.clone(),
-            name: p.name.clone(),
-            python_version: p.python_version.clone(),
-            executable: p.executable.clone(),
             argv: encode("process argv", &p.argv)?,
-            cwd: p.cwd.clone(),
-            origin: p.origin.clone(),
-            state: p.state,
-            first_seen: p.first_seen,
-            connected_since: p.connected_since,
-            last_heard: p.last_heard,
             info: encode("process info", &p.info)?,
+            record: Box::new(p.clone()),
         };
         self.call(|reply| Op::UpsertProcess { process, reply })
     }

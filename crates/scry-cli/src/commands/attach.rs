@@ -55,13 +55,8 @@ pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> Cm
     let report = client
         .attach(&request, args.follow, ATTACH_REQUEST_TIMEOUT)
         .await?;
-    if printer.json {
-        printer.json_value(&report)?;
-        return Ok(crate::error::ExitStatus::Success);
-    }
     let pid = args.pid;
-    {
-        let p = &mut *printer;
+    emit(printer, &report, |p| {
         if report.following == Some(true) {
             let what = if report.already_following == Some(true) {
                 "already followed"
@@ -73,19 +68,17 @@ pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> Cm
             ))?;
         }
         if report.already_attached {
-            p.line(format!(
+            return p.line(format!(
                 "pid {pid} already has a scry agent connected: nothing to do"
-            ))?;
-            return Ok(crate::error::ExitStatus::Success);
+            ));
         }
         p.line(format!(
             "attached to pid {pid} (Python {}, {}): agent connected in {:.0} ms; `scry detach {pid}` removes it",
             report.python_version.as_deref().unwrap_or("?"),
             report.injector.as_deref().unwrap_or("?"),
             report.connected_ms.unwrap_or(0.0),
-        ))?;
-    }
-    Ok(crate::error::ExitStatus::Success)
+        ))
+    })
 }
 
 /// Detaches the agent of a process.

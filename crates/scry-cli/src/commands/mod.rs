@@ -44,7 +44,7 @@ pub fn age(seconds: f64) -> String {
 /// Prints `value` as JSON when asked, else runs `text`.
 pub fn emit(
     printer: &mut Printer,
-    value: &serde_json::Value,
+    value: &impl serde::Serialize,
     text: impl FnOnce(&mut Printer) -> std::io::Result<()>,
 ) -> CmdResult {
     if printer.json {

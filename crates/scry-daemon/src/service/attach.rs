@@ -425,15 +425,7 @@ pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value> {
 /// injector (`None` for `auto`).
 pub fn check_request(req: &AttachRequest) -> Result<(u32, Duration, Option<String>)> {
     let pid = positive_pid(req.pid)?;
-    let timeout = match req.timeout_ms {
-        None => DEFAULT_TIMEOUT,
-        Some(ms) if ms > 0.0 && ms <= 600_000.0 => Duration::from_secs_f64(ms / 1e3),
-        Some(_) => {
-            return Err(Error::bad_request(
-                "`timeout_ms` must be a number of milliseconds between 1 and 600000",
-            ))
-        }
-    };
+    let timeout = timeout_of(req.timeout_ms, DEFAULT_TIMEOUT)?;
     let only = match req.injector.as_deref() {
         None | Some("auto") => None,
         Some(name) if INJECTORS.contains(&name) => Some(name.to_owned()),
@@ -463,6 +455,17 @@ pub async fn plan(pid: u32, injector: Option<String>) -> Result<AttachPlan> {
         injector: chosen.name().to_owned(),
         notice: chosen.notice(),
     })
+}
+
+/// A request's `timeout_ms` (1 to 600 000 ms), or `default` when it gives none.
+pub fn timeout_of(timeout_ms: Option<f64>, default: Duration) -> Result<Duration> {
+    match timeout_ms {
+        None => Ok(default),
+        Some(ms) if ms > 0.0 && ms <= 600_000.0 => Ok(Duration::from_secs_f64(ms / 1e3)),
+        Some(_) => Err(Error::bad_request(
+            "`timeout_ms` must be a number of milliseconds between 1 and 600000",
+        )),
+    }
 }
 
 /// A pid that can name a process (0 cannot).

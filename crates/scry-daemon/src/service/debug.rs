@@ -78,15 +78,7 @@ fn py_str(s: &str) -> String {
 pub async fn start(req: &DebugRequest) -> Result<DebugReport> {
     let pid = super::attach::positive_pid(req.pid)?;
     let port = req.port;
-    let timeout = match req.timeout_ms {
-        None => Duration::from_secs(10),
-        Some(ms) if ms > 0.0 && ms <= 600_000.0 => Duration::from_secs_f64(ms / 1e3),
-        Some(_) => {
-            return Err(Error::bad_request(
-                "`timeout_ms` must be a number of milliseconds between 1 and 600000",
-            ))
-        }
-    };
+    let timeout = super::attach::timeout_of(req.timeout_ms, Duration::from_secs(10))?;
     let start_ticks = scry_proc::info(pid)
         .map_err(|_| {
             Error::new(

@@ -14,7 +14,9 @@ use std::sync::mpsc::SyncSender;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
-use crate::{CommitCallback, Level, NewEvent, ProcessState, RetentionReport, StoreError};
+use crate::{
+    CommitCallback, Level, NewEvent, ProcessRecord, ProcessState, RetentionReport, StoreError,
+};
 
 /// Where a blocking caller waits for the result of its operation.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -100,23 +102,11 @@ impl EncodedEvents {
     }
 }
 
-/// A process record ready for the database.
+/// A process record ready for the database: the record, with its two JSON columns encoded.
 #[derive(Debug)]
 pub(crate) struct EncodedProcess {
-    pub key: String,
-    pub pid: u32,
-    pub ppid: Option<u32>,
-    pub host: String,
-    pub name: Option<String>,
-    pub python_version: String,
-    pub executable: String,
+    pub record: Box<ProcessRecord>,
     pub argv: String,
-    pub cwd: String,
-    pub origin: String,
-    pub state: ProcessState,
-    pub first_seen: f64,
-    pub connected_since: Option<f64>,
-    pub last_heard: f64,
     pub info: String,
 }
 

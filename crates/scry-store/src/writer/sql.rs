@@ -186,7 +186,8 @@ pub(super) fn add_dropped(
     Ok(())
 }
 
-pub(super) fn upsert_process(conn: &Connection, p: &EncodedProcess) -> Result<i64, StoreError> {
+pub(super) fn upsert_process(conn: &Connection, e: &EncodedProcess) -> Result<i64, StoreError> {
+    let p = &e.record;
     let id = conn
         .prepare_cached(
             "INSERT INTO processes (key, pid, ppid, host, name, python_version, executable, \
@@ -214,14 +215,14 @@ pub(super) fn upsert_process(conn: &Connection, p: &EncodedProcess) -> Result<i6
                 p.name,
                 p.python_version,
                 p.executable,
-                p.argv,
+                e.argv,
                 p.cwd,
                 p.origin,
                 p.state,
                 p.first_seen,
                 p.connected_since,
                 p.last_heard,
-                p.info
+                e.info
             ],
             |r| r.get(0),
         )?;
