@@ -4,25 +4,34 @@
 //!
 //! What this crate is for: the JSON contract, documented here, field by field. What it is not
 //! for: behaviour (validation beyond the shape, defaults that depend on the daemon's state, HTTP
-//! status codes) — that is the daemon's. It depends on serde and `scry-proto` only (the agent
-//! protocol's types that the API carries as they are: rate modes, capture limits).
-//!
-//! The types move here one resource at a time (issue 15): errors, processes, probes, attaches, debugpy and trace requests so far; the other
-//! resources still answer `serde_json::Value` documents described in `docs/architecture.md`.
+//! status codes) — that is the daemon's. It depends on serde, `scry-proto` (the agent
+//! protocol's types that the API carries as they are: rate modes, capture limits) and
+//! `serde_json` for the payloads that are the agent's documents (captured values).
 
 pub mod attach;
+pub mod daemon;
 pub mod debug;
 pub mod error;
+pub mod events;
 pub mod probes;
 pub mod processes;
 pub mod traces;
 
 pub use attach::{AttachPlan, AttachReport, AttachRequest, PidRequest};
+pub use daemon::{
+    Backpressure, DaemonStatus, Dropped, ProcessCounts, StoreStatus, SystemEvent, SystemEventList,
+};
 pub use debug::{DebugReport, DebugRequest};
 pub use error::{Error, ErrorBody, ErrorKind};
+pub use events::{
+    Event, EventCounts, EventFilter, EventPage, EventStats, EventWait, ExpressionStats,
+    NumericStats, ValueCounts,
+};
 pub use probes::{
     NewProbe, ProbeDef, ProbeInProcess, ProbeList, ProbeTotals, ProbeView, Removed, Target, Ttl,
 };
-pub use processes::{DiscoveredClient, ProcState, ProcessEntry, ProcessList, ProcessView};
+pub use processes::{
+    DiscoveredClient, ProcState, ProcessEntry, ProcessList, ProcessView, Slept, WakeTarget, Woken,
+};
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::NewTrace;

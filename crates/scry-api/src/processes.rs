@@ -164,3 +164,29 @@ pub struct ProcessList {
     /// clients found through discovery files.
     pub processes: Vec<ProcessEntry>,
 }
+
+/// `POST /api/v1/wake` and `/api/v1/sleep`: which embedded client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeTarget {
+    /// A pid (a number or its text) or the name given to `scry.init(name=...)`.
+    pub target: serde_json::Value,
+}
+
+/// `POST /api/v1/wake`: the client's process, now connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Woken {
+    /// It was awake already (nothing was done).
+    pub already_awake: bool,
+    /// Its process as the daemon now knows it.
+    pub process: ProcessView,
+}
+
+/// `POST /api/v1/sleep`: the client's agent is gone, its hooks removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slept {
+    /// It was sleeping already (nothing was done).
+    pub already_sleeping: bool,
+    /// Its pid.
+    pub pid: u32,
+}

@@ -255,6 +255,15 @@ impl DaemonClient {
         decode(path, self.get(path).await?)
     }
 
+    /// GET a document of a known type that may take up to `timeout` (a wait).
+    pub async fn get_as_within<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, CliError> {
+        decode(path, self.get_with_timeout(path, timeout).await?)
+    }
+
     /// POST a typed body and read an answer of a known type.
     pub async fn post_as<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -1,5 +1,6 @@
 //! Text rendering of captured values and event lines (the JSON output needs none of this).
 
+use scry_api::Event;
 use serde_json::Value;
 
 /// Renders a typed value (`{"t": "int", "v": 3}`, see docs/protocol.md) compactly.
@@ -99,21 +100,21 @@ pub fn time_of_day(t: f64) -> String {
 }
 
 /// One line for a stored event.
-pub fn event_line(e: &Value) -> String {
-    let data = &e["data"];
-    let t = e["t_hit"].as_f64().unwrap_or(0.0);
+pub fn event_line(e: &Event) -> String {
+    let data = &e.data;
+    let t = e.t_hit;
     let pid = data["pid"]
         .as_u64()
-        .or_else(|| e["pid"].as_u64())
+        .or(e.pid.map(u64::from))
         .map(|p| format!("pid {p}"))
-        .unwrap_or_else(|| format!("proc #{}", e["process_id"]));
+        .unwrap_or_else(|| format!("proc #{}", e.process_id));
     let file = data["file"]
         .as_str()
         .map(|f| f.rsplit('/').next().unwrap_or(f))
         .unwrap_or("?");
     let place = match data["line"].as_u64() {
         Some(l) => format!("{file}:{l}"),
-        None => e["kind"].as_str().unwrap_or("event").to_owned(),
+        None => e.kind.clone(),
     };
     let mut parts = vec![time_of_day(t), pid, place];
     if let Some(map) = data["values"].as_object() {

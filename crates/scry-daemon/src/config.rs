@@ -117,6 +117,30 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86400);
 /// The largest `retention.max_db_mb` accepted (16 TiB).
 pub const MAX_DB_MB: u64 = 16 * 1024 * 1024;
 
+/// Parses a time: a duration ago (`30s`, `5m`, `2h`: a unit is required), an RFC 3339 time
+/// (`2026-11-21T12:00:00Z`), or epoch seconds (a bare number).
+pub fn parse_time(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    // A bare number is epoch seconds; a duration always has a unit.
+    if let Ok(secs) = t.parse::<f64>() {
+        return if secs.is_finite() {
+            Ok(secs)
+        } else {
+            Err(format!("`{text}` is not a time"))
+        };
+    }
+    if let Ok(d) = parse_duration(t) {
+        return Ok(crate::now() - d.as_secs_f64());
+    }
+    humantime::parse_rfc3339_weak(t)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+        .ok_or_else(|| {
+            format!("`{text}` is neither a duration ago (30s, 5m, 2h), a time (2026-11-21T12:00:00Z) nor epoch seconds")
+        })
+}
+
 /// Parses a duration such as `7d`, `12h`, `30m`, `45s`, `250ms` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -230,6 +254,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times() {
+        let now = crate::now();
+        let five_min = parse_time("5m").expect("5m");
+        assert!((now - 300.0 - five_min).abs() < 5.0);
+        assert_eq!(parse_time("2026-11-21T12:00:00Z"), Ok(1_795_262_400.0));
+        assert_eq!(parse_time("1795262400.5"), Ok(1_795_262_400.5));
+        assert!(parse_time("yesterday").is_err());
+    }
 
     #[test]
     fn default_file_parses_to_defaults() {

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{json, Value};
+use scry_api::{ExpressionStats, NumericStats, ValueCounts};
+use serde_json::Value;
 
 /// The numeric value of a typed capture (`{"t":"int","v":3}`), if it has one.
 pub fn number(typed: &Value) -> Option<f64> {
@@ -36,7 +37,7 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 /// Summarizes the `values` objects of many probe events, per expression.
-pub fn summarize<'a>(values: impl Iterator<Item = &'a Value>) -> Value {
+pub fn summarize<'a>(values: impl Iterator<Item = &'a Value>) -> BTreeMap<String, ExpressionStats> {
     let mut numbers: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut others: BTreeMap<String, HashMap<String, u64>> = BTreeMap::new();
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
@@ -56,34 +57,45 @@ pub fn summarize<'a>(values: impl Iterator<Item = &'a Value>) -> Value {
             }
         }
     }
-    let mut out = serde_json::Map::new();
-    for (expr, count) in seen {
-        let mut entry = json!({"count": count});
-        if let Some(mut v) = numbers.remove(&expr) {
-            v.sort_by(f64::total_cmp);
-            let sum: f64 = v.iter().sum();
-            entry["numeric"] = json!({
-                "count": v.len(),
-                "min": v.first(), "max": v.last(),
-                "mean": sum / v.len() as f64,
-                "p50": quantile(&v, 0.50), "p95": quantile(&v, 0.95), "p99": quantile(&v, 0.99),
+    seen.into_iter()
+        .map(|(expr, count)| {
+            let numeric = numbers.remove(&expr).and_then(numeric_stats);
+            let values = others.remove(&expr).map(|counts| {
+                let mut top: Vec<(String, u64)> = counts.into_iter().collect();
+                top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                let distinct = top.len();
+                top.truncate(10);
+                ValueCounts { distinct, top }
             });
-        }
-        if let Some(counts) = others.remove(&expr) {
-            let mut top: Vec<(String, u64)> = counts.into_iter().collect();
-            top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            let distinct = top.len();
-            top.truncate(10);
-            entry["values"] = json!({"distinct": distinct, "top": top});
-        }
-        out.insert(expr, entry);
-    }
-    Value::Object(out)
+            let stats = ExpressionStats {
+                count,
+                numeric,
+                values,
+            };
+            (expr, stats)
+        })
+        .collect()
+}
+
+/// Statistics of some numbers (None when there are none).
+fn numeric_stats(mut v: Vec<f64>) -> Option<NumericStats> {
+    v.sort_by(f64::total_cmp);
+    let sum: f64 = v.iter().sum();
+    Some(NumericStats {
+        count: v.len(),
+        min: *v.first()?,
+        max: *v.last()?,
+        mean: sum / v.len() as f64,
+        p50: quantile(&v, 0.50)?,
+        p95: quantile(&v, 0.95)?,
+        p99: quantile(&v, 0.99)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn numeric_stats_of_known_values() {
@@ -91,16 +103,17 @@ mod tests {
             .map(|i| json!({"x": {"t": "int", "v": i}, "s": {"t": "str", "v": if i % 4 == 0 { "a" } else { "b" }}}))
             .collect();
         let s = summarize(events.iter());
-        let x = &s["x"]["numeric"];
-        assert_eq!(x["count"], 100);
-        assert_eq!(x["min"], 1.0);
-        assert_eq!(x["max"], 100.0);
-        assert_eq!(x["mean"], 50.5);
-        assert_eq!(x["p50"], 50.0);
-        assert_eq!(x["p95"], 95.0);
-        assert_eq!(x["p99"], 99.0);
-        assert_eq!(s["s"]["values"]["top"][0], json!(["b", 75]));
-        assert_eq!(s["s"]["values"]["distinct"], 2);
+        let x = s["x"].numeric.expect("x is numeric");
+        assert_eq!(x.count, 100);
+        assert_eq!(x.min, 1.0);
+        assert_eq!(x.max, 100.0);
+        assert_eq!(x.mean, 50.5);
+        assert_eq!(x.p50, 50.0);
+        assert_eq!(x.p95, 95.0);
+        assert_eq!(x.p99, 99.0);
+        let strings = s["s"].values.as_ref().expect("s has values");
+        assert_eq!(strings.top[0], ("b".to_owned(), 75));
+        assert_eq!(strings.distinct, 2);
     }
 
     #[test]
@@ -111,9 +124,10 @@ mod tests {
             json!({"x": {"t": "float", "v": "nan"}}),
         ];
         let s = summarize(events.iter());
-        assert_eq!(s["x"]["count"], 3);
-        assert_eq!(s["x"]["numeric"]["count"], 1);
-        assert_eq!(s["x"]["values"]["top"][0], json!(["<KeyError>", 1]));
+        assert_eq!(s["x"].count, 3);
+        assert_eq!(s["x"].numeric.map(|n| n.count), Some(1));
+        let top = &s["x"].values.as_ref().expect("values").top;
+        assert_eq!(top[0], ("<KeyError>".to_owned(), 1));
     }
 
     #[test]

@@ -5,12 +5,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use scry_api::{Event, EventPage, NewProbe, ProbeView, WakeTarget, Woken};
 use scry_daemon::{bundle, clients, Home};
 use serde_json::json;
 
 use super::CmdResult;
 use crate::cli::{DemoArgs, PsArgs};
-use crate::client::{open_log, spawn_detached, DaemonClient};
+use crate::client::{enc, open_log, spawn_detached, DaemonClient};
 use crate::error::{CliError, ExitStatus};
 use crate::printer::Printer;
 
@@ -52,7 +53,9 @@ pub async fn demo(home: &Home, args: &DemoArgs, printer: &mut Printer) -> CmdRes
         super::ps::ps(home, &ps_args, printer).await?;
         printer.line("")?;
     }
-    let woke = client.post("/api/v1/wake", &json!({"target": pid})).await?;
+    let woke: Woken = client
+        .post_as("/api/v1/wake", &WakeTarget { target: pid.into() })
+        .await?;
     if !printer.json {
         printer.line(format!(
             "2. `scry wake {DEMO_NAME}` connected it to the daemon:"
@@ -113,10 +116,7 @@ pub const DEMO_PROBE: &str = "demo-totals";
 
 /// Adds the demo's probe (once) on the line of the sample service where an order's total is
 /// known, and returns its location and description.
-async fn ensure_probe(
-    client: &DaemonClient,
-    pid: u32,
-) -> Result<(String, serde_json::Value), CliError> {
+async fn ensure_probe(client: &DaemonClient, pid: u32) -> Result<(String, ProbeView), CliError> {
     let source = bundle::file("scry_demo.py").unwrap_or_default();
     let line = source
         .lines()
@@ -126,19 +126,28 @@ async fn ensure_probe(
             CliError::new("the bundled sample service has no `return order.total` line")
         })?;
     let location = format!("scry_demo.py:{line}");
-    let probes = client.get("/api/v1/probes").await?;
-    if let Some(p) = probes["probes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["name"] == DEMO_PROBE))
+    let probes = client.probes().await?;
+    if let Some(p) = probes
+        .probes
+        .into_iter()
+        .find(|p| p.def.spec.name.as_deref() == Some(DEMO_PROBE))
     {
-        return Ok((location, p.clone()));
+        return Ok((location, p));
     }
+    let expressions = [
+        "order.id",
+        "order.customer",
+        "len(order.items)",
+        "order.total",
+    ];
     let probe = client
-        .post(
-            "/api/v1/probes",
-            &json!({"location": location, "name": DEMO_PROBE, "pid": pid,
-                    "expressions": ["order.id", "order.customer", "len(order.items)", "order.total"]}),
-        )
+        .add_probe(&NewProbe {
+            location: location.clone(),
+            name: Some(DEMO_PROBE.to_owned()),
+            pid: Some(pid),
+            expressions: expressions.map(str::to_owned).to_vec(),
+            ..NewProbe::default()
+        })
         .await?;
     Ok((location, probe))
 }
@@ -146,31 +155,31 @@ async fn ensure_probe(
 /// Prints the probe's events for a few seconds and returns them.
 async fn watch(
     client: &DaemonClient,
-    probe: &serde_json::Value,
+    probe: &ProbeView,
     printer: &mut Printer,
     location: &str,
-) -> Result<Vec<serde_json::Value>, CliError> {
-    let id = probe["id"].as_str().unwrap_or(DEMO_PROBE).to_owned();
+) -> Result<Vec<Event>, CliError> {
+    let id = enc(&probe.def.spec.id);
     if !printer.json {
         printer.line(format!("3. `scry probe add {location} 'order.id' 'order.customer' 'len(order.items)' 'order.total' --name {DEMO_PROBE}`"))?;
         printer.line(
             "   captures typed values each time the line runs, without pausing the service:",
         )?;
     }
-    let start = client
-        .get(&format!("/api/v1/events?probe={id}&limit=1&order=newest"))
+    let start: EventPage = client
+        .get_as(&format!("/api/v1/events?probe={id}&limit=1&order=newest"))
         .await?;
-    let mut last_id = start["events"][0]["id"].as_i64().unwrap_or(0);
+    let mut last_id = start.events.first().map_or(0, |e| e.id);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(4);
     while Instant::now() < deadline && seen.len() < 8 {
-        let page = client
-            .get(&format!(
+        let page: EventPage = client
+            .get_as(&format!(
                 "/api/v1/events?probe={id}&after_id={last_id}&limit=100&order=oldest"
             ))
             .await?;
-        for e in page["events"].as_array().cloned().unwrap_or_default() {
-            last_id = e["id"].as_i64().unwrap_or(last_id);
+        for e in page.events {
+            last_id = last_id.max(e.id);
             if seen.len() < 8 {
                 if !printer.json {
                     printer.line(format!("   {}", crate::render::event_line(&e)))?;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use scry_api::{Event, EventPage, EventStats, EventWait, NumericStats};
 use scry_daemon::Home;
-use serde_json::Value;
 
 use super::CmdResult;
 use crate::cli::{EventFilterArgs, EventsArgs, EventsCmd, EventsSub, StatsArgs, WaitArgs};
@@ -14,9 +14,10 @@ use crate::printer::Printer;
 use crate::render;
 
 /// Parses `--since`/`--until`: a duration ago (`5m`) or an RFC 3339 time (the daemon's own
-/// parser, so that the CLI and the API agree).
+/// parser, so that the CLI and the API agree). The CLI sends epoch seconds, so that a follow
+/// keeps the window it started with.
 pub fn parse_time(text: &str) -> Result<f64, CliError> {
-    scry_daemon::service::events::parse_time(text).map_err(|e| {
+    scry_daemon::config::parse_time(text).map_err(|e| {
         CliError::new(e)
             .hint("use a duration ago such as 30s, 5m, 2h, or a time such as 2026-11-21T12:00:00Z")
     })
@@ -33,7 +34,7 @@ pub async fn events(home: &Home, cmd: &EventsCmd, printer: &mut Printer) -> CmdR
     }
 }
 
-/// The query string of the shared filters (times checked here, so that a typo fails early).
+/// The query string of the shared filters (times resolved here; the daemon checks `where`).
 fn filters(probe: Option<&str>, f: &EventFilterArgs) -> Result<String, CliError> {
     let mut q = Vec::new();
     if let Some(p) = probe {
@@ -52,44 +53,40 @@ fn filters(probe: Option<&str>, f: &EventFilterArgs) -> Result<String, CliError>
         q.push(format!("until={}", parse_time(u)?));
     }
     if !f.where_.is_empty() {
-        let joined = f.where_.join(" && ");
-        scry_daemon::service::events::parse_where(&joined).map_err(|e| {
-            CliError::new(format!("--where: {e}"))
-                .hint("quote the condition for the shell: --where 'total>100'")
-        })?;
-        q.push(format!("where={}", enc(&joined)));
+        q.push(format!("where={}", enc(&f.where_.join(" && "))));
     }
     Ok(q.join("&"))
 }
 
 async fn query(client: &DaemonClient, a: &EventsArgs, printer: &mut Printer) -> CmdResult {
     let base = filters(a.probe.as_deref(), &a.filter)?;
-    let page = client
-        .get(&format!(
+    let page: EventPage = client
+        .get_as(&format!(
             "/api/v1/events?{base}&limit={}&order={}",
             a.limit.clamp(1, 10_000),
             a.order
         ))
-        .await?;
-    let mut events: Vec<Value> = page["events"].as_array().cloned().unwrap_or_default();
-    if a.order == "newest" {
-        events.reverse(); // oldest first on screen
-    }
+        .await
+        .map_err(where_hint)?;
     if printer.json && !a.follow {
         printer.json_value(&page)?;
         return Ok(ExitStatus::Success);
     }
-    let mut last_id = events.last().and_then(|e| e["id"].as_i64()).unwrap_or(0);
+    let mut events = page.events;
+    if a.order == "newest" {
+        events.reverse(); // oldest first on screen
+    }
+    let mut last_id = events.iter().map(|e| e.id).max().unwrap_or(0);
     for e in &events {
         show(printer, e)?;
     }
-    if page["truncated"] == true && !printer.json {
+    if page.truncated && !printer.json {
         printer.note(format!(
             "(showing the {} {} of {} matching{}; --limit shows more)",
             a.order,
             events.len(),
-            page["counts"]["matched"],
-            if page["counts"]["scan_truncated"] == true {
+            page.counts.matched,
+            if page.counts.scan_truncated {
                 " in the 10000 events scanned"
             } else {
                 ""
@@ -105,31 +102,40 @@ async fn query(client: &DaemonClient, a: &EventsArgs, printer: &mut Printer) -> 
     // Follow by polling the store with the event id as a cursor: every stored event is shown
     // exactly once, whatever the timing.
     if last_id == 0 {
-        let newest = client
-            .get(&format!("/api/v1/events?{base}&limit=1&order=newest"))
+        let newest: EventPage = client
+            .get_as(&format!("/api/v1/events?{base}&limit=1&order=newest"))
             .await?;
-        last_id = newest["events"][0]["id"].as_i64().unwrap_or(0);
+        last_id = newest.events.first().map_or(0, |e| e.id);
     }
     loop {
-        let page = client
-            .get(&format!(
+        let page: EventPage = client
+            .get_as(&format!(
                 "/api/v1/events?{base}&after_id={last_id}&limit=1000&order=oldest"
             ))
             .await?;
-        let batch = page["events"].as_array().cloned().unwrap_or_default();
-        for e in &batch {
+        for e in &page.events {
             show(printer, e)?;
-            last_id = e["id"].as_i64().unwrap_or(last_id);
+            last_id = last_id.max(e.id);
         }
-        if batch.len() < 1000 {
+        if page.events.len() < 1000 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
 
-fn show(printer: &mut Printer, e: &Value) -> std::io::Result<()> {
+/// A `--where` the daemon refused gets the shell's usual culprit as its hint: an unquoted `>`
+/// is a redirection, so the daemon sees only what came before it.
+fn where_hint(e: CliError) -> CliError {
+    if e.message.starts_with("where:") {
+        e.hint("quote the condition for the shell: --where 'total>100'")
+    } else {
+        e
+    }
+}
+
+fn show(printer: &mut Printer, e: &Event) -> std::io::Result<()> {
     if printer.json {
-        printer.line(e.to_string())
+        printer.line(serde_json::to_string(e).unwrap_or_default())
     } else {
         printer.line(render::event_line(e))
     }
@@ -137,7 +143,10 @@ fn show(printer: &mut Printer, e: &Value) -> std::io::Result<()> {
 
 async fn stats(client: &DaemonClient, a: &StatsArgs, printer: &mut Printer) -> CmdResult {
     let q = filters(a.probe.as_deref(), &a.filter)?;
-    let s = client.get(&format!("/api/v1/events/stats?{q}")).await?;
+    let s: EventStats = client
+        .get_as(&format!("/api/v1/events/stats?{q}"))
+        .await
+        .map_err(where_hint)?;
     if printer.json {
         printer.json_value(&s)?;
         return Ok(ExitStatus::Success);
@@ -148,53 +157,47 @@ async fn stats(client: &DaemonClient, a: &StatsArgs, printer: &mut Printer) -> C
             .as_deref()
             .map(|p| format!("probe {p}"))
             .unwrap_or_else(|| "every probe".into()),
-        s["count"],
-        if s["truncated"] == true {
+        s.count,
+        if s.truncated {
             " (the newest 10000)"
         } else {
             ""
         }
     ))?;
-    let Some(exprs) = s["expressions"].as_object() else {
-        return Ok(ExitStatus::Success);
-    };
-    for (expr, st) in exprs {
-        let n = &st["numeric"];
-        if n.is_object() {
-            let f = |v: &Value| {
-                v.as_f64()
-                    .map(|x| {
-                        format!("{x:.6}")
-                            .trim_end_matches('0')
-                            .trim_end_matches('.')
-                            .to_owned()
-                    })
-                    .unwrap_or_else(|| "-".into())
-            };
-            printer.line(format!(
-                "  {expr}: n={} min={} max={} mean={} p50={} p95={} p99={}",
-                n["count"],
-                f(&n["min"]),
-                f(&n["max"]),
-                f(&n["mean"]),
-                f(&n["p50"]),
-                f(&n["p95"]),
-                f(&n["p99"])
-            ))?;
+    for (expr, st) in &s.expressions {
+        if let Some(n) = &st.numeric {
+            printer.line(format!("  {expr}: {}", numeric_line(n)))?;
         }
-        if let Some(top) = st["values"]["top"].as_array() {
-            let shown: Vec<String> = top
-                .iter()
-                .map(|kv| format!("{}×{}", kv[0].as_str().unwrap_or("?"), kv[1]))
-                .collect();
+        if let Some(v) = &st.values {
+            let shown: Vec<String> = v.top.iter().map(|(k, n)| format!("{k}×{n}")).collect();
             printer.line(format!(
                 "  {expr}: {} distinct: {}",
-                st["values"]["distinct"],
+                v.distinct,
                 shown.join(", ")
             ))?;
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// `n=… min=… max=… mean=… p50=… p95=… p99=…`, numbers without trailing zeros.
+fn numeric_line(n: &NumericStats) -> String {
+    let f = |x: f64| {
+        format!("{x:.6}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+    };
+    format!(
+        "n={} min={} max={} mean={} p50={} p95={} p99={}",
+        n.count,
+        f(n.min),
+        f(n.max),
+        f(n.mean),
+        f(n.p50),
+        f(n.p95),
+        f(n.p99)
+    )
 }
 
 async fn wait(client: &DaemonClient, a: &WaitArgs, printer: &mut Printer) -> CmdResult {
@@ -204,8 +207,8 @@ async fn wait(client: &DaemonClient, a: &WaitArgs, printer: &mut Printer) -> Cmd
     if let Some(after) = a.after {
         q.push_str(&format!("&after_id={after}"));
     }
-    let answer = client
-        .get_with_timeout(
+    let answer: EventWait = client
+        .get_as_within(
             &format!(
                 "/api/v1/events/wait?{q}&count={}&timeout={}",
                 a.count.max(1),
@@ -213,21 +216,22 @@ async fn wait(client: &DaemonClient, a: &WaitArgs, printer: &mut Printer) -> Cmd
             ),
             timeout + Duration::from_secs(30),
         )
-        .await?;
+        .await
+        .map_err(where_hint)?;
     if printer.json {
         printer.json_value(&answer)?;
     } else {
-        for e in answer["events"].as_array().into_iter().flatten() {
+        for e in &answer.events {
             show(printer, e)?;
         }
-        if answer["reached"] != true {
+        if !answer.reached {
             printer.note(format!(
                 "timed out: {} of {} hits arrived",
-                answer["count"], answer["wanted"]
+                answer.count, answer.wanted
             ));
         }
     }
-    Ok(if answer["reached"] == true {
+    Ok(if answer.reached {
         ExitStatus::Success
     } else {
         ExitStatus::Failure

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use scry_api::{DaemonStatus, Event, EventPage, SystemEvent, SystemEventList};
 use scry_daemon::Home;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::events::parse_time;
@@ -37,83 +39,107 @@ fn parse_level(text: &str) -> Result<u8, CliError> {
     }
 }
 
+/// One line of the merged view (`--json` prints these).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogLine {
+    /// When, seconds since the epoch.
+    pub t: f64,
+    /// `agent` (a forwarded log record) or `daemon` (a system event).
+    pub origin: &'static str,
+    /// The process's name (`scry-daemon` for the daemon).
+    pub name: Option<String>,
+    /// The process's pid.
+    pub pid: Option<u64>,
+    /// The thread that logged.
+    pub thread: Option<Value>,
+    /// Its level.
+    pub level: String,
+    /// The logger (for the daemon: the system event's kind).
+    pub logger: Option<Value>,
+    /// The message.
+    pub message: Option<Value>,
+    /// A formatted exception, if the record had one.
+    pub exc: Option<Value>,
+    /// The event's id (in its own source).
+    pub id: i64,
+    /// The system event's details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
 /// One line of the view, from an agent's `log` event.
-fn from_agent(e: &Value) -> Value {
-    let d = &e["data"];
-    json!({
-        "t": e["t_hit"],
-        "origin": "agent",
-        "name": e["name"],
-        "pid": d["pid"].as_u64().or_else(|| e["pid"].as_u64()),
-        "thread": d["thread"],
-        "level": d["level"].as_str().unwrap_or("info"),
-        "logger": d["logger"],
-        "message": d["message"],
-        "exc": d.get("exc").cloned().unwrap_or(Value::Null),
-        "id": e["id"],
-    })
+fn from_agent(e: &Event) -> LogLine {
+    let d = &e.data;
+    let field = |k: &str| d.get(k).filter(|v| !v.is_null()).cloned();
+    LogLine {
+        t: e.t_hit,
+        origin: "agent",
+        name: e.name.clone(),
+        pid: d["pid"].as_u64().or(e.pid.map(u64::from)),
+        thread: field("thread"),
+        level: d["level"].as_str().unwrap_or("info").to_owned(),
+        logger: field("logger"),
+        message: field("message"),
+        exc: field("exc"),
+        id: e.id,
+        data: None,
+    }
 }
 
 /// One line of the view, from one of the daemon's system events.
-fn from_daemon(e: &Value, daemon_pid: &Value) -> Value {
-    json!({
-        "t": e["t"],
-        "origin": "daemon",
-        "name": "scry-daemon",
-        "pid": daemon_pid,
-        "thread": Value::Null,
-        "level": e["level"],
-        "logger": e["kind"],
-        "message": e["message"],
-        "exc": Value::Null,
-        "id": e["id"],
-        "data": e["data"],
-    })
+fn from_daemon(e: &SystemEvent, daemon_pid: u32) -> LogLine {
+    LogLine {
+        t: e.t,
+        origin: "daemon",
+        name: Some("scry-daemon".to_owned()),
+        pid: Some(u64::from(daemon_pid)),
+        thread: None,
+        level: e.level.clone(),
+        logger: Some(Value::String(e.kind.clone())),
+        message: Some(Value::String(e.message.clone())),
+        exc: None,
+        id: e.id,
+        data: Some(e.data.clone()),
+    }
 }
 
 /// Whether a system event concerns process `pid` (its data names it).
-fn about_pid(e: &Value, pid: u32) -> bool {
-    e["data"]["pid"].as_u64() == Some(u64::from(pid))
+fn about_pid(e: &SystemEvent, pid: u32) -> bool {
+    e.data["pid"].as_u64() == Some(u64::from(pid))
 }
 
 /// Sorts by time (ties: daemon before agent, then id) and drops lines under `min`.
-fn merge(mut lines: Vec<Value>, min: u8) -> Vec<Value> {
-    lines.retain(|l| rank(l["level"].as_str().unwrap_or("info")) >= min);
+fn merge(mut lines: Vec<LogLine>, min: u8) -> Vec<LogLine> {
+    lines.retain(|l| rank(&l.level) >= min);
     lines.sort_by(|a, b| {
-        let ta = a["t"].as_f64().unwrap_or(0.0);
-        let tb = b["t"].as_f64().unwrap_or(0.0);
-        ta.total_cmp(&tb)
-            .then_with(|| b["origin"].as_str().cmp(&a["origin"].as_str()))
-            .then_with(|| a["id"].as_i64().cmp(&b["id"].as_i64()))
+        a.t.total_cmp(&b.t)
+            .then_with(|| b.origin.cmp(a.origin))
+            .then_with(|| a.id.cmp(&b.id))
     });
     lines
 }
 
 /// `HH:MM:SS.mmm  name[pid]  thread  LEVEL  message`.
-pub fn line(l: &Value) -> String {
-    let t = l["t"].as_f64().unwrap_or(0.0);
-    let name = l["name"].as_str().unwrap_or("-");
-    let pid = l["pid"]
-        .as_u64()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "?".into());
-    let thread = l["thread"].as_str().unwrap_or("-");
-    let level = l["level"].as_str().unwrap_or("info").to_ascii_uppercase();
+pub fn line(l: &LogLine) -> String {
+    let name = l.name.as_deref().unwrap_or("-");
+    let pid = l.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+    let thread = l.thread.as_ref().and_then(Value::as_str).unwrap_or("-");
+    let level = l.level.to_ascii_uppercase();
     let mut text = format!(
         "{}  {name}[{pid}]  {thread}  {level:<5}  {}",
-        render::time_of_day(t),
-        l["message"].as_str().unwrap_or("")
+        render::time_of_day(l.t),
+        l.message.as_ref().and_then(Value::as_str).unwrap_or("")
     );
-    if let Some(exc) = l["exc"].as_str() {
+    if let Some(exc) = l.exc.as_ref().and_then(Value::as_str) {
         text.push('\n');
         text.push_str(exc.trim_end());
     }
     text
 }
 
-fn show(printer: &mut Printer, l: &Value) -> std::io::Result<()> {
+fn show(printer: &mut Printer, l: &LogLine) -> std::io::Result<()> {
     if printer.json {
-        printer.line(l.to_string())
+        printer.line(serde_json::to_string(l).unwrap_or_default())
     } else {
         printer.line(line(l))
     }
@@ -134,37 +160,31 @@ pub async fn logs(home: &Home, a: &LogsArgs, printer: &mut Printer) -> CmdResult
         base.push_str(&format!("&pid={p}"));
     }
     let since_q = since.map(|s| format!("&since={s}")).unwrap_or_default();
-    let daemon_pid = client.get("/api/v1/status").await?["pid"].clone();
+    let daemon_pid = client.get_as::<DaemonStatus>("/api/v1/status").await?.pid;
 
-    let page = client
-        .get(&format!(
+    let agent = client
+        .get_as::<EventPage>(&format!(
             "/api/v1/events?{base}{since_q}&limit={limit}&order=newest"
         ))
-        .await?;
-    let agent: Vec<Value> = page["events"].as_array().cloned().unwrap_or_default();
-    let mut last_event = agent.iter().filter_map(|e| e["id"].as_i64()).max();
+        .await?
+        .events;
+    let mut last_event = agent.iter().map(|e| e.id).max();
     let system = client
-        .get(&format!(
+        .get_as::<SystemEventList>(&format!(
             "/api/v1/system-events?limit={limit}{}",
             since.map(|s| format!("&since={s}")).unwrap_or_default()
         ))
-        .await?;
-    let system: Vec<Value> = system["system_events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut last_system = system.iter().filter_map(|e| e["id"].as_i64()).max();
-    let mut last_system_t = system
-        .iter()
-        .filter_map(|e| e["t"].as_f64())
-        .fold(0.0, f64::max);
+        .await?
+        .system_events;
+    let mut last_system = system.iter().map(|e| e.id).max();
+    let mut last_system_t = system.iter().map(|e| e.t).fold(0.0, f64::max);
 
-    let mut lines: Vec<Value> = agent.iter().map(from_agent).collect();
+    let mut lines: Vec<LogLine> = agent.iter().map(from_agent).collect();
     lines.extend(
         system
             .iter()
             .filter(|e| a.pid.is_none_or(|p| about_pid(e, p)))
-            .map(|e| from_daemon(e, &daemon_pid)),
+            .map(|e| from_daemon(e, daemon_pid)),
     );
     let mut lines = merge(lines, min);
     // Both sources were limited to `limit`; show the newest `limit` of the merge.
@@ -185,44 +205,41 @@ pub async fn logs(home: &Home, a: &LogsArgs, printer: &mut Printer) -> CmdResult
         return Ok(ExitStatus::Success);
     }
     if last_event.is_none() {
-        let newest = client
-            .get(&format!("/api/v1/events?{base}&limit=1&order=newest"))
+        let newest: EventPage = client
+            .get_as(&format!("/api/v1/events?{base}&limit=1&order=newest"))
             .await?;
-        last_event = newest["events"][0]["id"].as_i64();
+        last_event = newest.events.first().map(|e| e.id);
     }
     loop {
-        let page = client
-            .get(&format!(
+        let agent = client
+            .get_as::<EventPage>(&format!(
                 "/api/v1/events?{base}&after_id={}&limit=1000&order=oldest",
                 last_event.unwrap_or(0)
             ))
-            .await?;
-        let agent: Vec<Value> = page["events"].as_array().cloned().unwrap_or_default();
-        if let Some(id) = agent.iter().filter_map(|e| e["id"].as_i64()).max() {
+            .await?
+            .events;
+        if let Some(id) = agent.iter().map(|e| e.id).max() {
             last_event = Some(id);
         }
-        let system = client
-            .get(&format!(
+        let system: Vec<SystemEvent> = client
+            .get_as::<SystemEventList>(&format!(
                 "/api/v1/system-events?since={last_system_t}&limit=1000"
             ))
-            .await?;
-        let system: Vec<Value> = system["system_events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+            .await?
+            .system_events
             .into_iter()
-            .filter(|e| e["id"].as_i64() > last_system)
+            .filter(|e| Some(e.id) > last_system)
             .collect();
         for e in &system {
-            last_system = last_system.max(e["id"].as_i64());
-            last_system_t = last_system_t.max(e["t"].as_f64().unwrap_or(0.0));
+            last_system = last_system.max(Some(e.id));
+            last_system_t = last_system_t.max(e.t);
         }
-        let mut batch: Vec<Value> = agent.iter().map(from_agent).collect();
+        let mut batch: Vec<LogLine> = agent.iter().map(from_agent).collect();
         batch.extend(
             system
                 .iter()
                 .filter(|e| a.pid.is_none_or(|p| about_pid(e, p)))
-                .map(|e| from_daemon(e, &daemon_pid)),
+                .map(|e| from_daemon(e, daemon_pid)),
         );
         for l in &merge(batch, min) {
             show(printer, l)?;
@@ -237,30 +254,45 @@ pub async fn logs(home: &Home, a: &LogsArgs, printer: &mut Printer) -> CmdResult
 mod tests {
     use super::*;
 
-    fn agent_event(id: i64, t: f64, level: &str, msg: &str) -> Value {
-        json!({"id": id, "t_hit": t, "kind": "log", "name": "worker", "pid": 7,
-               "data": {"level": level, "logger": "scry", "message": msg,
-                        "thread": "MainThread", "pid": 7}})
+    fn agent_event(id: i64, t: f64, level: &str, msg: &str) -> Event {
+        Event {
+            id,
+            process_id: 1,
+            kind: "log".into(),
+            source: None,
+            t_hit: t,
+            t_recv: t,
+            data: json!({"level": level, "logger": "scry", "message": msg,
+                         "thread": "MainThread", "pid": 7}),
+            pid: Some(7),
+            name: Some("worker".into()),
+        }
     }
 
     #[test]
     fn merges_both_sources_in_time_order_and_filters_by_level() {
-        let daemon = json!({"id": 1, "t": 2.0, "level": "info", "kind": "process_connected",
-                            "message": "pid 7 connected", "data": {"pid": 7}});
+        let daemon = SystemEvent {
+            id: 1,
+            t: 2.0,
+            level: "info".into(),
+            kind: "process_connected".into(),
+            message: "pid 7 connected".into(),
+            data: json!({"pid": 7}),
+        };
         let lines = vec![
             from_agent(&agent_event(10, 3.0, "warn", "late")),
             from_agent(&agent_event(9, 1.0, "debug", "early")),
-            from_daemon(&daemon, &json!(99)),
+            from_daemon(&daemon, 99),
         ];
         let all = merge(lines.clone(), 0);
         let msgs: Vec<&str> = all
             .iter()
-            .map(|l| l["message"].as_str().expect("message"))
+            .map(|l| l.message.as_ref().and_then(Value::as_str).expect("message"))
             .collect();
         assert_eq!(msgs, ["early", "pid 7 connected", "late"]);
         let warn = merge(lines, parse_level("warning").expect("a level"));
         assert_eq!(warn.len(), 1);
-        assert_eq!(warn[0]["message"], "late");
+        assert_eq!(warn[0].message, Some(json!("late")));
         assert!(about_pid(&daemon, 7) && !about_pid(&daemon, 8));
     }
 

@@ -1,7 +1,9 @@
 //! `scry status`.
 
+use scry_api::DaemonStatus;
 use scry_daemon::Home;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use super::{age, CmdResult};
 use crate::client::{DaemonClient, Reach};
@@ -36,64 +38,57 @@ pub async fn status(home: &Home, printer: &mut Printer) -> CmdResult {
         }
         return Ok(ExitStatus::NotRunning);
     }
-    let mut s = client.get("/api/v1/status").await?;
+    let s: DaemonStatus = client.get_as("/api/v1/status").await?;
     if printer.json {
-        s["running"] = Value::Bool(true);
-        printer.json_value(&s)?;
+        printer.json_value(&Running {
+            status: &s,
+            running: true,
+        })?;
         return Ok(ExitStatus::Success);
     }
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
     printer.line(format!(
         "daemon: running, version {}, pid {}, up {}",
-        s["version"].as_str().unwrap_or("?"),
-        n(&s["pid"]),
-        age(s["uptime_s"].as_f64().unwrap_or(0.0))
+        s.version,
+        s.pid,
+        age(s.uptime_s)
     ))?;
     printer.line(format!(
         "local API: {} (this user and root)",
-        s["api_socket"].as_str().unwrap_or("?")
+        s.api_socket.display()
     ))?;
     printer.line(format!(
         "http: http://{} (the token on every request)",
-        s["http"].as_str().unwrap_or("?")
+        s.http
     ))?;
-    printer.line(format!(
-        "agents: {}",
-        s["agent_socket"].as_str().unwrap_or("?")
-    ))?;
-    if let Some(tcp) = s["agent_tcp"].as_str() {
+    printer.line(format!("agents: {}", s.agent_socket.display()))?;
+    if let Some(tcp) = &s.agent_tcp {
         printer.line(format!("agents (tcp): {tcp}"))?;
     }
     printer.line(format!(
         "processes: {} awake, {} sleeping, {} gone",
-        n(&s["processes"]["awake"]),
-        n(&s["processes"]["sleeping"]),
-        n(&s["processes"]["gone"])
+        s.processes.awake, s.processes.sleeping, s.processes.gone
     ))?;
-    printer.line(format!("probes: {}", n(&s["probes"])))?;
+    printer.line(format!("probes: {}", s.probes))?;
     printer.line(format!(
         "events stored: {} (dropped: {} by agents, {} by the daemon)",
-        n(&s["events_stored"]),
-        n(&s["dropped"]["by_agents"]),
-        n(&s["dropped"]["by_daemon"])
+        s.events_stored, s.dropped.by_agents, s.dropped.by_daemon
     ))?;
-    let store = &s["store"];
-    match store["state"].as_str() {
-        Some("ok") | None => printer.line(format!(
+    let store = &s.store;
+    match store.state.as_str() {
+        "ok" => printer.line(format!(
             "store: ok ({} events not stored, {} deleted by retention)",
-            n(&store["not_stored"]),
-            n(&store["retention_deleted"])
+            store.not_stored, store.retention_deleted
         ))?,
-        Some(state) => printer.line(format!(
+        state => printer.line(format!(
             "store: {} for {} ({} events not stored; {}){}",
             if state == "full" {
                 "DISK FULL"
             } else {
                 "FAILING"
             },
-            age(scry_daemon::now() - store["since"].as_f64().unwrap_or(0.0)),
-            n(&store["not_stored"]),
-            store["last_error"].as_str().unwrap_or("no detail"),
+            age(scry_daemon::now() - store.since.unwrap_or(0.0)),
+            store.not_stored,
+            store.last_error.as_deref().unwrap_or("no detail"),
             if state == "full" {
                 "; free space and it resumes by itself"
             } else {
@@ -101,6 +96,14 @@ pub async fn status(home: &Home, printer: &mut Printer) -> CmdResult {
             }
         ))?,
     }
-    printer.line(format!("home: {}", s["home"].as_str().unwrap_or("?")))?;
+    printer.line(format!("home: {}", s.home.display()))?;
     Ok(ExitStatus::Success)
+}
+
+/// `scry status --json`: the daemon's status and that it runs.
+#[derive(Serialize)]
+struct Running<'a> {
+    #[serde(flatten)]
+    status: &'a DaemonStatus,
+    running: bool,
 }

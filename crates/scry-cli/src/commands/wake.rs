@@ -1,7 +1,7 @@
 //! `scry wake` and `scry sleep`.
 
+use scry_api::{Slept, WakeTarget, Woken};
 use scry_daemon::Home;
-use serde_json::json;
 
 use super::{emit, CmdResult};
 use crate::cli::TargetArgs;
@@ -12,17 +12,11 @@ use crate::printer::Printer;
 pub async fn wake(home: &Home, args: &TargetArgs, printer: &mut Printer) -> CmdResult {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let answer = client
-        .post("/api/v1/wake", &json!({"target": args.target}))
-        .await?;
-    let pid = answer["process"]["pid"].as_u64().unwrap_or_default();
-    let name = answer["process"]["name"]
-        .as_str()
-        .unwrap_or("unnamed")
-        .to_owned();
-    let already = answer["already_awake"].as_bool().unwrap_or(false);
+    let answer: Woken = client.post_as("/api/v1/wake", &target(args)).await?;
+    let pid = answer.process.pid;
+    let name = answer.process.name.as_deref().unwrap_or("unnamed");
     emit(printer, &answer, |p| {
-        if already {
+        if answer.already_awake {
             p.line(format!("{name} (pid {pid}) is already awake"))
         } else {
             p.line(format!("{name} (pid {pid}) is awake and connected"))
@@ -34,13 +28,10 @@ pub async fn wake(home: &Home, args: &TargetArgs, printer: &mut Printer) -> CmdR
 pub async fn sleep(home: &Home, args: &TargetArgs, printer: &mut Printer) -> CmdResult {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let answer = client
-        .post("/api/v1/sleep", &json!({"target": args.target}))
-        .await?;
-    let pid = answer["pid"].as_u64().unwrap_or_default();
-    let already = answer["already_sleeping"].as_bool().unwrap_or(false);
+    let answer: Slept = client.post_as("/api/v1/sleep", &target(args)).await?;
+    let pid = answer.pid;
     emit(printer, &answer, |p| {
-        if already {
+        if answer.already_sleeping {
             p.line(format!("pid {pid} is already sleeping"))
         } else {
             p.line(format!(
@@ -48,4 +39,10 @@ pub async fn sleep(home: &Home, args: &TargetArgs, printer: &mut Printer) -> Cmd
             ))
         }
     })
+}
+
+fn target(args: &TargetArgs) -> WakeTarget {
+    WakeTarget {
+        target: args.target.clone().into(),
+    }
 }

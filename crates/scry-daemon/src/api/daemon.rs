@@ -10,8 +10,9 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::{get, post};
 use axum::Json;
 use futures_util::Stream;
+use scry_api::{DaemonStatus, SystemEventList};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{route, ApiError, ApiResult, Route};
 use crate::service;
@@ -44,7 +45,7 @@ async fn health() -> Json<Value> {
     Json(service::daemon::health())
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
+async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<DaemonStatus> {
     Ok(Json(service::daemon::status(&shared).await?))
 }
 
@@ -66,10 +67,11 @@ struct SystemEventsQuery {
 async fn system_events(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<SystemEventsQuery>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<SystemEventList> {
     let Query(q) = q?;
-    let rows = service::daemon::system_events(&shared, q.since, q.limit).await?;
-    Ok(Json(json!({"system_events": rows})))
+    Ok(Json(
+        service::daemon::system_events(&shared, q.since, q.limit).await?,
+    ))
 }
 
 #[derive(Deserialize)]

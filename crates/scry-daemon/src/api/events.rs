@@ -10,8 +10,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{route, ApiResult, Route};
-use crate::service::events::{self, EventFilter};
+use crate::service::events;
 use crate::Shared;
+use scry_api::{EventFilter, EventPage, EventStats, EventWait};
 
 pub(super) fn routes() -> Vec<Route> {
     vec![
@@ -74,7 +75,7 @@ impl Params {
 async fn page(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<EventPage> {
     let Query(q) = q?;
     Ok(Json(
         events::page(&shared, &q.filter(), q.limit, q.order.as_deref()).await?,
@@ -84,7 +85,7 @@ async fn page(
 async fn stats(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<EventStats> {
     let Query(q) = q?;
     Ok(Json(events::stats_of(&shared, &q.filter()).await?))
 }
@@ -92,7 +93,7 @@ async fn stats(
 async fn wait(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<Params>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<EventWait> {
     let Query(q) = q?;
     Ok(Json(
         events::wait_for(&shared, q.filter(), q.count, q.timeout).await?,

@@ -6,9 +6,8 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::Json;
-use scry_api::{ProcessEntry, ProcessList};
+use scry_api::{ProcessEntry, ProcessList, Slept, WakeTarget, Woken};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{parse_pid, route, ApiResult, Route};
 use crate::service::processes;
@@ -58,16 +57,10 @@ async fn one(
     Ok(Json(processes::get(&shared, pid)?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetBody {
-    target: Value,
-}
-
 async fn wake(
     State(shared): State<Arc<Shared>>,
-    body: Result<Json<TargetBody>, JsonRejection>,
-) -> ApiResult {
+    body: Result<Json<WakeTarget>, JsonRejection>,
+) -> ApiResult<Woken> {
     let Json(body) = body?;
     let target = processes::parse_target(&body.target)?;
     Ok(Json(processes::wake(&shared, &target).await?))
@@ -75,8 +68,8 @@ async fn wake(
 
 async fn sleep(
     State(shared): State<Arc<Shared>>,
-    body: Result<Json<TargetBody>, JsonRejection>,
-) -> ApiResult {
+    body: Result<Json<WakeTarget>, JsonRejection>,
+) -> ApiResult<Slept> {
     let Json(body) = body?;
     let target = processes::parse_target(&body.target)?;
     Ok(Json(processes::sleep(&shared, &target).await?))

@@ -4,7 +4,7 @@
 use rmcp::schemars;
 use serde::Deserialize;
 
-use crate::service::events::EventFilter;
+use scry_api::EventFilter;
 
 /// `list_processes`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

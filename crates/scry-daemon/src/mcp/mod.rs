@@ -28,10 +28,10 @@ use rmcp::{tool, tool_handler, tool_router, ServerHandler};
 use scry_api::{AttachRequest, Error, NewProbe, NewTrace};
 use serde_json::{json, Value};
 
-use crate::service::events::EventFilter;
 use crate::service::{attach, dumps, events, lines, probes, processes, traces};
 use crate::Shared;
 use args::*;
+use scry_api::EventFilter;
 use shape::{choose_line, compact_dump, compact_probe, events_table, summarize_trace};
 
 /// The longest `timeout_s` of `attach` (as `scry attach --timeout`): the whole attach runs
@@ -116,8 +116,8 @@ fn value_of(v: impl serde::Serialize) -> ToolResult {
 /// A tool's answer, or its failure for the agent: what went wrong and what to do.
 type ToolResult = Result<Value, Error>;
 
-fn answer(r: ToolResult) -> CallToolResult {
-    match r {
+fn answer<T: serde::Serialize>(r: Result<T, Error>) -> CallToolResult {
+    match r.and_then(value_of) {
         Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
         Err(e) => {
             CallToolResult::error(vec![ContentBlock::text(json!({ "error": e }).to_string())])
@@ -212,7 +212,7 @@ impl ScryMcp {
     async fn add_probe(&self, Parameters(a): Parameters<AddProbeArgs>) -> CallToolResult {
         let rate = match (a.first, a.max_per_second) {
             (Some(_), Some(_)) => {
-                return answer(Err(invalid("give `first` or `max_per_second`, not both")))
+                return answer::<Value>(Err(invalid("give `first` or `max_per_second`, not both")))
             }
             (Some(n), None) => Some(scry_api::RateMode::First { n }),
             (None, Some(per_second)) => Some(scry_api::RateMode::Rate { per_second }),
@@ -313,10 +313,11 @@ impl ScryMcp {
             ..a.filter.filter()
         };
         let r = events::wait_for(&self.shared, filter, a.count, a.timeout_s).await;
-        answer(r.map(|mut v| {
-            let events = v["events"].take();
-            v["events"] = events_table(events.as_array().map(Vec::as_slice).unwrap_or(&[]));
-            v
+        answer(r.and_then(|mut waited| {
+            let table = events_table(&std::mem::take(&mut waited.events));
+            let mut v = value_of(waited)?;
+            v["events"] = table;
+            Ok(v)
         }))
     }
 
@@ -337,7 +338,7 @@ impl ScryMcp {
     )]
     async fn trace_start(&self, Parameters(a): Parameters<TraceStartArgs>) -> CallToolResult {
         if a.functions.is_empty() && a.include.is_empty() {
-            return answer(Err(invalid("give `functions` (module:function) or `include` (module prefixes): tracing everything is refused")));
+            return answer::<Value>(Err(invalid("give `functions` (module:function) or `include` (module prefixes): tracing everything is refused")));
         }
         let request = NewTrace {
             target: a.target,
@@ -429,9 +430,10 @@ impl ScryMcp {
             Some(order),
         )
         .await?;
-        let events = page["events"].take();
-        page["events"] = events_table(events.as_array().map(Vec::as_slice).unwrap_or(&[]));
-        Ok(page)
+        let table = events_table(&std::mem::take(&mut page.events));
+        let mut v = value_of(page)?;
+        v["events"] = table;
+        Ok(v)
     }
 
     async fn observe_impl(&self, a: ObserveArgs) -> ToolResult {
@@ -513,7 +515,6 @@ impl ScryMcp {
             let _ = probes::remove(&self.shared, &id).await;
         }
         let waited = waited?;
-        let events = waited["events"].as_array().cloned().unwrap_or_default();
         Ok(json!({
             "location": location,
             "line": line,
@@ -521,9 +522,9 @@ impl ScryMcp {
             "expression": expression,
             "probe": id,
             "kept": a.keep,
-            "reached": waited["reached"],
+            "reached": waited.reached,
             "wanted": hits,
-            "hits": events_table(&events),
+            "hits": events_table(&waited.events),
             "probe_state": status.map(|s| s["processes"].clone()),
             "file_differs": found["file_differs"],
         }))

@@ -1,6 +1,7 @@
 //! Compact answers for agents: lists as tables (`columns` + `rows`), captured values as plain JSON
 //! where they are scalars, probes without what an agent never needs, trace batches summarized.
 
+use scry_api::Event;
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -195,11 +196,11 @@ fn plain(typed: &Value) -> Value {
 }
 
 /// Events as one table: a column per expression, plain values, their Python types apart.
-pub fn events_table(events: &[Value]) -> Value {
+pub fn events_table(events: &[Event]) -> Value {
     let mut exprs: Vec<String> = Vec::new();
     let mut types = serde_json::Map::new();
     for e in events {
-        if let Some(values) = e["data"]["values"].as_object() {
+        if let Some(values) = e.data["values"].as_object() {
             for (k, v) in values {
                 if !exprs.contains(k) {
                     exprs.push(k.clone());
@@ -222,14 +223,14 @@ pub fn events_table(events: &[Value]) -> Value {
         .iter()
         .map(|e| {
             let mut row = vec![
-                e["id"].clone(),
-                e["t_hit"].clone(),
-                e["pid"].clone(),
-                e["source"].clone(),
-                e["data"]["line"].clone(),
+                json!(e.id),
+                json!(e.t_hit),
+                json!(e.pid),
+                json!(e.source),
+                e.data["line"].clone(),
             ];
             for x in &exprs {
-                let v = &e["data"]["values"][x.as_str()];
+                let v = &e.data["values"][x.as_str()];
                 row.push(if v.is_null() { Value::Null } else { plain(v) });
             }
             Value::Array(row)

@@ -5,53 +5,67 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
+use scry_api::{
+    Backpressure, DaemonStatus, Dropped, ProcessCounts, StoreStatus, SystemEvent, SystemEventList,
+};
+
 use super::{blocking, Result};
 use crate::Shared;
 
 /// The daemon's status (`scry status`): where it listens, what it holds, what it lost.
-pub async fn status(shared: &Shared) -> Result<Value> {
+pub async fn status(shared: &Shared) -> Result<DaemonStatus> {
     let store = shared.store.clone();
     let counts = blocking(move || store.counts()).await?;
     let (awake, sleeping, gone) = shared.registry().counts();
     let clients = crate::clients::discover(&shared.home).len();
-    Ok(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "home": shared.home.root(),
-        "http": shared.http_addr.to_string(),
-        "api_socket": shared.home.api_socket(),
-        "agent_socket": shared.home.agent_socket(),
-        "agent_tcp": shared.config.agent_tcp,
-        "started_at": shared.started_at,
-        "uptime_s": shared.uptime().as_secs_f64(),
-        "processes": {"awake": awake, "sleeping": sleeping, "gone": gone, "client_files": clients,
-                      "links_accepted": shared.links_accepted.load(Ordering::Relaxed)},
-        "probes": counts.probes,
-        "events_stored": counts.events,
-        "dropped": {"by_agents": counts.dropped, "by_daemon": crate::dropped(shared)},
-        "store": store_health(shared),
-        // Flow control: reports that waited for the store (their agents were slowed down),
-        // and protocol errors not sent to peers that do not read them.
-        "backpressure": {
-            "reports_waited": shared.backpressure_waits.load(Ordering::Relaxed),
-            "errors_not_sent": crate::link::ERRORS_NOT_SENT.load(Ordering::Relaxed),
+    Ok(DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        home: shared.home.root().to_path_buf(),
+        http: shared.http_addr.to_string(),
+        api_socket: shared.home.api_socket(),
+        agent_socket: shared.home.agent_socket(),
+        agent_tcp: shared.config.agent_tcp.clone(),
+        started_at: shared.started_at,
+        uptime_s: shared.uptime().as_secs_f64(),
+        processes: ProcessCounts {
+            awake: awake as u64,
+            sleeping: sleeping as u64,
+            gone: gone as u64,
+            client_files: clients as u64,
+            links_accepted: shared.links_accepted.load(Ordering::Relaxed),
         },
-    }))
+        probes: counts.probes,
+        events_stored: counts.events,
+        dropped: Dropped {
+            by_agents: counts.dropped,
+            by_daemon: crate::dropped(shared),
+        },
+        store: store_health(shared),
+        backpressure: Backpressure {
+            reports_waited: shared.backpressure_waits.load(Ordering::Relaxed),
+            errors_not_sent: crate::link::ERRORS_NOT_SENT.load(Ordering::Relaxed),
+        },
+    })
 }
 
 /// The store's part of the status: whether it can write (`ok`, `full`, `failing`), since when,
 /// how many events it could not store, and how many retention deleted.
-pub fn store_health(shared: &Shared) -> Value {
+pub fn store_health(shared: &Shared) -> StoreStatus {
     let h = shared.store.health();
-    let retention_deleted: u64 = h.retention_deleted.values().sum();
-    json!({
-        "state": h.state,
-        "since": h.since,
-        "not_stored": h.not_stored,
-        "last_error": h.last_error,
-        "retention_deleted": retention_deleted,
-        "max_db_mb": shared.config.max_db_mb,
-    })
+    StoreStatus {
+        state: match h.state {
+            scry_store::StoreState::Ok => "ok",
+            scry_store::StoreState::Full => "full",
+            scry_store::StoreState::Failing => "failing",
+        }
+        .to_owned(),
+        since: h.since,
+        not_stored: h.not_stored,
+        last_error: h.last_error,
+        retention_deleted: h.retention_deleted.values().sum(),
+        max_db_mb: shared.config.max_db_mb,
+    }
 }
 
 /// The daemon's own events (started, probe added, agent disconnected, …), oldest first from
@@ -60,10 +74,22 @@ pub async fn system_events(
     shared: &Shared,
     since: Option<f64>,
     limit: Option<usize>,
-) -> Result<Vec<scry_store::SystemEventRow>> {
+) -> Result<SystemEventList> {
     let store = shared.store.clone();
     let limit = limit.unwrap_or(100).min(10_000);
-    blocking(move || store.system_events(since, limit)).await
+    let rows = blocking(move || store.system_events(since, limit)).await?;
+    let system_events = rows
+        .into_iter()
+        .map(|r| SystemEvent {
+            id: r.id,
+            t: r.event.t,
+            level: r.event.level.as_str().to_owned(),
+            kind: r.event.kind,
+            message: r.event.message,
+            data: r.event.data,
+        })
+        .collect();
+    Ok(SystemEventList { system_events })
 }
 
 /// Where agents connect (`scry.init()` asks when it is told only the daemon's HTTP address).

@@ -16,10 +16,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use scry_api::{Event, EventCounts, EventFilter, EventPage, EventStats, EventWait};
+use serde_json::Value;
 
 use super::{blocking, Error, Result};
+use crate::config::parse_time;
 use crate::Shared;
 
 /// A comparison operator of a `where`.
@@ -185,57 +186,6 @@ impl Condition {
     }
 }
 
-/// Parses a time: a duration ago (`30s`, `5m`, `2h`: a unit is required), an RFC 3339 time
-/// (`2026-11-21T12:00:00Z`), or epoch seconds (a bare number).
-pub fn parse_time(text: &str) -> Result<f64, String> {
-    let t = text.trim();
-    // A bare number is epoch seconds; a duration always has a unit.
-    if let Ok(secs) = t.parse::<f64>() {
-        return if secs.is_finite() {
-            Ok(secs)
-        } else {
-            Err(format!("`{text}` is not a time"))
-        };
-    }
-    if let Ok(d) = crate::config::parse_duration(t) {
-        return Ok(crate::now() - d.as_secs_f64());
-    }
-    humantime::parse_rfc3339_weak(t)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64())
-        .ok_or_else(|| {
-            format!("`{text}` is neither a duration ago (30s, 5m, 2h), a time (2026-11-21T12:00:00Z) nor epoch seconds")
-        })
-}
-
-/// Which events: the filters every query shares.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventFilter {
-    /// A probe id or name.
-    pub probe: Option<String>,
-    /// A pid (every process that had it).
-    pub pid: Option<u32>,
-    /// A registered process name.
-    pub process: Option<String>,
-    /// A store row id of a process.
-    pub process_id: Option<i64>,
-    /// An event source (a probe id for probe events).
-    pub source: Option<String>,
-    /// An event kind (`probe`, `log`, …).
-    pub kind: Option<String>,
-    /// From this time (see [`parse_time`]).
-    pub since: Option<String>,
-    /// Until this time (exclusive).
-    pub until: Option<String>,
-    /// Value conditions (see the module docs).
-    #[serde(rename = "where")]
-    pub where_: Option<String>,
-    /// Only events stored after this event id (a cursor).
-    pub after_id: Option<i64>,
-}
-
 /// A filter checked and resolved against the daemon's probes and processes.
 #[derive(Debug, Clone)]
 pub struct Selection {
@@ -248,86 +198,81 @@ fn bad(message: impl Into<String>) -> Error {
     Error::bad_request(message)
 }
 
-impl EventFilter {
-    /// Checks and resolves the filter; every mistake is a `bad_request` or `not_found` that
-    /// says what to write instead.
-    pub fn select(&self, shared: &Shared) -> Result<Selection> {
-        let source = match &self.probe {
-            Some(p) => super::probes::resolve_source(shared, Some(p.clone()))?,
-            None => self.source.clone(),
-        };
-        let mut process_ids: Option<Vec<i64>> = self.process_id.map(|id| vec![id]);
-        if let Some(pid) = self.pid {
-            let ids = super::processes::row_ids_for_pid(shared, pid);
-            if ids.is_empty() {
-                return Err(
-                    Error::not_found(format!("scry knows no process {pid}")).hint("see `scry ps`")
-                );
-            }
-            process_ids = Some(ids);
+/// Checks and resolves a filter; every mistake is a `bad_request` or `not_found` that says what
+/// to write instead.
+pub fn select(shared: &Shared, filter: &EventFilter) -> Result<Selection> {
+    let source = match &filter.probe {
+        Some(p) => super::probes::resolve_source(shared, Some(p.clone()))?,
+        None => filter.source.clone(),
+    };
+    let mut process_ids: Option<Vec<i64>> = filter.process_id.map(|id| vec![id]);
+    if let Some(pid) = filter.pid {
+        let ids = super::processes::row_ids_for_pid(shared, pid);
+        if ids.is_empty() {
+            return Err(
+                Error::not_found(format!("scry knows no process {pid}")).hint("see `scry ps`")
+            );
         }
-        if let Some(name) = &self.process {
-            let ids: Vec<i64> = shared
-                .registry()
-                .views()
-                .into_iter()
-                .filter(|v| v.name.as_deref() == Some(name.as_str()))
-                .map(|v| v.id)
-                .collect();
-            if ids.is_empty() {
-                return Err(
-                    Error::not_found(format!("scry knows no process named `{name}`"))
-                        .hint("see `scry ps` for names"),
-                );
-            }
-            process_ids = Some(match process_ids {
-                Some(prev) => prev.into_iter().filter(|i| ids.contains(i)).collect(),
-                None => ids,
-            });
-        }
-        let since = self
-            .since
-            .as_deref()
-            .map(parse_time)
-            .transpose()
-            .map_err(bad)?;
-        let until = self
-            .until
-            .as_deref()
-            .map(parse_time)
-            .transpose()
-            .map_err(bad)?;
-        let conditions = match self.where_.as_deref() {
-            Some(w) if !w.trim().is_empty() => {
-                parse_where(w).map_err(|e| bad(format!("where: {e}")))?
-            }
-            _ => Vec::new(),
-        };
-        let kind = match (&self.kind, conditions.is_empty(), &self.probe) {
-            (Some(k), _, _) => Some(k.clone()),
-            // Values exist on probe events only.
-            (None, false, _) | (None, _, Some(_)) => Some("probe".to_owned()),
-            (None, true, None) => None,
-        };
-        let store_process = match process_ids.as_deref() {
-            Some([one]) => Some(*one),
-            _ => None,
-        };
-        Ok(Selection {
-            query: scry_store::EventQuery {
-                source,
-                process_id: store_process,
-                kind,
-                since,
-                until,
-                after_id: self.after_id,
-                limit: scry_store::MAX_QUERY_LIMIT,
-                order: scry_store::Order::Newest,
-            },
-            process_ids,
-            conditions,
-        })
+        process_ids = Some(ids);
     }
+    if let Some(name) = &filter.process {
+        let ids: Vec<i64> = shared
+            .registry()
+            .views()
+            .into_iter()
+            .filter(|v| v.name.as_deref() == Some(name.as_str()))
+            .map(|v| v.id)
+            .collect();
+        if ids.is_empty() {
+            return Err(
+                Error::not_found(format!("scry knows no process named `{name}`"))
+                    .hint("see `scry ps` for names"),
+            );
+        }
+        process_ids = Some(match process_ids {
+            Some(prev) => prev.into_iter().filter(|i| ids.contains(i)).collect(),
+            None => ids,
+        });
+    }
+    let time = |text: &Option<String>, name: &str| {
+        text.as_deref().map(parse_time).transpose().map_err(|e| {
+            bad(format!("{name}: {e}")).hint(
+                "use a duration ago such as 30s, 5m, 2h, or a time such as 2026-11-21T12:00:00Z",
+            )
+        })
+    };
+    let since = time(&filter.since, "since")?;
+    let until = time(&filter.until, "until")?;
+    let conditions = match filter.where_.as_deref() {
+        Some(w) if !w.trim().is_empty() => {
+            parse_where(w).map_err(|e| bad(format!("where: {e}")))?
+        }
+        _ => Vec::new(),
+    };
+    let kind = match (&filter.kind, conditions.is_empty(), &filter.probe) {
+        (Some(k), _, _) => Some(k.clone()),
+        // Values exist on probe events only.
+        (None, false, _) | (None, _, Some(_)) => Some("probe".to_owned()),
+        (None, true, None) => None,
+    };
+    let store_process = match process_ids.as_deref() {
+        Some([one]) => Some(*one),
+        _ => None,
+    };
+    Ok(Selection {
+        query: scry_store::EventQuery {
+            source,
+            process_id: store_process,
+            kind,
+            since,
+            until,
+            after_id: filter.after_id,
+            limit: scry_store::MAX_QUERY_LIMIT,
+            order: scry_store::Order::Newest,
+        },
+        process_ids,
+        conditions,
+    })
 }
 
 impl Selection {
@@ -390,38 +335,44 @@ pub async fn find(
     })
 }
 
-/// An event as the API shows it: the stored row plus its process's pid and name.
-pub fn event_json(shared: &Shared, events: Vec<scry_store::EventRow>) -> Vec<Value> {
+/// Events as the API shows them: the stored rows plus their processes' pids and names.
+pub fn events_of(shared: &Shared, rows: Vec<scry_store::EventRow>) -> Vec<Event> {
     let procs: std::collections::HashMap<i64, (u32, Option<String>)> = shared
         .registry()
         .views()
         .into_iter()
         .map(|v| (v.id, (v.pid, v.name)))
         .collect();
-    events
-        .into_iter()
+    rows.into_iter()
         .map(|e| {
             let found = procs.get(&e.process_id);
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            v["pid"] = json!(found.map(|p| p.0));
-            v["name"] = json!(found.and_then(|p| p.1.clone()));
-            v
+            Event {
+                id: e.id,
+                process_id: e.process_id,
+                kind: e.kind,
+                source: e.source,
+                t_hit: e.t_hit,
+                t_recv: e.t_recv,
+                data: e.data,
+                pid: found.map(|p| p.0),
+                name: found.and_then(|p| p.1.clone()),
+            }
         })
         .collect()
 }
 
 /// The counts part of an answer.
-pub fn counts(found: &Found) -> Value {
-    json!({
-        "returned": found.events.len(),
-        "matched": found.matched,
-        "scanned": found.scanned,
-        "scan_truncated": found.scan_truncated,
-    })
+pub fn counts(found: &Found) -> EventCounts {
+    EventCounts {
+        returned: found.events.len(),
+        matched: found.matched,
+        scanned: found.scanned,
+        scan_truncated: found.scan_truncated,
+    }
 }
 
 /// Statistics of the probe values of `sel` (the newest [`scry_store::MAX_QUERY_LIMIT`]).
-pub async fn stats(shared: &Shared, sel: &Selection) -> Result<Value> {
+pub async fn stats(shared: &Shared, sel: &Selection, probe: Option<String>) -> Result<EventStats> {
     let found = find(
         shared,
         sel,
@@ -430,12 +381,13 @@ pub async fn stats(shared: &Shared, sel: &Selection) -> Result<Value> {
     )
     .await?;
     let values = found.events.iter().map(|e| &e.data["values"]);
-    Ok(json!({
-        "count": found.events.len(),
-        "truncated": found.truncated,
-        "counts": counts(&found),
-        "expressions": crate::stats::summarize(values),
-    }))
+    Ok(EventStats {
+        probe,
+        count: found.events.len(),
+        truncated: found.truncated,
+        counts: counts(&found),
+        expressions: crate::stats::summarize(values),
+    })
 }
 
 /// The id of the newest stored event (0 when none): a cursor for "from now on".
@@ -459,21 +411,21 @@ pub async fn wait(
     after_id: Option<i64>,
     count: usize,
     timeout: Duration,
-) -> Result<Value> {
+) -> Result<EventWait> {
     let start_after = match after_id {
         Some(id) => id,
         None => newest_id(shared).await?,
     };
     // Zero events are always already there: answer at once instead of waiting for nothing.
     if count == 0 {
-        return Ok(json!({
-            "reached": true,
-            "timed_out": false,
-            "wanted": 0,
-            "count": 0,
-            "cursor": start_after,
-            "events": [],
-        }));
+        return Ok(EventWait {
+            reached: true,
+            timed_out: false,
+            wanted: 0,
+            count: 0,
+            cursor: start_after,
+            events: Vec::new(),
+        });
     }
     let count = count.min(scry_store::MAX_QUERY_LIMIT);
     let deadline = Instant::now() + timeout;
@@ -497,14 +449,14 @@ pub async fn wait(
         }
         let reached = got.len() >= count;
         if reached || Instant::now() >= deadline || *stop.borrow() {
-            return Ok(json!({
-                "reached": reached,
-                "timed_out": !reached,
-                "wanted": count,
-                "count": got.len(),
-                "cursor": cursor,
-                "events": event_json(shared, got),
-            }));
+            return Ok(EventWait {
+                reached,
+                timed_out: !reached,
+                wanted: count,
+                count: got.len(),
+                cursor,
+                events: events_of(shared, got),
+            });
         }
         let pause =
             Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now()));
@@ -541,27 +493,28 @@ pub fn wait_timeout(seconds: Option<f64>) -> Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// A page of events (`GET /api/v1/events`, `query_events`): `{"events", "truncated", "counts"}`.
+/// A page of events (`GET /api/v1/events`, `query_events`).
 pub async fn page(
     shared: &Shared,
     filter: &EventFilter,
     limit: Option<usize>,
     order: Option<&str>,
-) -> Result<Value> {
+) -> Result<EventPage> {
     let order = parse_order(order)?;
-    let sel = filter.select(shared)?;
+    let sel = select(shared, filter)?;
     let found = find(shared, &sel, limit.unwrap_or(100), order).await?;
-    let c = counts(&found);
-    let truncated = found.truncated;
-    Ok(json!({"events": event_json(shared, found.events), "truncated": truncated, "counts": c}))
+    let counts = counts(&found);
+    Ok(EventPage {
+        truncated: found.truncated,
+        events: events_of(shared, found.events),
+        counts,
+    })
 }
 
 /// Statistics of the matching probe values (`GET /api/v1/events/stats`, `event_stats`).
-pub async fn stats_of(shared: &Shared, filter: &EventFilter) -> Result<Value> {
-    let sel = filter.select(shared)?;
-    let mut s = stats(shared, &sel).await?;
-    s["probe"] = json!(filter.probe);
-    Ok(s)
+pub async fn stats_of(shared: &Shared, filter: &EventFilter) -> Result<EventStats> {
+    let sel = select(shared, filter)?;
+    stats(shared, &sel, filter.probe.clone()).await
 }
 
 /// Waits for `count` (default 1) new matching events after the filter's `after_id` (default:
@@ -571,16 +524,17 @@ pub async fn wait_for(
     mut filter: EventFilter,
     count: Option<usize>,
     timeout: Option<f64>,
-) -> Result<Value> {
+) -> Result<EventWait> {
     let timeout = wait_timeout(timeout)?;
     let after = filter.after_id.take();
-    let sel = filter.select(shared)?;
+    let sel = select(shared, &filter)?;
     wait(shared, &sel, after, count.unwrap_or(1), timeout).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn cond(text: &str) -> Condition {
         let mut v = parse_where(text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -648,15 +602,5 @@ mod tests {
         assert!(cond("n!=None").matches(&v));
         assert!(!cond("err>0").matches(&v));
         assert!(!cond("missing==1").matches(&v));
-    }
-
-    #[test]
-    fn times() {
-        let now = crate::now();
-        let five_min = parse_time("5m").expect("5m");
-        assert!((now - 300.0 - five_min).abs() < 5.0);
-        assert_eq!(parse_time("2026-11-21T12:00:00Z"), Ok(1_795_262_400.0));
-        assert_eq!(parse_time("1795262400.5"), Ok(1_795_262_400.5));
-        assert!(parse_time("yesterday").is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use scry_api::{DiscoveredClient, ProcessEntry, ProcessList};
+use scry_api::{DiscoveredClient, ProcessEntry, ProcessList, Slept, Woken};
 use serde_json::{json, Value};
 
 use super::{Error, ErrorKind, Result};
@@ -114,7 +114,7 @@ fn describe(target: &str) -> String {
 }
 
 /// Wakes a sleeping embedded client (pid or name) and waits until its agent is registered.
-pub async fn wake(shared: &Shared, target: &str) -> Result<Value> {
+pub async fn wake(shared: &Shared, target: &str) -> Result<Woken> {
     let already = shared
         .registry()
         .find(target)
@@ -123,7 +123,10 @@ pub async fn wake(shared: &Shared, target: &str) -> Result<Value> {
         .map(|e| e.view.clone())
         .collect::<Vec<_>>();
     if let [one] = already.as_slice() {
-        return Ok(json!({"already_awake": true, "process": one}));
+        return Ok(Woken {
+            already_awake: true,
+            process: one.clone(),
+        });
     }
     let client = find_client(shared, target)?;
     let daemon_url = format!("unix://{}", shared.home.agent_socket().display());
@@ -144,7 +147,10 @@ pub async fn wake(shared: &Shared, target: &str) -> Result<Value> {
             .find(|e| e.agent.is_some())
             .map(|e| e.view.clone());
         if let Some(v) = view {
-            return Ok(json!({"already_awake": false, "process": v}));
+            return Ok(Woken {
+                already_awake: false,
+                process: v,
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -158,7 +164,7 @@ pub async fn wake(shared: &Shared, target: &str) -> Result<Value> {
 }
 
 /// Puts an awake embedded client (pid or name) back to sleep.
-pub async fn sleep(shared: &Shared, target: &str) -> Result<Value> {
+pub async fn sleep(shared: &Shared, target: &str) -> Result<Slept> {
     let agents: Vec<_> = shared
         .registry()
         .find(target)
@@ -168,7 +174,10 @@ pub async fn sleep(shared: &Shared, target: &str) -> Result<Value> {
     match agents.as_slice() {
         [] => {
             let client = find_client(shared, target)?;
-            Ok(json!({"already_sleeping": true, "pid": client.pid}))
+            Ok(Slept {
+                already_sleeping: true,
+                pid: client.pid,
+            })
         }
         [(view, agent)] => {
             let reply = agent
@@ -178,7 +187,10 @@ pub async fn sleep(shared: &Shared, target: &str) -> Result<Value> {
                 )
                 .await;
             match reply {
-                Ok(r) if r.ok => Ok(json!({"already_sleeping": false, "pid": view.pid})),
+                Ok(r) if r.ok => Ok(Slept {
+                    already_sleeping: false,
+                    pid: view.pid,
+                }),
                 Ok(r) => Err(Error::new(
                     ErrorKind::Agent,
                     r.error
@@ -186,9 +198,10 @@ pub async fn sleep(shared: &Shared, target: &str) -> Result<Value> {
                         .unwrap_or_else(|| "the agent refused".into()),
                 )),
                 // The agent closes right after answering; a close is success too.
-                Err(RequestError::Disconnected) => {
-                    Ok(json!({"already_sleeping": false, "pid": view.pid}))
-                }
+                Err(RequestError::Disconnected) => Ok(Slept {
+                    already_sleeping: false,
+                    pid: view.pid,
+                }),
                 Err(e) => Err(Error::new(ErrorKind::Timeout, e.to_string())),
             }
         }
