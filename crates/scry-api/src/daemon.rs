@@ -116,3 +116,42 @@ pub struct SystemEventList {
     /// The events.
     pub system_events: Vec<SystemEvent>,
 }
+
+/// `GET /api/v1/health`: the daemon answers (no token needed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always true.
+    pub ok: bool,
+    /// scry's version.
+    pub version: String,
+}
+
+/// `GET /api/v1/agent-endpoint`: where agents connect (`scry.init()` asks when it is told only
+/// the daemon's HTTP address).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEndpoint {
+    /// The agents' unix socket.
+    pub unix: PathBuf,
+    /// The agents' TCP address, when configured.
+    pub tcp: Option<String>,
+}
+
+/// `POST /api/v1/shutdown`: the daemon stops after answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    /// Always true.
+    pub stopping: bool,
+    /// The daemon's pid (wait for it to exit).
+    pub pid: u32,
+}
+
+/// `POST /api/v1/ui/login`: a one-time sign-in link for the web UI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UiLoginLink {
+    /// The link's path and query on the daemon's HTTP address (`/login?once=...`).
+    pub path: String,
+    /// The daemon's HTTP address (`host:port`).
+    pub http: String,
+    /// Seconds the link stays valid (it works once).
+    pub expires_in_s: u64,
+}

@@ -13,13 +13,15 @@ pub mod daemon;
 pub mod debug;
 pub mod error;
 pub mod events;
+pub mod lines;
 pub mod probes;
 pub mod processes;
 pub mod traces;
 
 pub use attach::{AttachPlan, AttachReport, AttachRequest, PidRequest};
 pub use daemon::{
-    Backpressure, DaemonStatus, Dropped, ProcessCounts, StoreStatus, SystemEvent, SystemEventList,
+    AgentEndpoint, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts, Stopping,
+    StoreStatus, SystemEvent, SystemEventList, UiLoginLink,
 };
 pub use debug::{DebugReport, DebugRequest};
 pub use error::{Error, ErrorBody, ErrorKind};
@@ -27,6 +29,7 @@ pub use events::{
     Event, EventCounts, EventFilter, EventPage, EventStats, EventWait, ExpressionStats,
     NumericStats, ValueCounts,
 };
+pub use lines::{FoundLines, LineTable, LinesRequest};
 pub use probes::{
     NewProbe, ProbeDef, ProbeInProcess, ProbeList, ProbeTotals, ProbeView, Removed, Target, Ttl,
 };

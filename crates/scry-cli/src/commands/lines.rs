@@ -1,7 +1,8 @@
 //! `scry lines TARGET [--var NAME]`: where to probe, as the target process sees its code.
 
+use scry_api::{FoundLines, LineTable, LinesRequest};
 use scry_daemon::Home;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::CmdResult;
 use crate::cli::LinesArgs;
@@ -13,74 +14,64 @@ use crate::printer::{table, Printer};
 pub async fn lines(home: &Home, a: &LinesArgs, printer: &mut Printer) -> CmdResult {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let mut body = json!({"target": a.target, "limit": a.limit});
-    if let Some(v) = &a.var {
-        body["var"] = json!(v);
-    }
-    if let Some(p) = a.pid {
-        body["pid"] = json!(p);
-    }
-    let answer = client.post("/api/v1/lines", &body).await?;
+    let request = LinesRequest {
+        target: a.target.clone(),
+        var: a.var.clone(),
+        pid: a.pid,
+        limit: Some(a.limit),
+    };
+    let found: FoundLines = client.post_as("/api/v1/lines", &request).await?;
     if printer.json {
-        printer.json_value(&answer)?;
+        printer.json_value(&found)?;
         return Ok(ExitStatus::Success);
     }
-    let what = answer["function"]
-        .as_str()
-        .map(|f| format!("{f} in {}", answer["file"].as_str().unwrap_or("?")))
-        .unwrap_or_else(|| answer["file"].as_str().unwrap_or("?").to_owned());
-    printer.line(format!("{what} (pid {}, as loaded)", answer["pid"]))?;
-    if let Some(note) = answer["note"].as_str() {
+    let what = match &found.function {
+        Some(f) => format!("{f} in {}", found.file),
+        None => found.file.clone(),
+    };
+    printer.line(format!("{what} (pid {}, as loaded)", found.pid))?;
+    if let Some(note) = &found.note {
         printer.note(format!("note: {note}"));
     }
     if a.var.is_none() {
-        show_table(printer, &answer["lines"], &["line", "function", "source"])?;
+        show_table(printer, &found.lines, &["line", "function", "source"])?;
         return Ok(ExitStatus::Success);
     }
+    let empty = LineTable::default();
     printer.line(format!("bound ({}):", a.var.as_deref().unwrap_or("")))?;
     show_table(
         printer,
-        &answer["bindings"],
+        found.bindings.as_ref().unwrap_or(&empty),
         &["line", "after_line", "how", "function", "scope", "source"],
     )?;
     printer.line("read:")?;
     show_table(
         printer,
-        &answer["reads"],
+        found.reads.as_ref().unwrap_or(&empty),
         &["line", "function", "scope", "source"],
     )?;
-    if let Some(h) = answer["hint"].as_str() {
+    if let Some(h) = &found.hint {
         printer.note(h);
     }
     Ok(ExitStatus::Success)
 }
 
-/// Prints the chosen `columns` of a `{columns, rows, total, truncated}` table.
-fn show_table(printer: &mut Printer, t: &Value, columns: &[&str]) -> std::io::Result<()> {
-    let all: Vec<&str> = t["columns"]
-        .as_array()
-        .map(|c| c.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let idx: Vec<Option<usize>> = columns
+/// Prints the chosen `columns` of a table.
+fn show_table(printer: &mut Printer, t: &LineTable, columns: &[&str]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = t
+        .rows
         .iter()
-        .map(|c| all.iter().position(|a| a == c))
-        .collect();
-    let rows: Vec<Vec<String>> = t["rows"]
-        .as_array()
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    idx.iter()
-                        .map(|i| match i.and_then(|i| r.get(i)) {
-                            Some(Value::String(s)) => s.clone(),
-                            Some(Value::Null) | None => "-".into(),
-                            Some(v) => v.to_string(),
-                        })
-                        .collect()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| match t.cell(r, c) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => "-".into(),
+                    Some(v) => v.to_string(),
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .collect();
     if rows.is_empty() {
         return printer.line("  (none)");
     }
@@ -91,11 +82,11 @@ fn show_table(printer: &mut Printer, t: &Value, columns: &[&str]) -> std::io::Re
     for line in table(&header, &rows) {
         printer.line(format!("  {line}"))?;
     }
-    if t["truncated"] == true {
+    if t.truncated {
         printer.note(format!(
             "(showing {} of {}; --limit shows more)",
             rows.len(),
-            t["total"]
+            t.total
         ));
     }
     Ok(())

@@ -88,10 +88,10 @@ pub async fn stop(home: &Home, out: &Output, printer: &mut Printer) -> CmdResult
         let value = json!({"stopped": false, "running": false});
         return emit(printer, &value, |p| p.line("no scry daemon is running"));
     }
-    let answer = client.post("/api/v1/shutdown", &json!({})).await?;
-    let pid = answer["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+    let answer: scry_api::Stopping = client.post_as("/api/v1/shutdown", &json!({})).await?;
+    let pid = answer.pid;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pid.is_some_and(|p| scry_proc::alive(p, None)) {
+    while scry_proc::alive(pid, None) {
         if Instant::now() > deadline {
             return Err(
                 CliError::new("the daemon did not stop within 10 s").hint(format!(
@@ -105,9 +105,6 @@ pub async fn stop(home: &Home, out: &Output, printer: &mut Printer) -> CmdResult
     let _ = out;
     let value = json!({"stopped": true, "pid": pid});
     emit(printer, &value, |p| {
-        p.line(format!(
-            "scry daemon stopped (pid {})",
-            pid.unwrap_or_default()
-        ))
+        p.line(format!("scry daemon stopped (pid {pid})"))
     })
 }

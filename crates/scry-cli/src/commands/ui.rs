@@ -4,6 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use scry_api::UiLoginLink;
 use scry_daemon::Home;
 use serde_json::json;
 
@@ -16,18 +17,13 @@ use crate::printer::Printer;
 pub async fn ui(home: &Home, args: &UiArgs, printer: &mut Printer) -> CmdResult {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let link = client.post("/api/v1/ui/login", &json!({})).await?;
-    let path = link["path"].as_str().unwrap_or("/login");
+    let link: UiLoginLink = client.post_as("/api/v1/ui/login", &json!({})).await?;
+    let path = &link.path;
     // Over SCRY_DAEMON the browser goes where the CLI went; else to the daemon's TCP address.
     let base = if client.explicit {
         client.base.clone()
     } else {
-        format!(
-            "http://{}",
-            link["http"]
-                .as_str()
-                .unwrap_or(scry_daemon::config::DEFAULT_HTTP_ADDR)
-        )
+        format!("http://{}", link.http)
     };
     let url = ui_url(&base, path);
     let browser = if args.no_open { None } else { browser() };

@@ -10,9 +10,8 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::{get, post};
 use axum::Json;
 use futures_util::Stream;
-use scry_api::{DaemonStatus, SystemEventList};
+use scry_api::{AgentEndpoint, DaemonStatus, Health, Stopping, SystemEventList};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{route, ApiError, ApiResult, Route};
 use crate::service;
@@ -41,7 +40,7 @@ pub(super) fn routes() -> Vec<Route> {
     ]
 }
 
-async fn health() -> Json<Value> {
+async fn health() -> Json<Health> {
     Json(service::daemon::health())
 }
 
@@ -49,11 +48,11 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<DaemonStatus> {
     Ok(Json(service::daemon::status(&shared).await?))
 }
 
-async fn shutdown(State(shared): State<Arc<Shared>>) -> Json<Value> {
+async fn shutdown(State(shared): State<Arc<Shared>>) -> Json<Stopping> {
     Json(service::daemon::shutdown(&shared))
 }
 
-async fn agent_endpoint(State(shared): State<Arc<Shared>>) -> Json<Value> {
+async fn agent_endpoint(State(shared): State<Arc<Shared>>) -> Json<AgentEndpoint> {
     Json(service::daemon::agent_endpoint(&shared))
 }
 

@@ -8,8 +8,9 @@ use axum::routing::post;
 use axum::Json;
 
 use super::{route, ApiResult, Route};
-use crate::service::lines::{self, LinesRequest};
+use crate::service::lines;
 use crate::Shared;
+use scry_api::{FoundLines, LinesRequest};
 
 pub(super) fn routes() -> Vec<Route> {
     vec![route(
@@ -22,7 +23,7 @@ pub(super) fn routes() -> Vec<Route> {
 async fn find(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<LinesRequest>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<FoundLines> {
     let Json(req) = body?;
     Ok(Json(lines::find_lines(&shared, req).await?))
 }

@@ -20,7 +20,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::Value;
 
 use scry_api::ErrorKind;
 
@@ -56,7 +55,7 @@ pub(super) fn routes() -> Vec<Route> {
 
 /// `POST /api/v1/ui/login`: a one-time sign-in link for the web UI (`scry ui` asks for it; only
 /// a caller who passed the access check can).
-async fn new_login_link(State(shared): State<Arc<Shared>>) -> Json<Value> {
+async fn new_login_link(State(shared): State<Arc<Shared>>) -> Json<scry_api::UiLoginLink> {
     Json(service::daemon::ui_login_link(&shared, LOGIN_PATH))
 }
 

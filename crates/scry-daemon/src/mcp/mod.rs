@@ -25,7 +25,7 @@ use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabiliti
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{tool, tool_handler, tool_router, ServerHandler};
-use scry_api::{AttachRequest, Error, NewProbe, NewTrace};
+use scry_api::{AttachRequest, Error, LinesRequest, NewProbe, NewTrace};
 use serde_json::{json, Value};
 
 use crate::service::{attach, dumps, events, lines, probes, processes, traces};
@@ -202,7 +202,7 @@ impl ScryMcp {
     #[tool(
         description = "Find the line to probe, from the code loaded in the live process (not a file on disk). For a function or file: its executable lines with source. With `var`: where the variable is bound (with `after_line`, the first line where the new value is visible: probe there to see it) and where it is read, per function scope (nested functions, comprehensions and shadowed names are told apart). Says `file_differs` when the file was edited after it was loaded. Use before add_probe; observe does this for you."
     )]
-    async fn find_lines(&self, Parameters(req): Parameters<lines::LinesRequest>) -> CallToolResult {
+    async fn find_lines(&self, Parameters(req): Parameters<LinesRequest>) -> CallToolResult {
         answer(lines::find_lines(&self.shared, req).await)
     }
 
@@ -464,7 +464,7 @@ impl ScryMcp {
         // The line: given, or from find_lines in the process.
         let found = lines::find_lines(
             &self.shared,
-            lines::LinesRequest {
+            LinesRequest {
                 target: a.target.clone(),
                 var: if a.line.is_some() {
                     None
@@ -476,8 +476,8 @@ impl ScryMcp {
             },
         )
         .await?;
-        let pid = found["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
-        let file = found["file"].as_str().unwrap_or_default().to_owned();
+        let pid = Some(found.pid);
+        let file = found.file.clone();
         let (line, why) = match a.line {
             Some(l) => (l as u64, format!("line {l} as given")),
             None => choose_line(&found, after).ok_or_else(|| {
@@ -526,7 +526,7 @@ impl ScryMcp {
             "wanted": hits,
             "hits": events_table(&waited.events),
             "probe_state": status.map(|s| s["processes"].clone()),
-            "file_differs": found["file_differs"],
+            "file_differs": found.file_differs,
         }))
     }
 }

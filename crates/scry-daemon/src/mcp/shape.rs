@@ -1,7 +1,7 @@
 //! Compact answers for agents: lists as tables (`columns` + `rows`), captured values as plain JSON
 //! where they are scalars, probes without what an agent never needs, trace batches summarized.
 
-use scry_api::Event;
+use scry_api::{Event, FoundLines};
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -118,48 +118,37 @@ pub fn summarize_trace(
 }
 
 /// The line for `observe`: after the first binding (or at it), else at the first read.
-pub fn choose_line(found: &Value, after: bool) -> Option<(u64, String)> {
-    let col = |t: &Value, name: &str| {
-        t["columns"]
-            .as_array()
-            .and_then(|c| c.iter().position(|x| x == name))
-    };
-    let b = &found["bindings"];
-    if let Some(row) = b["rows"].as_array().and_then(|r| r.first()) {
-        let at = |n: &str| {
-            col(b, n)
-                .and_then(|i| row.get(i))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
-        let bound = at("line");
-        let src = at("source");
-        if after {
-            if let Some(l) = at("after_line").as_u64() {
+pub fn choose_line(found: &FoundLines, after: bool) -> Option<(u64, String)> {
+    if let Some(b) = &found.bindings {
+        if let Some(row) = b.rows.first() {
+            let at = |n: &str| b.cell(row, n).cloned().unwrap_or(Value::Null);
+            let bound = at("line");
+            let src = at("source");
+            if after {
+                if let Some(l) = at("after_line").as_u64() {
+                    return Some((
+                        l,
+                        format!(
+                            "just after `{}` (line {bound}) assigns it",
+                            src.as_str().unwrap_or("?")
+                        ),
+                    ));
+                }
+            }
+            if let Some(l) = at("probe_line").as_u64() {
                 return Some((
                     l,
                     format!(
-                        "just after `{}` (line {bound}) assigns it",
+                        "at the line that assigns it: `{}`",
                         src.as_str().unwrap_or("?")
                     ),
                 ));
             }
         }
-        if let Some(l) = at("probe_line").as_u64() {
-            return Some((
-                l,
-                format!(
-                    "at the line that assigns it: `{}`",
-                    src.as_str().unwrap_or("?")
-                ),
-            ));
-        }
     }
-    let r = &found["reads"];
-    let row = r["rows"].as_array().and_then(|r| r.first())?;
-    let l = col(r, "probe_line")
-        .and_then(|i| row.get(i))
-        .and_then(Value::as_u64)?;
+    let r = found.reads.as_ref()?;
+    let row = r.rows.first()?;
+    let l = r.cell(row, "probe_line").and_then(Value::as_u64)?;
     Some((l, "at its first read".into()))
 }
 

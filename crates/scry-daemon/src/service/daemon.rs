@@ -3,10 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
-use serde_json::{json, Value};
-
 use scry_api::{
-    Backpressure, DaemonStatus, Dropped, ProcessCounts, StoreStatus, SystemEvent, SystemEventList,
+    AgentEndpoint, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts, Stopping,
+    StoreStatus, SystemEvent, SystemEventList, UiLoginLink,
 };
 
 use super::{blocking, Result};
@@ -93,19 +92,28 @@ pub async fn system_events(
 }
 
 /// Where agents connect (`scry.init()` asks when it is told only the daemon's HTTP address).
-pub fn agent_endpoint(shared: &Shared) -> Value {
-    json!({"unix": shared.home.agent_socket(), "tcp": shared.config.agent_tcp})
+pub fn agent_endpoint(shared: &Shared) -> AgentEndpoint {
+    AgentEndpoint {
+        unix: shared.home.agent_socket(),
+        tcp: shared.config.agent_tcp.clone(),
+    }
 }
 
 /// Asks the daemon to stop (it answers first).
-pub fn shutdown(shared: &Shared) -> Value {
+pub fn shutdown(shared: &Shared) -> Stopping {
     shared.request_shutdown();
-    json!({"stopping": true, "pid": std::process::id()})
+    Stopping {
+        stopping: true,
+        pid: std::process::id(),
+    }
 }
 
 /// The daemon answers: its version.
-pub fn health() -> Value {
-    json!({"ok": true, "version": env!("CARGO_PKG_VERSION")})
+pub fn health() -> Health {
+    Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
 }
 
 /// Which live events a follower of `topics` (every topic when `None`) gets, by their SSE name.
@@ -117,11 +125,11 @@ pub fn live(ev: &crate::LiveEvent, topics: Option<&[String]>) -> Option<&'static
 }
 
 /// A one-time sign-in link for the web UI (valid two minutes), on the page `login_path`.
-pub fn ui_login_link(shared: &Shared, login_path: &str) -> Value {
+pub fn ui_login_link(shared: &Shared, login_path: &str) -> UiLoginLink {
     let once = shared.ui_logins.new_link();
-    json!({
-        "path": format!("{login_path}?once={once}"),
-        "http": shared.http_addr.to_string(),
-        "expires_in_s": 120,
-    })
+    UiLoginLink {
+        path: format!("{login_path}?once={once}"),
+        http: shared.http_addr.to_string(),
+        expires_in_s: 120,
+    }
 }

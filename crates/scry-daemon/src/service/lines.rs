@@ -7,32 +7,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use scry_api::{FoundLines, LinesRequest};
+use serde_json::json;
 
 use super::{Error, ErrorKind, Result};
 use crate::state::registry::ProcState;
 use crate::Shared;
-
-/// What to find: the body of `POST /api/v1/lines` and the arguments of the MCP tool
-/// `find_lines` (its input schema comes from these doc comments).
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LinesRequest {
-    /// A file ("app/orders.py", matched by path suffix) or a function ("orders:checkout",
-    /// "orders:Cart.add", "app/orders.py:checkout", nested: "orders:outer.inner").
-    pub target: String,
-    /// A variable ("total") or attribute path ("order.total") to locate.
-    #[serde(default)]
-    pub var: Option<String>,
-    /// The process (default: the only awake one that can answer).
-    #[serde(default)]
-    pub pid: Option<u32>,
-    /// At most this many rows per table (default 400).
-    #[serde(default)]
-    #[schemars(range(min = 1, max = 5000))]
-    pub limit: Option<u32>,
-}
 
 /// The process that answers a request naming `pid` (or none): its registry id and pid.
 pub fn pick_process(shared: &Shared, pid: Option<u32>, method: &str) -> Result<(i64, u32)> {
@@ -71,7 +51,7 @@ pub fn pick_process(shared: &Shared, pid: Option<u32>, method: &str) -> Result<(
 
 /// Asks the process's agent; the shared implementation of the REST endpoint, `scry lines` and
 /// the MCP `find_lines` tool.
-pub async fn find_lines(shared: &Shared, req: LinesRequest) -> Result<Value> {
+pub async fn find_lines(shared: &Shared, req: LinesRequest) -> Result<FoundLines> {
     if req.target.trim().is_empty() {
         return Err(Error::bad_request(
             "`target` is empty: give a file (app/orders.py) or a function (orders:checkout)",
@@ -95,7 +75,13 @@ pub async fn find_lines(shared: &Shared, req: LinesRequest) -> Result<Value> {
     .await
     .map_err(|e| super::calls::call_error(e, pid))?;
     answer["pid"] = json!(pid);
-    Ok(answer)
+    serde_json::from_value(answer).map_err(|e| {
+        Error::new(
+            ErrorKind::Agent,
+            format!("the agent of pid {pid} answered find_lines in a shape this daemon does not read: {e}"),
+        )
+        .hint("the agent may be another version of scry: `scry ps` shows its version")
+    })
 }
 
 /// How long the add-time location check waits for each process (an agent that does not
