@@ -6,11 +6,13 @@
 //! for: behaviour (validation beyond the shape, defaults that depend on the daemon's state, HTTP
 //! status codes) — that is the daemon's. It depends on serde, `scry-proto` (the agent
 //! protocol's types that the API carries as they are: rate modes, capture limits) and
-//! `serde_json` for the payloads that are the agent's documents (captured values).
+//! `serde_json` for the payloads that are the agent's documents (captured values, a trace's
+//! record batches, a kept dump).
 
 pub mod attach;
 pub mod daemon;
 pub mod debug;
+pub mod dumps;
 pub mod error;
 pub mod events;
 pub mod lines;
@@ -24,6 +26,7 @@ pub use daemon::{
     StoreStatus, SystemEvent, SystemEventList, UiLoginLink,
 };
 pub use debug::{DebugReport, DebugRequest};
+pub use dumps::{DumpAdded, DumpList, DumpSummary, DumpView};
 pub use error::{Error, ErrorBody, ErrorKind};
 pub use events::{
     Event, EventCounts, EventFilter, EventPage, EventStats, EventWait, ExpressionStats,
@@ -37,4 +40,7 @@ pub use processes::{
     DiscoveredClient, ProcState, ProcessEntry, ProcessList, ProcessView, Slept, WakeTarget, Woken,
 };
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
-pub use traces::NewTrace;
+pub use traces::{
+    NewTrace, TraceEvent, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec,
+    TraceState, TraceStatus, TraceView,
+};

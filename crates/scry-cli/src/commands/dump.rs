@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use scry_api::{DumpAdded, DumpList, DumpView};
 use scry_daemon::Home;
 use scry_proc::stacks::{
     self, AgentInside, AsyncLoopDump, Dump, DumpOptions, ProcessDump, ProcessKind, StackError,
@@ -159,10 +160,9 @@ async fn keep(client: &DaemonClient, dump: &Dump, printer: &mut Printer) {
             return;
         }
     };
-    match client.post("/api/v1/dumps", &body).await {
-        Ok(answer) => printer.note(format!(
-            "scry: kept as dump {} (`scry dumps {}` shows it again)",
-            answer["id"], answer["id"]
+    match client.post_as::<_, DumpAdded>("/api/v1/dumps", &body).await {
+        Ok(DumpAdded { id }) => printer.note(format!(
+            "scry: kept as dump {id} (`scry dumps {id}` shows it again)"
         )),
         Err(e) => printer.note(format!("scry: the dump is not kept: {}", e.message)),
     }
@@ -173,12 +173,14 @@ pub async fn dumps(home: &Home, args: &DumpsArgs, printer: &mut Printer) -> CmdR
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
     if let Some(id) = args.id {
-        let answer = client.get(&format!("/api/v1/dumps/{id}")).await?;
+        let answer: DumpView = client.get_as(&format!("/api/v1/dumps/{id}")).await?;
         if printer.json {
-            printer.json_value(&answer["dump"])?;
+            printer.json_value(&answer.dump)?;
             return Ok(ExitStatus::Success);
         }
-        let dump: Dump = serde_json::from_value(answer["dump"].clone()).map_err(|e| {
+        // Parsed here, not by the client: a dump kept by another scry version may not read as
+        // this version's `Dump`, and `--json` still shows it as stored.
+        let dump: Dump = serde_json::from_value(answer.dump).map_err(|e| {
             CliError::new(format!("dump {id} is not readable by this scry: {e}"))
                 .hint(format!("`scry dumps {id} --json` shows it as stored"))
         })?;
@@ -187,32 +189,28 @@ pub async fn dumps(home: &Home, args: &DumpsArgs, printer: &mut Printer) -> CmdR
         printer.line(String::from_utf8_lossy(&buf).trim_end())?;
         return Ok(ExitStatus::Success);
     }
-    let answer = client.get("/api/v1/dumps").await?;
+    let answer: DumpList = client.get_as("/api/v1/dumps").await?;
     if printer.json {
         printer.json_value(&answer)?;
         return Ok(ExitStatus::Success);
     }
-    let list = answer["dumps"].as_array().cloned().unwrap_or_default();
+    let list = answer.dumps;
     if list.is_empty() {
         printer.line("no dumps yet")?;
         printer.note("hint: `scry dump PID` while the daemon runs keeps the dump here");
         return Ok(ExitStatus::Success);
     }
     let now = scry_daemon::now();
-    let num = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_default();
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|d| {
             vec![
-                num(&d["id"]),
-                d["taken_at"]
-                    .as_f64()
-                    .map(|t| format!("{} ago", age(now - t)))
-                    .unwrap_or_default(),
-                num(&d["root_pid"]),
-                if d["tree"] == true { "tree" } else { "process" }.to_owned(),
-                format!("{}/{}", num(&d["python_processes"]), num(&d["processes"])),
-                d["command"].as_str().unwrap_or_default().to_owned(),
+                d.id.to_string(),
+                format!("{} ago", age(now - d.taken_at)),
+                d.root_pid.to_string(),
+                if d.tree { "tree" } else { "process" }.to_owned(),
+                format!("{}/{}", d.python_processes, d.processes),
+                d.command.clone(),
             ]
         })
         .collect();

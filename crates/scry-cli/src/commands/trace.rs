@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use scry_api::{NewTrace, TraceEvent, TraceEvents, TraceList, TraceState, TraceView};
 use scry_daemon::Home;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::trace_export::{self, Model};
@@ -76,38 +78,34 @@ pub fn parse_rate(text: &str) -> Result<f64, CliError> {
 async fn start(client: &DaemonClient, a: &TraceStartArgs, printer: &mut Printer) -> CmdResult {
     let max_rate = a.max_rate.as_deref().map(parse_rate).transpose()?;
     let duration = a.duration.as_deref().map(parse_duration).transpose()?;
-    let body = json!({
-        "target": a.target, "include": a.include, "exclude": a.exclude, "functions": a.function,
-        "args": a.args, "returns": a.returns, "max_rate": max_rate, "duration": duration,
-    });
-    let doc = client.post("/api/v1/traces", &body).await?;
+    let body = NewTrace {
+        target: a.target.clone(),
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+        functions: a.function.clone(),
+        args: a.args,
+        returns: a.returns,
+        max_rate,
+        duration,
+    };
+    let doc: TraceView = client.post_as("/api/v1/traces", &body).await?;
     if printer.json {
         printer.json_value(&doc)?;
         return Ok(ExitStatus::Success);
     }
-    let id = doc["id"].as_str().unwrap_or("?");
+    let id = &doc.id;
     printer.line(format!("trace {id} started"))?;
-    for p in doc["processes"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        let pid = p["pid"].as_u64().unwrap_or(0);
-        if let Some(err) = p.get("error") {
-            printer.line(format!(
-                "  pid {pid}: not traced: {}",
-                err["message"].as_str().unwrap_or("?")
-            ))?;
+    for p in &doc.processes {
+        let pid = p.pid;
+        if let Some(err) = &p.error {
+            printer.line(format!("  pid {pid}: not traced: {}", err.message))?;
         } else {
-            let s = &p["status"];
+            let s = p.status.clone().unwrap_or_default();
             printer.line(format!(
                 "  pid {pid}: {} functions selected ({}){}",
-                s["functions"].as_u64().unwrap_or(0),
-                s["backend"].as_str().unwrap_or("?"),
-                s["note"]
-                    .as_str()
-                    .map(|n| format!("; note: {n}"))
-                    .unwrap_or_default()
+                s.functions,
+                s.backend.as_deref().unwrap_or("?"),
+                s.note.map(|n| format!("; note: {n}")).unwrap_or_default()
             ))?;
         }
     }
@@ -120,56 +118,58 @@ async fn start(client: &DaemonClient, a: &TraceStartArgs, printer: &mut Printer)
 async fn stop(client: &DaemonClient, a: &TraceStopArgs, printer: &mut Printer) -> CmdResult {
     let ids: Vec<String> = match &a.trace {
         Some(t) => vec![resolve(client, t).await?],
-        None => {
-            let list = client.get("/api/v1/traces").await?;
-            list["traces"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-                .iter()
-                .filter(|t| t["state"] == "running")
-                .filter_map(|t| t["id"].as_str().map(str::to_owned))
-                .collect()
-        }
+        None => client
+            .get_as::<TraceList>("/api/v1/traces")
+            .await?
+            .traces
+            .into_iter()
+            .filter(|t| t.state == TraceState::Running)
+            .map(|t| t.id)
+            .collect(),
     };
-    let mut docs = Vec::new();
+    let mut docs: Vec<TraceView> = Vec::new();
     for id in &ids {
         docs.push(
             client
-                .post(&format!("/api/v1/traces/{id}/stop"), &json!({}))
+                .post_as(&format!("/api/v1/traces/{id}/stop"), &json!({}))
                 .await?,
         );
     }
     if printer.json {
-        printer.json_value(&json!({"stopped": docs}))?;
+        printer.json_value(&Stopped { stopped: &docs })?;
         return Ok(ExitStatus::Success);
     }
     if docs.is_empty() {
         printer.line("no trace is running")?;
     }
     for d in &docs {
-        let mut recorded = 0;
-        let mut dropped = 0;
-        for p in d["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            recorded += p["status"]["recorded"].as_u64().unwrap_or(0);
-            dropped += p["status"]["dropped"].as_u64().unwrap_or(0);
-        }
+        let (recorded, dropped) = d
+            .processes
+            .iter()
+            .filter_map(|p| p.status.as_ref())
+            .fold((0, 0), |(r, x), s| (r + s.recorded, x + s.dropped));
         printer.line(format!(
             "trace {} {}: {recorded} events recorded, {dropped} dropped",
-            d["id"].as_str().unwrap_or("?"),
-            d["state"].as_str().unwrap_or("?"),
+            d.id,
+            d.state.as_str(),
         ))?;
     }
     Ok(ExitStatus::Success)
 }
 
+/// `scry trace stop --json`: every trace it stopped, as the daemon answered.
+#[derive(Serialize)]
+struct Stopped<'a> {
+    stopped: &'a [TraceView],
+}
+
 async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
-    let doc = client.get("/api/v1/traces").await?;
+    let doc: TraceList = client.get_as("/api/v1/traces").await?;
     if printer.json {
         printer.json_value(&doc)?;
         return Ok(ExitStatus::Success);
     }
-    let traces = doc["traces"].as_array().cloned().unwrap_or_default();
+    let traces = doc.traces;
     if traces.is_empty() {
         printer.line("no traces yet: scry trace start PID --include MODULE")?;
         return Ok(ExitStatus::Success);
@@ -181,27 +181,21 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
     let rows: Vec<Vec<String>> = traces
         .iter()
         .map(|t| {
-            let pids: Vec<String> = t["processes"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
+            let pids: Vec<String> = t.processes.iter().map(|p| p.pid.to_string()).collect();
+            let mut what: Vec<String> = t
+                .spec
+                .include
                 .iter()
-                .filter_map(|p| p["pid"].as_u64().map(|p| p.to_string()))
+                .chain(&t.spec.functions)
+                .cloned()
                 .collect();
-            let spec = &t["spec"];
-            let mut what: Vec<String> = Vec::new();
-            for key in ["include", "functions"] {
-                for v in spec[key].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                    what.push(v.as_str().unwrap_or("?").to_owned());
-                }
-            }
             if what.is_empty() {
                 what.push("__main__".into());
             }
             vec![
-                t["id"].as_str().unwrap_or("?").to_owned(),
-                t["state"].as_str().unwrap_or("?").to_owned(),
-                super::age(now - t["started_at"].as_f64().unwrap_or(now)),
+                t.id.clone(),
+                t.state.as_str().to_owned(),
+                super::age(now - t.started_at),
                 pids.join(","),
                 what.join(" "),
             ]
@@ -218,34 +212,31 @@ async fn resolve(client: &DaemonClient, text: &str) -> Result<String, CliError> 
     if text != "last" {
         return Ok(text.to_owned());
     }
-    let doc = client.get("/api/v1/traces?limit=1").await?;
-    doc["traces"][0]["id"]
-        .as_str()
-        .map(str::to_owned)
+    let doc: TraceList = client.get_as("/api/v1/traces?limit=1").await?;
+    doc.traces
+        .into_iter()
+        .next()
+        .map(|t| t.id)
         .ok_or_else(|| CliError::new("there is no trace yet").hint("scry trace start PID"))
 }
 
 /// Every stored event of the trace, oldest first.
-async fn all_events(client: &DaemonClient, id: &str) -> Result<Vec<Value>, CliError> {
+async fn all_events(client: &DaemonClient, id: &str) -> Result<Vec<TraceEvent>, CliError> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let page = client
-            .get(&format!(
+        let page: TraceEvents = client
+            .get_as(&format!(
                 "/api/v1/traces/{id}/events?after_id={after}&limit=1000"
             ))
             .await?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
+        let Some(last) = page.events.last() else {
             break;
-        }
-        after = events
-            .last()
-            .and_then(|e| e["id"].as_i64())
-            .unwrap_or(after);
-        let n = events.len();
-        out.extend(events);
-        if n < 1000 && page["truncated"] != true {
+        };
+        after = last.id;
+        let n = page.events.len();
+        out.extend(page.events);
+        if n < 1000 && !page.truncated {
             break;
         }
     }
@@ -363,11 +354,13 @@ fn tree_json(m: &Model) -> Vec<Value> {
 
 async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -> CmdResult {
     let id = resolve(client, &a.trace).await?;
-    let doc = client.get(&format!("/api/v1/traces/{id}")).await?;
+    let doc: TraceView = client.get_as(&format!("/api/v1/traces/{id}")).await?;
     let events = all_events(client, &id).await?;
     let m = trace_export::build(&events);
     if printer.json {
-        let mut out = json!({"trace": doc, "records": m.records, "dropped": m.dropped,
+        let trace = serde_json::to_value(&doc)
+            .map_err(|e| CliError::new(format!("cannot encode the trace: {e}")))?;
+        let mut out = json!({"trace": trace, "records": m.records, "dropped": m.dropped,
                              "functions": summary(&m),
                              "pulses": m.pulses.iter().map(|p| json!({"pid": p.pid, "tid": p.tid,
                                  "name": p.name, "ts_ns": p.ts, "values": p.values})).collect::<Vec<_>>()});
@@ -379,7 +372,7 @@ async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -
     }
     printer.line(format!(
         "trace {id} ({}): {} records, {} calls, {} dropped{}",
-        doc["state"].as_str().unwrap_or("?"),
+        doc.state.as_str(),
         m.records,
         m.slices.iter().filter(|s| !s.resumed).count(),
         m.dropped,
@@ -488,7 +481,10 @@ async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -
 
 async fn export(client: &DaemonClient, a: &TraceExportArgs, printer: &mut Printer) -> CmdResult {
     let id = resolve(client, &a.trace).await?;
-    client.get(&format!("/api/v1/traces/{id}")).await?;
+    // Asked first so that an unknown trace says so (its events would just be none).
+    client
+        .get_as::<TraceView>(&format!("/api/v1/traces/{id}"))
+        .await?;
     let events = all_events(client, &id).await?;
     let m = trace_export::build(&events);
     let data = match a.format.as_str() {

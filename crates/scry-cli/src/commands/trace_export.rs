@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use scry_api::TraceEvent;
 use serde_json::{json, Value};
 
 /// One call (or resumption) of a traced function on one thread.
@@ -84,12 +85,13 @@ struct Open {
     key: (String, u64, String),
 }
 
-/// Builds the model from the trace's stored events (oldest first).
-pub fn build(events: &[Value]) -> Model {
+/// Builds the model from the trace's stored events (oldest first). The batches are read
+/// leniently: records lost or malformed are skipped (docs/protocol.md "Trace events").
+pub fn build(events: &[TraceEvent]) -> Model {
     let mut m = Model::default();
     let base = events
         .iter()
-        .filter_map(|e| e["data"]["start"].as_f64())
+        .filter_map(|e| e.data["start"].as_f64())
         .fold(f64::INFINITY, f64::min);
     let mut stacks: BTreeMap<(u32, u64), Vec<Open>> = BTreeMap::new();
     let mut last_ts: BTreeMap<(u32, u64), i64> = BTreeMap::new();
@@ -97,8 +99,8 @@ pub fn build(events: &[Value]) -> Model {
     let mut order: Vec<(u32, u64)> = Vec::new();
     let mut all: Vec<Slice> = Vec::new();
     for e in events {
-        let pid = e["pid"].as_u64().unwrap_or(0) as u32;
-        let d = &e["data"];
+        let pid = e.pid.unwrap_or(0);
+        let d = &e.data;
         m.dropped += d["dropped"].as_u64().unwrap_or(0);
         if !d["ended"].is_null() {
             m.ended.push((pid, d["ended"].clone()));
@@ -513,11 +515,20 @@ pub fn perfetto(m: &Model) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn batch(records: Value) -> Value {
-        json!({"pid": 7, "data": {"trace": "tr-x", "start": 100.0,
+    fn batch(records: Value) -> TraceEvent {
+        TraceEvent {
+            id: 1,
+            process_id: 1,
+            kind: "trace".into(),
+            source: Some("tr-x".into()),
+            t_hit: 100.0,
+            t_recv: 100.0,
+            data: json!({"trace": "tr-x", "start": 100.0,
             "functions": [{"function": "outer", "module": "m", "file": "m.py", "line": 1},
                           {"function": "inner", "module": "m", "file": "m.py", "line": 5}],
-            "threads": {"1": "MainThread"}, "records": records, "dropped": 2}})
+            "threads": {"1": "MainThread"}, "records": records, "dropped": 2}),
+            pid: Some(7),
+        }
     }
 
     #[test]

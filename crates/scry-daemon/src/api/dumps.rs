@@ -6,6 +6,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::Json;
+use scry_api::{DumpAdded, DumpList, DumpView};
 use serde_json::Value;
 
 use super::{route, ApiResult, ListQuery, Route};
@@ -26,7 +27,7 @@ pub(super) fn routes() -> Vec<Route> {
 async fn add(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<Value>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<DumpAdded> {
     let Json(data) = body?;
     Ok(Json(dumps::add(&shared, data).await?))
 }
@@ -34,12 +35,12 @@ async fn add(
 async fn list(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<DumpList> {
     let Query(q) = q?;
     Ok(Json(dumps::list(&shared, q.limit).await?))
 }
 
-async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<DumpView> {
     let id: i64 = id
         .parse()
         .map_err(|_| scry_api::Error::bad_request(format!("`{id}` is not a dump id")))?;

@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::{get, post};
 use axum::Json;
 use futures_util::Stream;
-use scry_api::NewTrace;
+use scry_api::{NewTrace, TraceEvents, TraceList, TraceView};
 use serde::Deserialize;
 
 use super::{route, ApiError, ApiResult, ListQuery, Route};
@@ -46,7 +46,7 @@ pub(super) fn routes() -> Vec<Route> {
 async fn start(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<NewTrace>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<TraceView> {
     let Json(body) = body?;
     Ok(Json(traces::start(&shared, body).await?))
 }
@@ -54,16 +54,16 @@ async fn start(
 async fn list(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<TraceList> {
     let Query(q) = q?;
     Ok(Json(traces::list(&shared, q.limit).await?))
 }
 
-async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<TraceView> {
     Ok(Json(traces::get(&shared, &id).await?))
 }
 
-async fn stop(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn stop(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<TraceView> {
     Ok(Json(traces::stop(&shared, &id).await?))
 }
 
@@ -78,7 +78,7 @@ async fn events(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<TraceEvents> {
     let Query(q) = q?;
     Ok(Json(
         traces::events(&shared, &id, q.after_id, q.limit).await?,

@@ -350,14 +350,22 @@ impl ScryMcp {
             duration: a.duration_s,
             max_rate: None,
         };
-        answer(traces::start(&self.shared, request).await)
+        answer(
+            traces::start(&self.shared, request)
+                .await
+                .and_then(value_of),
+        )
     }
 
     #[tool(
         description = "Stop a trace (by id) in every process it runs in; its records stay for trace_summary."
     )]
     async fn trace_stop(&self, Parameters(a): Parameters<TraceArgs>) -> CallToolResult {
-        answer(traces::stop(&self.shared, &a.trace).await)
+        answer(
+            traces::stop(&self.shared, &a.trace)
+                .await
+                .and_then(value_of),
+        )
     }
 
     #[tool(
@@ -543,7 +551,7 @@ impl ScryMcp {
             .map(|v| (v.id, v.pid))
             .collect();
         Ok(summarize_trace(
-            meta,
+            &meta,
             &page.events,
             page.truncated,
             top,

@@ -14,7 +14,7 @@ struct FnStats {
 
 /// Per-function counts and durations, the slowest calls and the exceptions of trace batches.
 pub fn summarize_trace(
-    meta: Value,
+    meta: &scry_api::TraceView,
     batches: &[scry_store::EventRow],
     truncated: bool,
     top: usize,
@@ -109,7 +109,7 @@ pub fn summarize_trace(
         .map(|((n, t), (c, m))| json!([n, t, c, m]))
         .collect();
     json!({
-        "trace": meta["id"], "state": meta["state"],
+        "trace": meta.id, "state": meta.state,
         "records": records, "batches_truncated": truncated,
         "functions": {"columns": ["function", "calls", "total_ms", "mean_ms", "max_ms", "exceptions"], "rows": fn_rows, "total": per_fn.len(), "truncated": per_fn.len() > top},
         "slowest_calls": {"columns": ["function", "ms", "pid", "thread"], "rows": slow_rows, "truncated": slowest.len() > top},

@@ -2,15 +2,16 @@
 //! incident can be read later): add a dump document (`docs/dump.md`), list them newest first
 //! (without the stacks), read one.
 
+use scry_api::{DumpAdded, DumpList, DumpSummary, DumpView};
 use scry_proc::stacks::{Dump, ProcessKind, DUMP_SCHEMA};
 use scry_store::DumpRecord;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{blocking, Error, Result};
 use crate::Shared;
 
-/// Stores a dump document; answers its id.
-pub async fn add(shared: &Shared, data: Value) -> Result<Value> {
+/// Stores a dump document (kept as it was given, once it reads as a dump); answers its id.
+pub async fn add(shared: &Shared, data: Value) -> Result<DumpAdded> {
     let dump: Dump = serde_json::from_value(data.clone()).map_err(|e| {
         Error::bad_request(format!(
             "not a dump document (schema {DUMP_SCHEMA}, docs/dump.md): {e}"
@@ -36,37 +37,38 @@ pub async fn add(shared: &Shared, data: Value) -> Result<Value> {
     };
     let store = shared.store.clone();
     let id = blocking(move || store.put_dump(&record)).await?;
-    Ok(json!({ "id": id }))
+    Ok(DumpAdded { id })
 }
 
 /// The newest dumps (`limit`, default 100), without their stacks.
-pub async fn list(shared: &Shared, limit: Option<usize>) -> Result<Value> {
+pub async fn list(shared: &Shared, limit: Option<usize>) -> Result<DumpList> {
     let store = shared.store.clone();
     let limit = limit.unwrap_or(100);
     let rows = blocking(move || store.dumps(limit)).await?;
-    let rows: Vec<Value> = rows
+    let dumps = rows
         .into_iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "taken_at": r.dump.taken_at,
-                "root_pid": r.dump.root_pid,
-                "tree": r.dump.tree,
-                "processes": r.dump.processes,
-                "python_processes": r.dump.python_processes,
-                "command": r.dump.command,
-            })
+        .map(|r| DumpSummary {
+            id: r.id,
+            taken_at: r.dump.taken_at,
+            root_pid: r.dump.root_pid,
+            tree: r.dump.tree,
+            processes: r.dump.processes,
+            python_processes: r.dump.python_processes,
+            command: r.dump.command,
         })
         .collect();
-    Ok(json!({ "dumps": rows }))
+    Ok(DumpList { dumps })
 }
 
 /// One stored dump, whole.
-pub async fn get(shared: &Shared, id: i64) -> Result<Value> {
+pub async fn get(shared: &Shared, id: i64) -> Result<DumpView> {
     let store = shared.store.clone();
     let row = blocking(move || store.dump(id)).await?;
     match row {
-        Some(r) => Ok(json!({ "id": r.id, "dump": r.dump.data })),
+        Some(r) => Ok(DumpView {
+            id: r.id,
+            dump: r.dump.data,
+        }),
         None => {
             Err(Error::not_found(format!("no dump {id}"))
                 .hint("`scry dumps` lists the stored dumps"))

@@ -9,7 +9,11 @@
 
 use std::time::Duration;
 
-use scry_api::NewTrace;
+use scry_api::{
+    NewTrace, TraceEvent, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec,
+    TraceState, TraceStatus, TraceView,
+};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::calls::CallError;
@@ -89,17 +93,35 @@ fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>> {
     Ok(awake)
 }
 
-fn call_error_text(e: &CallError) -> (String, String) {
-    match e {
+fn call_failure(e: &CallError) -> TraceFailure {
+    let (kind, message) = match e {
         CallError::Refused { kind, message } => (kind.clone(), message.clone()),
         CallError::Unsupported { .. } => ("unsupported".into(), e.to_string()),
         CallError::NotConnected { .. } => ("not_connected".into(), e.to_string()),
         _ => ("failed".into(), e.to_string()),
-    }
+    };
+    TraceFailure { kind, message }
+}
+
+/// An agent's answer to `trace.start` or `trace.stop`. One that is not a status does not make
+/// the call a failure (the agent did what it was asked): it becomes a status that says so.
+fn status_of(answer: Value) -> TraceStatus {
+    serde_json::from_value(answer).unwrap_or_else(|e| TraceStatus {
+        note: Some(format!("the agent's status was not understood: {e}")),
+        ..TraceStatus::default()
+    })
+}
+
+/// What agents get with `trace.start` (docs/protocol.md "Trace events"): the spec, then the id.
+#[derive(Serialize)]
+struct StartParams<'a> {
+    #[serde(flatten)]
+    spec: &'a TraceSpec,
+    id: &'a str,
 }
 
 /// Starts a trace in every process the request's target names; refused when none could.
-pub async fn start(shared: &Shared, body: NewTrace) -> Result<Value> {
+pub async fn start(shared: &Shared, body: NewTrace) -> Result<TraceView> {
     if body.max_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err(bad(
             "`max_rate` must be a positive number of events a second",
@@ -115,16 +137,22 @@ pub async fn start(shared: &Shared, body: NewTrace) -> Result<Value> {
     }
     let targets = resolve_target(shared, body.target.trim())?;
     let id = crate::new_id("tr");
-    let spec = json!({
-        "include": body.include, "exclude": body.exclude, "functions": body.functions,
-        "args": body.args, "returns": body.returns, "max_rate": body.max_rate,
-        "duration": body.duration,
-    });
-    let mut params = spec.clone();
-    params["id"] = json!(id);
+    let spec = TraceSpec::from(&body);
+    let params = serde_json::to_value(StartParams {
+        spec: &spec,
+        id: &id,
+    })
+    .map_err(|e| Error::internal(e.to_string()))?;
     let mut processes = Vec::new();
     let mut started = 0;
     for (process_id, pid) in targets {
+        let mut process = TraceProcess {
+            process_id,
+            pid,
+            status: None,
+            error: None,
+            stop: None,
+        };
         match super::calls::call(
             shared,
             process_id,
@@ -134,59 +162,73 @@ pub async fn start(shared: &Shared, body: NewTrace) -> Result<Value> {
         )
         .await
         {
-            Ok(status) => {
+            Ok(answer) => {
                 started += 1;
-                processes.push(json!({"process_id": process_id, "pid": pid, "status": status}));
+                process.status = Some(status_of(answer));
             }
-            Err(e) => {
-                let (kind, message) = call_error_text(&e);
-                processes.push(json!({"process_id": process_id, "pid": pid,
-                    "error": {"kind": kind, "message": message}}));
-            }
+            Err(e) => process.error = Some(call_failure(&e)),
         }
+        processes.push(process);
     }
     if started == 0 {
         let first = processes
             .first()
-            .and_then(|p| p["error"]["message"].as_str())
-            .unwrap_or("no process could start it")
-            .to_owned();
+            .and_then(|p| p.error.as_ref())
+            .map_or("no process could start it", |e| e.message.as_str());
         return Err(Error::new(
             ErrorKind::NotStarted,
             format!("the trace could not start: {first}"),
         ));
     }
     let now = crate::now();
-    let record = scry_store::TraceRecord {
-        id: id.clone(),
-        created_at: now,
-        updated_at: now,
-        data: json!({
-            "target": body.target, "spec": spec, "state": "running",
-            "started_at": now, "stopped_at": null, "processes": processes,
-        }),
+    let view = TraceView {
+        target: body.target,
+        spec,
+        state: TraceState::Running,
+        started_at: now,
+        stopped_at: None,
+        processes,
+        id,
     };
-    let doc = trace_doc(&record, now);
-    let store = shared.store.clone();
-    blocking(move || store.put_trace(&record)).await?;
-    shared.publish("trace", json!({"trace": id, "state": "running"}));
-    Ok(doc)
+    save(shared, &view, now, now).await?;
+    shared.publish("trace", json!({"trace": view.id, "state": view.state}));
+    Ok(as_of(view, now))
 }
 
-/// The API's view of a stored trace: the record's document, its id and its state now (a trace
-/// with a duration that has passed is `ended`).
-fn trace_doc(r: &scry_store::TraceRecord, now: f64) -> Value {
-    let mut doc = r.data.clone();
-    doc["id"] = json!(r.id);
-    if doc["state"] == "running" {
-        if let (Some(d), Some(s)) = (doc["spec"]["duration"].as_f64(), doc["started_at"].as_f64()) {
-            if now >= s + d {
-                doc["state"] = json!("ended");
-                doc["stopped_at"] = json!(s + d);
+/// Keeps the trace's document in the store (the view itself, as the API shows it).
+async fn save(shared: &Shared, view: &TraceView, created_at: f64, now: f64) -> Result<()> {
+    let record = scry_store::TraceRecord {
+        id: view.id.clone(),
+        created_at,
+        updated_at: now,
+        data: serde_json::to_value(view).map_err(|e| Error::internal(e.to_string()))?,
+    };
+    let store = shared.store.clone();
+    blocking(move || store.put_trace(&record)).await
+}
+
+/// The trace as it stands at `now`: a running trace whose duration has passed is `ended`
+/// (its agents stop it by themselves; the stored document is not rewritten for that).
+fn as_of(mut view: TraceView, now: f64) -> TraceView {
+    if view.state == TraceState::Running {
+        if let Some(d) = view.spec.duration {
+            if now >= view.started_at + d {
+                view.state = TraceState::Ended;
+                view.stopped_at = Some(view.started_at + d);
             }
         }
     }
-    doc
+    view
+}
+
+/// A stored trace's document, with its id (documents written before the view was typed
+/// did not hold it).
+fn stored_view(r: &scry_store::TraceRecord) -> Result<TraceView> {
+    let mut view: TraceView = serde_json::from_value(r.data.clone()).map_err(|e| {
+        Error::internal(format!("the stored trace `{}` is not readable: {e}", r.id))
+    })?;
+    view.id.clone_from(&r.id);
+    Ok(view)
 }
 
 async fn load(shared: &Shared, id: &str) -> Result<scry_store::TraceRecord> {
@@ -197,63 +239,64 @@ async fn load(shared: &Shared, id: &str) -> Result<scry_store::TraceRecord> {
     })
 }
 
-/// The newest traces (`limit`, default 100).
-pub async fn list(shared: &Shared, limit: Option<usize>) -> Result<Value> {
+/// The newest traces (`limit`, default 100). A stored trace that cannot be read is left out
+/// (and logged) rather than hiding every other one.
+pub async fn list(shared: &Shared, limit: Option<usize>) -> Result<TraceList> {
     let store = shared.store.clone();
     let limit = limit.unwrap_or(100);
     let rows = blocking(move || store.traces(limit)).await?;
     let now = crate::now();
-    let traces: Vec<Value> = rows.iter().map(|r| trace_doc(r, now)).collect();
-    Ok(json!({ "traces": traces }))
+    let traces = rows
+        .iter()
+        .filter_map(|r| match stored_view(r) {
+            Ok(view) => Some(as_of(view, now)),
+            Err(e) => {
+                tracing::warn!("{}", e.message);
+                None
+            }
+        })
+        .collect();
+    Ok(TraceList { traces })
 }
 
 /// One trace.
-pub async fn get(shared: &Shared, id: &str) -> Result<Value> {
+pub async fn get(shared: &Shared, id: &str) -> Result<TraceView> {
     let r = load(shared, id).await?;
-    Ok(trace_doc(&r, crate::now()))
+    Ok(as_of(stored_view(&r)?, crate::now()))
 }
 
 /// Stops a trace in every process where it started.
-pub async fn stop(shared: &Shared, id: &str) -> Result<Value> {
-    let mut r = load(shared, id).await?;
+pub async fn stop(shared: &Shared, id: &str) -> Result<TraceView> {
+    let r = load(shared, id).await?;
+    let mut view = stored_view(&r)?;
     let now = crate::now();
-    let mut processes: Vec<Value> = r.data["processes"].as_array().cloned().unwrap_or_default();
-    for p in processes.iter_mut() {
-        let Some(process_id) = p["process_id"].as_i64() else {
-            continue;
-        };
-        if p.get("error").is_some() {
+    for p in view.processes.iter_mut() {
+        if p.error.is_some() {
             continue;
         }
         match super::calls::call(
             shared,
-            process_id,
+            p.process_id,
             "trace.stop",
             json!({"id": id}),
             CALL_TIMEOUT,
         )
         .await
         {
-            Ok(status) => p["status"] = status,
-            Err(e) => {
-                // Already over there (duration, disconnected): say so, it is not an error.
-                let (kind, message) = call_error_text(&e);
-                p["stop"] = json!({"kind": kind, "message": message});
-            }
+            Ok(answer) => p.status = Some(status_of(answer)),
+            // Already over there (duration, disconnected): say so, it is not an error.
+            Err(e) => p.stop = Some(call_failure(&e)),
         }
     }
-    let was = trace_doc(&r, now);
-    r.data["processes"] = json!(processes);
-    if was["state"] == "running" {
-        r.data["state"] = json!("stopped");
-        r.data["stopped_at"] = json!(now);
+    // One that ended by its duration keeps `running` stored and shows `ended` (as_of).
+    if as_of(view.clone(), now).state == TraceState::Running {
+        view.state = TraceState::Stopped;
+        view.stopped_at = Some(now);
     }
-    r.updated_at = now;
-    let doc = trace_doc(&r, now);
-    let store = shared.store.clone();
-    blocking(move || store.put_trace(&r)).await?;
-    shared.publish("trace", json!({"trace": id, "state": doc["state"]}));
-    Ok(doc)
+    save(shared, &view, r.created_at, now).await?;
+    let view = as_of(view, now);
+    shared.publish("trace", json!({"trace": id, "state": view.state}));
+    Ok(view)
 }
 
 /// The trace's events, oldest first, a page at a time (`after_id` = the last id seen).
@@ -262,7 +305,7 @@ pub async fn events(
     id: &str,
     after_id: Option<i64>,
     limit: Option<usize>,
-) -> Result<Value> {
+) -> Result<TraceEvents> {
     load(shared, id).await?;
     let query = scry_store::EventQuery {
         source: Some(id.to_owned()),
@@ -282,17 +325,24 @@ pub async fn events(
         .into_iter()
         .map(|v| (v.id, v.pid))
         .collect();
-    let events: Vec<Value> = page
+    let events = page
         .events
         .into_iter()
-        .map(|e| {
-            let pid = pids.get(&e.process_id).copied();
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            v["pid"] = json!(pid);
-            v
+        .map(|e| TraceEvent {
+            pid: pids.get(&e.process_id).copied(),
+            id: e.id,
+            process_id: e.process_id,
+            kind: e.kind,
+            source: e.source,
+            t_hit: e.t_hit,
+            t_recv: e.t_recv,
+            data: e.data,
         })
         .collect();
-    Ok(json!({"events": events, "truncated": page.truncated}))
+    Ok(TraceEvents {
+        events,
+        truncated: page.truncated,
+    })
 }
 
 /// Live events of one trace (`id` = a trace id, or `all` for every trace): SSE events named
@@ -330,4 +380,58 @@ pub async fn batches(shared: &Shared, id: &str) -> Result<scry_store::EventPage>
         ..Default::default()
     };
     blocking(move || store.events(&q)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row as daemons before the typed view stored it: no `id` in the document.
+    fn legacy_row(duration: Option<f64>) -> scry_store::TraceRecord {
+        scry_store::TraceRecord {
+            id: "tr-1".into(),
+            created_at: 100.0,
+            updated_at: 100.0,
+            data: json!({"target": "app", "spec": {"include": [], "exclude": [],
+                "functions": ["app:run"], "args": false, "returns": false, "max_rate": null,
+                "duration": duration}, "state": "running", "started_at": 100.0,
+                "stopped_at": null, "processes": [{"process_id": 1, "pid": 42,
+                "status": {"id": "tr-1", "backend": "bytecode", "tool_id": null, "functions": 1,
+                "not_instrumented": 0, "recorded": 3, "dropped": 0, "ended": null, "note": null,
+                "started_at": 100.0}}]}),
+        }
+    }
+
+    #[test]
+    fn a_legacy_row_reads_with_its_id_last_as_the_api_always_showed_it() {
+        let view = stored_view(&legacy_row(None)).expect("readable");
+        assert_eq!(view.id, "tr-1");
+        let text = serde_json::to_string(&view).expect("json");
+        assert!(text.ends_with(r#","id":"tr-1"}"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"target":"app","spec":{"include":[]"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_running_trace_past_its_duration_shows_ended_at_its_end() {
+        let view = stored_view(&legacy_row(Some(5.0))).expect("readable");
+        assert_eq!(as_of(view.clone(), 104.0).state, TraceState::Running);
+        let ended = as_of(view, 105.0);
+        assert_eq!(ended.state, TraceState::Ended);
+        assert_eq!(ended.stopped_at, Some(105.0));
+    }
+
+    #[test]
+    fn an_unreadable_row_is_an_internal_error_and_an_odd_status_a_note() {
+        let mut row = legacy_row(None);
+        row.data = json!({"target": 7});
+        let err = stored_view(&row).expect_err("not a trace");
+        assert_eq!(err.kind, ErrorKind::Internal);
+        let status = status_of(json!({"functions": "many"}));
+        assert!(status
+            .note
+            .is_some_and(|n| n.starts_with("the agent's status was not understood")));
+    }
 }
