@@ -41,6 +41,6 @@ pub use processes::{
 };
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::{
-    NewTrace, TraceEvent, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec,
-    TraceState, TraceStatus, TraceView,
+    NewTrace, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec, TraceState,
+    TraceStatus, TraceView,
 };

@@ -206,36 +206,14 @@ pub struct TraceList {
     pub traces: Vec<TraceView>,
 }
 
-/// One stored event of a trace: a batch of records from one process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TraceEvent {
-    /// The event's row id: the cursor for `after_id`.
-    pub id: i64,
-    /// Store row id of the process it came from.
-    pub process_id: i64,
-    /// Always `trace`.
-    pub kind: String,
-    /// The trace id.
-    #[serde(default)]
-    pub source: Option<String>,
-    /// When its first record happened (epoch seconds).
-    pub t_hit: f64,
-    /// When the daemon stored it (epoch seconds).
-    pub t_recv: f64,
-    /// The batch as the agent sent it: `trace`, `start`, `functions`, `threads`, `records`,
-    /// `dropped`, and `ended` in a process's last one (docs/protocol.md "Trace events"). Kept
-    /// as JSON: the records carry typed captured values, and readers must tolerate what a
-    /// newer agent adds.
-    pub data: serde_json::Value,
-    /// The process's pid, when the daemon still knows the process (`null` otherwise).
-    pub pid: Option<u32>,
-}
-
-/// `GET /api/v1/traces/{id}/events`: a page of the trace's events, oldest first.
+/// `GET /api/v1/traces/{id}/events`: a page of the trace's events, oldest first. Each is an
+/// event of kind `trace` whose `source` is the trace id and whose `data` is a batch of records
+/// from one process as the agent sent it: `trace`, `start`, `functions`, `threads`, `records`,
+/// `dropped`, and `ended` in a process's last one (docs/protocol.md "Trace events").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceEvents {
     /// The events.
-    pub events: Vec<TraceEvent>,
+    pub events: Vec<crate::Event>,
     /// More events matched than the page's limit allowed: ask again after the last id.
     pub truncated: bool,
 }
@@ -290,7 +268,7 @@ mod tests {
 
     #[test]
     fn an_event_page_writes_its_pid_even_when_unknown() {
-        let page = r#"{"events":[{"id":7,"process_id":3,"kind":"trace","source":"tr-1","t_hit":1.25,"t_recv":1.5,"data":{"trace":"tr-1","records":[]},"pid":null}],"truncated":false}"#;
+        let page = r#"{"events":[{"id":7,"process_id":3,"kind":"trace","source":"tr-1","t_hit":1.25,"t_recv":1.5,"data":{"trace":"tr-1","records":[]},"pid":null,"name":null}],"truncated":false}"#;
         let events: TraceEvents = serde_json::from_str(page).expect("parse");
         assert_eq!(events.events[0].pid, None);
         assert_eq!(serde_json::to_string(&events).expect("json"), page);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use scry_api::{NewTrace, TraceEvent, TraceEvents, TraceList, TraceState, TraceView};
+use scry_api::{Event, NewTrace, TraceEvents, TraceList, TraceState, TraceView};
 use scry_daemon::Home;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -221,7 +221,7 @@ async fn resolve(client: &DaemonClient, text: &str) -> Result<String, CliError> 
 }
 
 /// Every stored event of the trace, oldest first.
-async fn all_events(client: &DaemonClient, id: &str) -> Result<Vec<TraceEvent>, CliError> {
+async fn all_events(client: &DaemonClient, id: &str) -> Result<Vec<Event>, CliError> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use scry_api::TraceEvent;
+use scry_api::Event;
 use serde_json::{json, Value};
 
 /// One call (or resumption) of a traced function on one thread.
@@ -87,7 +87,7 @@ struct Open {
 
 /// Builds the model from the trace's stored events (oldest first). The batches are read
 /// leniently: records lost or malformed are skipped (docs/protocol.md "Trace events").
-pub fn build(events: &[TraceEvent]) -> Model {
+pub fn build(events: &[Event]) -> Model {
     let mut m = Model::default();
     let base = events
         .iter()
@@ -515,8 +515,8 @@ pub fn perfetto(m: &Model) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn batch(records: Value) -> TraceEvent {
-        TraceEvent {
+    fn batch(records: Value) -> Event {
+        Event {
             id: 1,
             process_id: 1,
             kind: "trace".into(),
@@ -528,6 +528,7 @@ mod tests {
                           {"function": "inner", "module": "m", "file": "m.py", "line": 5}],
             "threads": {"1": "MainThread"}, "records": records, "dropped": 2}),
             pid: Some(7),
+            name: None,
         }
     }
 

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use scry_api::{
-    NewTrace, TraceEvent, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec,
-    TraceState, TraceStatus, TraceView,
+    NewTrace, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec, TraceState,
+    TraceStatus, TraceView,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -319,26 +319,7 @@ pub async fn events(
     };
     let store = shared.store.clone();
     let page = blocking(move || store.events(&query)).await?;
-    let pids: std::collections::HashMap<i64, u32> = shared
-        .registry()
-        .views()
-        .into_iter()
-        .map(|v| (v.id, v.pid))
-        .collect();
-    let events = page
-        .events
-        .into_iter()
-        .map(|e| TraceEvent {
-            pid: pids.get(&e.process_id).copied(),
-            id: e.id,
-            process_id: e.process_id,
-            kind: e.kind,
-            source: e.source,
-            t_hit: e.t_hit,
-            t_recv: e.t_recv,
-            data: e.data,
-        })
-        .collect();
+    let events = super::events::events_of(shared, page.events);
     Ok(TraceEvents {
         events,
         truncated: page.truncated,
