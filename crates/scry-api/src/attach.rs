@@ -70,3 +70,66 @@ pub struct AttachPlan {
     #[serde(default)]
     pub notice: Option<String>,
 }
+
+/// `POST /api/v1/detach`: what became of the process's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detached {
+    /// The process.
+    pub pid: u32,
+    /// Its store row id, when an agent was detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_id: Option<i64>,
+    /// An agent was removed (false: only a follow was stopped).
+    pub detached: bool,
+    /// How the agent had come: `injected`, `embedded`, `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// A follow of this pid's tree was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfollowed: Option<bool>,
+}
+
+/// One restart a follow saw: a followed process exited and another appeared under the same
+/// parent (a reloader's new worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Restart {
+    /// The pid that exited.
+    pub old_pid: u32,
+    /// The pid that replaced it.
+    pub new_pid: u32,
+    /// Their parent.
+    pub parent: u32,
+    /// When (epoch seconds).
+    pub at: f64,
+}
+
+/// What one follow (`scry attach --follow`) knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FollowState {
+    /// The followed root.
+    pub root: u32,
+    /// Since when (epoch seconds).
+    pub since: f64,
+    /// Pids attached by this follow (and still alive).
+    pub attached: Vec<u32>,
+    /// Pids it could not attach to, with the last error.
+    pub failed: std::collections::BTreeMap<u32, String>,
+    /// Restarts seen.
+    pub restarts: Vec<Restart>,
+}
+
+/// `GET /api/v1/follow`: every follow in progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FollowList {
+    /// The follows.
+    pub follows: Vec<FollowState>,
+}
+
+/// `POST /api/v1/unfollow`: whether a follow was stopped (the agents stay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unfollowed {
+    /// The pid asked about.
+    pub pid: u32,
+    /// A follow was stopped.
+    pub stopped: bool,
+}

@@ -20,7 +20,10 @@ pub mod probes;
 pub mod processes;
 pub mod traces;
 
-pub use attach::{AttachPlan, AttachReport, AttachRequest, PidRequest};
+pub use attach::{
+    AttachPlan, AttachReport, AttachRequest, Detached, FollowList, FollowState, PidRequest,
+    Restart, Unfollowed,
+};
 pub use daemon::{
     AgentEndpoint, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts, Stopping,
     StoreStatus, SystemEvent, SystemEventList, UiLoginLink,

@@ -1,9 +1,8 @@
 //! `scry attach` and `scry detach`: presentation only; the daemon does the work
 //! (`POST /api/v1/attach`, `POST /api/v1/detach`, see `scry_daemon::service::attach`).
 
-use scry_api::{AttachPlan, AttachRequest, PidRequest};
+use scry_api::{AttachPlan, AttachRequest, Detached, PidRequest};
 use scry_daemon::Home;
-use serde_json::Value;
 
 use super::{emit, CmdResult};
 use crate::cli::{AttachArgs, DetachArgs};
@@ -85,13 +84,19 @@ pub async fn attach(home: &Home, args: &AttachArgs, printer: &mut Printer) -> Cm
 pub async fn detach(home: &Home, args: &DetachArgs, printer: &mut Printer) -> CmdResult {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let answer: Value = client
+    let answer: Detached = client
         .post_as("/api/v1/detach", &PidRequest { pid: args.pid })
         .await?;
     let pid = args.pid;
     emit(printer, &answer, |p| {
-        p.line(format!(
-            "detached from pid {pid}: hooks removed, connection closed"
-        ))
+        if answer.detached {
+            p.line(format!(
+                "detached from pid {pid}: hooks removed, connection closed"
+            ))
+        } else {
+            p.line(format!(
+                "stopped following pid {pid}'s tree (it had no agent of its own)"
+            ))
+        }
     })
 }

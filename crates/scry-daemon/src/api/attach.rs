@@ -7,9 +7,10 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::Json;
-use scry_api::{AttachPlan, AttachReport, AttachRequest, PidRequest};
+use scry_api::{
+    AttachPlan, AttachReport, AttachRequest, Detached, FollowList, PidRequest, Unfollowed,
+};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{route, ApiResult, Route};
 use crate::service::{attach, follow};
@@ -64,7 +65,7 @@ async fn plan(q: Result<Query<PlanQuery>, QueryRejection>) -> ApiResult<AttachPl
 async fn detach(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<PidRequest>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<Detached> {
     let Json(req) = body?;
     Ok(Json(attach::detach(&shared, req.pid).await?))
 }
@@ -77,14 +78,14 @@ async fn follow_tree(
     Ok(Json(follow::follow(&shared, &req).await?))
 }
 
-async fn follows(State(shared): State<Arc<Shared>>) -> Json<Value> {
+async fn follows(State(shared): State<Arc<Shared>>) -> Json<FollowList> {
     Json(follow::list(&shared))
 }
 
 async fn unfollow(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<PidRequest>, JsonRejection>,
-) -> ApiResult {
+) -> ApiResult<Unfollowed> {
     let Json(req) = body?;
     Ok(Json(follow::unfollow(&shared, req.pid)?))
 }

@@ -30,7 +30,7 @@ use rand::Rng;
 use scry_proc::inject::{pep768, InjectError, Injector};
 use scry_proc::place;
 
-use scry_api::{AttachPlan, AttachReport, AttachRequest};
+use scry_api::{AttachPlan, AttachReport, AttachRequest, Detached};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
@@ -384,11 +384,17 @@ fn internal(message: String) -> Error {
 }
 
 /// Detaches the agent of `pid`: every hook removed, connection closed. Returns what happened.
-pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value> {
+pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Detached> {
     let pid = positive_pid(pid)?;
     let unfollowed = shared.follows.stop(pid);
     if unfollowed && awake_process(shared, pid).is_none() {
-        return Ok(json!({"pid": pid, "detached": false, "unfollowed": true}));
+        return Ok(Detached {
+            pid,
+            process_id: None,
+            detached: false,
+            origin: None,
+            unfollowed: Some(true),
+        });
     }
     let Some((process_id, origin)) = awake_process(shared, pid) else {
         return Err(Error::new(
@@ -418,7 +424,13 @@ pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(json!({"pid": pid, "process_id": process_id, "detached": true, "origin": origin}))
+    Ok(Detached {
+        pid,
+        process_id: Some(process_id),
+        detached: true,
+        origin: Some(origin),
+        unfollowed: None,
+    })
 }
 
 /// Checks an attach request: the pid, the timeout (default [`DEFAULT_TIMEOUT`]) and the

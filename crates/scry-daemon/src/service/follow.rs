@@ -27,8 +27,9 @@ use scry_proc::python::Role;
 use serde_json::{json, Value};
 
 use super::{attach, Result};
-use crate::state::follows::{Follow, FollowState, Restart};
+use crate::state::follows::Follow;
 use crate::Shared;
+use scry_api::{FollowList, FollowState, Restart, Unfollowed};
 
 /// How often a followed tree is walked.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -213,12 +214,17 @@ pub async fn follow(shared: &Arc<Shared>, req: &AttachRequest) -> Result<AttachR
 }
 
 /// Every follow in progress (`GET /api/v1/follow`).
-pub fn list(shared: &Shared) -> Value {
-    json!({"follows": shared.follows.states()})
+pub fn list(shared: &Shared) -> FollowList {
+    FollowList {
+        follows: shared.follows.states(),
+    }
 }
 
 /// Stops following `pid` (a root, or a process of a followed tree); the agents stay.
-pub fn unfollow(shared: &Shared, pid: u32) -> Result<Value> {
+pub fn unfollow(shared: &Shared, pid: u32) -> Result<Unfollowed> {
     let pid = attach::positive_pid(pid)?;
-    Ok(json!({"pid": pid, "stopped": shared.follows.stop(pid)}))
+    Ok(Unfollowed {
+        pid,
+        stopped: shared.follows.stop(pid),
+    })
 }

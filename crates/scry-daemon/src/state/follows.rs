@@ -4,35 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
-/// One restart seen: a followed process exited and another appeared under the same parent.
-#[derive(Debug, Clone, Serialize)]
-pub struct Restart {
-    /// The pid that exited.
-    pub old_pid: u32,
-    /// The pid that replaced it.
-    pub new_pid: u32,
-    /// Their parent.
-    pub parent: u32,
-    /// When (epoch seconds).
-    pub at: f64,
-}
-
-/// What a follow knows, as `GET /api/v1/follow` shows it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FollowState {
-    /// The followed root.
-    pub root: u32,
-    /// Since when (epoch seconds).
-    pub since: f64,
-    /// Pids attached by this follow (and still alive), with their parent.
-    pub attached: Vec<u32>,
-    /// Pids it could not attach to, with the last error.
-    pub failed: HashMap<u32, String>,
-    /// Restarts seen.
-    pub restarts: Vec<Restart>,
-}
+pub use scry_api::{FollowState, Restart};
 
 /// One follow: what it knows, and its task.
 pub struct Follow {
