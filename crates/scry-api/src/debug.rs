@@ -39,3 +39,27 @@ pub struct DebugReport {
     /// How the script got in (`pep768`, `gdb`).
     pub injector: String,
 }
+
+/// `GET /api/v1/debug/target?pid=P[&timeout_ms=T]`: which process `scry debug --follow P`
+/// debugs, and whose new workers it follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugTarget {
+    /// The process to start debugpy in: P itself, or the worker of P when P is a reload
+    /// supervisor (uvicorn/flask/django `--reload`, watchfiles).
+    pub pid: u32,
+    /// The process whose children are followed: P when it is a reload supervisor, else P's
+    /// parent.
+    pub supervisor: u32,
+    /// P is a reload supervisor.
+    pub reload_supervisor: bool,
+}
+
+/// `GET /api/v1/debug/next?supervisor=S&after=W&port=N[&wait_ms=T]`: the worker that replaced
+/// `W` under `S`, once the debug port is free for it; waits up to `wait_ms` (default 10000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextWorker {
+    /// The new worker, when one appeared (None: nothing new within the wait; ask again).
+    pub worker: Option<u32>,
+    /// The supervisor still runs (false: stop following).
+    pub supervisor_alive: bool,
+}

@@ -28,7 +28,7 @@ pub use daemon::{
     AgentEndpoint, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts, Stopping,
     StoreStatus, SystemEvent, SystemEventList, UiLoginLink,
 };
-pub use debug::{DebugReport, DebugRequest};
+pub use debug::{DebugReport, DebugRequest, DebugTarget, NextWorker};
 pub use dumps::{DumpAdded, DumpList, DumpSummary, DumpView};
 pub use error::{Error, ErrorBody, ErrorKind};
 pub use events::{

@@ -4,12 +4,13 @@
 //! The daemon does the work (`POST /api/v1/debug`, `scry_daemon::service::debug`: the injector
 //! for the target's version, the script placed in the target's root by the one placement of
 //! scry, waiting until debugpy listens); this command says first what the injection does to the
-//! process, and prints the attach configurations. With `--follow` it asks again for each new
-//! worker of a reload supervisor.
+//! process, and prints the attach configurations. With `--follow` the daemon finds the worker
+//! of a reload supervisor (`GET /api/v1/debug/target`) and each worker that replaces it
+//! (`GET /api/v1/debug/next`), and this command starts debugpy in each.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use scry_api::{DebugReport, DebugRequest};
+use scry_api::{DebugReport, DebugRequest, DebugTarget, NextWorker};
 use scry_daemon::Home;
 use serde_json::{json, Value};
 
@@ -68,25 +69,6 @@ async fn start_debugpy(
         .await
 }
 
-/// The worker to debug under a reload supervisor: its first Python child that is not a
-/// multiprocessing helper.
-fn worker_of(supervisor: u32) -> Option<u32> {
-    let mut detector = scry_proc::python::Detector::new();
-    scry_proc::tree(supervisor)
-        .into_iter()
-        .filter(|(p, depth)| *depth == 1 && p.state != 'Z')
-        .filter(|(p, _)| {
-            !matches!(
-                scry_proc::python::role_of(&p.cmdline, None),
-                Some(
-                    scry_proc::python::Role::ResourceTracker | scry_proc::python::Role::Forkserver
-                )
-            )
-        })
-        .find(|(p, _)| detector.detect(p.pid).is_some_and(|i| i.short != "?"))
-        .map(|(p, _)| p.pid)
-}
-
 /// `scry debug PID [--port P] [--follow]`.
 pub async fn debug(home: &Home, args: &DebugArgs, printer: &mut Printer) -> CmdResult {
     let timeout = Duration::from_secs_f64(args.timeout);
@@ -100,30 +82,17 @@ pub async fn debug(home: &Home, args: &DebugArgs, printer: &mut Printer) -> CmdR
     client.ensure_running(printer).await?;
     // With --follow, PID may be a reload supervisor: debug its worker, and the next one.
     let (mut pid, supervisor) = if args.follow {
-        let info = scry_proc::info(args.pid).map_err(|_| {
-            CliError::new(format!("no process with pid {}", args.pid))
-                .hint("list Python processes with `scry ps --all`")
-        })?;
-        let parent_cmdline = scry_proc::info(info.ppid).ok().map(|p| p.cmdline);
-        match scry_proc::python::role_of(&info.cmdline, parent_cmdline.as_deref()) {
-            Some(scry_proc::python::Role::ReloadSupervisor { .. }) => {
-                let deadline = Instant::now() + timeout;
-                let worker = loop {
-                    if let Some(w) = worker_of(args.pid) {
-                        break w;
-                    }
-                    if Instant::now() > deadline {
-                        return Err(CliError::new(format!(
-                            "reload supervisor {} has no Python worker to debug",
-                            args.pid
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                };
-                (worker, args.pid)
-            }
-            _ => (args.pid, info.ppid),
-        }
+        let target: DebugTarget = client
+            .get_as_within(
+                &format!(
+                    "/api/v1/debug/target?pid={}&timeout_ms={}",
+                    args.pid,
+                    timeout.as_secs_f64() * 1e3
+                ),
+                request_timeout(timeout),
+            )
+            .await?;
+        (target.pid, target.supervisor)
     } else {
         (args.pid, 0)
     };
@@ -133,32 +102,28 @@ pub async fn debug(home: &Home, args: &DebugArgs, printer: &mut Printer) -> CmdR
         return Ok(ExitStatus::Success);
     }
     // Follow: when the worker is replaced (a reload), start debugpy in the new one on the same
-    // port. Runs until the supervisor exits or ctrl-c.
+    // port. Runs until the supervisor exits or ctrl-c. The daemon watches the tree; each ask
+    // waits up to NEXT_WAIT for a change.
     let port = started.port;
     printer.note(format!(
         "following: debugpy is started again on port {port} in each new worker of {supervisor} (ctrl-c stops)"
     ));
     loop {
-        tokio::select! {
+        let path = format!(
+            "/api/v1/debug/next?supervisor={supervisor}&after={pid}&port={port}&wait_ms={}",
+            NEXT_WAIT.as_millis()
+        );
+        let next: NextWorker = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(ExitStatus::Success),
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-        if !scry_proc::alive(supervisor, None) {
+            next = client.get_as_within(&path, NEXT_WAIT + Duration::from_secs(30)) => next?,
+        };
+        if !next.supervisor_alive {
             printer.note(format!("{supervisor} exited: stopped following"));
             return Ok(ExitStatus::Success);
         }
-        let Some(worker) = worker_of(supervisor) else {
+        let Some(worker) = next.worker else {
             continue;
         };
-        if worker == pid {
-            continue;
-        }
-        // The old worker's port is free only once it exited.
-        if scry_proc::listens_on_loopback(worker, port)
-            || scry_proc::alive(pid, None) && scry_proc::listens_on_loopback(pid, port)
-        {
-            continue;
-        }
         printer.note(format!("restart: pid {pid} -> pid {worker}"));
         match start_debugpy(&client, worker, port, timeout, printer).await {
             Ok(s) => {
@@ -172,6 +137,9 @@ pub async fn debug(home: &Home, args: &DebugArgs, printer: &mut Printer) -> CmdR
         }
     }
 }
+
+/// How long one ask for the next worker waits in the daemon.
+const NEXT_WAIT: Duration = Duration::from_secs(10);
 
 fn print_started(printer: &mut Printer, pid: u32, started: &DebugReport) -> Result<(), CliError> {
     let port = started.port;

@@ -24,6 +24,8 @@ ATTEMPTS = [
     ("POST", "/api/v1/attach", {"pid": int(target_pid)}),
     ("GET", "/api/v1/attach/plan?pid={}".format(target_pid), None),
     ("POST", "/api/v1/debug", {"pid": int(target_pid), "port": 0}),
+    ("GET", "/api/v1/debug/target?pid={}".format(target_pid), None),
+    ("GET", "/api/v1/debug/next?supervisor={}&after=1&port=5678".format(target_pid), None),
     ("POST", "/api/v1/processes/{}/repl".format(target_pid), {}),
     ("POST", "/api/v1/repl/sessions", {"pid": int(target_pid)}),
     ("POST", "/api/v1/processes/{}/call/agent.state".format(target_pid), {}),

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use scry_api::{DebugReport, DebugRequest};
+use scry_api::{DebugReport, DebugRequest, DebugTarget, NextWorker};
 use scry_proc::place;
 use serde_json::Value;
 
@@ -189,4 +189,108 @@ pub async fn start(req: &DebugRequest) -> Result<DebugReport> {
         debugpy: text("debugpy"),
         injector: injection.injector.to_owned(),
     })
+}
+
+/// The worker to debug under a reload supervisor: its first live Python child that is not a
+/// multiprocessing helper.
+fn worker_of(supervisor: u32) -> Option<u32> {
+    use scry_proc::python::{role_of, Detector, Role};
+    let mut detector = Detector::new();
+    scry_proc::tree(supervisor)
+        .into_iter()
+        .filter(|(p, depth)| *depth == 1 && p.state != 'Z')
+        .filter(|(p, _)| {
+            !matches!(
+                role_of(&p.cmdline, None),
+                Some(Role::ResourceTracker | Role::Forkserver)
+            )
+        })
+        .find(|(p, _)| detector.detect(p.pid).is_some_and(|i| i.short != "?"))
+        .map(|(p, _)| p.pid)
+}
+
+/// How long a wait for a worker may last.
+fn wait_of(wait_ms: Option<f64>) -> Result<Duration> {
+    super::attach::timeout_of(wait_ms, Duration::from_secs(10))
+}
+
+/// What `scry debug --follow PID` debugs: PID's worker when PID is a reload supervisor (waiting
+/// up to `timeout_ms` for one to start), else PID itself, following its parent.
+pub async fn target(pid: u32, timeout_ms: Option<f64>) -> Result<DebugTarget> {
+    let pid = super::attach::positive_pid(pid)?;
+    let wait = wait_of(timeout_ms)?;
+    let info = scry_proc::info(pid).map_err(|_| {
+        Error::new(
+            ErrorKind::NoSuchProcess,
+            format!("no process with pid {pid}"),
+        )
+        .hint("list Python processes with `scry ps --all`")
+    })?;
+    let parent_cmdline = scry_proc::info(info.ppid).ok().map(|p| p.cmdline);
+    let role = scry_proc::python::role_of(&info.cmdline, parent_cmdline.as_deref());
+    if !matches!(role, Some(scry_proc::python::Role::ReloadSupervisor { .. })) {
+        return Ok(DebugTarget {
+            pid,
+            supervisor: info.ppid,
+            reload_supervisor: false,
+        });
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(worker) = worker_of(pid) {
+            return Ok(DebugTarget {
+                pid: worker,
+                supervisor: pid,
+                reload_supervisor: true,
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(
+                ErrorKind::NoSuchProcess,
+                format!("reload supervisor {pid} has no Python worker to debug"),
+            )
+            .hint(
+                "start the service (or wait for its worker), then run `scry debug --follow` again",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (up to `wait_ms`) for a worker of `supervisor` other than `after` whose debug `port`
+/// is free: the old worker's port is free only once it exited, and a new worker that already
+/// listens there needs nothing.
+pub async fn next_worker(
+    supervisor: u32,
+    after: u32,
+    port: u16,
+    wait_ms: Option<f64>,
+) -> Result<NextWorker> {
+    let supervisor = super::attach::positive_pid(supervisor)?;
+    let deadline = Instant::now() + wait_of(wait_ms)?;
+    loop {
+        if !scry_proc::alive(supervisor, None) {
+            return Ok(NextWorker {
+                worker: None,
+                supervisor_alive: false,
+            });
+        }
+        if let Some(worker) = worker_of(supervisor).filter(|w| *w != after) {
+            let busy = scry_proc::listens_on_loopback(worker, port)
+                || scry_proc::alive(after, None) && scry_proc::listens_on_loopback(after, port);
+            if !busy {
+                return Ok(NextWorker {
+                    worker: Some(worker),
+                    supervisor_alive: true,
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            return Ok(NextWorker {
+                worker: None,
+                supervisor_alive: true,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
