@@ -100,13 +100,15 @@ fn reap_ends_each_process_at_the_step_it_yields_to_and_leaves_no_zombie() {
             "{key} not listed: {dry:#}"
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
     for &p in &guard.0 {
         assert!(
             matches!(state(p), Some(s) if s != 'Z'),
             "--dry-run ended {p}"
         );
     }
+    // Whether --dry-run sent a signal that has not ended anything is told by the real reap
+    // below: the children log every signal they ignore, and then each has exactly the real
+    // reap's.
 
     // The text output says which step ended each process.
     let out = ctx.scry(&["reap", &root, "--grace", "1"]);
@@ -135,6 +137,23 @@ fn reap_ends_each_process_at_the_step_it_yields_to_and_leaves_no_zombie() {
         );
     }
     assert_all_gone_no_zombie(&guard);
+    assert_eq!(
+        ignored_signals(&ctx, "tree"),
+        ["both SIGINT", "both SIGTERM", "int SIGINT"],
+        "each child got the real reap's signals once, and none from --dry-run"
+    );
+}
+
+/// The signals the tree's children ignored, as sorted `ROLE SIGNAME` lines.
+fn ignored_signals(ctx: &Ctx, mode: &str) -> Vec<String> {
+    let log = ctx.home().join(format!("reap-ready-{mode}.json.signals"));
+    let mut lines: Vec<String> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
 }
 
 #[test]
@@ -190,8 +209,12 @@ fn reap_orphans_lists_then_ends_only_the_matching_orphans() {
             .all(|&p| state(p as u32).is_none())
             .then_some(())
     });
-    // The non-matching orphan was left alone.
+    // The non-matching orphan was left alone, and the refused reap sent nothing.
     assert!(matches!(state(pid(&pids, "sleep") as u32), Some(s) if s != 'Z'));
+    assert_eq!(
+        ignored_signals(&ctx, "orphans"),
+        ["both SIGINT", "both SIGTERM", "int SIGINT"]
+    );
     drop(guard);
 }
 

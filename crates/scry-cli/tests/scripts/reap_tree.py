@@ -4,6 +4,7 @@
 zombie outlives the test) and starts the tree's root, which starts:
 - `int`: a Python child that ignores SIGINT (ends at SIGTERM),
 - `both`: a Python child that ignores SIGINT and SIGTERM (ends at SIGKILL),
+each writing the signals it ignores to READY.signals,
 - `sleep`: a non-Python child (ends at SIGINT).
 The root writes READY (JSON: root, int, both, sleep pids). MODE `tree`: the root stays (ends at
 SIGINT); MODE `orphans`: the root leads its own process group and exits once ready, so its
@@ -49,8 +50,15 @@ elif role == "root":
     if mode == "tree":
         time.sleep(300)
 else:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ignored signals are logged (READY.signals: "ROLE SIGNAME" lines), so that a test can tell
+    # which signals a command sent by what arrived, instead of by waiting for nothing to happen.
+    def ignore(signum, _frame):
+        with open(ready + ".signals", "a") as f:
+            f.write("{} {}\n".format(role, signal.Signals(signum).name))
+
+    signal.signal(signal.SIGINT, ignore)
     if role == "both":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, ignore)
     print("ready", flush=True)
-    time.sleep(300)
+    while True:
+        time.sleep(300)
