@@ -1,6 +1,7 @@
 //! Talking to the daemon: finding it, starting it when it is not running, and calling its HTTP
 //! API with errors that say what to do.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use crate::error::CliError;
 use crate::printer::Printer;
+use crate::ready_pipe::Outcome;
 
 /// Whether a daemon answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,6 +398,17 @@ impl DaemonClient {
             return Ok(body);
         }
         Err(match serde_json::from_value::<ErrorBody>(body) {
+            // A token refused at an address SCRY_DAEMON chose: most likely another home's (or
+            // another user's) daemon, which the generic hint would not say.
+            Ok(ErrorBody { error })
+                if status == reqwest::StatusCode::UNAUTHORIZED && self.explicit =>
+            {
+                CliError::new(format!("{} (at {}, from SCRY_DAEMON)", error.message, self.base))
+                    .hint(format!(
+                        "that daemon is not the one of this SCRY_HOME ({}): unset SCRY_DAEMON to use this home's daemon, or set SCRY_HOME to that daemon's home",
+                        self.home.root().display()
+                    ))
+            }
             Ok(ErrorBody { error }) => {
                 let mut err = CliError::new(error.message);
                 if let Some(h) = error.hint {
@@ -469,9 +482,36 @@ pub fn start_daemon(home: &Home, extra_args: &[String]) -> Result<DaemonFile, Cl
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    spawn_detached(&mut cmd)
-        .map_err(|e| CliError::new(format!("cannot start `{} serve`: {e}", exe.display())))?;
-    wait_until_serving(home, previous.as_deref(), Duration::from_secs(15))
+    let cannot_start =
+        |e: std::io::Error| CliError::new(format!("cannot start `{} serve`: {e}", exe.display()));
+    let (waiter, write_end) = crate::ready_pipe::pair().map_err(cannot_start)?;
+    let fd = write_end.as_raw_fd();
+    cmd.env(crate::ready_pipe::ENV, fd.to_string());
+    // SAFETY: only an async-signal-safe fcntl runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || crate::ready_pipe::inherit_in_child(fd));
+    }
+    spawn_detached(&mut cmd).map_err(cannot_start)?;
+    // Only the daemon holds the write end now: its exit closes the pipe.
+    drop(write_end);
+    let wait = Duration::from_secs(15);
+    match waiter.wait(wait) {
+        Outcome::Ready => wait_until_serving(home, previous.as_deref(), Duration::from_secs(5)),
+        Outcome::Failed { message, hint } => {
+            let err = CliError::new(format!("the daemon could not start: {message}"));
+            Err(match hint {
+                Some(h) => err.hint(h),
+                None => err.hint(format!("its log may say more: {}", tail(&home.log_file()))),
+            })
+        }
+        Outcome::Died => Err(CliError::new("the daemon exited as it started")
+            .hint(format!("its log may say why: {}", tail(&home.log_file())))),
+        Outcome::TimedOut => Err(CliError::new(format!(
+            "the daemon did not start within {} s",
+            wait.as_secs()
+        ))
+        .hint(format!("its log may say why: {}", tail(&home.log_file())))),
+    }
 }
 
 fn wait_until_serving(
@@ -489,8 +529,12 @@ fn wait_until_serving(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    Err(CliError::new("the daemon did not start within 15 s")
-        .hint(format!("its log may say why: {}", tail(&home.log_file()))))
+    Err(CliError::new(format!(
+        "the daemon said it serves but wrote no {} within {} s",
+        home.daemon_file().display(),
+        timeout.as_secs()
+    ))
+    .hint(format!("its log may say why: {}", tail(&home.log_file()))))
 }
 
 /// The last lines of a file, for error messages.

@@ -8,6 +8,7 @@ mod commands;
 mod error;
 mod logsink;
 mod printer;
+mod ready_pipe;
 mod render;
 
 use std::process::ExitCode;

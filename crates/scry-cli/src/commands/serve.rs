@@ -64,7 +64,10 @@ pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult 
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
     let json = printer.json;
+    // Started in the background by a CLI: tell it when this daemon serves, or why not.
+    let mut starter = crate::ready_pipe::Notifier::from_env();
     let result = runtime.block_on(scry_daemon::serve(home.clone(), opts, |info| {
+        starter.ready();
         if json {
             let _ = printer.json_value(info);
         } else {
@@ -76,7 +79,16 @@ pub fn serve(home: &Home, args: &ServeArgs, printer: &mut Printer) -> CmdResult 
     }));
     // Do not wait for stray blocking tasks (e.g. a follower's long poll) at exit.
     runtime.shutdown_timeout(Duration::from_secs(2));
-    result.map_err(CliError::from_daemon)?;
+    if let Err(e) = result {
+        let e = CliError::from_daemon(e);
+        let mut message = e.message.clone();
+        for cause in &e.causes {
+            message.push_str(": ");
+            message.push_str(cause);
+        }
+        starter.failed(&message, e.hint.as_deref());
+        return Err(e);
+    }
     Ok(ExitStatus::Success)
 }
 

@@ -121,6 +121,45 @@ fn port_in_use_is_a_clear_error() {
 }
 
 #[test]
+fn a_background_start_that_fails_says_why_at_once() {
+    // A command that starts the daemon in the background, whose port another program holds:
+    // the error is the daemon's own (the port, the hint), not "did not start within 15 s".
+    let ctx = Ctx::new();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    std::fs::write(
+        ctx.home().join("config.toml"),
+        format!("[http]\naddr = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("config");
+    let out = ctx.scry(&["ps"]);
+    assert!(!out.status.success());
+    let shown = text(&out);
+    assert!(
+        shown.contains("could not start")
+            && shown.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && shown.contains("hint: another program listens"),
+        "{shown}"
+    );
+    assert!(!shown.contains("within"), "{shown}");
+
+    // SCRY_DAEMON naming another home's daemon: the refusal says so.
+    let mut other = Ctx::new();
+    other.start_daemon();
+    let out = ctx
+        .cmd(&["ps"])
+        .env("SCRY_DAEMON", format!("http://{}", other.tcp()))
+        .output()
+        .expect("ps");
+    assert!(!out.status.success());
+    let shown = text(&out);
+    assert!(
+        shown.contains("from SCRY_DAEMON") && shown.contains("not the one of this SCRY_HOME"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn scry_daemon_on_loopback_is_where_the_daemon_is_started_and_found() {
     let ctx = Ctx::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
