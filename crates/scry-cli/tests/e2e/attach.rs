@@ -621,3 +621,35 @@ fn another_users_process_is_refused_with_the_cause() {
         );
     }
 }
+
+#[test]
+fn a_killed_attached_process_is_gone_not_detached() {
+    let Some(py) = py314() else { return };
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let mut target = Target::python(&py, "sleep");
+    target.line("ready");
+    let pid = target.pid();
+    attach_ok(&ctx, pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let about_it = |kind: &str| {
+        let events = ctx.get("/api/v1/system-events?limit=1000");
+        events["system_events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["kind"] == kind && e["data"]["pid"] == pid)
+    };
+    wait_for("the killed process to be gone", Duration::from_secs(20), || {
+        about_it("process_gone").then_some(())
+    });
+    assert!(
+        !about_it("detached"),
+        "a SIGKILLed process was reported as detached"
+    );
+    let _ = target.child.wait();
+}

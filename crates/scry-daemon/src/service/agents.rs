@@ -117,6 +117,10 @@ pub async fn accept_report(
     }
 }
 
+/// How long a lost link waits for its process to show as exited before it is called a live
+/// process's (see [`disconnected`]).
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// An agent's connection ended: decide the process's new state.
 pub async fn disconnected(
     shared: &Shared,
@@ -124,19 +128,39 @@ pub async fn disconnected(
     session_id: &str,
     goodbye: Option<String>,
 ) {
+    let ours = |entry: &crate::state::registry::Entry| {
+        entry.agent.as_ref().map(|a| a.session_id.as_str()) == Some(session_id)
+    };
+    let Some((pid, start_ticks)) = shared
+        .registry()
+        .get_mut(process_id)
+        .filter(|e| ours(e))
+        .map(|e| (e.view.pid, e.view.start_ticks))
+    else {
+        return;
+    };
+    let mut alive = scry_proc::alive(pid, start_ticks);
+    if alive && goodbye.is_none() {
+        // A killed process's sockets close while it exits, a moment before /proc shows it
+        // dead: wait for that moment before calling a lost link a live process's.
+        let deadline = std::time::Instant::now() + EXIT_GRACE;
+        while alive && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            alive = scry_proc::alive(pid, start_ticks);
+        }
+    }
     let view = {
         let mut reg = shared.registry();
         let Some(entry) = reg.get_mut(process_id) else {
             return;
         };
         // A newer connection of the same process may already have replaced this one.
-        if entry.agent.as_ref().map(|a| a.session_id.as_str()) != Some(session_id) {
+        if !ours(entry) {
             return;
         }
         entry.agent = None;
         entry.view.session_id = None;
         entry.view.connected_since = None;
-        let alive = scry_proc::alive(entry.view.pid, entry.view.start_ticks);
         // An injected agent cannot come back on its own (its nonce is used up): once it
         // is gone the process is an ordinary one again, not a sleeping client. It is
         // stored as gone (a restarted daemon must not list it as sleeping) and forgotten.
@@ -179,14 +203,21 @@ pub async fn disconnected(
         if let Err(e) = persist_process(shared, &view).await {
             tracing::warn!(target: "store", "cannot store process state: {e}");
         }
+        let message = match &goodbye {
+            Some(_) => format!(
+                "the injected agent of process {} detached; the process runs on without it",
+                view.pid
+            ),
+            None => format!(
+                "the injected agent of process {} lost its connection without a goodbye; the process runs on without it (`scry attach {}` loads a new one)",
+                view.pid, view.pid
+            ),
+        };
         shared.system_event(
             Level::Info,
             "detached",
-            format!(
-                "the injected agent of process {} is gone (detached)",
-                view.pid
-            ),
-            json!({"pid": view.pid, "process_id": view.id}),
+            message,
+            json!({"pid": view.pid, "process_id": view.id, "goodbye": goodbye.is_some()}),
         );
     } else {
         state_changed(shared, &view).await;
