@@ -93,10 +93,14 @@
     page = m && pages.includes(m[1]) ? m[1] : 'processes';
     for (const p of pages) $('page-' + p).hidden = p !== page;
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
-    if (page === 'processes') { loadProcesses(); detectAttach(); }
-    if (page === 'probes') loadProbes();
-    if (page === 'events') loadRecentEvents();
-    if (page === 'flow') flow.show();
+    const work = [];
+    if (page === 'processes') work.push(loadProcesses(), detectAttach());
+    if (page === 'probes') work.push(loadProbes());
+    if (page === 'events') work.push(loadRecentEvents());
+    if (page === 'flow') work.push(flow.show());
+    // For scripts (a headless screenshot): the page's first data is on screen.
+    delete document.documentElement.dataset.settled;
+    Promise.allSettled(work).then(() => { document.documentElement.dataset.settled = page; });
   }
   window.addEventListener('hashchange', route);
 
@@ -732,13 +736,20 @@
     es.addEventListener('lagged', (m) => { const d = parse(m); if (d) $('events-count').textContent = 'missed ' + d.missed + ' (slow reader)'; });
   }
 
-  // Counters change without a status message for every hit: refresh the visible lists.
-  setInterval(() => {
-    if (document.hidden) return;
-    if (page === 'probes') loadProbes();
-    if (page === 'processes') loadProcesses();
-  }, 2000);
-
-  connect();
+  // `?live=0`: a still page (no event stream, no refresh), for a headless screenshot or any
+  // tool that waits for the network to go quiet, which an open stream never does.
+  const LIVE = new URLSearchParams(location.search).get('live') !== '0';
+  if (LIVE) {
+    // Counters change without a status message for every hit: refresh the visible lists.
+    setInterval(() => {
+      if (document.hidden) return;
+      if (page === 'probes') loadProbes();
+      if (page === 'processes') loadProcesses();
+    }, 2000);
+    connect();
+  } else {
+    $('conn').textContent = 'still (live=0)';
+    $('conn').className = 'conn down';
+  }
   route();
 }());

@@ -397,10 +397,24 @@ def _relay_post_mortem(session, tb, exc_text):
         relay.close()
 
 
-def _format_exc(exc):
+# scry's own package: its frames (the wrapper that catches a worker's exception) are not the
+# user's, so post-mortem tracebacks and REPLs start below them.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_tb(tb):
+    """``tb`` without its outermost frames that are scry's own (all of it if nothing else)."""
+    first = tb
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return tb if tb is not None else first
+
+
+def _format_exc(exc, tb=None):
     import traceback
 
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = _user_tb(tb if tb is not None else exc.__traceback__)
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _ignored(exc, extra=()):
@@ -433,7 +447,8 @@ def _crash(exc, tb=None):
     except Exception:
         pass
     try:
-        _relay_post_mortem(session, tb or exc.__traceback__, _format_exc(exc))
+        tb = _user_tb(tb or exc.__traceback__)
+        _relay_post_mortem(session, tb, _format_exc(exc, tb))
     except Exception as err:
         log.warning("scry: crash REPL failed: %r", err)
 

@@ -105,6 +105,9 @@ pub struct DiscoveredClient {
     /// Its interpreter.
     #[serde(default)]
     pub executable: Option<String>,
+    /// Its command line as the kernel shows it (empty when unreadable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
     /// Its control plane.
     #[serde(default)]
     pub control: Option<ControlAddr>,

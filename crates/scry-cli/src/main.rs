@@ -83,7 +83,12 @@ fn json_flag(cmd: &Command) -> bool {
 fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
     let home = Home::from_env();
     if let Command::Serve(args) = &cli.command {
-        init_logging("info", args.log_file.as_deref());
+        // py-spy (and the crates under it) log an INFO line for every stack read: at info the
+        // daemon's log would fill with them on every dump. SCRY_LOG still turns them on.
+        init_logging(
+            "info,py_spy=warn,remoteprocess=warn",
+            args.log_file.as_deref(),
+        );
         return commands::serve::serve(&home, args, printer);
     }
     init_logging("warn", None);

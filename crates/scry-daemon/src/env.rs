@@ -21,7 +21,7 @@ pub const SCRY_CONTROL_PORT: &str = "SCRY_CONTROL_PORT";
 /// agent links prove it (HMAC) without sending it.
 pub const SCRY_TOKEN: &str = "SCRY_TOKEN";
 /// Per-subsystem log filter in `tracing` `EnvFilter` syntax, e.g. `proc=debug,store=warn`
-/// (default `info` for `scry serve`, `warn` for other commands). Every scry log line carries one
+/// (default `info` for `scry serve`, with py-spy's own crates at `warn`; `warn` for other commands). Every scry log line carries one
 /// of these targets: `daemon` (lifecycle, system events), `store` (SQLite, migrations,
 /// retention), `proto` (wire protocol), `proc` (process layer: /proc, stacks, injection),
 /// `agent_link` (agent connections), `http` (REST API and streams), `repl` (REPL relay).

@@ -298,6 +298,11 @@ pub fn render(dump: &Dump, out: &mut impl Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether a thread is one of the scry agent's own (they are all named `scry-…`).
+fn is_scry_thread(name: Option<&str>) -> bool {
+    name.is_some_and(|n| n.starts_with("scry-"))
+}
+
 fn render_process(p: &ProcessDump, out: &mut impl Write) -> std::io::Result<()> {
     let pad = "    ".repeat(p.depth as usize);
     let command = if p.cmdline.is_empty() {
@@ -342,6 +347,16 @@ fn render_process(p: &ProcessDump, out: &mut impl Write) -> std::io::Result<()> 
                     .map(|n| format!(" \"{n}\""))
                     .unwrap_or_default();
                 let gil = if t.holds_gil { ", holds the GIL" } else { "" };
+                if is_scry_thread(t.name.as_deref()) {
+                    // The agent's own threads (its link, control plane) are not the user's
+                    // program: marked, their frames kept for --json.
+                    writeln!(
+                        out,
+                        "{pad}  thread {tid}{name}: scry's own ({}{gil}; frames in --json)",
+                        t.status
+                    )?;
+                    continue;
+                }
                 writeln!(out, "{pad}  thread {tid}{name}: {}{gil}", t.status)?;
                 for f in &t.frames {
                     if f.native {
@@ -526,6 +541,24 @@ mod tests {
              \n    \
              process 11 (not Python: S (sleeping), waiting in hrtimer_nanosleep): sleep 60\n"
         );
+    }
+
+    #[test]
+    fn the_agents_own_threads_are_marked_and_their_frames_left_to_json() {
+        let mut dump = sample();
+        let mut link = dump.processes[0].threads[0].clone();
+        link.os_thread_id = Some(12);
+        link.name = Some("scry-link".into());
+        link.holds_gil = false;
+        dump.processes[0].threads.push(link);
+        let mut buf = Vec::new();
+        render(&dump, &mut buf).expect("render");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.contains("  thread 12 \"scry-link\": scry's own (idle; frames in --json)\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("wait_forever").count(), 1, "{text}");
     }
 
     #[test]

@@ -69,7 +69,11 @@ fn row(p: &ProcessEntry, now: f64) -> Vec<String> {
         }
         ProcessEntry::Discovery(c) => (
             c.first_seen,
-            c.executable.clone().unwrap_or_default(),
+            if c.argv.is_empty() {
+                c.executable.clone().unwrap_or_default()
+            } else {
+                c.argv.join(" ")
+            },
             "embedded".to_owned(),
         ),
     };

@@ -644,9 +644,11 @@ fn a_killed_attached_process_is_gone_not_detached() {
             .flatten()
             .any(|e| e["kind"] == kind && e["data"]["pid"] == pid)
     };
-    wait_for("the killed process to be gone", Duration::from_secs(20), || {
-        about_it("process_gone").then_some(())
-    });
+    wait_for(
+        "the killed process to be gone",
+        Duration::from_secs(20),
+        || about_it("process_gone").then_some(()),
+    );
     assert!(
         !about_it("detached"),
         "a SIGKILLed process was reported as detached"

@@ -39,6 +39,16 @@ fn demo_runs_the_sample_service_and_wakes_it() {
 
     let out = ctx.scry(&["demo", "--stop"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Right after the stop, `ps` knows it is gone (not sleeping until the next sweep).
+    let ps = ctx.scry_json(&["ps"]);
+    let states: Vec<&serde_json::Value> = ps["processes"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|p| p["pid"] == pid)
+        .map(|p| &p["state"])
+        .collect();
+    assert!(states.iter().all(|s| *s == "gone"), "{ps}");
     let out = ctx.scry(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -278,6 +278,16 @@ fn web_ui_in_chromium() {
         .unwrap_or_default();
     call_flow(&ctx.http(), &browser, flow_pid, &flow_version);
 
+    // A still page for screenshots: no live stream, and a marker once its data is shown.
+    browser.go(&format!("http://{http}/?live=0#/processes"));
+    let still = browser.wait_script(
+        "the still processes page to settle",
+        Duration::from_secs(30),
+        "return document.documentElement.dataset.settled === 'processes'
+             ? document.getElementById('conn').textContent : null;",
+    );
+    assert_eq!(still, json!("still (live=0)"));
+
     // `scry ui` again: a new one-time link to the same page.
     let out = ctx.scry(&["ui", "--no-open", "--json"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -46,7 +46,7 @@ async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<ProcessList> {
     let Query(q) = q?;
-    Ok(Json(processes::list(&shared, q.gone)))
+    Ok(Json(processes::list(&shared, q.gone).await))
 }
 
 async fn one(
@@ -54,7 +54,7 @@ async fn one(
     Path(pid): Path<String>,
 ) -> ApiResult<ProcessEntry> {
     let pid = parse_pid(&pid)?;
-    Ok(Json(processes::get(&shared, pid)?))
+    Ok(Json(processes::get(&shared, pid).await?))
 }
 
 async fn wake(

@@ -141,7 +141,9 @@ impl ScryMcp {
         description = "List the Python processes scry knows: pid, parent pid (the tree), name, Python version and scry state (awake: observable now; sleeping: an embedded client to wake first; gone). Start here to pick a pid."
     )]
     async fn list_processes(&self, Parameters(a): Parameters<ListProcessesArgs>) -> CallToolResult {
-        let list = processes::list(&self.shared, a.include_gone).processes;
+        let list = processes::list(&self.shared, a.include_gone)
+            .await
+            .processes;
         let rows: Vec<Value> = list
             .iter()
             .map(|p| match p {

@@ -15,8 +15,11 @@ use crate::Shared;
 const RECENTLY_GONE: f64 = 15.0 * 60.0;
 
 /// Every process scry knows: agents' processes (gone ones of the last 15 minutes, or all with
-/// `all_gone`) and sleeping clients the daemon has not heard from.
-pub fn list(shared: &Shared, all_gone: bool) -> ProcessList {
+/// `all_gone`) and sleeping clients the daemon has not heard from. Processes that exited since
+/// the last liveness sweep are marked gone first, so that a list never shows a process that
+/// just ended (`scry demo --stop` then `scry ps`) as sleeping.
+pub async fn list(shared: &Shared, all_gone: bool) -> ProcessList {
+    super::agents::sweep(shared).await;
     let views = shared.registry().views();
     let cutoff = crate::now() - RECENTLY_GONE;
     let mut out = Vec::new();
@@ -45,6 +48,9 @@ pub fn list(shared: &Shared, all_gone: bool) -> ProcessList {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             executable: c.executable.clone(),
+            argv: scry_proc::info(c.pid)
+                .map(|p| p.cmdline)
+                .unwrap_or_default(),
             control: c.control(),
             first_seen: c.started_at,
         }));
@@ -53,8 +59,8 @@ pub fn list(shared: &Shared, all_gone: bool) -> ProcessList {
 }
 
 /// The process with this pid: the live one when there is one, else the newest gone one.
-pub fn get(shared: &Shared, pid: u32) -> Result<ProcessEntry> {
-    let all = list(shared, true).processes;
+pub async fn get(shared: &Shared, pid: u32) -> Result<ProcessEntry> {
+    let all = list(shared, true).await.processes;
     let live = all
         .iter()
         .find(|p| p.pid() == pid && p.state() != ProcState::Gone);
