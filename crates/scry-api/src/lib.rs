@@ -18,6 +18,7 @@ pub mod events;
 pub mod lines;
 pub mod probes;
 pub mod processes;
+pub mod repl;
 pub mod traces;
 
 pub use attach::{
@@ -41,6 +42,10 @@ pub use probes::{
 };
 pub use processes::{
     DiscoveredClient, ProcState, ProcessEntry, ProcessList, ProcessView, Slept, WakeTarget, Woken,
+};
+pub use repl::{
+    BreakIn, BrokenIn, CompleteRequest, Completions, NewReplSession, ReplInput, ReplSent,
+    ReplSessionCreated, ReplSessionDeleted, ReplSessionState, ReplView, TerminalEvent,
 };
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::{

@@ -10,7 +10,10 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Json;
-use serde_json::{json, Value};
+use scry_api::{
+    BreakIn, BrokenIn, CompleteRequest, Completions, NewReplSession, ReplInput, ReplSent,
+    ReplSessionCreated, ReplSessionDeleted, ReplSessionState,
+};
 
 use super::{parse_pid, route, ApiError, ApiResult, Route};
 use crate::service::repl;
@@ -56,22 +59,26 @@ pub(super) fn routes() -> Vec<Route> {
     ]
 }
 
-#[derive(serde::Deserialize, Default)]
-struct CreateBody {
-    name: Option<String>,
-}
-
-async fn create(State(shared): State<Arc<Shared>>, body: Option<Json<CreateBody>>) -> Json<Value> {
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    body: Option<Json<NewReplSession>>,
+) -> Json<ReplSessionCreated> {
     let name = body.and_then(|Json(b)| b.name);
     let id = repl::create_session(&shared, name);
-    Json(json!({"id": id}))
+    Json(ReplSessionCreated { id })
 }
 
-async fn state(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn state(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<ReplSessionState> {
     Ok(Json(repl::state(&shared, &id)?))
 }
 
-async fn delete_session(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn delete_session(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<ReplSessionDeleted> {
     Ok(Json(repl::delete_session(&shared, &id)?))
 }
 
@@ -84,7 +91,19 @@ async fn stream(
     let mut stop = shared.shutdown_signal();
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
         let ev = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Bytes::from(format!("{ev}\n"))), rx))
+        // The events are plain data and always serialize; were one not to, the terminal is
+        // better off without it than with the stream ended.
+        let line = match serde_json::to_string(&ev) {
+            Ok(mut line) => {
+                line.push('\n');
+                line
+            }
+            Err(e) => {
+                tracing::warn!(target: "repl", "terminal event not sent: {e}");
+                String::new()
+            }
+        };
+        Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
     });
     let lines = futures_util::StreamExt::take_until(lines, async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -95,43 +114,36 @@ async fn stream(
         .map_err(|e| ApiError(scry_api::Error::internal(e.to_string())))
 }
 
-#[derive(serde::Deserialize)]
-struct InputBody {
-    line: String,
-}
-
 async fn input(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-    body: Result<Json<InputBody>, JsonRejection>,
-) -> ApiResult {
+    body: Result<Json<ReplInput>, JsonRejection>,
+) -> ApiResult<ReplSent> {
     let Json(body) = body?;
     Ok(Json(repl::input(&shared, &id, body.line)?))
 }
 
-async fn interrupt(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn interrupt(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<ReplSent> {
     Ok(Json(repl::interrupt(&shared, &id)?))
 }
 
 async fn complete(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> ApiResult {
-    let Json(params) = body?;
-    Ok(Json(repl::complete(&shared, &id, params).await?))
-}
-
-#[derive(serde::Deserialize, Default)]
-struct BreakBody {
-    thread: Option<String>,
+    body: Result<Json<CompleteRequest>, JsonRejection>,
+) -> ApiResult<Completions> {
+    let Json(req) = body?;
+    Ok(Json(repl::complete(&shared, &id, req).await?))
 }
 
 async fn break_in(
     State(shared): State<Arc<Shared>>,
     Path(pid): Path<String>,
-    body: Option<Json<BreakBody>>,
-) -> ApiResult {
+    body: Option<Json<BreakIn>>,
+) -> ApiResult<BrokenIn> {
     let pid = parse_pid(&pid)?;
     let thread = body.and_then(|Json(b)| b.thread);
     Ok(Json(repl::break_in(&shared, pid, thread).await?))

@@ -13,6 +13,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use scry_api::{
+    BrokenIn, CompleteRequest, Completions, ReplSent, ReplSessionDeleted, ReplSessionState,
+    TerminalEvent,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -118,20 +122,29 @@ fn on_notice(shared: &Arc<Shared>, n: super::calls::AgentNotice) {
                 }
                 s.waiting.push_back(repl);
                 grant_next(s, &mut grants);
-                s.send(json!({"type": "queue", "waiting": s.waiting.iter().map(Repl::view).collect::<Vec<_>>()}));
+                s.send(TerminalEvent::Queue {
+                    waiting: s.waiting(),
+                });
             }
             "repl.output" if is_holder => {
-                s.send(json!({"type": "output", "repl": repl_id, "text": text(&n.data, "text")}));
+                s.send(TerminalEvent::Output {
+                    repl: repl_id,
+                    text: text(&n.data, "text"),
+                });
             }
             "repl.prompt" if is_holder => {
-                s.send(
-                    json!({"type": "prompt", "repl": repl_id, "prompt": text(&n.data, "prompt")}),
-                );
+                s.send(TerminalEvent::Prompt {
+                    repl: repl_id,
+                    prompt: text(&n.data, "prompt"),
+                });
             }
             "repl.release" => {
                 if is_holder {
                     s.holder = None;
-                    s.send(json!({"type": "closed", "repl": repl_id, "reason": "released"}));
+                    s.send(TerminalEvent::Closed {
+                        repl: repl_id,
+                        reason: "released".to_owned(),
+                    });
                     grant_next(s, &mut grants);
                 } else {
                     s.waiting.retain(|w| w.id != repl_id);
@@ -153,11 +166,11 @@ fn grant_next(s: &mut Session, grants: &mut Vec<(i64, String)>) {
     let Some(next) = s.waiting.pop_front() else {
         return;
     };
-    let mut open = next.view();
-    open["type"] = json!("open");
-    open["exception"] = json!(next.exception);
-    open["waiting"] = json!(s.waiting.iter().map(Repl::view).collect::<Vec<_>>());
-    s.send(open);
+    s.send(TerminalEvent::Open {
+        view: next.view(),
+        exception: next.exception.clone(),
+        waiting: s.waiting(),
+    });
     grants.push((next.process_id, next.id.clone()));
     s.holder = Some(next);
 }
@@ -193,14 +206,18 @@ fn drop_dead(shared: &Arc<Shared>) {
                 if !connected(h.process_id) {
                     tracing::info!(target: "repl", pid = h.pid, "REPL holder is gone; terminal released");
                     s.holder = None;
-                    s.send(json!({"type": "closed", "repl": h.id,
-                        "reason": format!("process {} ({}) is gone", h.pid, h.name)}));
+                    s.send(TerminalEvent::Closed {
+                        repl: h.id.clone(),
+                        reason: format!("process {} ({}) is gone", h.pid, h.name),
+                    });
                     changed = true;
                     grant_next(s, &mut grants);
                 }
             }
             if changed {
-                s.send(json!({"type": "queue", "waiting": s.waiting.iter().map(Repl::view).collect::<Vec<_>>()}));
+                s.send(TerminalEvent::Queue {
+                    waiting: s.waiting(),
+                });
             }
         }
     }
@@ -228,14 +245,14 @@ fn holder(shared: &Shared, id: &str) -> Result<(i64, u32, String)> {
 }
 
 /// A session's state: its holder and the REPLs waiting.
-pub fn state(shared: &Shared, id: &str) -> Result<Value> {
+pub fn state(shared: &Shared, id: &str) -> Result<ReplSessionState> {
     let sessions = shared.repl.sessions();
     let s = sessions.get(id).ok_or_else(|| not_found(id))?;
     Ok(s.state(id))
 }
 
 /// Ends a session: every REPL holding or waiting for it is cancelled.
-pub fn delete_session(shared: &Shared, id: &str) -> Result<Value> {
+pub fn delete_session(shared: &Shared, id: &str) -> Result<ReplSessionDeleted> {
     let s = shared
         .repl
         .sessions()
@@ -244,12 +261,14 @@ pub fn delete_session(shared: &Shared, id: &str) -> Result<Value> {
     for r in s.holder.iter().chain(s.waiting.iter()) {
         super::calls::notify(shared, r.process_id, "repl.cancel", json!({"repl": r.id}));
     }
-    Ok(json!({"deleted": id}))
+    Ok(ReplSessionDeleted {
+        deleted: id.to_owned(),
+    })
 }
 
 /// The session's terminal events (`open`, `output`, `prompt`, `closed`, `queue`), for the one
 /// terminal that follows it.
-pub fn terminal(shared: &Shared, id: &str) -> Result<mpsc::UnboundedReceiver<Value>> {
+pub fn terminal(shared: &Shared, id: &str) -> Result<mpsc::UnboundedReceiver<TerminalEvent>> {
     let mut sessions = shared.repl.sessions();
     let s = sessions.get_mut(id).ok_or_else(|| not_found(id))?;
     s.terminal_rx.take().ok_or_else(|| {
@@ -261,7 +280,7 @@ pub fn terminal(shared: &Shared, id: &str) -> Result<mpsc::UnboundedReceiver<Val
 }
 
 /// A line typed in the terminal, for the REPL that holds it.
-pub fn input(shared: &Shared, id: &str, line: String) -> Result<Value> {
+pub fn input(shared: &Shared, id: &str, line: String) -> Result<ReplSent> {
     let (process_id, _, repl) = holder(shared, id)?;
     let sent = super::calls::notify(
         shared,
@@ -269,37 +288,47 @@ pub fn input(shared: &Shared, id: &str, line: String) -> Result<Value> {
         "repl.input",
         json!({"repl": repl, "line": line}),
     );
-    Ok(json!({"sent": sent}))
+    Ok(ReplSent { sent })
 }
 
 /// Ctrl-C in the terminal: interrupts the REPL that holds it.
-pub fn interrupt(shared: &Shared, id: &str) -> Result<Value> {
+pub fn interrupt(shared: &Shared, id: &str) -> Result<ReplSent> {
     let (process_id, _, repl) = holder(shared, id)?;
     let sent = super::calls::notify(shared, process_id, "repl.interrupt", json!({"repl": repl}));
-    Ok(json!({"sent": sent}))
+    Ok(ReplSent { sent })
 }
 
 /// Tab in the terminal: completions from the REPL that holds it.
-pub async fn complete(shared: &Shared, id: &str, mut params: Value) -> Result<Value> {
+pub async fn complete(shared: &Shared, id: &str, req: CompleteRequest) -> Result<Completions> {
     let (process_id, pid, repl) = holder(shared, id)?;
-    if !params.is_object() {
-        params = json!({});
+    // The agent's call takes the request's fields as given (absent ones stay absent: the agent
+    // has its own defaults) plus the REPL they are for.
+    let mut params = serde_json::Map::new();
+    params.insert("repl".into(), json!(repl));
+    if let Ok(Value::Object(fields)) = serde_json::to_value(&req) {
+        params.extend(fields);
     }
-    params["repl"] = json!(repl);
-    super::calls::call(
+    let answer = super::calls::call(
         shared,
         process_id,
         "repl.complete",
-        params,
+        Value::Object(params),
         Duration::from_secs(5),
     )
     .await
-    .map_err(|e| super::calls::call_error(e, pid))
+    .map_err(|e| super::calls::call_error(e, pid))?;
+    serde_json::from_value(answer).map_err(|e| {
+        Error::new(
+            ErrorKind::Agent,
+            format!("the agent of pid {pid} answered repl.complete in a shape this daemon does not read: {e}"),
+        )
+        .hint("the agent may be another version of scry: `scry ps` shows its version")
+    })
 }
 
 /// A new session whose REPL is the process `pid` stopped at its next Python line (main thread
 /// unless `thread`).
-pub async fn break_in(shared: &Arc<Shared>, pid: u32, thread: Option<String>) -> Result<Value> {
+pub async fn break_in(shared: &Arc<Shared>, pid: u32, thread: Option<String>) -> Result<BrokenIn> {
     let process_id = super::calls::live_process_id(shared, pid)?;
     let id = create_session(shared, Some(format!("repl {pid}")));
     let result = super::calls::call(
@@ -311,7 +340,12 @@ pub async fn break_in(shared: &Arc<Shared>, pid: u32, thread: Option<String>) ->
     )
     .await;
     match result {
-        Ok(r) => Ok(json!({"id": id, "pid": pid, "thread": r.get("thread")})),
+        Ok(r) => Ok(BrokenIn {
+            id,
+            pid,
+            // The agent names the thread it armed; an answer without one still broke in.
+            thread: r.get("thread").and_then(Value::as_str).map(str::to_owned),
+        }),
         Err(e) => {
             shared.repl.sessions().remove(&id);
             Err(super::calls::call_error(e, pid))

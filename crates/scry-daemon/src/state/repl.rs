@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use serde_json::{json, Value};
+use scry_api::{ReplSessionState, ReplView, TerminalEvent};
 use tokio::sync::mpsc;
 
 /// One REPL that holds or waits for a terminal.
@@ -21,9 +21,15 @@ pub(crate) struct Repl {
 }
 
 impl Repl {
-    pub(crate) fn view(&self) -> Value {
-        json!({"repl": self.id, "pid": self.pid, "name": self.name, "thread": self.thread,
-               "kind": self.kind, "where": self.place})
+    pub(crate) fn view(&self) -> ReplView {
+        ReplView {
+            repl: self.id.clone(),
+            pid: self.pid,
+            name: self.name.clone(),
+            thread: self.thread.clone(),
+            kind: self.kind.clone(),
+            place: self.place.clone(),
+        }
     }
 }
 
@@ -32,21 +38,28 @@ pub(crate) struct Session {
     pub(crate) name: Option<String>,
     pub(crate) holder: Option<Repl>,
     pub(crate) waiting: VecDeque<Repl>,
-    pub(crate) terminal: mpsc::UnboundedSender<Value>,
-    pub(crate) terminal_rx: Option<mpsc::UnboundedReceiver<Value>>,
+    pub(crate) terminal: mpsc::UnboundedSender<TerminalEvent>,
+    pub(crate) terminal_rx: Option<mpsc::UnboundedReceiver<TerminalEvent>>,
 }
 
 impl Session {
-    pub(crate) fn state(&self, id: &str) -> Value {
-        json!({
-            "id": id,
-            "name": self.name,
-            "holder": self.holder.as_ref().map(Repl::view),
-            "waiting": self.waiting.iter().map(Repl::view).collect::<Vec<_>>(),
-        })
+    pub(crate) fn state(&self, id: &str) -> ReplSessionState {
+        ReplSessionState {
+            id: id.to_owned(),
+            name: self.name.clone(),
+            holder: self.holder.as_ref().map(Repl::view),
+            waiting: self.waiting(),
+        }
     }
 
-    pub(crate) fn send(&self, event: Value) {
+    /// The views of the REPLs waiting, next first.
+    pub(crate) fn waiting(&self) -> Vec<ReplView> {
+        self.waiting.iter().map(Repl::view).collect()
+    }
+
+    /// Sends an event to the terminal (lost when no terminal follows any more: the session is
+    /// closed on the next tick).
+    pub(crate) fn send(&self, event: TerminalEvent) {
         let _ = self.terminal.send(event);
     }
 }

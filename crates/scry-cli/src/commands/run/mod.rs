@@ -17,8 +17,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::{getpgrp, isatty, setpgid, tcsetpgrp, Pid};
+use scry_api::{BreakIn, BrokenIn, NewReplSession, ReplSessionCreated, TerminalEvent};
 use scry_daemon::Home;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cli::RunArgs;
 use crate::client::DaemonClient;
@@ -28,7 +29,7 @@ use crate::printer::Printer;
 mod highlight;
 mod terminal;
 
-use terminal::{stdin_fd, KeyReader, Terminal};
+use terminal::{read_event, stdin_fd, KeyReader, Terminal};
 
 /// The `sitecustomize.py` of the bootstrap directory: loads the agent, then the program's own
 /// `sitecustomize` (the next one on `sys.path`), if any.
@@ -66,10 +67,12 @@ pub async fn run(home: &Home, a: &RunArgs, printer: &mut Printer) -> Result<u8, 
     };
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let created = client
-        .post("/api/v1/repl/sessions", &json!({"name": a.name}))
-        .await?;
-    let (session, stream) = follow_session(&client, &created).await?;
+    let new = NewReplSession {
+        name: a.name.clone(),
+    };
+    let created: ReplSessionCreated = client.post_as("/api/v1/repl/sessions", &new).await?;
+    let session = created.id;
+    let stream = follow_session(&client, &session).await?;
 
     remove_stale_bootstraps();
     let boot = tempfile::Builder::new()
@@ -155,7 +158,7 @@ pub async fn run(home: &Home, a: &RunArgs, printer: &mut Printer) -> Result<u8, 
                     pending.extend_from_slice(&bytes);
                     while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = pending.drain(..=i).collect();
-                        if let Ok(ev) = serde_json::from_slice::<Value>(&line) {
+                        if let Some(ev) = read_event(&line) {
                             term.on_event(&ev, &keys.active).await;
                         }
                     }
@@ -188,20 +191,14 @@ pub async fn run(home: &Home, a: &RunArgs, printer: &mut Printer) -> Result<u8, 
     })
 }
 
-/// The REPL session the daemon just created (its answer names it) and its terminal stream.
+/// The terminal stream of the REPL session the daemon just created.
 async fn follow_session(
     client: &DaemonClient,
-    created: &Value,
-) -> Result<(String, reqwest::Response), CliError> {
-    let session = created
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CliError::new("the daemon did not name the REPL session"))?
-        .to_owned();
-    let stream = client
+    session: &str,
+) -> Result<reqwest::Response, CliError> {
+    client
         .stream(&format!("/api/v1/repl/sessions/{session}/stream"))
-        .await?;
-    Ok((session, stream))
+        .await
 }
 
 /// `scry repl PID [--thread T]`: break into a running process and hold its REPL here.
@@ -212,9 +209,11 @@ pub async fn repl(
 ) -> Result<u8, CliError> {
     let mut client = DaemonClient::locate(home)?;
     client.ensure_running(printer).await?;
-    let body = json!({"thread": a.thread});
+    let body = BreakIn {
+        thread: a.thread.clone(),
+    };
     let path = format!("/api/v1/processes/{}/repl", a.pid);
-    let answer = match client.post(&path, &body).await {
+    let answer: BrokenIn = match client.post_as(&path, &body).await {
         Ok(answer) => answer,
         Err(first) => {
             // No agent to break into: a sleeping embedded client is woken, a process that never
@@ -246,18 +245,16 @@ pub async fn repl(
                         .await?;
                 }
             }
-            client.post(&path, &body).await?
+            client.post_as(&path, &body).await?
         }
     };
-    let (session, stream) = follow_session(&client, &answer).await?;
+    let session = answer.id;
+    let stream = follow_session(&client, &session).await?;
     let tty = isatty(0).unwrap_or(false);
     printer.note(format!(
         "scry repl: stopping pid {} at its next Python line ({})",
         a.pid,
-        answer
-            .get("thread")
-            .and_then(Value::as_str)
-            .unwrap_or("main thread")
+        answer.thread.as_deref().unwrap_or("main thread")
     ));
     let mut term = Terminal::new(printer, client, session.clone(), tty, None);
     let mut lines = Box::pin(stream.bytes_stream());
@@ -274,11 +271,11 @@ pub async fn repl(
                     pending.extend_from_slice(&bytes);
                     while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = pending.drain(..=i).collect();
-                        if let Ok(ev) = serde_json::from_slice::<Value>(&line) {
+                        if let Some(ev) = read_event(&line) {
                             term.on_event(&ev, &keys.active).await;
-                            match ev.get("type").and_then(Value::as_str) {
-                                Some("open") => opened = true,
-                                Some("closed") if opened => {
+                            match ev {
+                                TerminalEvent::Open { .. } => opened = true,
+                                TerminalEvent::Closed { .. } if opened => {
                                     let _ = term.client.delete(&format!("/api/v1/repl/sessions/{session}")).await;
                                     return Ok(0);
                                 }

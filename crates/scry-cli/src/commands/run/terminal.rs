@@ -18,7 +18,10 @@ use std::time::Duration;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
 use nix::unistd::{getpgrp, isatty, tcsetpgrp, Pid};
-use serde_json::{json, Value};
+use scry_api::{CompleteRequest, Completions, ReplInput, ReplSent, ReplView, TerminalEvent};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::highlight::highlight_line;
@@ -145,42 +148,39 @@ impl<'p> Terminal<'p> {
         }
     }
 
-    pub(super) async fn on_event(&mut self, ev: &Value, active: &Arc<AtomicBool>) {
+    pub(super) async fn on_event(&mut self, ev: &TerminalEvent, active: &Arc<AtomicBool>) {
         // Names and places come from the target: shown, never sent to the terminal as controls.
-        let s = |k: &str| {
-            crate::printer::escape_controls(ev.get(k).and_then(Value::as_str).unwrap_or(""))
-                .into_owned()
-        };
-        match s("type").as_str() {
-            "open" => {
-                self.holder = Some(s("repl"));
+        let s = |text: &str| crate::printer::escape_controls(text).into_owned();
+        match ev {
+            TerminalEvent::Open { view, waiting, .. } => {
+                self.holder = Some(s(&view.repl));
                 if self.tty {
                     // The REPL owns the terminal: ctrl-c now reaches scry run, not the tree.
                     let _ = tcsetpgrp(stdin_fd(), getpgrp());
                 }
-                let what = match s("kind").as_str() {
+                let what = match view.kind.as_str() {
                     "post_mortem" => "post-mortem",
                     "break" => "break-in",
                     _ => "breakpoint",
                 };
                 let mut header = format!(
                     "── scry REPL: {} pid {}, thread {} ({what} at {}) ──",
-                    s("name"),
-                    ev.get("pid").and_then(Value::as_u64).unwrap_or(0),
-                    s("thread"),
-                    s("where")
+                    s(&view.name),
+                    view.pid,
+                    s(&view.thread),
+                    s(&view.place)
                 );
                 if self.color {
                     header = format!("\x1b[1;35m{header}\x1b[0m");
                 }
                 self.out(&format!("\n{header}\n"));
-                let waiting = waiting_text(ev.get("waiting"));
+                let waiting = waiting_text(waiting);
                 if !waiting.is_empty() {
                     self.note(&waiting);
                 }
             }
-            "output" => {
-                let text = s("text");
+            TerminalEvent::Output { text, .. } => {
+                let text = s(text);
                 let text = if self.color {
                     text.split_inclusive('\n').map(highlight_line).collect()
                 } else {
@@ -195,8 +195,8 @@ impl<'p> Terminal<'p> {
                     self.redraw();
                 }
             }
-            "prompt" => {
-                self.prompt = Some(s("prompt"));
+            TerminalEvent::Prompt { prompt, .. } => {
+                self.prompt = Some(s(prompt));
                 self.buf.clear();
                 self.cursor = 0;
                 self.hist_pos = None;
@@ -204,12 +204,12 @@ impl<'p> Terminal<'p> {
                 active.store(true, Ordering::SeqCst);
                 self.redraw();
             }
-            "closed" => {
-                let was_ours = self.holder.as_deref() == Some(s("repl").as_str());
+            TerminalEvent::Closed { repl, reason } => {
+                let was_ours = self.holder.as_deref() == Some(s(repl).as_str());
                 if was_ours {
                     self.leave_prompt(active);
                     self.holder = None;
-                    let reason = s("reason");
+                    let reason = s(reason);
                     if reason != "released" {
                         self.note(&format!("scry: REPL closed: {reason}"));
                     }
@@ -218,13 +218,13 @@ impl<'p> Terminal<'p> {
                     }
                 }
             }
-            "queue" if self.holder.is_some() => {
-                let waiting = waiting_text(ev.get("waiting"));
+            TerminalEvent::Queue { waiting } if self.holder.is_some() => {
+                let waiting = waiting_text(waiting);
                 if !waiting.is_empty() {
                     self.note(&waiting);
                 }
             }
-            _ => {}
+            TerminalEvent::Queue { .. } => {}
         }
     }
 
@@ -266,9 +266,10 @@ impl<'p> Terminal<'p> {
         self.out(&text);
     }
 
-    async fn post(&mut self, what: &str, body: Value) -> Option<Value> {
+    /// POSTs to the session's `what` endpoint; a failure is noted in the terminal, not fatal.
+    async fn post<B: Serialize, T: DeserializeOwned>(&mut self, what: &str, body: &B) -> Option<T> {
         let path = format!("/api/v1/repl/sessions/{}/{what}", self.session);
-        match self.client.post(&path, &body).await {
+        match self.client.post_as(&path, body).await {
             Ok(v) => Some(v),
             Err(e) => {
                 self.note(&format!("scry: {}", e.message));
@@ -280,7 +281,7 @@ impl<'p> Terminal<'p> {
     pub(super) async fn on_sigint(&mut self) {
         if self.holder.is_some() {
             // A REPL is running a command: interrupt it, never the tree.
-            self.post("interrupt", json!({})).await;
+            self.post::<_, ReplSent>("interrupt", &json!({})).await;
         } else if let Some(pgrp) = self.child_pgrp {
             let _ = if self.tty {
                 killpg(pgrp, Signal::SIGINT)
@@ -319,20 +320,23 @@ impl<'p> Terminal<'p> {
                             self.history.pop_front();
                         }
                     }
-                    self.post("input", json!({"line": line})).await;
+                    self.post::<_, ReplSent>("input", &ReplInput { line }).await;
                     return;
                 }
                 3 => {
                     // ctrl-c at the prompt: pdb prints --KeyboardInterrupt-- and prompts again.
                     self.out("^C");
                     self.leave_prompt(active);
-                    self.post("interrupt", json!({})).await;
+                    self.post::<_, ReplSent>("interrupt", &json!({})).await;
                     return;
                 }
                 4 => {
                     if self.buf.is_empty() {
                         self.leave_prompt(active);
-                        self.post("input", json!({"line": "EOF"})).await;
+                        let eof = ReplInput {
+                            line: "EOF".to_owned(),
+                        };
+                        self.post::<_, ReplSent>("input", &eof).await;
                         return;
                     }
                     if self.cursor < self.buf.len() {
@@ -444,26 +448,15 @@ impl<'p> Terminal<'p> {
             .unwrap_or(0);
         let text: String = self.buf[begidx..self.cursor].iter().collect();
         let full: String = self.buf.iter().collect();
-        let Some(answer) = self
-            .post(
-                "complete",
-                json!({"text": text, "line": full, "begidx": char_to_byte(&line, begidx),
-                       "endidx": line.len()}),
-            )
-            .await
-        else {
+        let req = CompleteRequest {
+            text: Some(text.clone()),
+            line: Some(full),
+            begidx: Some(char_to_byte(&line, begidx)),
+            endidx: Some(line.len()),
+        };
+        let Some(Completions { matches }) = self.post("complete", &req).await else {
             return;
         };
-        let matches: Vec<String> = answer
-            .get("matches")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
         if matches.is_empty() {
             return;
         }
@@ -475,6 +468,18 @@ impl<'p> Terminal<'p> {
             let list = matches.join("  ");
             self.out("\r\x1b[K");
             self.out(&format!("{list}\n"));
+        }
+    }
+}
+
+/// One line of the session's terminal stream as its event, or None when this scry cannot read
+/// it (an event of a newer daemon): skipped, with a debug log line, and the session goes on.
+pub(super) fn read_event(line: &[u8]) -> Option<TerminalEvent> {
+    match serde_json::from_slice(line) {
+        Ok(ev) => Some(ev),
+        Err(e) => {
+            tracing::debug!(target: "repl", "skipped a terminal event this scry cannot read: {e}");
+            None
         }
     }
 }
@@ -503,24 +508,13 @@ fn common_prefix(items: &[String]) -> String {
     first.chars().take(n).collect()
 }
 
-fn waiting_text(waiting: Option<&Value>) -> String {
-    let list = waiting
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+fn waiting_text(list: &[ReplView]) -> String {
     if list.is_empty() {
         return String::new();
     }
     let who: Vec<String> = list
         .iter()
-        .map(|w| {
-            format!(
-                "{} pid {} ({})",
-                w.get("name").and_then(Value::as_str).unwrap_or("?"),
-                w.get("pid").and_then(Value::as_u64).unwrap_or(0),
-                w.get("thread").and_then(Value::as_str).unwrap_or("?")
-            )
-        })
+        .map(|w| format!("{} pid {} ({})", w.name, w.pid, w.thread))
         .collect();
     format!(
         "scry: {} REPL{} waiting: {}",
