@@ -512,9 +512,12 @@ fn waiting_text(list: &[ReplView]) -> String {
     if list.is_empty() {
         return String::new();
     }
+    // Names and threads come from the target processes: no control character reaches the
+    // terminal (as for the REPL's header).
+    let s = |text: &str| crate::printer::escape_controls(text).into_owned();
     let who: Vec<String> = list
         .iter()
-        .map(|w| format!("{} pid {} ({})", w.name, w.pid, w.thread))
+        .map(|w| format!("{} pid {} ({})", s(&w.name), w.pid, s(&w.thread)))
         .collect();
     format!(
         "scry: {} REPL{} waiting: {}",
