@@ -665,3 +665,74 @@ def test_scry_repl_attaches_an_unprepared_older_process_through_gdb(daemon, tmp_
     if not shutil.which("gdb"):
         pytest.skip("gdb is not installed here (the host has it; the chroots do not)")
     repl_into_unprepared(daemon, tmp_path, sys.executable, "gdb")
+
+
+TWO_AT_BREAKPOINTS = """
+    import multiprocessing as mp
+
+    def work(i, both):
+        value = i * 10
+        both.wait()  # both workers reach their breakpoint
+        breakpoint()
+        print("worker", i, "continued", flush=True)
+
+    if __name__ == "__main__":
+        mp.set_start_method("fork")
+        both = mp.Barrier(2)
+        workers = [mp.Process(target=work, args=(i, both)) for i in (1, 2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        print("all done", flush=True)
+"""
+
+LISTED = re.compile(r"^  ([* ]) pid (\d+) ", re.M)
+
+
+def listed(child, pid):
+    """`%repls`: (the pid holding the terminal, the pids waiting), read at pid's prompt."""
+    out = command(child, "%repls", pid)
+    assert "REPLs of this terminal" in out, out
+    rows = LISTED.findall(out)
+    holder = [int(p) for mark, p in rows if mark == "*"]
+    return holder, [int(p) for mark, p in rows if mark == " "]
+
+
+def test_switch_between_processes_waiting_at_breakpoints(daemon, tmp_path):
+    script = write(tmp_path, "two.py", TWO_AT_BREAKPOINTS)
+    child = scry_run(tmp_path, script)
+    first = next_repl(child)
+    # The other worker asks for the terminal too: `%repls` shows it waiting (asked again until
+    # its request arrived).
+    waiting = []
+    for _ in range(100):
+        holder, waiting = listed(child, first.pid)
+        assert holder == [first.pid]
+        if waiting:
+            break
+    assert len(waiting) == 1, "the second worker never waited"
+    other = waiting[0]
+    first_value = command(child, "p value", first.pid).strip()
+
+    # Switch: the other worker's REPL opens; the first waits, paused at its prompt.
+    child.sendline("%switch {}".format(other))
+    switched = next_repl(child)
+    assert switched.pid == other
+    other_value = command(child, "p value", other).strip()
+    assert {first_value, other_value} == {"10", "20"}
+    assert listed(child, other) == ([other], [first.pid])
+    assert alive(first.pid), "the paused worker stays paused, not ended"
+
+    # An unknown pid is refused at the prompt, which stays.
+    out = command(child, "%switch 1", other)
+    assert "no REPL of process 1 waits" in out, out
+
+    # The other continues; the first gets the terminal back at the prompt it was left at.
+    child.sendline("c")
+    back = next_repl(child)
+    assert back.pid == first.pid
+    assert command(child, "p value", first.pid).strip() == first_value
+    child.sendline("c")
+    child.expect("all done")
+    finish(child, 0)

@@ -45,7 +45,7 @@ pub use processes::{
 };
 pub use repl::{
     BreakIn, BrokenIn, CompleteRequest, Completions, NewReplSession, ReplInput, ReplSent,
-    ReplSessionCreated, ReplSessionDeleted, ReplSessionState, ReplView, TerminalEvent,
+    ReplSessionCreated, ReplSessionDeleted, ReplSessionState, ReplSwitch, ReplView, TerminalEvent,
 };
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::{

@@ -118,6 +118,21 @@ pub struct BreakIn {
     pub thread: Option<String>,
 }
 
+/// `POST /api/v1/repl/sessions/{id}/switch`: give the terminal to a REPL that waits for it
+/// (by pid, or by its id when a process has several); the REPL that held it waits first in
+/// line, paused at its prompt, and gets the terminal back, prompt and all, when it is its turn.
+/// Answers the session's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplSwitch {
+    /// The process whose (first) waiting REPL gets the terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The REPL ([`ReplView::repl`]) that gets the terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repl: Option<String>,
+}
+
 /// What a break-in answers: the session made for it (follow its stream for the REPL).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokenIn {

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use scry_api::{
     BreakIn, BrokenIn, CompleteRequest, Completions, NewReplSession, ReplInput, ReplSent,
-    ReplSessionCreated, ReplSessionDeleted, ReplSessionState,
+    ReplSessionCreated, ReplSessionDeleted, ReplSessionState, ReplSwitch,
 };
 
 use super::{parse_pid, route, ApiError, ApiResult, Route};
@@ -45,6 +45,11 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/v1/repl/sessions/{id}/interrupt",
             &[("POST", "repl::interrupt")],
             post(interrupt),
+        ),
+        route(
+            "/api/v1/repl/sessions/{id}/switch",
+            &[("POST", "repl::switch")],
+            post(switch),
         ),
         route(
             "/api/v1/repl/sessions/{id}/complete",
@@ -147,4 +152,13 @@ async fn break_in(
     let pid = parse_pid(&pid)?;
     let thread = body.and_then(|Json(b)| b.thread);
     Ok(Json(repl::break_in(&shared, pid, thread).await?))
+}
+
+async fn switch(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Result<Json<ReplSwitch>, JsonRejection>,
+) -> ApiResult<ReplSessionState> {
+    let Json(to) = body?;
+    Ok(Json(repl::switch(&shared, &id, &to)?))
 }

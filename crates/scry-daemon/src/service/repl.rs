@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use scry_api::{
     BrokenIn, CompleteRequest, Completions, ReplSent, ReplSessionDeleted, ReplSessionState,
-    TerminalEvent,
+    ReplSwitch, TerminalEvent,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -113,6 +113,9 @@ fn on_notice(shared: &Arc<Shared>, n: super::calls::AgentNotice) {
                         .get("exception")
                         .and_then(Value::as_str)
                         .map(str::to_owned),
+                    granted: false,
+                    prompt: None,
+                    at_prompt: false,
                 };
                 tracing::debug!(target: "repl", pid = repl.pid, repl = %repl.id, "REPL requested");
                 if s.holder.as_ref().is_some_and(|h| h.id == repl.id)
@@ -133,9 +136,14 @@ fn on_notice(shared: &Arc<Shared>, n: super::calls::AgentNotice) {
                 });
             }
             "repl.prompt" if is_holder => {
+                let prompt = text(&n.data, "prompt");
+                if let Some(h) = s.holder.as_mut() {
+                    h.prompt = Some(prompt.clone());
+                    h.at_prompt = true;
+                }
                 s.send(TerminalEvent::Prompt {
                     repl: repl_id,
-                    prompt: text(&n.data, "prompt"),
+                    prompt,
                 });
             }
             "repl.release" => {
@@ -163,16 +171,90 @@ fn grant_next(s: &mut Session, grants: &mut Vec<(i64, String)>) {
     if s.holder.is_some() {
         return;
     }
-    let Some(next) = s.waiting.pop_front() else {
-        return;
-    };
+    if let Some(next) = s.waiting.pop_front() {
+        hand_over(s, next, grants);
+    }
+}
+
+/// Makes `next` the holder: the terminal is told; an agent that never had the terminal is
+/// granted it (and prompts), one that had it (switched away from) gets its last prompt shown
+/// again, since it still waits at it.
+fn hand_over(s: &mut Session, mut next: Repl, grants: &mut Vec<(i64, String)>) {
     s.send(TerminalEvent::Open {
         view: next.view(),
         exception: next.exception.clone(),
         waiting: s.waiting(),
     });
-    grants.push((next.process_id, next.id.clone()));
+    if next.granted {
+        if let Some(prompt) = &next.prompt {
+            s.send(TerminalEvent::Prompt {
+                repl: next.id.clone(),
+                prompt: prompt.clone(),
+            });
+        }
+    } else {
+        next.granted = true;
+        grants.push((next.process_id, next.id.clone()));
+    }
     s.holder = Some(next);
+}
+
+/// Gives the terminal to a waiting REPL (by pid or id) from the holder, which waits first in
+/// line at its prompt (`%switch PID` in `scry run`).
+pub fn switch(shared: &Shared, id: &str, to: &ReplSwitch) -> Result<ReplSessionState> {
+    let wanted = |r: &Repl| match (&to.repl, to.pid) {
+        (Some(repl), _) => &r.id == repl,
+        (None, Some(pid)) => r.pid == pid,
+        (None, None) => false,
+    };
+    if to.repl.is_none() && to.pid.is_none() {
+        return Err(Error::bad_request("say which REPL: `pid` or `repl`"));
+    }
+    let mut grants = Vec::new();
+    let state = {
+        let mut sessions = shared.repl.sessions();
+        let s = sessions.get_mut(id).ok_or_else(|| not_found(id))?;
+        let Some(holder) = s.holder.as_ref() else {
+            return Err(Error::new(
+                ErrorKind::NoRepl,
+                "no REPL holds this terminal now",
+            ));
+        };
+        if wanted(holder) {
+            return Ok(s.state(id));
+        }
+        // A REPL running a command has no prompt to come back to: switch only at a prompt.
+        if !holder.at_prompt {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "the REPL that holds the terminal has not prompted yet",
+            ));
+        }
+        let Some(at) = s.waiting.iter().position(wanted) else {
+            let which = match (&to.repl, to.pid) {
+                (Some(r), _) => format!("REPL {r}"),
+                (_, Some(p)) => format!("process {p}"),
+                _ => String::new(),
+            };
+            return Err(
+                Error::not_found(format!("no REPL of {which} waits in this terminal"))
+                    .hint("`%repls` lists the REPLs waiting"),
+            );
+        };
+        let next = s
+            .waiting
+            .remove(at)
+            .ok_or_else(|| Error::internal("the queue changed"))?;
+        if let Some(previous) = s.holder.take() {
+            s.waiting.push_front(previous);
+        }
+        hand_over(s, next, &mut grants);
+        s.state(id)
+    };
+    for (process_id, repl) in grants {
+        super::calls::notify(shared, process_id, "repl.grant", json!({"repl": repl}));
+    }
+    Ok(state)
 }
 
 /// Drops holders and waiters whose agent is no longer connected (their process died).
@@ -282,6 +364,15 @@ pub fn terminal(shared: &Shared, id: &str) -> Result<mpsc::UnboundedReceiver<Ter
 /// A line typed in the terminal, for the REPL that holds it.
 pub fn input(shared: &Shared, id: &str, line: String) -> Result<ReplSent> {
     let (process_id, _, repl) = holder(shared, id)?;
+    // It runs the line now: no prompt to come back to until it prompts again.
+    if let Some(h) = shared
+        .repl
+        .sessions()
+        .get_mut(id)
+        .and_then(|s| s.holder.as_mut())
+    {
+        h.at_prompt = false;
+    }
     let sent = super::calls::notify(
         shared,
         process_id,

@@ -18,6 +18,13 @@ pub(crate) struct Repl {
     pub(crate) kind: String,
     pub(crate) place: String,
     pub(crate) exception: Option<String>,
+    /// Its agent was granted the terminal once (a REPL switched away from keeps its grant and
+    /// waits at its prompt).
+    pub(crate) granted: bool,
+    /// The last prompt it showed, shown again when it gets the terminal back.
+    pub(crate) prompt: Option<String>,
+    /// It waits at that prompt (it has not been given a line since).
+    pub(crate) at_prompt: bool,
 }
 
 impl Repl {

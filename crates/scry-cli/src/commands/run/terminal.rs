@@ -18,7 +18,10 @@ use std::time::Duration;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
 use nix::unistd::{getpgrp, isatty, tcsetpgrp, Pid};
-use scry_api::{CompleteRequest, Completions, ReplInput, ReplSent, ReplView, TerminalEvent};
+use scry_api::{
+    CompleteRequest, Completions, ReplInput, ReplSent, ReplSessionState, ReplSwitch, ReplView,
+    TerminalEvent,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
@@ -311,15 +314,17 @@ impl<'p> Terminal<'p> {
             match b {
                 b'\r' | b'\n' => {
                     let line: String = self.buf.iter().collect();
+                    if line.trim_start().starts_with('%') {
+                        // scry's own commands (`%repls`, `%switch PID`): never sent to pdb
+                        // (`%` starts no Python statement and no pdb command).
+                        self.remember(&line);
+                        self.scry_command(line.trim(), active).await;
+                        return;
+                    }
                     self.cursor = self.buf.len();
                     self.redraw();
                     self.leave_prompt(active);
-                    if !line.trim().is_empty() && self.history.back() != Some(&line) {
-                        self.history.push_back(line.clone());
-                        if self.history.len() > 1000 {
-                            self.history.pop_front();
-                        }
-                    }
+                    self.remember(&line);
                     self.post::<_, ReplSent>("input", &ReplInput { line }).await;
                     return;
                 }
@@ -378,6 +383,70 @@ impl<'p> Terminal<'p> {
             }
         }
         self.redraw();
+    }
+
+    fn remember(&mut self, line: &str) {
+        if !line.trim().is_empty() && self.history.back().map(String::as_str) != Some(line) {
+            self.history.push_back(line.to_owned());
+            if self.history.len() > 1000 {
+                self.history.pop_front();
+            }
+        }
+    }
+
+    /// A line of scry's own at a REPL prompt: `%repls` lists the REPLs of this terminal,
+    /// `%switch PID` gives the terminal to another (this one waits, at its prompt, first in
+    /// line).
+    async fn scry_command(&mut self, line: &str, active: &Arc<AtomicBool>) {
+        // The typed line stays on screen, as a pdb command would.
+        self.cursor = self.buf.len();
+        self.redraw();
+        self.out("\r\n");
+        self.buf.clear();
+        self.cursor = 0;
+        self.hist_pos = None;
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("%repls" | "%list"), None, _) => {
+                let path = format!("/api/v1/repl/sessions/{}", self.session);
+                match self.client.get_as::<ReplSessionState>(&path).await {
+                    Ok(state) => {
+                        let text = repls_text(&state);
+                        self.out(&text);
+                    }
+                    Err(e) => self.out(&format!("scry: {}\n", e.message)),
+                }
+                self.redraw();
+            }
+            (Some("%switch"), Some(to), None) => {
+                let to = match to.parse::<u32>() {
+                    Ok(pid) => ReplSwitch {
+                        pid: Some(pid),
+                        repl: None,
+                    },
+                    Err(_) => ReplSwitch {
+                        pid: None,
+                        repl: Some(to.to_owned()),
+                    },
+                };
+                let path = format!("/api/v1/repl/sessions/{}/switch", self.session);
+                match self.client.post_as::<_, ReplSessionState>(&path, &to).await {
+                    // The other REPL's header and prompt come as events.
+                    Ok(_) => self.leave_prompt(active),
+                    Err(e) => {
+                        let hint = e.hint.map(|h| format!(" ({h})")).unwrap_or_default();
+                        self.out(&format!("scry: {}{hint}\n", e.message));
+                        self.redraw();
+                    }
+                }
+            }
+            _ => {
+                self.out(&format!(
+                    "scry: `{line}` is no scry command: `%repls` lists the REPLs of this terminal, `%switch PID` switches to one\n"
+                ));
+                self.redraw();
+            }
+        }
     }
 
     fn insert(&mut self, text: &str) {
@@ -508,6 +577,29 @@ fn common_prefix(items: &[String]) -> String {
     first.chars().take(n).collect()
 }
 
+/// `%repls`: the REPL holding the terminal (marked `*`) and the ones waiting, next first.
+fn repls_text(state: &ReplSessionState) -> String {
+    let s = |text: &str| crate::printer::escape_controls(text).into_owned();
+    let line = |mark: &str, r: &ReplView| {
+        format!(
+            "  {mark} pid {:<7} {} ({}) {} at {}\n",
+            r.pid,
+            s(&r.name),
+            s(&r.thread),
+            r.kind.replace('_', "-"),
+            s(&r.place)
+        )
+    };
+    let mut out = String::from("scry: REPLs of this terminal (* has it; %switch PID switches):\n");
+    if let Some(h) = &state.holder {
+        out.push_str(&line("*", h));
+    }
+    for w in &state.waiting {
+        out.push_str(&line(" ", w));
+    }
+    out
+}
+
 fn waiting_text(list: &[ReplView]) -> String {
     if list.is_empty() {
         return String::new();
@@ -520,7 +612,7 @@ fn waiting_text(list: &[ReplView]) -> String {
         .map(|w| format!("{} pid {} ({})", s(&w.name), w.pid, s(&w.thread)))
         .collect();
     format!(
-        "scry: {} REPL{} waiting: {}",
+        "scry: {} REPL{} waiting: {} (%switch PID switches, %repls lists)",
         list.len(),
         if list.len() == 1 { "" } else { "s" },
         who.join(", ")
