@@ -256,15 +256,13 @@ fn human_ns(ns: i64) -> String {
     }
 }
 
+/// `name=value, …` of a call's arguments or a pulse's values, bounded as a whole to twice a
+/// value (so that the duration and the result after them stay on the line).
 fn typed_args(args: &Value) -> String {
-    args.as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| format!("{k}={}", crate::render::value(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+    crate::render::bounded(
+        &crate::render::named_values(args, ", "),
+        2 * crate::render::VALUE_CHARS,
+    )
 }
 
 /// Per function: calls, resumptions, total/mean/max time, exceptions.
@@ -431,20 +429,21 @@ async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -
                     }
                 }
             }
-            printer.line(text)?;
+            printer.line(crate::render::bounded(&text, crate::render::LINE_CHARS))?;
         }
         for p in m
             .pulses
             .iter()
             .take(a.max_lines.saturating_sub(m.slices.len()))
         {
-            printer.line(format!(
+            let text = format!(
                 "pulse {} (pid {}) at +{}: {}",
                 p.name,
                 p.pid,
                 human_ns(p.ts),
                 typed_args(&p.values)
-            ))?;
+            );
+            printer.line(crate::render::bounded(&text, crate::render::LINE_CHARS))?;
         }
         return Ok(ExitStatus::Success);
     }
