@@ -44,6 +44,6 @@ pub use processes::{
 };
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::{
-    NewTrace, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec, TraceState,
-    TraceStatus, TraceView,
+    NewTrace, StopTraces, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec,
+    TraceState, TraceStatus, TraceView,
 };
