@@ -201,10 +201,19 @@ class _Walker(object):
         label = type_name(t)
         if issubclass(t, bool):
             return {"t": "bool", "v": bool(o), "type": label}
+        enum_name = _enum_name(o, t)
+        if enum_name is not None:
+            # Before the int/str/float subclasses: IntEnum, StrEnum and mixins are enums too.
+            out = {"t": "enum", "type": label, "name": enum_name}
+            try:
+                value = object.__getattribute__(o, "_value_")
+            except Exception:
+                return out
+            # Typed like any value one level down: a primitive in full, a container or an
+            # object beyond the depth as its type and size.
+            out["v"] = self.value(value, level + 1)
+            return out
         if issubclass(t, int):
-            enum_name = _enum_name(o, t)
-            if enum_name is not None:
-                return {"t": "enum", "type": label, "name": enum_name, "v": int.__int__(o)}
             return _int(int.__int__(o), label)
         if issubclass(t, float):
             return _float(float.__float__(o), label)
@@ -229,15 +238,6 @@ class _Walker(object):
             return self.sequence(o, "set", _SET_ITER, level, label)
         if issubclass(t, frozenset):
             return self.sequence(o, "set", _FROZENSET_ITER, level, label, frozen=True)
-        enum_name = _enum_name(o, t)
-        if enum_name is not None:
-            out = {"t": "enum", "type": label, "name": enum_name}
-            try:
-                value = object.__getattribute__(o, "_value_")
-            except Exception:
-                return out
-            out["v"] = self.value(value, level + 1) if level < self.depth else {"t": "obj", "type": type_name(type(value))}
-            return out
         if t.__module__ in _REPR_MODULES and not self.use_repr:
             return {"t": "obj", "type": label, "repr": self.bounded_repr(o)}
         return self.obj(o, t, label, level)

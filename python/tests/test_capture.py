@@ -173,6 +173,27 @@ def test_enums_namedtuples_and_subclasses():
     assert snap(MyInt(3))["v"] == 3
 
 
+def test_every_enum_carries_its_class_name_and_typed_value():
+    class Mode(enum.IntEnum):
+        FULL = 1
+
+    class Color(str, enum.Enum):
+        RED = "red"
+
+    class Shape(enum.Enum):
+        BOX = (1, 2)
+
+    label = Mode.__module__ + "." + Mode.__qualname__
+    assert snap(Mode.FULL) == {"t": "enum", "type": label, "name": "FULL", "v": {"t": "int", "v": 1}}
+    # A str mixin is an enum, not a str subclass.
+    assert snap(Color.RED)["name"] == "RED" and snap(Color.RED)["v"] == {"t": "str", "v": "red"}
+    # Inside a container at the depth limit the value is still typed: a primitive in full, a
+    # container as its size.
+    nested = snap({"m": Mode.FULL, "s": Shape.BOX}, limits=(1, 20, 256))
+    assert nested["v"][0][1]["v"] == {"t": "int", "v": 1}
+    assert nested["v"][1][1]["v"] == {"t": "tuple", "len": 2}
+
+
 def test_stdlib_values_show_their_repr():
     import datetime
     import decimal

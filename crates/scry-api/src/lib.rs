@@ -49,6 +49,6 @@ pub use repl::{
 };
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::{
-    NewTrace, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec, TraceState,
-    TraceStatus, TraceView,
+    NewTrace, StopTraces, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec,
+    TraceState, TraceStatus, TraceView,
 };

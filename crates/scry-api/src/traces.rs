@@ -1,6 +1,7 @@
 //! Call traces: `POST /api/v1/traces` (and the MCP tool `trace_start`) takes a [`NewTrace`];
 //! starting, showing and stopping a trace answer a [`TraceView`], `GET /api/v1/traces` a
-//! [`TraceList`], `GET /api/v1/traces/{id}/events` a page of [`TraceEvents`]
+//! [`TraceList`] (as does `POST /api/v1/traces/stop`, given a [`StopTraces`]), `GET
+//! /api/v1/traces/{id}/events` a page of [`TraceEvents`]
 //! (docs/protocol.md "Trace events").
 
 use serde::{Deserialize, Serialize};
@@ -193,10 +194,27 @@ pub struct TraceView {
     /// Every process the target named, started or not.
     #[serde(default)]
     pub processes: Vec<TraceProcess>,
+    /// What the start has to say about it: e.g. a process where it selected no function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// What to do about the notes (e.g. the `module:function` a dotted include meant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     /// The trace id (`tr-…`), also the `source` of its events. It comes last in the JSON, as it
     /// always has.
     #[serde(default)]
     pub id: String,
+}
+
+/// `POST /api/v1/traces/stop`: stop the running traces of a process, named as `scry trace start`
+/// names it; the answer is a [`TraceList`] of the traces it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopTraces {
+    /// A pid or a process name (as in [`NewTrace::target`]), or a trace's own target as it was
+    /// given (`all`, `run:SESSION`): every running trace that runs in that process (or was
+    /// started with that target) stops.
+    pub target: String,
 }
 
 /// `GET /api/v1/traces`: the newest traces first.

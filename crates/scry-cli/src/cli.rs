@@ -239,8 +239,10 @@ Examples:\n  scry trace start 4242 --include myapp\n  scry trace start checkout 
 scry trace start 4242 --include myapp --exclude myapp.vendor --max-rate 5000/s --duration 30s"
     )]
     Start(TraceStartArgs),
-    /// Stop a trace (every running trace when none is named).
-    #[command(after_help = "Examples:\n  scry trace stop\n  scry trace stop tr-3f2a9c0d1e")]
+    /// Stop a trace, or the traces running in a process (every running trace when none is named).
+    #[command(
+        after_help = "Examples:\n  scry trace stop\n  scry trace stop tr-3f2a9c0d1e\n  scry trace stop 4242\n  scry trace stop checkout"
+    )]
     Stop(TraceStopArgs),
     /// List the traces the daemon keeps.
     #[command(after_help = "Examples:\n  scry trace list\n  scry trace list --json")]
@@ -292,7 +294,8 @@ pub struct TraceStartArgs {
 /// `scry trace stop`.
 #[derive(Debug, Args)]
 pub struct TraceStopArgs {
-    /// The trace (default: every running trace).
+    /// The trace (`tr-…`, `last`), or a pid or process name: the traces running there
+    /// (default: every running trace).
     pub trace: Option<String>,
     #[command(flatten)]
     pub output: Output,

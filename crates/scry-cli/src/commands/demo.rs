@@ -182,7 +182,9 @@ async fn watch(
             last_id = last_id.max(e.id);
             if seen.len() < 8 {
                 if !printer.json {
-                    printer.line(format!("   {}", crate::render::event_line(&e)))?;
+                    for line in crate::render::event_lines(&e) {
+                        printer.line(format!("   {line}"))?;
+                    }
                 }
                 seen.push(e);
             }

@@ -137,7 +137,10 @@ fn show(printer: &mut Printer, e: &Event) -> std::io::Result<()> {
     if printer.json {
         printer.line(serde_json::to_string(e).unwrap_or_default())
     } else {
-        printer.line(render::event_line(e))
+        for line in render::event_lines(e) {
+            printer.line(line)?;
+        }
+        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use scry_api::{Event, NewTrace, TraceEvents, TraceList, TraceState, TraceView};
+use scry_api::{Event, NewTrace, StopTraces, TraceEvents, TraceList, TraceState, TraceView};
 use scry_daemon::Home;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -109,15 +109,29 @@ async fn start(client: &DaemonClient, a: &TraceStartArgs, printer: &mut Printer)
             ))?;
         }
     }
+    for n in &doc.notes {
+        printer.line(format!("note: {n}"))?;
+    }
     printer.line(format!(
         "see it: scry trace show {id} --tree   stop it: scry trace stop {id}"
     ))?;
+    if let Some(h) = &doc.hint {
+        printer.note(format!("hint: {h}"));
+    }
     Ok(ExitStatus::Success)
 }
 
 async fn stop(client: &DaemonClient, a: &TraceStopArgs, printer: &mut Printer) -> CmdResult {
-    let ids: Vec<String> = match &a.trace {
-        Some(t) => vec![resolve(client, t).await?],
+    let ids: Vec<String> = match a.trace.as_deref() {
+        Some(t) if is_trace_id(t) => vec![resolve(client, t).await?],
+        // A pid or a process name, as `trace start` takes it: the daemon stops what runs there.
+        Some(target) => {
+            let body = StopTraces {
+                target: target.to_owned(),
+            };
+            let stopped: TraceList = client.post_as("/api/v1/traces/stop", &body).await?;
+            return said_stopped(&stopped.traces, printer);
+        }
         None => client
             .get_as::<TraceList>("/api/v1/traces")
             .await?
@@ -135,23 +149,30 @@ async fn stop(client: &DaemonClient, a: &TraceStopArgs, printer: &mut Printer) -
                 .await?,
         );
     }
+    said_stopped(&docs, printer)
+}
+
+/// What `scry trace stop` prints of the traces it stopped.
+fn said_stopped(docs: &[TraceView], printer: &mut Printer) -> CmdResult {
     if printer.json {
-        printer.json_value(&Stopped { stopped: &docs })?;
+        printer.json_value(&Stopped { stopped: docs })?;
         return Ok(ExitStatus::Success);
     }
     if docs.is_empty() {
         printer.line("no trace is running")?;
     }
-    for d in &docs {
+    for d in docs {
         let (recorded, dropped) = d
             .processes
             .iter()
             .filter_map(|p| p.status.as_ref())
             .fold((0, 0), |(r, x), s| (r + s.recorded, x + s.dropped));
+        let pids: Vec<String> = d.processes.iter().map(|p| p.pid.to_string()).collect();
         printer.line(format!(
-            "trace {} {}: {recorded} events recorded, {dropped} dropped",
+            "trace {} {} (pid {}): {recorded} events recorded, {dropped} dropped",
             d.id,
             d.state.as_str(),
+            pids.join(", "),
         ))?;
     }
     Ok(ExitStatus::Success)
@@ -207,6 +228,11 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
     Ok(ExitStatus::Success)
 }
 
+/// Whether `scry trace stop X` names a trace (`tr-…` or `last`) rather than a process.
+fn is_trace_id(text: &str) -> bool {
+    text == "last" || text.starts_with("tr-")
+}
+
 /// A trace id, `last` meaning the newest.
 async fn resolve(client: &DaemonClient, text: &str) -> Result<String, CliError> {
     if text != "last" {
@@ -256,15 +282,13 @@ fn human_ns(ns: i64) -> String {
     }
 }
 
+/// `name=value, …` of a call's arguments or a pulse's values, bounded as a whole to twice a
+/// value (so that the duration and the result after them stay on the line).
 fn typed_args(args: &Value) -> String {
-    args.as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| format!("{k}={}", crate::render::value(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+    crate::render::bounded(
+        &crate::render::named_values(args, ", "),
+        2 * crate::render::VALUE_CHARS,
+    )
 }
 
 /// Per function: calls, resumptions, total/mean/max time, exceptions.
@@ -431,20 +455,21 @@ async fn show(client: &DaemonClient, a: &TraceShowArgs, printer: &mut Printer) -
                     }
                 }
             }
-            printer.line(text)?;
+            printer.line(crate::render::bounded(&text, crate::render::LINE_CHARS))?;
         }
         for p in m
             .pulses
             .iter()
             .take(a.max_lines.saturating_sub(m.slices.len()))
         {
-            printer.line(format!(
+            let text = format!(
                 "pulse {} (pid {}) at +{}: {}",
                 p.name,
                 p.pid,
                 human_ns(p.ts),
                 typed_args(&p.values)
-            ))?;
+            );
+            printer.line(crate::render::bounded(&text, crate::render::LINE_CHARS))?;
         }
         return Ok(ExitStatus::Success);
     }

@@ -6,12 +6,15 @@
 //! `TrackEvent`, `DebugAnnotation`; field numbers from perfetto's `protos/perfetto/trace/`):
 //! one track per process, one per thread under it, slices as BEGIN/END events in nesting
 //! order, pulses as instants. A coroutine's or generator's resumptions are separate slices
-//! named `name (resumed)`.
+//! named `name (resumed)`. Both carry values (arguments, results, pulse values) as natural JSON
+//! (`render::plain`), not in the typed encoding of the events.
 
 use std::collections::BTreeMap;
 
 use scry_api::Event;
 use serde_json::{json, Value};
+
+use crate::render;
 
 /// One call (or resumption) of a traced function on one thread.
 #[derive(Debug, Clone)]
@@ -275,10 +278,10 @@ pub fn chrome(m: &Model) -> Value {
         let mut args = json!({"module": s.module, "location": format!("{}:{}", s.file, s.line),
                               "outcome": s.outcome});
         if let Some(a) = &s.args {
-            args["args"] = a.clone();
+            args["args"] = render::plain_map(a);
         }
         if let Some(v) = &s.value {
-            args["value"] = v.clone();
+            args["value"] = render::plain(v);
         }
         if let Some(x) = &s.exc {
             args["exception"] = x.clone();
@@ -293,7 +296,7 @@ pub fn chrome(m: &Model) -> Value {
         events.push(json!({
             "name": p.name, "cat": "pulse", "ph": "i", "s": "t", "ts": p.ts as f64 / 1000.0,
             "pid": p.pid, "tid": numbers.get(&(p.pid, p.tid)).copied().unwrap_or(0),
-            "args": {"values": p.values},
+            "args": {"values": render::plain_map(&p.values)},
         }));
     }
     json!({"traceEvents": events, "displayTimeUnit": "ns",
@@ -455,7 +458,7 @@ pub fn perfetto(m: &Model) -> Vec<u8> {
             }
             _ => {
                 if let Some(v) = &s.value {
-                    annotation(&mut e, "value", &v.to_string());
+                    annotation(&mut e, "value", &render::plain(v).to_string());
                 }
             }
         }
@@ -489,7 +492,7 @@ pub fn perfetto(m: &Model) -> Vec<u8> {
         }
         annotation(&mut e, "location", &format!("{}:{}", s.file, s.line));
         if let Some(a) = &s.args {
-            annotation(&mut e, "args", &a.to_string());
+            annotation(&mut e, "args", &render::plain_map(a).to_string());
         }
         timed.push((s.start, e));
         stack.push(s);
@@ -501,7 +504,7 @@ pub fn perfetto(m: &Model) -> Vec<u8> {
     for p in &m.pulses {
         let track = thread_uuid(numbers.get(&(p.pid, p.tid)).copied().unwrap_or(0));
         let mut e = track_event(TYPE_INSTANT, track, Some(&p.name), Some("pulse"));
-        annotation(&mut e, "values", &p.values.to_string());
+        annotation(&mut e, "values", &render::plain_map(&p.values).to_string());
         timed.push((p.ts, e));
     }
     timed.sort_by_key(|(ts, _)| *ts);
@@ -536,7 +539,8 @@ mod tests {
     fn slices_nest_and_tolerate_lost_records() {
         let events = vec![batch(json!([
             {"e": "call", "f": 0, "tid": 1, "ts": 0},
-            {"e": "call", "f": 1, "tid": 1, "ts": 10},
+            {"e": "call", "f": 1, "tid": 1, "ts": 10,
+             "args": {"key": {"t": "bytes", "v": "2f61"}, "n": {"t": "int", "v": 2}}},
             // inner's return was dropped by the budget: outer's return closes it too.
             {"e": "return", "f": 0, "tid": 1, "ts": 50, "value": {"t": "int", "v": 1}},
             {"e": "return", "f": 1, "tid": 1, "ts": 60},
@@ -573,6 +577,8 @@ mod tests {
         assert_eq!(xs.len(), 5);
         assert_eq!(xs[3]["name"], "inner (resumed)");
         assert_eq!(xs[3]["args"]["exception"]["type"], "E");
+        assert_eq!(xs[0]["args"]["value"], json!(1));
+        assert_eq!(xs[1]["args"]["args"], json!({"key": "b'/a'", "n": 2}));
     }
 
     #[test]

@@ -15,7 +15,7 @@ fn demo_runs_the_sample_service_and_wakes_it() {
     assert!(all.contains("Try next"), "{all}");
     // The probe the demo adds shows typed values live.
     assert!(
-        all.contains("order.total=") && all.contains("order.customer=\""),
+        all.contains("order.total=") && all.contains("order.customer='"),
         "{all}"
     );
 

@@ -1,5 +1,6 @@
 //! What users read of the CLI, as snapshots (insta): adding a probe, `probe list`, `probe show`,
-//! `events`, `ps`, and an error with its hint. What varies between runs and machines is masked
+//! `events`, `ps`, an error with its hint, and values that are hard to read (bytes, an enum, a
+//! nested dict, a long string, locals and a stack) in `events` and `trace show --tree`. What varies between runs and machines is masked
 //! (ids, pids, times, ages, counters, versions, the repository's path, column padding), so a
 //! change of wording or layout shows up as a diff to review: `cargo insta review`, or
 //! `INSTA_UPDATE=always` to write them anew (under `CI` a difference fails).
@@ -22,6 +23,9 @@ fn masked(out: &str, pid: u32) -> String {
             "hits [N] (recorded [N], dropped [N], errors [N])",
         ),
         (r"\b3\.\d+\.\d+\b", "[VERSION]"),
+        (r"\btr-[0-9a-f]{10}\b", "tr-[ID]"),
+        (r"\d+ records, \d+ calls", "[N] records, [N] calls"),
+        (r"\b\d+(?:\.\d+)? (?:ns|µs|ms|s)\b", "[DURATION]"),
         (r"\b\d+s\b", "[AGE]"),
         (r" {2,}", "  "),
     ] {
@@ -37,7 +41,7 @@ fn shown(ctx: &Ctx, args: &[&str], pid: u32) -> String {
     let out = ctx.scry(args);
     format!(
         "$ scry {}\nexit: {}\n--- stdout\n{}\n--- stderr\n{}",
-        args.join(" ").replace(&pid.to_string(), "[PID]"),
+        masked(&args.join(" "), pid),
         out.status.code().unwrap_or(-1),
         masked(&String::from_utf8_lossy(&out.stdout), pid),
         masked(&String::from_utf8_lossy(&out.stderr), pid),
@@ -94,4 +98,57 @@ fn what_users_read_of_probes_events_and_ps() {
     let refused = shown(&ctx, &["probe", "add", &missing, "x", "--pid", &pid_s], pid);
     assert!(!refused.contains("exit: 0"), "{refused}");
     insta::assert_snapshot!("error_line_without_code", refused);
+}
+
+/// Bytes, an enum, a dict deeper than the capture depth and a long string, as `scry events` (with
+/// the probe's locals and stack) and `scry trace show --tree` (with arguments and results) print
+/// them: as Python's `repr` would, every value and line bounded.
+#[test]
+fn what_users_read_of_hard_values_in_events_and_traces() {
+    let py = pythons().into_iter().next().expect("a python");
+    let mut ctx = Ctx::new();
+    ctx.start_daemon();
+    let target = ctx.python(&py, "values_service.py", &["snap-values"]);
+    let pid = target.pid();
+    crate::probes::wait_awake(&ctx, pid, &py);
+    let line = crate::probes::marked_line("values_service.py", "handle");
+    let loc = format!("values_service.py:{line}");
+    let pid_s = pid.to_string();
+    let added = ctx.scry(&[
+        "probe", "add", &loc, "path", "mode", "scope", "body", "--name", "vals", "--locals",
+        "--stack", "--pid", &pid_s,
+    ]);
+    assert!(added.status.success(), "{}", crate::support::text(&added));
+    wait_for("an event", Duration::from_secs(20), || {
+        let events = ctx.scry_json(&["events", "--probe", "vals", "--limit", "1"]);
+        (!events["events"].as_array()?.is_empty()).then_some(())
+    });
+    let events = shown(&ctx, &["events", "--probe", "vals", "--limit", "1"], pid);
+    assert!(events.lines().all(|l| l.chars().count() <= 400), "{events}");
+    insta::assert_snapshot!("events_hard_values", events);
+    ctx.scry(&["probe", "rm", "vals"]);
+
+    let started = ctx.scry_json(&[
+        "trace",
+        "start",
+        &pid_s,
+        "--function",
+        "__main__:handle",
+        "--args",
+        "--returns",
+    ]);
+    let id = started["id"].as_str().expect("trace id").to_owned();
+    wait_for("a traced call", Duration::from_secs(20), || {
+        let shown = ctx.scry_json(&["trace", "show", &id]);
+        (shown["functions"][0]["calls"].as_u64()? >= 2).then_some(())
+    });
+    ctx.scry_json(&["trace", "stop", &id]);
+    insta::assert_snapshot!(
+        "trace_show_hard_values",
+        shown(
+            &ctx,
+            &["trace", "show", &id, "--tree", "--max-lines", "1"],
+            pid
+        )
+    );
 }

@@ -387,3 +387,74 @@ fn trace_a_service_show_it_and_export_it() {
         drop(target);
     }
 }
+
+/// `--include pipeline.load` (a function written where a module is expected) selects nothing:
+/// the start says so and names the `--function` meant; `trace stop` takes the pid (or the name)
+/// a trace was started on, says which trace it stopped, and refuses when none runs there.
+#[test]
+fn a_dotted_include_says_it_selected_nothing_and_stop_takes_a_pid() {
+    for py in pythons() {
+        let mut ctx = Ctx::new();
+        ctx.start_daemon();
+        let name = format!("dotted-{}", std::process::id());
+        let target = ctx.python(&py, "values_service.py", &[&name]);
+        let pid = target.pid();
+        let pid_s = pid.to_string();
+        crate::probes::wait_awake(&ctx, pid, &py);
+
+        let out = ctx.scry(&["trace", "start", &pid_s, "--include", "pipeline.load"]);
+        let all = text(&out);
+        assert!(out.status.success(), "{py}: {all}");
+        assert!(
+            all.contains(&format!("pid {pid}: 0 functions selected")),
+            "{py}: {all}"
+        );
+        assert!(
+            all.contains(&format!("note: no function selected in pid {pid}")),
+            "{py}: {all}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("`--function pipeline:load`"),
+            "{py}: {all}"
+        );
+        let listed = ctx.scry_json(&["trace", "list"]);
+        let first = listed["traces"][0].clone();
+        let id = first["id"].as_str().expect("trace id").to_owned();
+        assert_eq!(first["state"], "running", "{py}: {first}");
+        assert_eq!(first["processes"][0]["status"]["functions"], 0, "{first}");
+        assert!(
+            first["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("pipeline:load")),
+            "{py}: {first}"
+        );
+
+        // Stopped by the pid it was started on.
+        let stop = ctx.scry(&["trace", "stop", &pid_s]);
+        let said = text(&stop);
+        assert!(stop.status.success(), "{py}: {said}");
+        assert!(
+            said.contains(&format!("trace {id} stopped (pid {pid})")),
+            "{py}: {said}"
+        );
+        let again = ctx.scry(&["trace", "stop", &pid_s]);
+        let said = text(&again);
+        assert!(!again.status.success(), "{py}: {said}");
+        assert!(
+            said.contains(&format!("no trace is running in `{pid}`")),
+            "{py}: {said}"
+        );
+
+        // The function it meant selects it; stopped by the process's name.
+        let meant = ctx.scry_json(&["trace", "start", &pid_s, "--function", "pipeline:load"]);
+        assert_eq!(
+            meant["processes"][0]["status"]["functions"], 1,
+            "{py}: {meant}"
+        );
+        assert!(meant.get("notes").is_none(), "{py}: {meant}");
+        let stopped = ctx.scry_json(&["trace", "stop", &name]);
+        assert_eq!(stopped["stopped"][0]["id"], meant["id"], "{py}: {stopped}");
+        assert_eq!(stopped["stopped"][0]["state"], "stopped", "{py}: {stopped}");
+        drop(target);
+    }
+}

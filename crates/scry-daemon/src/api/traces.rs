@@ -1,5 +1,5 @@
-//! `/api/v1/traces`: start, stop, list and show call traces, read their events, follow them
-//! live.
+//! `/api/v1/traces`: start, stop (by id, or those of a process), list and show call traces,
+//! read their events, follow them live.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::{get, post};
 use axum::Json;
 use futures_util::Stream;
-use scry_api::{NewTrace, TraceEvents, TraceList, TraceView};
+use scry_api::{NewTrace, StopTraces, TraceEvents, TraceList, TraceView};
 use serde::Deserialize;
 
 use super::{route, ApiError, ApiResult, ListQuery, Route};
@@ -23,6 +23,11 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/v1/traces",
             &[("GET", "traces::list"), ("POST", "traces::start")],
             get(list).post(start),
+        ),
+        route(
+            "/api/v1/traces/stop",
+            &[("POST", "traces::stop_in")],
+            post(stop_in),
         ),
         route("/api/v1/traces/{id}", &[("GET", "traces::get")], get(show)),
         route(
@@ -65,6 +70,14 @@ async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiR
 
 async fn stop(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<TraceView> {
     Ok(Json(traces::stop(&shared, &id).await?))
+}
+
+async fn stop_in(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<StopTraces>, JsonRejection>,
+) -> ApiResult<TraceList> {
+    let Json(body) = body?;
+    Ok(Json(traces::stop_in(&shared, &body.target).await?))
 }
 
 #[derive(Deserialize)]

@@ -46,6 +46,14 @@ fn run_session_of(pid: u32) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Whether a process goes by `name`: the name given to `scry.init`, else its script's file name
+/// (with or without `.py`).
+fn named(v: &scry_api::ProcessView, name: &str) -> bool {
+    v.name.as_deref() == Some(name)
+        || script_name(&v.argv).as_deref() == Some(name)
+        || script_name(&v.argv).as_deref() == Some(&format!("{name}.py"))
+}
+
 /// The connected processes `target` names: (registry id, pid). `run` means every process of
 /// any `scry run`, `run:SESSION` those of one `scry run` session.
 fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>> {
@@ -59,12 +67,7 @@ fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>> {
             (Some(pid), _) => v.pid == pid,
             (None, Some(id)) => run_session_of(v.pid).as_deref() == Some(id),
             (None, None) if target == "run" => run_session_of(v.pid).is_some(),
-            (None, None) => {
-                target == "all"
-                    || v.name.as_deref() == Some(target)
-                    || script_name(&v.argv).as_deref() == Some(target)
-                    || script_name(&v.argv).as_deref() == Some(&format!("{target}.py"))
-            }
+            (None, None) => target == "all" || named(v, target),
         })
         .collect();
     if matching.is_empty() {
@@ -180,6 +183,7 @@ pub async fn start(shared: &Shared, body: NewTrace) -> Result<TraceView> {
             format!("the trace could not start: {first}"),
         ));
     }
+    let (notes, hint) = selection_notes(&spec, &processes);
     let now = crate::now();
     let view = TraceView {
         target: body.target,
@@ -188,11 +192,64 @@ pub async fn start(shared: &Shared, body: NewTrace) -> Result<TraceView> {
         started_at: now,
         stopped_at: None,
         processes,
+        notes,
+        hint,
         id,
     };
     save(shared, &view, now, now).await?;
     shared.publish("trace", json!({"trace": view.id, "state": view.state}));
     Ok(as_of(view, now))
+}
+
+/// What to say of processes where the trace selected no function (it runs there, and a
+/// module imported later may still match), and, when an include looks like a dotted function
+/// name (`pipeline.load`: includes are module names), the `module:function` it likely meant.
+fn selection_notes(spec: &TraceSpec, processes: &[TraceProcess]) -> (Vec<String>, Option<String>) {
+    let empty: Vec<String> = processes
+        .iter()
+        .filter(|p| p.status.as_ref().is_some_and(|s| s.functions == 0))
+        .map(|p| p.pid.to_string())
+        .collect();
+    if empty.is_empty() {
+        return (Vec::new(), None);
+    }
+    let what: Vec<String> = spec
+        .include
+        .iter()
+        .chain(&spec.functions)
+        .map(|p| format!("`{p}`"))
+        .collect();
+    let note = format!(
+        "no function selected in pid {}: no loaded module holds code matching {} (a module \
+         imported while the trace runs still can)",
+        empty.join(", "),
+        if what.is_empty() {
+            "`__main__`".to_owned()
+        } else {
+            what.join(", ")
+        }
+    );
+    let dotted: Vec<String> = spec
+        .include
+        .iter()
+        .filter(|p| !p.contains(['/', ':', '*', '?', '[']) && !p.ends_with(".py"))
+        .filter_map(|p| p.rsplit_once('.'))
+        .map(|(module, function)| {
+            format!("if `{function}` is a function of module `{module}`, trace it with `--function {module}:{function}`")
+        })
+        .collect();
+    let hint = if dotted.is_empty() {
+        "check the module's name as the process imports it: `--include myapp` takes `myapp` \
+         and its submodules, `--include app/jobs.py` a file, `--function module:function` a \
+         function"
+            .to_owned()
+    } else {
+        format!(
+            "an include names modules, not functions: {}",
+            dotted.join("; ")
+        )
+    };
+    (vec![note], Some(hint))
 }
 
 /// Keeps the trace's document in the store (the view itself, as the API shows it).
@@ -299,6 +356,46 @@ pub async fn stop(shared: &Shared, id: &str) -> Result<TraceView> {
     Ok(view)
 }
 
+/// Stops every running trace of the process(es) `target` names (a pid, or a process name as
+/// [`start`] takes it), or started with `target` as its own (`all`, `run:SESSION`); refused
+/// when none runs there.
+pub async fn stop_in(shared: &Shared, target: &str) -> Result<TraceList> {
+    let target = target.trim();
+    let pids: Vec<u32> = match target.parse::<u32>() {
+        Ok(pid) => vec![pid],
+        Err(_) => shared
+            .registry()
+            .views()
+            .iter()
+            .filter(|v| named(v, target))
+            .map(|v| v.pid)
+            .collect(),
+    };
+    let running: Vec<TraceView> = list(shared, Some(1000))
+        .await?
+        .traces
+        .into_iter()
+        .filter(|t| t.state == TraceState::Running)
+        .filter(|t| {
+            t.target == target
+                || t.processes
+                    .iter()
+                    .any(|p| p.status.is_some() && pids.contains(&p.pid))
+        })
+        .collect();
+    if running.is_empty() {
+        return Err(
+            Error::not_found(format!("no trace is running in `{target}`"))
+                .hint("`scry trace list` lists the traces and where they run"),
+        );
+    }
+    let mut traces = Vec::new();
+    for t in running {
+        traces.push(stop(shared, &t.id).await?);
+    }
+    Ok(TraceList { traces })
+}
+
 /// The trace's events, oldest first, a page at a time (`after_id` = the last id seen).
 pub async fn events(
     shared: &Shared,
@@ -381,6 +478,46 @@ mod tests {
                 "not_instrumented": 0, "recorded": 3, "dropped": 0, "ended": null, "note": null,
                 "started_at": 100.0}}]}),
         }
+    }
+
+    fn started(pid: u32, functions: u64) -> TraceProcess {
+        TraceProcess {
+            process_id: 1,
+            pid,
+            status: Some(TraceStatus {
+                functions,
+                ..TraceStatus::default()
+            }),
+            error: None,
+            stop: None,
+        }
+    }
+
+    #[test]
+    fn a_trace_that_selects_nothing_says_so_and_a_dotted_include_gets_its_function() {
+        let spec = TraceSpec {
+            include: vec!["pipeline.load".into(), "app/".into()],
+            ..TraceSpec::default()
+        };
+        let (notes, hint) = selection_notes(&spec, &[started(7, 0), started(8, 3)]);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("no function selected in pid 7:"),
+            "{notes:?}"
+        );
+        assert!(notes[0].contains("`pipeline.load`"), "{notes:?}");
+        let hint = hint.expect("a hint");
+        assert!(hint.contains("`--function pipeline:load`"), "{hint}");
+        assert!(!hint.contains("app/"), "{hint}");
+        // Something selected everywhere: nothing to say.
+        assert_eq!(selection_notes(&spec, &[started(8, 3)]), (Vec::new(), None));
+        // A plain module that selected nothing: no function to suggest, but how to name one.
+        let plain = TraceSpec {
+            include: vec!["pipeline".into()],
+            ..TraceSpec::default()
+        };
+        let (_, hint) = selection_notes(&plain, &[started(7, 0)]);
+        assert!(!hint.expect("a hint").contains("pipeline:"));
     }
 
     #[test]
