@@ -46,33 +46,84 @@
   }
 
   // ---- Typed values (docs/protocol.md "Typed values") ----
+  // Captured values as Python's repr would print them, bounded: the same rules as the CLI's
+  // renderer (crates/scry-cli/src/render.rs), so a value reads the same everywhere.
+  const MAX_VALUE = 200;
+  function pyStr(text) {
+    const q = text.includes("'") && !text.includes('"') ? '"' : "'";
+    let out = q;
+    for (const ch of text) {
+      const c = ch.codePointAt(0);
+      if (ch === '\\') out += '\\\\';
+      else if (ch === q) out += '\\' + q;
+      else if (ch === '\n') out += '\\n';
+      else if (ch === '\r') out += '\\r';
+      else if (ch === '\t') out += '\\t';
+      else if (c < 0x20 || c === 0x7f) out += '\\x' + c.toString(16).padStart(2, '0');
+      else if (c >= 0x80 && c < 0xa0) out += '\\x' + c.toString(16).padStart(2, '0');
+      else out += ch;
+    }
+    return out + q;
+  }
+  function pyBytes(hex) {
+    if (!/^([0-9a-fA-F]{2})*$/.test(hex)) return 'bytes.fromhex(' + pyStr(hex) + ')';
+    const bytes = [];
+    for (let i = 0; i < hex.length; i += 2) bytes.push(parseInt(hex.slice(i, i + 2), 16));
+    const q = bytes.includes(39) && !bytes.includes(34) ? '"' : "'";
+    let out = 'b' + q;
+    for (const b of bytes) {
+      if (b === 92) out += '\\\\';
+      else if (b === q.charCodeAt(0)) out += '\\' + q;
+      else if (b === 10) out += '\\n';
+      else if (b === 13) out += '\\r';
+      else if (b === 9) out += '\\t';
+      else if (b < 0x20 || b >= 0x7f) out += '\\x' + b.toString(16).padStart(2, '0');
+      else out += String.fromCharCode(b);
+    }
+    return out + q;
+  }
+  const shortType = (t) => String(t || '').split('.').pop();
+  const items = (n) => '…' + n + (n === 1 ? ' item' : ' items');
   function fmt(v, depth) {
-    depth = depth || 0;
+    const text = repr(v, depth || 0);
+    return text.length > MAX_VALUE ? text.slice(0, MAX_VALUE - 1) + '…' : text;
+  }
+  function repr(v, depth) {
     if (v === null || v === undefined) return '';
     if (typeof v !== 'object') return String(v);
-    const more = (n, shown) => (n !== undefined && n > shown ? ', …' : '');
+    const cut = (s) => (v.len !== undefined ? s + '…(' + v.len + ')' : s);
+    const more = (shown) => (v.len !== undefined && v.len > shown ? ', …' + (v.len - shown) + ' more' : '');
     switch (v.t) {
       case 'int': case 'float': return String(v.v);
       case 'bool': return v.v ? 'True' : 'False';
       case 'none': return 'None';
-      case 'str': return JSON.stringify(v.v) + (v.len !== undefined ? '…' : '');
-      case 'bytes': return 'b<' + (v.len !== undefined ? v.len : (v.v || '').length / 2) + ' bytes>';
+      case 'str': return cut(pyStr(String(v.v || '')));
+      case 'bytes': {
+        const b = cut(pyBytes(String(v.v || '')));
+        return v.type === 'bytearray' ? 'bytearray(' + b + ')' : b;
+      }
       case 'list': case 'tuple': case 'set': {
-        if (!v.v) return v.t + '(len ' + v.len + ')';
         const [o, c] = v.t === 'list' ? ['[', ']'] : v.t === 'tuple' ? ['(', ')'] : ['{', '}'];
-        return o + v.v.map((x) => fmt(x, depth + 1)).join(', ') + more(v.len, v.v.length) + c;
+        if (!v.v) return v.len ? o + items(v.len) + c : (v.t === 'set' ? 'set()' : o + c);
+        if (v.t === 'set' && !v.v.length && !v.len) return 'set()';
+        const one = v.t === 'tuple' && v.v.length === 1 && !(v.len > 1) ? ',' : '';
+        return o + v.v.map((x) => repr(x, depth + 1)).join(', ') + one + more(v.v.length) + c;
       }
       case 'dict':
-        if (!v.v) return 'dict(len ' + v.len + ')';
-        return '{' + v.v.map((kv) => fmt(kv[0], depth + 1) + ': ' + fmt(kv[1], depth + 1)).join(', ') + more(v.len, v.v.length) + '}';
-      case 'obj': return v.repr || ('<' + v.type + '>');
+        if (!v.v) return v.len ? '{' + items(v.len) + '}' : '{}';
+        return '{' + v.v.map((kv) => repr(kv[0], depth + 1) + ': ' + repr(kv[1], depth + 1)).join(', ') + more(v.v.length) + '}';
+      case 'obj': return v.repr || ('<' + shortType(v.type) + '>');
       case 'error': return '!' + v.type + ': ' + v.message;
       case 'redacted': return '<redacted>';
       case 'ndarray': case 'tensor': return v.t + '[' + (v.shape || []).join('×') + '] ' + (v.dtype || '');
       case 'dataframe': return 'DataFrame[' + (v.shape || []).join('×') + ']';
       case 'series': return 'Series(len ' + v.len + ')';
-      case 'enum': return v.type + '.' + v.name;
-      case 'cycle': return '<cycle>';
+      case 'enum': {
+        const head = '<' + shortType(v.type) + '.' + v.name;
+        if (v.v === undefined || v.v === null) return head + '>';
+        return head + ': ' + (typeof v.v === 'object' ? repr(v.v, depth + 1) : String(v.v)) + '>';
+      }
+      case 'cycle': return '[...]';
       default: return JSON.stringify(v);
     }
   }
