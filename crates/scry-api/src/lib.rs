@@ -40,7 +40,8 @@ pub use probes::{
     NewProbe, ProbeDef, ProbeInProcess, ProbeList, ProbeTotals, ProbeView, Removed, Target, Ttl,
 };
 pub use processes::{
-    DiscoveredClient, ProcState, ProcessEntry, ProcessList, ProcessView, Slept, WakeTarget, Woken,
+    DiscoveredClient, ProcState, ProcessEntry, ProcessFailure, ProcessList, ProcessView, Slept,
+    SleptProcess, WakeTarget, Woken, WokenProcess,
 };
 pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
 pub use traces::{
