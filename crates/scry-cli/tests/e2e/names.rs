@@ -1,6 +1,7 @@
 //! Names shared by several processes, and the processes that come and go under them: a name
 //! means every live process registered under it (the workers of a pre-fork server), `--pid`
-//! narrows it to one, and a probe's status lists the live processes and counts the gone ones.
+//! narrows it to one (wake, sleep, probes, dumps), and a probe's status lists the live
+//! processes and counts the gone ones.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -187,6 +188,19 @@ fn a_name_shared_by_workers_wakes_probes_and_sleeps_them_all_and_pid_narrows() {
         assert_eq!(woke["already_awake"], false, "{woke}");
         assert_eq!(woke["processes"][0]["already_awake"], false, "{woke}");
         assert_eq!(woke["processes"][1]["already_awake"], true, "{woke}");
+
+        // A dump of the name: one per worker; --pid narrows it.
+        let roots = |doc: &Value| -> Vec<u64> {
+            doc["dumps"]
+                .as_array()
+                .map(|d| d.iter().filter_map(|d| d["root_pid"].as_u64()).collect())
+                .unwrap_or_default()
+        };
+        let dumped = ctx.scry_json(&["dump", "shop"]);
+        assert_eq!(dumped["name"], "shop", "{py}");
+        assert_eq!(roots(&dumped), [a as u64, b as u64], "{py}");
+        let dumped = ctx.scry_json(&["dump", "shop", "--pid", &a_s]);
+        assert_eq!(roots(&dumped), [a as u64], "{py}");
 
         // The name puts both to sleep.
         let slept = shown(&ctx, &["sleep", "shop"], &labels);
