@@ -157,9 +157,12 @@
 
   // ---- Processes ----
   let processes = [];
+  // Gone processes are hidden behind a toggle; shown, every gone one is listed (`?gone=true`),
+  // hidden, the count is of the recently gone the default listing has.
+  let showGone = false;
   async function loadProcesses() {
     try {
-      processes = (await api('GET', '/api/v1/processes')).processes || [];
+      processes = (await api('GET', '/api/v1/processes' + (showGone ? '?gone=true' : ''))).processes || [];
       notice('');
     } catch (e) { notice('Cannot list processes: ' + e.message); return; }
     renderProcesses();
@@ -193,7 +196,12 @@
     const body = $('proc-body');
     body.textContent = '';
     $('proc-empty').hidden = processes.length > 0;
-    for (const [p, depth] of processTree(processes)) {
+    const gone = processes.filter((p) => p.state === 'gone').length;
+    const toggle = $('proc-gone');
+    toggle.hidden = !showGone && gone === 0;
+    toggle.textContent = showGone ? 'hide gone' : gone + ' gone (show)';
+    const shown = showGone ? processes : processes.filter((p) => p.state !== 'gone');
+    for (const [p, depth] of processTree(shown)) {
       const tr = el('tr');
       tr.id = 'proc-' + p.pid + (p.state === 'gone' ? '-gone-' + (p.id || '') : '');
       tr.dataset.pid = p.pid;
@@ -215,6 +223,8 @@
       body.append(tr);
     }
   }
+
+  $('proc-gone').addEventListener('click', () => { showGone = !showGone; loadProcesses(); });
 
   function button(label, onclick, id) {
     const b = el('button', '', label);
@@ -306,6 +316,13 @@
         line.append(document.createTextNode(s.pid + ' '), el('span', 'state ' + s.state, s.state),
           document.createTextNode(' ' + (s.line ? ':' + s.line : '') + ' ' + s.hits + ' hits'));
         if (s.reason) line.title = s.reason;
+        per.append(line);
+      }
+      // Exited processes are only counted; their hits stay in the totals.
+      if (p.gone) {
+        const line = el('span', 'pstat muted', 'gone: ' + p.gone);
+        line.id = 'probe-gone-' + p.id;
+        line.title = p.gone + ' exited processes had it; their hits are in the totals';
         per.append(line);
       }
       const t = p.totals || {};

@@ -41,7 +41,8 @@ pub use probes::{
     NewProbe, ProbeDef, ProbeInProcess, ProbeList, ProbeTotals, ProbeView, Removed, Target, Ttl,
 };
 pub use processes::{
-    DiscoveredClient, ProcState, ProcessEntry, ProcessList, ProcessView, Slept, WakeTarget, Woken,
+    DiscoveredClient, ProcState, ProcessEntry, ProcessFailure, ProcessList, ProcessView, Slept,
+    SleptProcess, WakeTarget, Woken, WokenProcess,
 };
 pub use repl::{
     BreakIn, BrokenIn, CompleteRequest, Completions, NewReplSession, ReplInput, ReplSent,

@@ -11,7 +11,8 @@ use scry_proto::{CaptureLimits, ProbeSpec, ProbeStatus, RateMode};
 /// A request to add a probe (`POST /api/v1/probes`, the MCP tool `add_probe`, `scry probe add`).
 ///
 /// Unknown fields are refused. Only `location` and `expressions` are required; which processes
-/// it applies to is `pid`, or `process`, or `all` (the default when neither is given).
+/// it applies to is `pid`, or `process` (every process registered under the name), or both (the
+/// one process of the name with that pid), or `all` (the default when neither is given).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewProbe {
@@ -25,10 +26,10 @@ pub struct NewProbe {
     /// Record a hit only when this expression is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
-    /// Only the process with this pid.
+    /// Only the process with this pid (with `process`: it must be registered under that name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    /// Only the processes registered under this name.
+    /// Only the processes registered under this name, every one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
     /// Every process (the default when neither `pid` nor `process` is given).
@@ -209,10 +210,14 @@ pub struct ProbeView {
     pub def: ProbeDef,
     /// Its TTL passed.
     pub expired: bool,
-    /// Counters over every process.
+    /// Counters over every process that had it, gone ones included.
     pub totals: ProbeTotals,
-    /// Its status in each process that had it.
+    /// Its status in each live process (awake or sleeping) that had it.
     pub processes: Vec<ProbeInProcess>,
+    /// How many processes that had it have exited since: they are not in `processes`, but
+    /// their counters are still in `totals`.
+    #[serde(default)]
+    pub gone: u64,
     /// Adding it: what the daemon noticed about the location (e.g. no process has that file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

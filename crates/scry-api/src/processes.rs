@@ -168,28 +168,77 @@ pub struct ProcessList {
     pub processes: Vec<ProcessEntry>,
 }
 
-/// `POST /api/v1/wake` and `/api/v1/sleep`: which embedded client.
+/// `POST /api/v1/wake` and `/api/v1/sleep`: which embedded clients.
+///
+/// A name means every live process registered under it (the workers of a service share one);
+/// `pid` narrows it to one of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WakeTarget {
     /// A pid (a number or its text) or the name given to `scry.init(name=...)`.
     pub target: serde_json::Value,
+    /// Only the process with this pid among those `target` names (refused when it is not one
+    /// of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
-/// `POST /api/v1/wake`: the client's process, now connected.
+/// `POST /api/v1/wake`: the clients' processes, now connected. A name wakes every process
+/// registered under it, all at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Woken {
-    /// It was awake already (nothing was done).
+    /// Every one was awake already (nothing was done).
     pub already_awake: bool,
-    /// Its process as the daemon now knows it.
+    /// The first of `processes` (by pid), kept for callers that name one process.
+    pub process: ProcessView,
+    /// Each process acted on, by pid: woken, or found awake already.
+    pub processes: Vec<WokenProcess>,
+    /// Processes of the target that could not be woken (the others were).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<ProcessFailure>,
+}
+
+/// One process of a [`Woken`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WokenProcess {
+    /// It was awake already (nothing was done to it).
+    pub already_awake: bool,
+    /// The process as the daemon now knows it.
     pub process: ProcessView,
 }
 
-/// `POST /api/v1/sleep`: the client's agent is gone, its hooks removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/sleep`: the clients' agents are gone, their hooks removed. A name puts every
+/// awake process registered under it to sleep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Slept {
-    /// It was sleeping already (nothing was done).
+    /// Every one was sleeping already (nothing was done).
     pub already_sleeping: bool,
+    /// The first pid of `processes`, kept for callers that name one process.
+    pub pid: u32,
+    /// Each process acted on, by pid.
+    pub processes: Vec<SleptProcess>,
+    /// Processes of the target that could not be put to sleep (the others were).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<ProcessFailure>,
+}
+
+/// One process of a [`Slept`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleptProcess {
     /// Its pid.
     pub pid: u32,
+    /// Its registered name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// It was sleeping already (nothing was done to it).
+    pub already_sleeping: bool,
+}
+
+/// A process that an action on several could not act on, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFailure {
+    /// Its pid.
+    pub pid: u32,
+    /// What went wrong, as the API's error object would say it.
+    pub error: crate::Error,
 }

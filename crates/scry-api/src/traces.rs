@@ -11,9 +11,14 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct NewTrace {
     /// A pid or a process name (matched against the name given to `scry.init`, else the
-    /// script's file name); `all` traces every connected process, `run` the processes of every
-    /// `scry run`, `run:SESSION` those of one `scry run` session.
+    /// script's file name: every connected process of the name); `all` traces every connected
+    /// process, `run` the processes of every `scry run`, `run:SESSION` those of one `scry run`
+    /// session.
     pub target: String,
+    /// Only the process with this pid among those `target` means (refused when it is not one
+    /// of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     /// Only modules matching these patterns (default: the program's own code).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,

@@ -48,10 +48,14 @@ pub enum Command {
     )]
     Ps(PsArgs),
     /// Wake an embedded client: it connects to the daemon and can be observed.
-    #[command(after_help = "Examples:\n  scry wake checkout\n  scry wake 4242")]
+    #[command(
+        after_help = "A name means every process registered under it (all the workers of a service).\n\nExamples:\n  scry wake checkout\n  scry wake checkout --pid 4242\n  scry wake 4242"
+    )]
     Wake(TargetArgs),
     /// Put an awake agent back to sleep: every hook removed, connection closed.
-    #[command(after_help = "Examples:\n  scry sleep checkout\n  scry sleep 4242")]
+    #[command(
+        after_help = "A name means every process registered under it.\n\nExamples:\n  scry sleep checkout\n  scry sleep checkout --pid 4242\n  scry sleep 4242"
+    )]
     Sleep(TargetArgs),
     /// Observation points on lines of running processes: add, list, remove, enable, disable.
     #[command(subcommand)]
@@ -87,7 +91,7 @@ Examples:\n  scry ui\n  scry ui --no-open        only print the URL\n  scry ui -
     #[command(
         after_help = "Works on any process, hung ones too, with no preparation and no daemon: the \
 stacks are read from the process's memory (it is paused only while read). Frames are shown \
-innermost first (the running frame on top).\n\nExamples:\n  scry dump 4242\n  scry dump --tree 4242          every process below 4242 too, parent before child\n  scry dump --tree --json 4242 > dump.json\n  scry dump --locals --out incident.json 4242"
+innermost first (the running frame on top).\n\nExamples:\n  scry dump 4242\n  scry dump --tree 4242          every process below 4242 too, parent before child\n  scry dump --tree --json 4242 > dump.json\n  scry dump --locals --out incident.json 4242\n  scry dump shop                 every process named `shop` (with --json: {\"name\", \"dumps\": [...]})"
     )]
     Dump(DumpArgs),
     /// The stack dumps kept by the daemon (every `scry dump` taken while it runs), or one of them.
@@ -264,8 +268,12 @@ Examples:\n  scry trace export tr-3f2a9c0d1e --format perfetto -o trace.pftrace\
 #[derive(Debug, Args)]
 pub struct TraceStartArgs {
     /// A pid, a process name (`scry.init(name=...)` or the script's name), `all`, `run` (every
-    /// process started by `scry run`) or `run:SESSION` (those of one `scry run` session).
+    /// process started by `scry run`) or `run:SESSION` (those of one `scry run` session). A name
+    /// means every connected process of the name.
     pub target: String,
+    /// Only this pid among the processes TARGET means.
+    #[arg(long)]
+    pub pid: Option<u32>,
     /// Trace these modules, files or functions (repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub include: Vec<String>,
@@ -375,8 +383,12 @@ pub struct DumpsArgs {
 /// `scry dump`.
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// The process.
-    pub pid: u32,
+    /// The process: a pid, or a name given to `scry.init(name=...)` (every live process of the
+    /// name, one dump each).
+    pub target: String,
+    /// Only this pid among the processes the name means.
+    #[arg(long)]
+    pub pid: Option<u32>,
     /// Every process below PID too (non-Python ones with their kernel state).
     #[arg(long)]
     pub tree: bool,
@@ -449,8 +461,12 @@ pub struct UiArgs {
 /// A process named by pid or by name.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
-    /// A pid, or the name given to `scry.init(name=...)` / SCRY_NAME.
+    /// A pid, or the name given to `scry.init(name=...)` / SCRY_NAME (every process registered
+    /// under it).
     pub target: String,
+    /// Only this pid among the processes the name means.
+    #[arg(long)]
+    pub pid: Option<u32>,
     #[command(flatten)]
     pub output: Output,
 }
@@ -508,14 +524,14 @@ pub struct ProbeAddArgs {
     /// Record only hits where this expression is true.
     #[arg(long = "if", value_name = "COND")]
     pub condition: Option<String>,
-    /// Only this process.
-    #[arg(long, group = "target")]
+    /// Only this process (with `--process`: that one of the processes of the name).
+    #[arg(long, conflicts_with = "all")]
     pub pid: Option<u32>,
-    /// Only processes registered under this name.
-    #[arg(long, group = "target")]
+    /// Only processes registered under this name (every one of them).
+    #[arg(long, conflicts_with = "all")]
     pub process: Option<String>,
     /// Every process (the default).
-    #[arg(long, group = "target")]
+    #[arg(long)]
     pub all: bool,
     /// Record every hit (the default).
     #[arg(long, group = "rate_mode")]

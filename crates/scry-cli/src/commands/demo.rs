@@ -54,7 +54,13 @@ pub async fn demo(home: &Home, args: &DemoArgs, printer: &mut Printer) -> CmdRes
         printer.line("")?;
     }
     let woke: Woken = client
-        .post_as("/api/v1/wake", &WakeTarget { target: pid.into() })
+        .post_as(
+            "/api/v1/wake",
+            &WakeTarget {
+                target: pid.into(),
+                pid: None,
+            },
+        )
         .await?;
     if !printer.json {
         printer.line(format!(

@@ -16,9 +16,9 @@ use crate::client::DaemonClient;
 use crate::error::{CliError, ExitStatus};
 use crate::printer::{table, Printer};
 
-/// Dumps the stacks of a process (and its tree), prints them, writes `--out`, and keeps the
-/// dump in the daemon's store if a daemon is running (it is never started for this: the dump
-/// itself needs no daemon).
+/// Dumps the stacks of a process (and its tree), or of every live process of a name, prints
+/// them, writes `--out`, and keeps each dump in the daemon's store if a daemon is running (it is
+/// never started for this: the dump itself needs no daemon).
 pub async fn dump(home: &Home, args: &DumpArgs, printer: &mut Printer) -> CmdResult {
     if args.native && !stacks::NATIVE_SUPPORTED {
         return Err(CliError::new(
@@ -34,32 +34,147 @@ pub async fn dump(home: &Home, args: &DumpArgs, printer: &mut Printer) -> CmdRes
         locals: args.locals,
         native: args.native,
     };
-    let mut dump = stacks::dump(args.pid, options).map_err(stack_error)?;
     let daemon = our_daemon(home).await;
-    if let Ok(client) = &daemon {
-        ask_agents(client, &mut dump).await;
+    let target = args.target.trim();
+    let (name, pids) = match target.parse::<u32>() {
+        Ok(pid) if args.pid.is_some_and(|p| p != pid) => {
+            return Err(CliError::new(format!(
+                "`--pid` narrows a name; {target} is already a pid"
+            )));
+        }
+        Ok(pid) => (None, vec![pid]),
+        Err(_) => (
+            Some(target),
+            named_pids(home, daemon.as_ref().ok(), target, args.pid).await?,
+        ),
+    };
+    let mut dumps = Vec::new();
+    let mut first_error = None;
+    for pid in pids {
+        match stacks::dump(pid, options) {
+            Ok(mut d) => {
+                if let Ok(client) = &daemon {
+                    ask_agents(client, &mut d).await;
+                }
+                dumps.push(d);
+            }
+            // Of several processes, one that exited meanwhile (or cannot be read) is said and
+            // skipped; the dump of one process fails with it.
+            Err(e) if name.is_some() => {
+                let e = stack_error(e);
+                printer.note(format!("scry: pid {pid} is not dumped: {}", e.message));
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(stack_error(e)),
+        }
     }
+    if dumps.is_empty() {
+        return Err(first_error.unwrap_or_else(|| CliError::new("nothing was dumped")));
+    }
+    let doc = match name {
+        None => serde_json::to_value(&dumps[0]),
+        Some(name) => serde_json::to_value(NamedDumps {
+            name,
+            dumps: &dumps,
+        }),
+    }
+    .map_err(std::io::Error::other)?;
     if let Some(path) = &args.out {
-        let text = serde_json::to_string_pretty(&dump).map_err(std::io::Error::other)?;
+        let text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;
         std::fs::write(path, text + "\n").map_err(|e| {
             CliError::new(format!("cannot write the dump to {}: {e}", path.display()))
         })?;
     }
     if printer.json {
-        printer.json_value(&dump)?;
+        printer.json_value(&doc)?;
     } else {
         let mut buf = Vec::new();
-        render(&dump, &mut buf)?;
+        if let Some(name) = name {
+            let pids: Vec<String> = dumps
+                .iter()
+                .map(|d| format!("pid {}", d.root_pid))
+                .collect();
+            let n = dumps.len();
+            writeln!(
+                buf,
+                "{n} process{} named {name}: {}\n",
+                if n == 1 { "" } else { "es" },
+                pids.join(", ")
+            )?;
+        }
+        for (i, d) in dumps.iter().enumerate() {
+            if i > 0 {
+                writeln!(buf)?;
+            }
+            render(d, &mut buf)?;
+        }
         printer.line(String::from_utf8_lossy(&buf).trim_end())?;
     }
     if let Some(path) = &args.out {
         printer.note(format!("wrote the dump to {}", path.display()));
     }
     match &daemon {
-        Ok(client) => keep(client, &dump, printer).await,
+        Ok(client) => {
+            for d in &dumps {
+                keep(client, d, printer).await;
+            }
+        }
         Err(why) => printer.note(format!("scry: the dump is not kept ({why})")),
     }
     Ok(ExitStatus::Success)
+}
+
+/// `scry dump NAME --json`: one dump per process of the name.
+#[derive(serde::Serialize)]
+struct NamedDumps<'a> {
+    name: &'a str,
+    dumps: &'a [Dump],
+}
+
+/// The live processes registered under `name` (narrowed to `pid`): the daemon's when it runs,
+/// else the embedded clients' discovery files.
+async fn named_pids(
+    home: &Home,
+    daemon: Option<&DaemonClient>,
+    name: &str,
+    pid: Option<u32>,
+) -> Result<Vec<u32>, CliError> {
+    let mut pids: Vec<u32> = match daemon {
+        Some(client) => client
+            .get_as::<scry_api::ProcessList>("/api/v1/processes")
+            .await?
+            .processes
+            .iter()
+            .filter(|p| p.state() != scry_api::ProcState::Gone && p.name() == Some(name))
+            .map(scry_api::ProcessEntry::pid)
+            .collect(),
+        None => scry_daemon::clients::discover(home)
+            .into_iter()
+            .filter(|c| c.name.as_deref() == Some(name))
+            .map(|c| c.pid)
+            .collect(),
+    };
+    pids.sort_unstable();
+    pids.dedup();
+    if pids.is_empty() {
+        return Err(
+            CliError::new(format!("no live process is named `{name}`")).hint(
+                "see `scry ps`; give a pid for a process that never called `scry.init(name=...)`",
+            ),
+        );
+    }
+    match pid {
+        None => Ok(pids),
+        Some(p) if pids.contains(&p) => Ok(vec![p]),
+        Some(p) => {
+            let named: Vec<String> = pids.iter().map(u32::to_string).collect();
+            Err(CliError::new(format!(
+                "pid {p} is not one of the processes named `{name}`: pids {}",
+                named.join(", ")
+            ))
+            .hint("give one of those pids with `--pid`, or leave `--pid` out to dump them all"))
+        }
+    }
 }
 
 /// The running daemon of this `SCRY_HOME` (or `SCRY_DAEMON`'s), never one that merely answers

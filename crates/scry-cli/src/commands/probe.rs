@@ -159,6 +159,16 @@ async fn list(client: &DaemonClient, printer: &mut Printer) -> CmdResult {
                 String::new(),
             ]);
         }
+        if p.gone > 0 {
+            rows.push(vec![
+                String::new(),
+                format!("gone: {}", p.gone),
+                String::new(),
+                "exited (their hits are in the totals)".into(),
+                String::new(),
+                String::new(),
+            ]);
+        }
     }
     for line in table(
         &[
@@ -210,7 +220,20 @@ async fn show(client: &DaemonClient, key: &str, printer: &mut Printer) -> CmdRes
     for s in &p.processes {
         printer.line(format!("  pid {}: {}", s.pid, status_text(s)))?;
     }
+    if p.gone > 0 {
+        printer.line(format!("  gone: {}", gone_text(p.gone)))?;
+    }
     Ok(ExitStatus::Success)
+}
+
+/// What the count of exited processes that had a probe means.
+fn gone_text(n: u64) -> String {
+    let (who, have) = if n == 1 {
+        ("process", "has")
+    } else {
+        ("processes", "have")
+    };
+    format!("{n} {who} that had it {have} exited (their hits are in the totals)")
 }
 
 async fn change(

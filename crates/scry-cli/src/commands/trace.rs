@@ -80,6 +80,7 @@ async fn start(client: &DaemonClient, a: &TraceStartArgs, printer: &mut Printer)
     let duration = a.duration.as_deref().map(parse_duration).transpose()?;
     let body = NewTrace {
         target: a.target.clone(),
+        pid: a.pid,
         include: a.include.clone(),
         exclude: a.exclude.clone(),
         functions: a.function.clone(),
@@ -94,7 +95,11 @@ async fn start(client: &DaemonClient, a: &TraceStartArgs, printer: &mut Printer)
         return Ok(ExitStatus::Success);
     }
     let id = &doc.id;
-    printer.line(format!("trace {id} started"))?;
+    let n = doc.processes.len();
+    printer.line(format!(
+        "trace {id} started in {n} process{}",
+        if n == 1 { "" } else { "es" }
+    ))?;
     for p in &doc.processes {
         let pid = p.pid;
         if let Some(err) = &p.error {

@@ -13,6 +13,11 @@ use crate::support::{pythons, repo, wait_for, Ctx};
 
 /// `out` with what varies masked.
 fn masked(out: &str, pid: u32) -> String {
+    masked_pids(out, &[(pid, "[PID]")])
+}
+
+/// `out` with what varies masked, each of `pids` by its label.
+pub fn masked_pids(out: &str, pids: &[(u32, &str)]) -> String {
     let mut s = out.replace(&repo().display().to_string(), "[REPO]");
     for (pattern, with) in [
         (r"\bp-[0-9a-f]{10}\b", "p-[ID]"),
@@ -32,8 +37,10 @@ fn masked(out: &str, pid: u32) -> String {
         let re = Regex::new(pattern).expect("a valid pattern");
         s = re.replace_all(&s, with).into_owned();
     }
-    let pid_re = Regex::new(&format!(r"\b{pid}\b")).expect("a valid pattern");
-    let s = pid_re.replace_all(&s, "[PID]");
+    for (pid, label) in pids {
+        let pid_re = Regex::new(&format!(r"\b{pid}\b")).expect("a valid pattern");
+        s = pid_re.replace_all(&s, *label).into_owned();
+    }
     s.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
 }
 

@@ -63,7 +63,7 @@ async fn wake(
 ) -> ApiResult<Woken> {
     let Json(body) = body?;
     let target = processes::parse_target(&body.target)?;
-    Ok(Json(processes::wake(&shared, &target).await?))
+    Ok(Json(processes::wake(&shared, &target, body.pid).await?))
 }
 
 async fn sleep(
@@ -72,5 +72,5 @@ async fn sleep(
 ) -> ApiResult<Slept> {
     let Json(body) = body?;
     let target = processes::parse_target(&body.target)?;
-    Ok(Json(processes::sleep(&shared, &target).await?))
+    Ok(Json(processes::sleep(&shared, &target, body.pid).await?))
 }

@@ -19,8 +19,12 @@ pub struct ListProcessesArgs {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetArgs {
-    /// A pid (e.g. "4242") or the name the program registered with scry.init(name=...).
+    /// A pid (e.g. "4242") or the name the program registered with scry.init(name=...); a
+    /// name means every process registered under it.
     pub target: String,
+    /// Only this pid among the processes the name means.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// `add_probe`.
@@ -214,8 +218,12 @@ pub struct DumpArgs {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TraceStartArgs {
-    /// A pid, a process name, or "all" (every connected process).
+    /// A pid, a process name (every connected process of the name), or "all" (every connected
+    /// process).
     pub target: String,
+    /// Only this pid among the processes the target means.
+    #[serde(default)]
+    pub pid: Option<u32>,
     /// Functions to trace exactly: "module:function" or "module:Class.method".
     #[serde(default)]
     pub functions: Vec<String>,

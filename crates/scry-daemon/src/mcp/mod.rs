@@ -174,10 +174,10 @@ impl ScryMcp {
     }
 
     #[tool(
-        description = "Wake a sleeping embedded scry client (by pid or name) so that it connects and can be probed. Needed when list_processes shows state=sleeping."
+        description = "Wake a sleeping embedded scry client (by pid or name) so that it connects and can be probed. Needed when list_processes shows state=sleeping. A name wakes every process registered under it (the workers of a service share one); `pid` narrows it to one of them. The answer lists each process acted on (`processes`) and any that failed (`failed`)."
     )]
     async fn wake(&self, Parameters(a): Parameters<TargetArgs>) -> CallToolResult {
-        answer(processes::wake(&self.shared, a.target.trim()).await)
+        answer(processes::wake(&self.shared, a.target.trim(), a.pid).await)
     }
 
     #[tool(
@@ -195,10 +195,10 @@ impl ScryMcp {
     }
 
     #[tool(
-        description = "Put an awake agent back to sleep (by pid or name): every probe hook is removed and the connection closed; the process then costs nothing."
+        description = "Put an awake agent back to sleep (by pid or name): every probe hook is removed and the connection closed; the process then costs nothing. A name puts every process registered under it to sleep; `pid` narrows it to one of them. The answer lists each process acted on (`processes`)."
     )]
     async fn sleep(&self, Parameters(a): Parameters<TargetArgs>) -> CallToolResult {
-        answer(processes::sleep(&self.shared, a.target.trim()).await)
+        answer(processes::sleep(&self.shared, a.target.trim(), a.pid).await)
     }
 
     #[tool(
@@ -344,6 +344,7 @@ impl ScryMcp {
         }
         let request = NewTrace {
             target: a.target,
+            pid: a.pid,
             functions: a.functions,
             include: a.include,
             exclude: a.exclude,

@@ -5,6 +5,7 @@
 //! Agents receive the complete set of probes meant for them (`probes_sync`) whenever that set
 //! changes and every time they connect; the table itself is [`crate::state::probes`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +31,26 @@ pub fn resolve(shared: &Shared, key: &str) -> Result<ProbeDef> {
         .ok_or_else(|| not_found(key))
 }
 
-/// The probe's view: its definition, its status in every process, and what became of its hits.
+/// The registry ids of the processes that have not exited (awake or sleeping).
+fn live_process_ids(shared: &Shared) -> HashSet<i64> {
+    shared
+        .registry()
+        .views()
+        .into_iter()
+        .filter(|v| v.state != ProcState::Gone)
+        .map(|v| v.id)
+        .collect()
+}
+
+/// The probe's view: its definition, its status in every live process, how many gone ones had
+/// it, and what became of its hits.
 pub fn view(shared: &Shared, def: ProbeDef) -> ProbeView {
+    view_among(shared, def, &live_process_ids(shared))
+}
+
+fn view_among(shared: &Shared, def: ProbeDef, live: &HashSet<i64>) -> ProbeView {
     let statuses = shared.probes().statuses_of(&def.spec.id);
-    let mut v = describe(def, statuses);
+    let mut v = describe(def, statuses, live);
     v.totals.dropped_by_daemon = shared.dropped_for(&v.def.spec.id);
     // What the store holds now, what retention removed and what a full disk kept out, so that
     // `recorded` can be checked: recorded = stored + removed_by_retention +
@@ -45,8 +62,9 @@ pub fn view(shared: &Shared, def: ProbeDef) -> ProbeView {
     v
 }
 
-/// The view of a definition and its statuses, without the store's counts.
-pub fn describe(def: ProbeDef, mut statuses: Vec<ProbeInProcess>) -> ProbeView {
+/// The view of a definition and its statuses, without the store's counts: the totals count
+/// every process, the list only the `live` ones (registry ids), the rest are counted as gone.
+pub fn describe(def: ProbeDef, statuses: Vec<ProbeInProcess>, live: &HashSet<i64>) -> ProbeView {
     let expired = def.spec.expires_at.is_some_and(|t| t <= now());
     let mut totals = ProbeTotals::default();
     for s in &statuses {
@@ -55,6 +73,9 @@ pub fn describe(def: ProbeDef, mut statuses: Vec<ProbeInProcess>) -> ProbeView {
         totals.dropped += s.status.dropped;
         totals.errors += s.status.errors;
     }
+    let (mut statuses, gone): (Vec<_>, Vec<_>) = statuses
+        .into_iter()
+        .partition(|s| live.contains(&s.process_id));
     // The agents' last word, but a probe that is off is not armed anywhere any more.
     if !def.enabled {
         let shown = if expired {
@@ -73,6 +94,7 @@ pub fn describe(def: ProbeDef, mut statuses: Vec<ProbeInProcess>) -> ProbeView {
         expired,
         totals,
         processes: statuses,
+        gone: gone.len() as u64,
         notes: Vec::new(),
         hint: None,
     }
@@ -86,8 +108,12 @@ pub fn is_invalid(s: &ProbeStatus) -> bool {
 /// Every probe.
 pub fn list(shared: &Shared) -> ProbeList {
     let defs = shared.probes().defs();
+    let live = live_process_ids(shared);
     ProbeList {
-        probes: defs.into_iter().map(|d| view(shared, d)).collect(),
+        probes: defs
+            .into_iter()
+            .map(|d| view_among(shared, d, &live))
+            .collect(),
     }
 }
 
@@ -99,6 +125,9 @@ pub fn get(shared: &Shared, key: &str) -> Result<ProbeView> {
 /// Adds a probe: checks it, arms it in every connected process it targets, and keeps it only
 /// when no agent's Python refused its expressions.
 pub async fn add(shared: &Shared, req: NewProbe) -> Result<ProbeView> {
+    if let (Some(pid), Some(name)) = (req.pid, req.process.as_deref()) {
+        check_named(shared, pid, name)?;
+    }
     let def = {
         let table = shared.probes();
         table::build(req, &table).map_err(|e| match e {
@@ -145,6 +174,29 @@ pub async fn add(shared: &Shared, req: NewProbe) -> Result<ProbeView> {
         v.hint = check.hint;
     }
     Ok(v)
+}
+
+/// A name narrowed to a pid: the pid must be a live process registered under that name.
+fn check_named(shared: &Shared, pid: u32, name: &str) -> Result<()> {
+    let named: Vec<u32> = shared
+        .registry()
+        .find(name)
+        .iter()
+        .map(|e| e.view.pid)
+        .collect();
+    if named.contains(&pid) {
+        return Ok(());
+    }
+    let which = if named.is_empty() {
+        format!("no live process is registered as `{name}`")
+    } else {
+        let pids: Vec<String> = named.iter().map(u32::to_string).collect();
+        format!("the processes named `{name}` are pids {}", pids.join(", "))
+    };
+    Err(
+        Error::not_found(format!("pid {pid} is not named `{name}`: {which}"))
+            .hint("see `scry ps`; leave out `pid` to probe every process of the name"),
+    )
 }
 
 /// Removes one probe by id or name.

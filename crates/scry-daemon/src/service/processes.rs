@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use scry_api::{DiscoveredClient, ProcessEntry, ProcessList, Slept, Woken};
+use scry_api::{
+    DiscoveredClient, ProcessEntry, ProcessFailure, ProcessList, ProcessView, Slept, SleptProcess,
+    Woken, WokenProcess,
+};
 use serde_json::{json, Value};
 
 use super::{Error, ErrorKind, Result};
 use crate::clients::{self, ClientFile};
-use crate::state::registry::{ProcState, RequestError};
+use crate::state::registry::{AgentHandle, ProcState, RequestError};
 use crate::Shared;
 
 /// How long a gone process stays in the default listing.
@@ -83,32 +86,45 @@ pub fn parse_target(v: &Value) -> Result<String> {
     }
 }
 
-fn find_client(shared: &Shared, target: &str) -> Result<ClientFile> {
-    let pid: Option<u32> = target.parse().ok();
-    let found: Vec<ClientFile> = clients::discover(&shared.home)
+/// The live embedded clients `target` names (a pid, or every client registered under a name),
+/// narrowed to `pid` when given.
+fn find_clients(shared: &Shared, target: &str, pid: Option<u32>) -> Vec<ClientFile> {
+    clients::discover(&shared.home)
         .into_iter()
-        .filter(|c| match pid {
-            Some(p) => c.pid == p,
-            None => c.name.as_deref() == Some(target),
-        })
-        .collect();
-    match found.len() {
-        0 => Err(Error::not_found(format!(
-            "no embedded scry client {} is running",
-            describe(target)
-        ))
-        .hint("see `scry ps`; the program must call `scry.init()` (or be attached with `scry attach PID`)")),
-        1 => Ok(found.into_iter().next().expect("one element")),
-        _ => Err(Error::new(
-            ErrorKind::Ambiguous,
-            format!(
-                "{} processes are named `{target}`: pids {}",
-                found.len(),
-                found.iter().map(|c| c.pid.to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        )
-        .hint("name one by pid")),
+        .filter(|c| names(target, c.pid, c.name.as_deref()) && pid.is_none_or(|p| c.pid == p))
+        .collect()
+}
+
+/// Whether `target` (a pid or a name) names the process with this pid and name.
+fn names(target: &str, pid: u32, name: Option<&str>) -> bool {
+    match target.parse::<u32>() {
+        Ok(p) => p == pid,
+        Err(_) => name == Some(target),
     }
+}
+
+/// The error when `target` (narrowed to `pid`) names no process that can be woken or slept.
+fn nothing_named(shared: &Shared, target: &str, pid: Option<u32>) -> Error {
+    if let Some(pid) = pid {
+        // Name the processes the target does mean, so that the right pid is one look away.
+        let others: Vec<String> = find_clients(shared, target, None)
+            .iter()
+            .map(|c| c.pid.to_string())
+            .collect();
+        if !others.is_empty() {
+            return Error::not_found(format!(
+                "pid {pid} is not one of the processes {}: pids {}",
+                describe(target),
+                others.join(", ")
+            ))
+            .hint("give one of those pids with `--pid`, or leave `--pid` out to act on all");
+        }
+    }
+    Error::not_found(format!(
+        "no embedded scry client {} is running",
+        describe(target)
+    ))
+    .hint("see `scry ps`; the program must call `scry.init()` (or be attached with `scry attach PID`)")
 }
 
 fn describe(target: &str) -> String {
@@ -119,25 +135,97 @@ fn describe(target: &str) -> String {
     }
 }
 
-/// Wakes a sleeping embedded client (pid or name) and waits until its agent is registered.
-pub async fn wake(shared: &Shared, target: &str) -> Result<Woken> {
-    let already = shared
+/// The answer for several processes acted on at once: the successes, and the failures by pid.
+/// Failing everywhere is an error (the only one's, or one that names them all).
+fn gather<T>(
+    target: &str,
+    verb: &str,
+    results: Vec<(u32, Result<T>)>,
+) -> Result<(Vec<T>, Vec<ProcessFailure>)> {
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for (pid, r) in results {
+        match r {
+            Ok(t) => done.push(t),
+            Err(error) => failed.push(ProcessFailure { pid, error }),
+        }
+    }
+    if !done.is_empty() {
+        return Ok((done, failed));
+    }
+    if let [one] = failed.as_slice() {
+        return Err(one.error.clone());
+    }
+    let first = failed.first().map(|f| f.error.clone());
+    let detail: Vec<String> = failed
+        .iter()
+        .map(|f| format!("pid {}: {}", f.pid, f.error.message))
+        .collect();
+    let kind = first.as_ref().map_or(ErrorKind::Other, |e| e.kind);
+    let mut e = Error::new(
+        kind,
+        format!(
+            "could not {verb} any of the {} processes {}: {}",
+            failed.len(),
+            describe(target),
+            detail.join("; ")
+        ),
+    );
+    if let Some(hint) = first.and_then(|f| f.hint) {
+        e = e.hint(hint);
+    }
+    Err(e)
+}
+
+/// Wakes the embedded clients `target` names (a pid, or every process registered under a
+/// name; `pid` narrows it to one of them), all at once, and waits until their agents are
+/// registered. Those already awake are left as they are.
+pub async fn wake(shared: &Shared, target: &str, pid: Option<u32>) -> Result<Woken> {
+    let awake: Vec<ProcessView> = shared
         .registry()
         .find(target)
         .into_iter()
-        .filter(|e| e.agent.is_some())
+        .filter(|e| e.agent.is_some() && pid.is_none_or(|p| e.view.pid == p))
         .map(|e| e.view.clone())
-        .collect::<Vec<_>>();
-    if let [one] = already.as_slice() {
-        return Ok(Woken {
-            already_awake: true,
-            process: one.clone(),
-        });
+        .collect();
+    let asleep: Vec<ClientFile> = find_clients(shared, target, pid)
+        .into_iter()
+        .filter(|c| !awake.iter().any(|v| v.pid == c.pid))
+        .collect();
+    if awake.is_empty() && asleep.is_empty() {
+        return Err(nothing_named(shared, target, pid));
     }
-    let client = find_client(shared, target)?;
+    let wakes = asleep
+        .iter()
+        .map(|c| async move { (c.pid, wake_one(shared, c).await) });
+    let mut results: Vec<(u32, Result<WokenProcess>)> = awake
+        .into_iter()
+        .map(|process| {
+            (
+                process.pid,
+                Ok(WokenProcess {
+                    already_awake: true,
+                    process,
+                }),
+            )
+        })
+        .collect();
+    results.extend(futures_util::future::join_all(wakes).await);
+    results.sort_by_key(|(pid, _)| *pid);
+    let (processes, failed) = gather(target, "wake", results)?;
+    Ok(Woken {
+        already_awake: processes.iter().all(|p| p.already_awake),
+        process: processes[0].process.clone(),
+        processes,
+        failed,
+    })
+}
+
+/// Wakes one client through its control plane and waits until its agent is registered.
+async fn wake_one(shared: &Shared, client: &ClientFile) -> Result<WokenProcess> {
     let daemon_url = format!("unix://{}", shared.home.agent_socket().display());
     clients::control(
-        &client,
+        client,
         shared.token.as_deref(),
         "wake",
         Some(json!({"daemon_url": daemon_url})),
@@ -152,10 +240,10 @@ pub async fn wake(shared: &Shared, target: &str) -> Result<Woken> {
             .into_iter()
             .find(|e| e.agent.is_some())
             .map(|e| e.view.clone());
-        if let Some(v) = view {
-            return Ok(Woken {
+        if let Some(process) = view {
+            return Ok(WokenProcess {
                 already_awake: false,
-                process: v,
+                process,
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -169,60 +257,75 @@ pub async fn wake(shared: &Shared, target: &str) -> Result<Woken> {
     ))
 }
 
-/// Puts an awake embedded client (pid or name) back to sleep.
-pub async fn sleep(shared: &Shared, target: &str) -> Result<Slept> {
-    let agents: Vec<_> = shared
+/// Puts the awake agents `target` names (a pid, or every process registered under a name;
+/// `pid` narrows it to one of them) to sleep, all at once. Sleeping clients of the name are
+/// reported as such.
+pub async fn sleep(shared: &Shared, target: &str, pid: Option<u32>) -> Result<Slept> {
+    let agents: Vec<(ProcessView, AgentHandle)> = shared
         .registry()
         .find(target)
         .into_iter()
+        .filter(|e| pid.is_none_or(|p| e.view.pid == p))
         .filter_map(|e| e.agent.clone().map(|a| (e.view.clone(), a)))
         .collect();
-    match agents.as_slice() {
-        [] => {
-            let client = find_client(shared, target)?;
-            Ok(Slept {
-                already_sleeping: true,
-                pid: client.pid,
-            })
-        }
-        [(view, agent)] => {
-            let reply = agent
-                .request(
-                    |id| scry_proto::DaemonMessage::Sleep { id },
-                    Duration::from_secs(5),
-                )
-                .await;
-            match reply {
-                Ok(r) if r.ok => Ok(Slept {
-                    already_sleeping: false,
-                    pid: view.pid,
+    let asleep: Vec<ClientFile> = find_clients(shared, target, pid)
+        .into_iter()
+        .filter(|c| !agents.iter().any(|(v, _)| v.pid == c.pid))
+        .collect();
+    if agents.is_empty() && asleep.is_empty() {
+        return Err(nothing_named(shared, target, pid));
+    }
+    let sleeps = agents
+        .iter()
+        .map(|(view, agent)| async move { (view.pid, sleep_one(view, agent).await) });
+    let mut results: Vec<(u32, Result<SleptProcess>)> = asleep
+        .into_iter()
+        .map(|c| {
+            (
+                c.pid,
+                Ok(SleptProcess {
+                    pid: c.pid,
+                    name: c.name,
+                    already_sleeping: true,
                 }),
-                Ok(r) => Err(Error::new(
-                    ErrorKind::Agent,
-                    r.error
-                        .map(|e| e.message)
-                        .unwrap_or_else(|| "the agent refused".into()),
-                )),
-                // The agent closes right after answering; a close is success too.
-                Err(RequestError::Disconnected) => Ok(Slept {
-                    already_sleeping: false,
-                    pid: view.pid,
-                }),
-                Err(e) => Err(Error::new(ErrorKind::Timeout, e.to_string())),
-            }
-        }
-        many => Err(Error::new(
-            ErrorKind::Ambiguous,
-            format!(
-                "{} awake processes are named `{target}`: pids {}",
-                many.len(),
-                many.iter()
-                    .map(|(v, _)| v.pid.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            )
+        })
+        .collect();
+    results.extend(futures_util::future::join_all(sleeps).await);
+    results.sort_by_key(|(pid, _)| *pid);
+    let (processes, failed) = gather(target, "put to sleep", results)?;
+    Ok(Slept {
+        already_sleeping: processes.iter().all(|p| p.already_sleeping),
+        pid: processes[0].pid,
+        processes,
+        failed,
+    })
+}
+
+/// Asks one agent to sleep.
+async fn sleep_one(view: &ProcessView, agent: &AgentHandle) -> Result<SleptProcess> {
+    let reply = agent
+        .request(
+            |id| scry_proto::DaemonMessage::Sleep { id },
+            Duration::from_secs(5),
         )
-        .hint("name one by pid")),
+        .await;
+    let slept = SleptProcess {
+        pid: view.pid,
+        name: view.name.clone(),
+        already_sleeping: false,
+    };
+    match reply {
+        Ok(r) if r.ok => Ok(slept),
+        Ok(r) => Err(Error::new(
+            ErrorKind::Agent,
+            r.error
+                .map(|e| e.message)
+                .unwrap_or_else(|| "the agent refused".into()),
+        )),
+        // The agent closes right after answering; a close is success too.
+        Err(RequestError::Disconnected) => Ok(slept),
+        Err(e) => Err(Error::new(ErrorKind::Timeout, e.to_string())),
     }
 }
 

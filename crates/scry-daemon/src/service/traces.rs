@@ -96,6 +96,26 @@ fn resolve_target(shared: &Shared, target: &str) -> Result<Vec<(i64, u32)>> {
     Ok(awake)
 }
 
+/// The processes of a target narrowed to `pid`, when given: it must be one of them.
+fn narrow(targets: Vec<(i64, u32)>, target: &str, pid: Option<u32>) -> Result<Vec<(i64, u32)>> {
+    let Some(pid) = pid else {
+        return Ok(targets);
+    };
+    let pids: Vec<String> = targets.iter().map(|(_, p)| p.to_string()).collect();
+    let narrowed: Vec<(i64, u32)> = targets.into_iter().filter(|(_, p)| *p == pid).collect();
+    if narrowed.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "pid {pid} is not one of the connected processes `{target}` means: pids {}",
+                pids.join(", ")
+            ),
+        )
+        .hint("give one of those pids, or leave out the pid to trace them all"));
+    }
+    Ok(narrowed)
+}
+
 fn call_failure(e: &CallError) -> TraceFailure {
     let (kind, message) = match e {
         CallError::Refused { kind, message } => (kind.clone(), message.clone()),
@@ -138,7 +158,11 @@ pub async fn start(shared: &Shared, body: NewTrace) -> Result<TraceView> {
             "`{f}`: a function is `module:function` (e.g. `myapp.jobs:run`)"
         )));
     }
-    let targets = resolve_target(shared, body.target.trim())?;
+    let targets = narrow(
+        resolve_target(shared, body.target.trim())?,
+        body.target.trim(),
+        body.pid,
+    )?;
     let id = crate::new_id("tr");
     let spec = TraceSpec::from(&body);
     let params = serde_json::to_value(StartParams {

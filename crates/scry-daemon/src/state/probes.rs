@@ -233,11 +233,11 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, BuildError> 
             .into());
         }
     }
-    let targets =
-        usize::from(req.pid.is_some()) + usize::from(req.process.is_some()) + usize::from(req.all);
-    if targets > 1 {
-        return Err("give at most one of pid, process and all".into());
+    if req.all && (req.pid.is_some() || req.process.is_some()) {
+        return Err("give `all`, or `pid` and/or `process`, not both".into());
     }
+    // A name with a pid narrows the name to that one process (the caller checks that the pid
+    // is one of them): the probe then belongs to the pid.
     let target = match (req.pid, req.process) {
         (Some(pid), _) => Target::Pid { pid },
         (None, Some(name)) => Target::Name { name },
@@ -385,6 +385,13 @@ mod tests {
         let mut r = req("a.py:3");
         r.pid = Some(4);
         r.process = Some("w".into());
+        assert_eq!(
+            build(r, &t).expect("narrowed").target,
+            Target::Pid { pid: 4 }
+        );
+        let mut r = req("a.py:3");
+        r.process = Some("w".into());
+        r.all = true;
         assert!(build(r, &t).is_err());
         let mut r = req("a.py:3");
         r.rate = Some(RateMode::Sample { n: 0 });
