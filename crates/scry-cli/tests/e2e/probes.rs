@@ -337,9 +337,15 @@ fn bad_probe_requests_get_clear_errors_and_nothing_is_kept() {
             r#"{"location": "a.py:3", "expressions": ["x"], "ttl": "soon"}"#,
             400,
         ),
+        // A pid narrows a name to one of its processes; pid 1 is none of `w`'s.
         (
             "POST",
             r#"{"location": "a.py:3", "expressions": ["x"], "pid": 1, "process": "w"}"#,
+            404,
+        ),
+        (
+            "POST",
+            r#"{"location": "a.py:3", "expressions": ["x"], "pid": 1, "all": true}"#,
             400,
         ),
         (
