@@ -128,7 +128,11 @@ def test_daemon_requested_sleep(daemon, home):
     scry.init(name="told-to-sleep")
     first = scry.wake()["connection_id"]
     status, body = daemon.api("POST", "/api/v1/sleep", {"target": os.getpid()})
-    assert status == 200 and body == {"already_sleeping": False, "pid": os.getpid()}, body
+    assert status == 200, body
+    assert (body["already_sleeping"], body["pid"]) == (False, os.getpid()), body
+    assert body["processes"] == [
+        {"pid": os.getpid(), "name": "told-to-sleep", "already_sleeping": False}
+    ], body
     wait_until(lambda: scry.status()["state"] == "sleeping", message="sleeping")
     wait_until(lambda: threads() == ["scry-control"], message="only the control thread")
     wait_until(lambda: daemon.goodbyes(os.getpid()) == ["sleep"], message="goodbye (sleep) in the daemon's log")
