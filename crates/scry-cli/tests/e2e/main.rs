@@ -28,3 +28,4 @@ mod top;
 mod trace;
 mod web;
 mod webdriver;
+mod workflow;
