@@ -340,3 +340,51 @@ fn stop_then_serve_restore_attaches_again() {
     let out = ctx.scry(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn scry_stop_on_a_terminal_asks_before_ending_injected_agents() {
+    let Some(python) = python314() else {
+        skipped::<()>("no Python 3.14+ in SCRY_TEST_PYTHONS");
+        return;
+    };
+    let ctx = Ctx::new();
+    let port = ctx.config_free_port().to_string();
+    let out = ctx.scry(&["serve", "--daemon", "--port", &port]);
+    assert!(out.status.success(), "{}", text(&out));
+    let target = ctx.python(&python, "plain_loop.py", &[]);
+    let pid = target.pid().to_string();
+    wait_for("an attach", Duration::from_secs(60), || {
+        ctx.scry(&["attach", &pid]).status.success().then_some(())
+    });
+    let stop_in_pty = || {
+        let mut cmd = Command::new(crate::support::scry_bin());
+        cmd.arg("stop")
+            .env("SCRY_HOME", ctx.home())
+            .env_remove("SCRY_DAEMON")
+            .env_remove("SCRY_LOG");
+        let mut session =
+            rexpect::session::spawn_command(cmd, Some(20_000)).expect("spawn in a pty");
+        session
+            .exp_string(&format!("ends 1 injected agent (pid {pid})"))
+            .expect("what ends");
+        session.exp_string("stop it? [y/N]").expect("the question");
+        session
+    };
+    let mut session = stop_in_pty();
+    session.send_line("n").expect("answer");
+    session
+        .exp_string("not confirmed: the daemon runs on")
+        .expect("refusal");
+    session.exp_eof().expect("scry stop exits");
+    assert_eq!(ctx.state_of(target.pid()).as_deref(), Some("awake"));
+    assert!(!ctx.home().join("restore.json").exists());
+
+    let mut session = stop_in_pty();
+    session.send_line("y").expect("answer");
+    session.exp_string("scry daemon stopped").expect("stopped");
+    session
+        .exp_string("ended 1 injected agent")
+        .expect("what ended");
+    session.exp_eof().expect("scry stop exits");
+    assert!(ctx.home().join("restore.json").exists());
+}
