@@ -14,7 +14,8 @@ compiled from that copy on its first use (:class:`_PlacedSources`, removed on de
 An injected agent has no control plane and no discovery file: it is awake or gone. Losing the
 daemon, ``scry sleep`` and ``agent.detach`` all end it the same way (:func:`detach`): probes
 and every ``sys.monitoring`` hook removed, the link closed, its threads ended, and the ``scry``
-modules it loaded removed from ``sys.modules`` (and the package directory from ``sys.path``).
+modules it loaded removed from ``sys.modules`` (and the package directory from ``sys.path`` and
+``sys.path_importer_cache``).
 
 The ``agent.detach`` call method exists in every agent: an embedded client goes to sleep
 instead (its owner keeps the sleeping client).
@@ -157,6 +158,11 @@ def detach():
     pkg = _package_dir[0]
     while pkg and pkg in sys.path:
         sys.path.remove(pkg)
+    if pkg:
+        # The bootstrap's finders (they import without writing bytecode into the placement).
+        for key in [k for k in list(sys.path_importer_cache) if isinstance(k, str)]:
+            if key == pkg or key.startswith(pkg + os.sep):
+                sys.path_importer_cache.pop(key, None)
     try:
         import atexit
 

@@ -3,7 +3,9 @@
 A location is ``path.py:LINE``, ``@path.py#LINE``, ``module.sub:function`` (the function's entry)
 or ``path.py:function`` (``function`` may be a qualname such as ``Class.method``). A path matches
 by a suffix of whole path components of a code object's ``co_filename``: ``orders.py`` and
-``app/orders.py`` match ``/srv/app/orders.py``, ``ers.py`` does not.
+``app/orders.py`` match ``/srv/app/orders.py``, ``ers.py`` does not. The files of the debugging
+tools in the process (scry's own package, debugpy's: :func:`tool_dirs`) are matched only by their
+whole path, so ``api.py:10`` is never ``debugpy/server/api.py``.
 
 The code objects of a process are found in :class:`CodeIndex`: every function and live
 generator/coroutine that ``gc.get_objects()`` sees, recursively through ``co_consts`` (nested
@@ -253,10 +255,11 @@ class CodeIndex(object):
         return False
 
     def matching_files(self, components):
-        """Filenames whose path ends with ``components``, grouped by the real file they name."""
+        """Filenames whose path ends with ``components``, grouped by the real file they name.
+        A file of a debugging tool (:func:`tool_file`) matches only its whole path."""
         groups = {}
         for filename in self.files:
-            if path_matches(filename, components):
+            if path_matches(filename, components) and not _tool_suffix_match(filename, components):
                 groups.setdefault(_real(filename), []).append(filename)
         return groups
 
@@ -319,16 +322,51 @@ def running_frames():
 
 
 def loaded_module_files(components):
-    """(name, __file__) of loaded modules whose file matches ``components``."""
+    """(name, __file__) of loaded modules whose file matches ``components`` (a debugging tool's
+    file only by its whole path)."""
     out = []
     for name, module in list(sys.modules.items()):
         try:
             filename = module.__dict__.get("__file__") if isinstance(module, types.ModuleType) else None
         except Exception:
             filename = None
-        if isinstance(filename, str) and path_matches(filename, components):
+        if (
+            isinstance(filename, str)
+            and path_matches(filename, components)
+            and not _tool_suffix_match(filename, components)
+        ):
             out.append((name, filename))
     return out
+
+
+def tool_dirs():
+    """The package directories of the debugging tools loaded here, each ending with a separator:
+    scry's own and debugpy's (with the pydevd it vendors), which ``scry debug`` loads into a
+    process. Their files are never what a location such as ``api.py:10`` means."""
+    dirs = [PACKAGE_DIR + os.sep]
+    module = sys.modules.get("debugpy")
+    filename = getattr(module, "__file__", None) if module is not None else None
+    if isinstance(filename, str):
+        dirs.append(os.path.dirname(os.path.normpath(filename)) + os.sep)
+    return tuple(dirs)
+
+
+def tool_file(filename, dirs=None):
+    """Whether ``filename`` lies inside one of :func:`tool_dirs` (as given, or as resolved)."""
+    dirs = tool_dirs() if dirs is None else dirs
+    norm = os.path.normpath(filename)
+    if norm.startswith(dirs):
+        return True
+    real = _real(filename)
+    return real != norm and real.startswith(dirs)
+
+
+def _tool_suffix_match(filename, components):
+    """A match of ``components`` against a tool's file by a suffix shorter than its whole path:
+    left out, so that ``api.py`` means the program's file, not ``debugpy/server/api.py``; the
+    file's absolute path still names it."""
+    whole = len(_components_cache.get(filename) or path_components(os.path.normpath(filename)))
+    return len(components) < whole and tool_file(filename)
 
 
 # -- resolution ------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Locations: parsing, path suffix matching, line tables, owners and snapping."""
 
+import os
+import sys
+
 import pytest
 
 import probe_targets as T
@@ -83,3 +86,74 @@ def test_scry_itself_is_not_probed():
     assert not any("/scry/_" in name and name.endswith(".py") and "/python/scry/" in name for name in index.files)
     with pytest.raises(_locate.LocationError):
         _locate.resolve(_locate.parse_location("scry._hit:hit"), index)
+
+
+def _load(path, name):
+    """Import the file ``path`` as module ``name`` (kept in sys.modules by the caller)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def app_and_debugpy(tmp_path, monkeypatch):
+    """A program's ``app/api.py`` and a debugpy package with its own ``server/api.py`` (as
+    ``scry debug`` loads it), both imported, their functions alive."""
+    source = "def handle(x):\n    y = x + 1\n    return y\n"
+    app = tmp_path / "srv" / "app" / "api.py"
+    app.parent.mkdir(parents=True)
+    app.write_text(source)
+    pkg = tmp_path / "site" / "debugpy"
+    (pkg / "server").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "server" / "__init__.py").write_text("")
+    (pkg / "server" / "api.py").write_text(source)
+    modules = {
+        "scry_test_app_api": _load(app, "scry_test_app_api"),
+        "debugpy": _load(pkg / "__init__.py", "debugpy"),
+        "debugpy.server.api": _load(pkg / "server" / "api.py", "debugpy.server.api"),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return str(app), str(pkg / "server" / "api.py")
+
+
+def _resolved_file(text):
+    location = _locate.parse_location(text)
+    index = _locate.CodeIndex.build([_locate.index_paths(location)])
+    return _locate.resolve(location, index).file
+
+
+def test_a_suffix_never_matches_debugpys_files(app_and_debugpy):
+    app, tool = app_and_debugpy
+    assert _resolved_file("api.py:2") == app
+    assert _resolved_file("api.py:handle") == app
+    # A longer suffix that only debugpy's file has is no match either (nothing else is loaded).
+    location = _locate.parse_location("server/api.py:2")
+    index = _locate.CodeIndex.build([location.components])
+    assert index.matching_files(location.components) == {}
+    assert [f for _, f in _locate.loaded_module_files(location.components)] == []
+    assert [f for _, f in _locate.loaded_module_files(_locate.path_components("api.py"))] == [app]
+
+
+def test_a_tools_file_is_still_named_by_its_absolute_path(app_and_debugpy):
+    _app, tool = app_and_debugpy
+    assert _resolved_file("{}:2".format(tool)) == tool
+    assert _resolved_file("@{}#3".format(tool)) == tool
+
+
+def test_without_debugpy_loaded_its_directory_is_an_ordinary_one(app_and_debugpy, monkeypatch):
+    app, tool = app_and_debugpy
+    monkeypatch.delitem(sys.modules, "debugpy")
+    assert not _locate.tool_file(tool)
+    with pytest.raises(_locate.LocationError, match="matches several files"):
+        _resolved_file("api.py:2")
+
+
+def test_scrys_own_files_are_tool_files():
+    assert _locate.tool_file(_locate.__file__)
+    assert _locate.tool_file(os.path.join(_locate.PACKAGE_DIR, "sub", "x.py"))
+    assert not _locate.tool_file(_locate.PACKAGE_DIR + "-other/x.py")

@@ -71,7 +71,8 @@ pub struct AttachPlan {
     pub notice: Option<String>,
 }
 
-/// `POST /api/v1/detach`: what became of the process's agent.
+/// `POST /api/v1/detach`: what became of the process's agent (and, for the root of a follow,
+/// of the agents the follow injected in its tree).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Detached {
     /// The process.
@@ -87,6 +88,13 @@ pub struct Detached {
     /// A follow of this pid's tree was stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfollowed: Option<bool>,
+    /// The pid was a followed root: the other processes of its tree whose agents the follow
+    /// had injected, detached too (ascending pids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tree_detached: Vec<u32>,
+    /// ... and those that could not be detached, with why.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tree_failed: std::collections::BTreeMap<u32, String>,
 }
 
 /// One restart a follow saw: a followed process exited and another appeared under the same

@@ -136,13 +136,73 @@ pub struct AgentEndpoint {
     pub tcp: Option<String>,
 }
 
-/// `POST /api/v1/shutdown`: the daemon stops after answering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/shutdown`: the daemon stops after answering, and what ends with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stopping {
     /// Always true.
     pub stopping: bool,
     /// The daemon's pid (wait for it to exit).
     pub pid: u32,
+    /// The processes whose injected agents end with the daemon (an injected agent detaches
+    /// when it loses its daemon), ascending.
+    #[serde(default)]
+    pub ended_agents: Vec<u32>,
+    /// The roots of the follows that end, ascending.
+    #[serde(default)]
+    pub ended_follows: Vec<u32>,
+    /// Where they are saved for `scry serve --restore` (`$SCRY_HOME/restore.json`); none when
+    /// nothing ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_file: Option<PathBuf>,
+    /// Why they could not be saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_error: Option<String>,
+}
+
+/// A process to restore, as it was when saved: its pid and kernel start time (so that a pid
+/// reused by another process is not taken for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreTarget {
+    /// The pid.
+    pub pid: u32,
+    /// Its start time in clock ticks after boot (`/proc/PID/stat`).
+    pub start_ticks: u64,
+}
+
+/// What a stopping daemon saved for `scry serve --restore` (`$SCRY_HOME/restore.json`, mode
+/// 0600): the injected agents and the follows that ended with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    /// When it was saved (epoch seconds).
+    pub saved_at: f64,
+    /// Processes to attach to again.
+    pub agents: Vec<RestoreTarget>,
+    /// Roots to follow again.
+    pub follows: Vec<RestoreTarget>,
+}
+
+/// One process `scry serve --restore` attached to or followed again, or could not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreOutcome {
+    /// The pid.
+    pub pid: u32,
+    /// `attach` or `follow`.
+    pub action: String,
+    /// It is attached (or followed) again.
+    pub ok: bool,
+    /// What happened (`attached (pep768)`, `exited`, the attach's error).
+    pub message: String,
+}
+
+/// `POST /api/v1/restore`: what `scry stop` saved, restored (the file is removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The file read.
+    pub file: PathBuf,
+    /// False: there was nothing to restore (no file).
+    pub found: bool,
+    /// One per saved agent, then one per saved follow.
+    pub outcomes: Vec<RestoreOutcome>,
 }
 
 /// `POST /api/v1/ui/login`: a one-time sign-in link for the web UI.

@@ -26,8 +26,9 @@ pub use attach::{
     Restart, Unfollowed,
 };
 pub use daemon::{
-    AgentEndpoint, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts, Stopping,
-    StoreStatus, SystemEvent, SystemEventList, UiLoginLink,
+    AgentEndpoint, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts, RestoreOutcome,
+    RestorePlan, RestoreTarget, Restored, Stopping, StoreStatus, SystemEvent, SystemEventList,
+    UiLoginLink,
 };
 pub use debug::{DebugReport, DebugRequest, DebugTarget, NextWorker};
 pub use dumps::{DumpAdded, DumpList, DumpSummary, DumpView};

@@ -36,9 +36,14 @@ pub enum Command {
         after_help = "Examples:\n  scry serve --daemon        start it in the background\n  scry serve --port 7400     serve HTTP on 127.0.0.1:7400"
     )]
     Serve(ServeArgs),
-    /// Stop the running daemon.
-    #[command(after_help = "Example:\n  scry stop")]
-    Stop(Output),
+    /// Stop the running daemon (its injected agents and follows end with it).
+    #[command(
+        after_help = "Agents injected by `scry attach` detach when their daemon stops, and follows end. \
+`scry stop` says how many first and asks on a terminal (--yes skips the question); the daemon \
+saves them in $SCRY_HOME/restore.json, and `scry serve --restore` attaches them again.\n\n\
+Examples:\n  scry stop\n  scry stop --yes"
+    )]
+    Stop(StopArgs),
     /// Is the daemon up? Its version, uptime, processes, probes and events stored.
     #[command(after_help = "Examples:\n  scry status\n  scry status --json | jq .events_stored")]
     Status(Output),
@@ -421,10 +426,24 @@ pub struct ServeArgs {
     /// Also accept agents over TCP at HOST:PORT (they must present the token).
     #[arg(long)]
     pub agent_tcp: Option<String>,
+    /// Attach again to the processes whose injected agents the last `scry stop` ended, and
+    /// follow again the trees it stopped following (those still running).
+    #[arg(long)]
+    pub restore: bool,
     /// Log to this file (rotated at 10 MB, two old files kept) instead of stderr; what
     /// `--daemon` passes to the daemon it starts.
     #[arg(long, hide = true, value_name = "PATH")]
     pub log_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `scry stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Do not ask before ending injected agents and follows.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     #[command(flatten)]
     pub output: Output,
 }

@@ -47,7 +47,8 @@ fn init_logging(default: &str, log_file: Option<&std::path::Path>) {
 fn json_flag(cmd: &Command) -> bool {
     match cmd {
         Command::Serve(a) => a.output.json,
-        Command::Stop(o) | Command::Status(o) => o.json,
+        Command::Stop(a) => a.output.json,
+        Command::Status(o) => o.json,
         Command::Ps(a) => a.output.json,
         Command::Wake(a) | Command::Sleep(a) => a.output.json,
         Command::Demo(a) => a.output.json,
@@ -104,7 +105,7 @@ fn run(cli: Cli, printer: &mut Printer) -> Result<ExitStatus, CliError> {
             Command::Trace(c) => commands::trace::trace(&home, c, printer).await,
             Command::Reap(a) => commands::reap::reap(a, printer),
             Command::Top(a) => commands::top::top(&home, a, printer).await,
-            Command::Stop(o) => commands::serve::stop(&home, o, printer).await,
+            Command::Stop(a) => commands::serve::stop(&home, a, printer).await,
             Command::Status(_) => commands::status::status(&home, printer).await,
             Command::Ps(a) => commands::ps::ps(&home, a, printer).await,
             Command::Wake(a) => commands::wake::wake(&home, a, printer).await,

@@ -51,6 +51,10 @@ impl Home {
     pub fn pid_file(&self) -> PathBuf {
         self.run_dir().join("daemon.pid")
     }
+    /// What a stopping daemon saved for `scry serve --restore` (injected agents, follows).
+    pub fn restore_file(&self) -> PathBuf {
+        self.root.join("restore.json")
+    }
     /// The daemon's log when it runs detached.
     pub fn log_file(&self) -> PathBuf {
         self.root.join("daemon.log")

@@ -90,6 +90,9 @@ pub struct ServeOptions {
     pub http_addr: Option<String>,
     /// Overrides `agents.tcp`.
     pub agent_tcp: Option<String>,
+    /// Once serving, restore what the last stop saved (`scry serve --restore`:
+    /// [`service::daemon::restore`]).
+    pub restore: bool,
 }
 
 /// Refuses to start when another daemon already serves this home.
@@ -298,16 +301,37 @@ pub async fn serve(
 
     ready(&info);
 
+    if opts.restore {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match service::daemon::restore(&shared).await {
+                Ok(r) if !r.found => {
+                    tracing::info!(target: "daemon", file = %r.file.display(), "nothing to restore")
+                }
+                Ok(r) => {
+                    for o in r.outcomes {
+                        tracing::info!(target: "daemon", pid = o.pid, action = %o.action, ok = o.ok, "restore: {}", o.message);
+                    }
+                }
+                Err(e) => tracing::warn!(target: "daemon", "restore failed: {}", e.message),
+            }
+        });
+    }
+
     let mut stop = shared.shutdown_signal();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| DaemonError::Io {
             path: "signal handler".into(),
             source,
         })?;
-    tokio::select! {
-        _ = stop.changed() => {}
-        _ = sigterm.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let by_signal = tokio::select! {
+        _ = stop.changed() => false,
+        _ = sigterm.recv() => true,
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    // `POST shutdown` saved it before answering; a signal gives no such chance.
+    if by_signal {
+        service::daemon::save_restore(&shared);
     }
     tracing::info!(target: "daemon", "stopping");
     shared.request_shutdown();

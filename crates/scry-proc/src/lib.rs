@@ -202,6 +202,20 @@ pub fn alive(pid: u32, start_ticks: Option<u64>) -> bool {
     }
 }
 
+/// `pid` as the process sees itself (its `getpid()`, in its own PID namespace): the last
+/// field of the `NSpid:` line of `/proc/PID/status`. `None` when that cannot be read (the
+/// process is gone, or the kernel predates the line).
+pub fn pid_in_own_namespace(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// Every pid currently in `/proc`, in ascending order.
 pub fn all_pids() -> Vec<u32> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
@@ -308,6 +322,16 @@ mod tests {
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
         assert_eq!(s.start_ticks, 999);
+    }
+
+    #[test]
+    fn own_pid_as_seen_from_inside() {
+        // The innermost NSpid field is what getpid() answers in the process.
+        assert_eq!(
+            pid_in_own_namespace(std::process::id()),
+            Some(std::process::id())
+        );
+        assert_eq!(pid_in_own_namespace(u32::MAX - 1), None);
     }
 
     #[test]

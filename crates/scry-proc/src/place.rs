@@ -408,10 +408,15 @@ impl Placement {
                 }
                 Err(e) => return Err(io("create", e)),
             }
+            // From here on a failure removes the directory just made: nothing is left behind.
+            let undo = |e: PlaceError| {
+                let _ = unlinkat(Some(parent.as_raw_fd()), name, UnlinkatFlags::RemoveDir);
+                e
+            };
             let dir = open_dir(Some(parent.as_raw_fd()), name, OFlag::O_RDONLY)
-                .map_err(|e| io("open", e))?;
+                .map_err(|e| undo(io("open", e)))?;
             // mkdirat's mode went through the umask: say exactly 0700.
-            fchmod(dir.as_raw_fd(), Mode::S_IRWXU).map_err(|e| io("chmod", e))?;
+            fchmod(dir.as_raw_fd(), Mode::S_IRWXU).map_err(|e| undo(io("chmod", e)))?;
             Ok(dir)
         })
     }

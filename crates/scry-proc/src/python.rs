@@ -102,6 +102,12 @@ pub enum Role {
     Forkserver,
     /// A child started by `multiprocessing` with the spawn or forkserver method.
     SpawnChild,
+    /// debugpy's adapter (`python .../debugpy/adapter`, `-m debugpy.adapter`): started by
+    /// `debugpy.listen()` (as `scry debug` does), it talks DAP and runs no user code.
+    DebugpyAdapter,
+    /// debugpy's launcher (`python .../debugpy/launcher`): it starts the debugged program as
+    /// its child and runs no user code itself.
+    DebugpyLauncher,
 }
 
 impl Role {
@@ -113,8 +119,68 @@ impl Role {
             Role::ResourceTracker => "mp-resource-tracker".into(),
             Role::Forkserver => "mp-forkserver".into(),
             Role::SpawnChild => "mp-spawn-child".into(),
+            Role::DebugpyAdapter => "debugpy-adapter".into(),
+            Role::DebugpyLauncher => "debugpy-launcher".into(),
         }
     }
+
+    /// A helper of a tool that runs no user code (multiprocessing's resource tracker and fork
+    /// server, debugpy's adapter and launcher): nothing to observe there, and attaching to it
+    /// only gets in the tool's way.
+    pub fn is_helper(&self) -> bool {
+        matches!(
+            self,
+            Role::ResourceTracker | Role::Forkserver | Role::DebugpyAdapter | Role::DebugpyLauncher
+        )
+    }
+}
+
+/// debugpy's helper that `cmdline` runs, if any: its adapter or launcher, given as the script
+/// (`python /x/debugpy/adapter ...`, the package directory run as `__main__`) or as a module
+/// (`python -m debugpy.adapter`). Only the interpreter's own arguments are looked at (those
+/// before the script or module), so a program that merely mentions debugpy is not one, nor is
+/// `python -m debugpy --listen 5678 app.py` (the user's program, with debugpy inside).
+fn debugpy_helper(cmdline: &[String]) -> Option<Role> {
+    let role = |name: &str| match name {
+        "adapter" => Some(Role::DebugpyAdapter),
+        "launcher" => Some(Role::DebugpyLauncher),
+        _ => None,
+    };
+    let mut args = cmdline.iter().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "-m" {
+            return args
+                .next()
+                .and_then(|m| m.strip_prefix("debugpy."))
+                .and_then(role);
+        }
+        if let Some(m) = arg.strip_prefix("-m") {
+            return m.strip_prefix("debugpy.").and_then(role);
+        }
+        match arg.as_str() {
+            // `-c CODE` runs no script; `-X opt`, `-W arg` take a value.
+            "-c" => return None,
+            "-X" | "-W" => {
+                args.next();
+                continue;
+            }
+            a if a.starts_with('-') => continue,
+            _ => {}
+        }
+        // The script: `.../debugpy/adapter`, `.../debugpy/adapter/`, `.../debugpy/adapter/__main__.py`.
+        let path = arg.trim_end_matches('/');
+        let path = path.strip_suffix("/__main__.py").unwrap_or(path);
+        let mut parts = path.rsplit('/');
+        let (Some(name), Some(package)) = (parts.next(), parts.next()) else {
+            return None;
+        };
+        return if package == "debugpy" {
+            role(name)
+        } else {
+            None
+        };
+    }
+    None
 }
 
 /// What one ELF file says about Python, cached per file (device, inode, size, mtime).
@@ -498,6 +564,9 @@ fn reload_tool(cmdline: &[String]) -> Option<String> {
 /// What a process is in a reloading server or a multiprocessing program, from its command
 /// line and, when its parent runs Python, the parent's. Only meaningful for Python processes.
 pub fn role_of(cmdline: &[String], python_parent_cmdline: Option<&[String]>) -> Option<Role> {
+    if let Some(helper) = debugpy_helper(cmdline) {
+        return Some(helper);
+    }
     let joined = cmdline.join(" ");
     if joined.contains("multiprocessing.resource_tracker") {
         return Some(Role::ResourceTracker);
@@ -550,6 +619,52 @@ mod tests {
         assert_eq!(version_from_hex(0x030E00C3), "3.14.0rc3");
         assert!(plausible(0x030E00F0));
         assert!(!plausible(0x0200_0000));
+    }
+
+    #[test]
+    fn debugpys_helpers_are_recognised_from_their_command_lines() {
+        // As `debugpy.listen()` starts its adapter (the package directory as the script).
+        let adapter = argv("/usr/bin/python3.14 /usr/lib/python3/dist-packages/debugpy/adapter --for-server 49495 --host 127.0.0.1 --port 5678 --server-access-token 82");
+        assert_eq!(role_of(&adapter, None), Some(Role::DebugpyAdapter));
+        assert!(Role::DebugpyAdapter.is_helper());
+        assert_eq!(
+            role_of(&argv("python3 -m debugpy.adapter --port 5678"), None),
+            Some(Role::DebugpyAdapter)
+        );
+        assert_eq!(
+            role_of(
+                &argv("python3 -X frozen_modules=off -W ignore -mdebugpy.adapter"),
+                None
+            ),
+            Some(Role::DebugpyAdapter)
+        );
+        assert_eq!(
+            role_of(
+                &argv("/venv/bin/python /venv/lib/python3.11/site-packages/debugpy/launcher/ 40000 -- app.py"),
+                None
+            ),
+            Some(Role::DebugpyLauncher)
+        );
+        assert_eq!(
+            role_of(
+                &argv("python /x/debugpy/launcher/__main__.py 1 -- app.py"),
+                None
+            )
+            .map(|r| r.label()),
+            Some("debugpy-launcher".to_owned())
+        );
+        // The user's program, with debugpy loaded in it, is not a helper.
+        assert_eq!(
+            role_of(&argv("python3 -m debugpy --listen 5678 app.py"), None),
+            None
+        );
+        assert_eq!(role_of(&argv("python3 app.py debugpy/adapter"), None), None);
+        assert_eq!(
+            role_of(&argv("python3 /srv/my_adapter/adapter"), None),
+            None
+        );
+        assert!(!Role::SpawnChild.is_helper());
+        assert!(Role::ResourceTracker.is_helper());
     }
 
     #[test]

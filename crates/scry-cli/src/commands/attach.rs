@@ -7,7 +7,7 @@ use scry_daemon::Home;
 use super::{emit, CmdResult};
 use crate::cli::{AttachArgs, DetachArgs};
 use crate::client::{enc, DaemonClient};
-use crate::error::CliError;
+use crate::error::{CliError, ExitStatus};
 use crate::printer::Printer;
 
 /// The longest `--timeout`: the whole attach must fit in one HTTP request.
@@ -92,11 +92,41 @@ pub async fn detach(home: &Home, args: &DetachArgs, printer: &mut Printer) -> Cm
         if answer.detached {
             p.line(format!(
                 "detached from pid {pid}: hooks removed, connection closed"
-            ))
+            ))?;
         } else {
             p.line(format!(
                 "stopped following pid {pid}'s tree (it had no agent of its own)"
-            ))
+            ))?;
         }
-    })
+        if answer.unfollowed == Some(true) && answer.detached {
+            p.line("the follow it was part of is stopped")?;
+        }
+        if !answer.tree_detached.is_empty() {
+            let pids: Vec<String> = answer.tree_detached.iter().map(u32::to_string).collect();
+            p.line(format!(
+                "detached the follow's {} other agent{} too: pid {}",
+                pids.len(),
+                if pids.len() == 1 { "" } else { "s" },
+                pids.join(", ")
+            ))?;
+        }
+        for (other, why) in &answer.tree_failed {
+            p.line(format!("could not detach pid {other}: {why}"))?;
+        }
+        Ok(())
+    })?;
+    if answer.tree_failed.is_empty() {
+        Ok(ExitStatus::Success)
+    } else {
+        Err(CliError::new(format!(
+            "{} agent{} of pid {pid}'s tree could not be detached",
+            answer.tree_failed.len(),
+            if answer.tree_failed.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ))
+        .hint("retry with `scry detach PID` for each; `scry ps` lists the agents still connected"))
+    }
 }

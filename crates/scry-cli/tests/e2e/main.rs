@@ -29,3 +29,4 @@ mod top;
 mod trace;
 mod web;
 mod webdriver;
+mod workflow;

@@ -1,4 +1,4 @@
-//! `/api/v1/health`, `status`, `shutdown`, `agent-endpoint`, `system-events` and the live stream
+//! `/api/v1/health`, `status`, `shutdown`, `restore`, `agent-endpoint`, `system-events` and the live stream
 //! of everything (`/api/v1/stream`).
 
 use std::convert::Infallible;
@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::{get, post};
 use axum::Json;
 use futures_util::Stream;
-use scry_api::{AgentEndpoint, DaemonStatus, Health, Stopping, SystemEventList};
+use scry_api::{AgentEndpoint, DaemonStatus, Health, Restored, Stopping, SystemEventList};
 use serde::Deserialize;
 
 use super::{route, ApiError, ApiResult, Route};
@@ -25,6 +25,11 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/v1/shutdown",
             &[("POST", "daemon::shutdown")],
             post(shutdown),
+        ),
+        route(
+            "/api/v1/restore",
+            &[("POST", "daemon::restore")],
+            post(restore),
         ),
         route(
             "/api/v1/agent-endpoint",
@@ -50,6 +55,10 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<DaemonStatus> {
 
 async fn shutdown(State(shared): State<Arc<Shared>>) -> Json<Stopping> {
     Json(service::daemon::shutdown(&shared))
+}
+
+async fn restore(State(shared): State<Arc<Shared>>) -> ApiResult<Restored> {
+    Ok(Json(service::daemon::restore(&shared).await?))
 }
 
 async fn agent_endpoint(State(shared): State<Arc<Shared>>) -> Json<AgentEndpoint> {

@@ -20,7 +20,7 @@
 //! another implementation of [`Injector`] (gdb for older versions) plugs in there.
 //!
 //! Detach asks the agent to remove every hook and close its connection (the `agent.detach`
-//! call), then waits until it is gone.
+//! call), then waits until it is gone; detaching a followed root undoes the whole follow.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -149,6 +149,7 @@ impl Placement {
             &dir.target_path("agent.sock").to_string_lossy(),
             nonce,
             expires_epoch,
+            scry_proc::pid_in_own_namespace(pid),
         );
         dir.write_files([("bootstrap.py", bootstrap.as_bytes())])
             .map_err(place_error)?;
@@ -175,23 +176,54 @@ impl Placement {
 
 /// The bootstrap the target runs (in a fresh namespace, on its main thread): it starts a
 /// thread that imports the placed agent and connects. JSON strings are Python literals.
-fn bootstrap_source(package_dir: &str, socket: &str, nonce: &str, expires_epoch: f64) -> String {
+///
+/// Two guards keep the placement scry's alone, so that its removal is final: the bootstrap does
+/// nothing in a process other than `own_pid` (the target's pid as it sees itself: a child that
+/// the target forked before running the bootstrap inherits the request, PEP 768's as gdb's),
+/// and the agent is imported without writing bytecode next to it (the import system would
+/// otherwise re-create `scry/__pycache__/`, and the directories above it, in a placement
+/// removed meanwhile).
+fn bootstrap_source(
+    package_dir: &str,
+    socket: &str,
+    nonce: &str,
+    expires_epoch: f64,
+    own_pid: Option<u32>,
+) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let own_pid = own_pid.map_or_else(|| "None".to_owned(), |p| p.to_string());
     format!(
         r#"# scry attach bootstrap: one use, removed by scry once the agent connects.
 def _scry_attach_bootstrap():
-    import sys, threading, time
+    import os, sys, threading, time
     if time.time() > {expires:.3}:
         return  # the attach that placed this gave up: do nothing
+    own_pid = {own_pid}
+    if own_pid is not None and os.getpid() != own_pid:
+        return  # a child forked before its parent ran this: the attach is not for it
     package_dir = {pkg}
     modules_before = set(sys.modules)
 
     def run():
+        import importlib.machinery as machinery
+
+        class _NoBytecode(machinery.SourceFileLoader):
+            def set_data(self, *args, **kwargs):
+                pass  # nothing is written into the placement
+
+        finders = dict(
+            (d, machinery.FileFinder(d, (_NoBytecode, machinery.SOURCE_SUFFIXES)))
+            for d in (package_dir, os.path.join(package_dir, "scry"))
+        )
+        sys.path_importer_cache.update(finders)
         sys.path.insert(0, package_dir)
         try:
             from scry import _attach
             _attach.attach({sock}, {nonce}, package_dir, modules_before)
         except BaseException as exc:
+            for d, f in finders.items():
+                if sys.path_importer_cache.get(d) is f:
+                    del sys.path_importer_cache[d]
             try:
                 sys.stderr.write("scry attach: the agent could not start: %r\n" % (exc,))
             except BaseException:
@@ -383,10 +415,63 @@ fn internal(message: String) -> Error {
     Error::new(ErrorKind::Internal, message)
 }
 
+/// How long `scry detach ROOT` waits for the attaches its follow had in progress (an attach
+/// gives the target [`super::follow`]'s 5 s, then [`HELLO_WAIT`] for the hello).
+const FOLLOW_ATTACHES_WAIT: Duration = Duration::from_secs(25);
+
 /// Detaches the agent of `pid`: every hook removed, connection closed. Returns what happened.
+///
+/// A followed `pid` stops being followed (else the follow would attach again). When `pid` is
+/// the root of that follow, every other agent the follow injected in its tree is detached too,
+/// once the attaches it had in progress have ended: `scry attach --follow ROOT` is undone by
+/// `scry detach ROOT`. Detaching one process of a followed tree stops the follow and detaches
+/// that process only.
 pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Detached> {
     let pid = positive_pid(pid)?;
-    let unfollowed = shared.follows.stop(pid);
+    let stopped = shared.follows.stop(pid);
+    let unfollowed = !stopped.is_empty();
+    let mut tree: Vec<u32> = Vec::new();
+    for f in stopped {
+        let mut attaching = f.attaching;
+        if f.state.root != pid {
+            attaching.detach_all();
+            continue;
+        }
+        tree.extend(&f.state.attached);
+        let deadline = tokio::time::Instant::now() + FOLLOW_ATTACHES_WAIT;
+        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, attaching.join_next()).await
+        {
+            if let Ok((attached, true)) = joined {
+                tree.push(attached);
+            }
+        }
+        // Still attaching after that long: aborted (its nonce is withdrawn, its placement removed).
+        attaching.abort_all();
+    }
+    tree.sort_unstable();
+    tree.dedup();
+    tree.retain(|p| *p != pid);
+    // Only the agents a follow could have made: an embedded client in the tree is its own.
+    let injected: Vec<u32> = tree
+        .into_iter()
+        .filter(|p| awake_process(shared, *p).is_some_and(|(_, origin)| origin == "injected"))
+        .collect();
+    let results = futures_util::future::join_all(
+        injected
+            .iter()
+            .map(|p| async move { (*p, detach_one(shared, *p).await) }),
+    )
+    .await;
+    let mut tree_detached = Vec::new();
+    let mut tree_failed = std::collections::BTreeMap::new();
+    for (p, result) in results {
+        match result {
+            Ok(_) => tree_detached.push(p),
+            Err(e) => {
+                tree_failed.insert(p, e.message);
+            }
+        }
+    }
     if unfollowed && awake_process(shared, pid).is_none() {
         return Ok(Detached {
             pid,
@@ -394,8 +479,24 @@ pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Detached> {
             detached: false,
             origin: None,
             unfollowed: Some(true),
+            tree_detached,
+            tree_failed,
         });
     }
+    let (process_id, origin) = detach_one(shared, pid).await?;
+    Ok(Detached {
+        pid,
+        process_id: Some(process_id),
+        detached: true,
+        origin: Some(origin),
+        unfollowed: unfollowed.then_some(true),
+        tree_detached,
+        tree_failed,
+    })
+}
+
+/// Detaches the agent of `pid` and waits until it is gone: its process row and origin.
+async fn detach_one(shared: &Arc<Shared>, pid: u32) -> Result<(i64, String)> {
     let Some((process_id, origin)) = awake_process(shared, pid) else {
         return Err(Error::new(
             ErrorKind::NotAttached,
@@ -424,13 +525,7 @@ pub async fn detach(shared: &Arc<Shared>, pid: u32) -> Result<Detached> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(Detached {
-        pid,
-        process_id: Some(process_id),
-        detached: true,
-        origin: Some(origin),
-        unfollowed: None,
-    })
+    Ok((process_id, origin))
 }
 
 /// Checks an attach request: the pid, the timeout (default [`DEFAULT_TIMEOUT`]) and the
@@ -500,9 +595,12 @@ mod tests {
 
     #[test]
     fn bootstrap_quotes_its_values() {
-        let src = bootstrap_source("/tmp/d \"x\"", "/tmp/d/agent.sock", "n-1", 12.5);
+        let src = bootstrap_source("/tmp/d \"x\"", "/tmp/d/agent.sock", "n-1", 12.5, Some(7));
         assert!(src.contains(r#"package_dir = "/tmp/d \"x\"""#), "{src}");
         assert!(src.contains("if time.time() > 12.500:"), "{src}");
         assert!(src.contains(r#"_attach.attach("/tmp/d/agent.sock", "n-1", package_dir"#));
+        assert!(src.contains("own_pid = 7\n"), "{src}");
+        let src = bootstrap_source("/tmp/d", "/tmp/d/agent.sock", "n-1", 12.5, None);
+        assert!(src.contains("own_pid = None\n"), "{src}");
     }
 }

@@ -1,14 +1,19 @@
 //! The daemon itself: its status (versions, addresses, counts, the store's health), its own
-//! system events, the agents' endpoint, and stopping it.
+//! system events, the agents' endpoint, stopping it, and restoring after a stop what ended
+//! with it (injected agents, follows).
 
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
 use scry_api::{
-    AgentEndpoint, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts, Stopping,
-    StoreStatus, SystemEvent, SystemEventList, UiLoginLink,
+    AgentEndpoint, AttachRequest, Backpressure, DaemonStatus, Dropped, Health, ProcessCounts,
+    RestoreOutcome, RestorePlan, RestoreTarget, Restored, Stopping, StoreStatus, SystemEvent,
+    SystemEventList, UiLoginLink,
 };
 
-use super::{blocking, Result};
+use super::{blocking, Error, Result};
+use crate::state::registry::ProcState;
 use crate::Shared;
 
 /// The daemon's status (`scry status`): where it listens, what it holds, what it lost.
@@ -99,13 +104,173 @@ pub fn agent_endpoint(shared: &Shared) -> AgentEndpoint {
     }
 }
 
-/// Asks the daemon to stop (it answers first).
+/// Asks the daemon to stop (it answers first), after saving what ends with it for `scry serve
+/// --restore` ([`save_restore`]).
 pub fn shutdown(shared: &Shared) -> Stopping {
+    let stopping = save_restore(shared);
     shared.request_shutdown();
-    Stopping {
+    stopping
+}
+
+/// Saves the injected agents and the follows in progress, which end with the daemon, in
+/// `$SCRY_HOME/restore.json` (mode 0600, replaced whole) for [`restore`]; says what ends.
+/// Nothing ending: nothing is written (an older file is left for `--restore`).
+pub fn save_restore(shared: &Shared) -> Stopping {
+    let mut agents: Vec<u32> = shared
+        .registry()
+        .views()
+        .into_iter()
+        .filter(|v| v.state == ProcState::Awake && v.origin == "injected")
+        .map(|v| v.pid)
+        .collect();
+    agents.sort_unstable();
+    agents.dedup();
+    let mut follows: Vec<u32> = shared.follows.states().iter().map(|f| f.root).collect();
+    follows.sort_unstable();
+    let targets = |pids: &[u32]| -> Vec<RestoreTarget> {
+        pids.iter()
+            .filter_map(|&pid| {
+                let p = scry_proc::info(pid).ok()?;
+                Some(RestoreTarget {
+                    pid,
+                    start_ticks: p.start_ticks,
+                })
+            })
+            .collect()
+    };
+    let mut stopping = Stopping {
         stopping: true,
         pid: std::process::id(),
+        ended_agents: agents.clone(),
+        ended_follows: follows.clone(),
+        restore_file: None,
+        restore_error: None,
+    };
+    if agents.is_empty() && follows.is_empty() {
+        return stopping;
     }
+    let plan = RestorePlan {
+        saved_at: crate::now(),
+        agents: targets(&agents),
+        follows: targets(&follows),
+    };
+    let path = shared.home.restore_file();
+    match write_private(&path, &serde_json::to_vec_pretty(&plan).unwrap_or_default()) {
+        Ok(()) => {
+            tracing::info!(target: "daemon", file = %path.display(), agents = agents.len(), follows = follows.len(), "saved what to restore");
+            stopping.restore_file = Some(path);
+        }
+        Err(e) => {
+            tracing::warn!(target: "daemon", file = %path.display(), "cannot save what to restore: {e}");
+            stopping.restore_error = Some(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    stopping
+}
+
+/// Writes `data` to `path` through a fresh temporary file of mode 0600 renamed over it.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Restores what the last stop saved (`scry serve --restore`, `POST /api/v1/restore`): attaches
+/// again to each saved process that still runs (the same one: pid and start time), then follows
+/// each saved root again, through the same service functions as `scry attach [--follow]`; each
+/// outcome is said and kept as a system event (`restored`). The file is removed once read.
+pub async fn restore(shared: &Arc<Shared>) -> Result<Restored> {
+    let file = shared.home.restore_file();
+    let text = match std::fs::read(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Restored {
+                file,
+                found: false,
+                outcomes: Vec::new(),
+            })
+        }
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cannot read {}: {e}",
+                file.display()
+            )))
+        }
+    };
+    let _ = std::fs::remove_file(&file);
+    let plan: RestorePlan = serde_json::from_slice(&text).map_err(|e| {
+        Error::bad_request(format!(
+            "{} is not what `scry stop` saves: {e}",
+            file.display()
+        ))
+        .hint("it was removed; attach again with `scry attach PID` or `scry attach --follow PID`")
+    })?;
+    let mut outcomes = Vec::new();
+    let steps = plan
+        .agents
+        .iter()
+        .map(|t| (*t, "attach"))
+        .chain(plan.follows.iter().map(|t| (*t, "follow")));
+    for (target, action) in steps {
+        let pid = target.pid;
+        let (ok, message) = if !scry_proc::alive(pid, Some(target.start_ticks)) {
+            (false, "exited since the daemon stopped".to_owned())
+        } else {
+            let request = AttachRequest {
+                pid,
+                ..AttachRequest::default()
+            };
+            let result = if action == "follow" {
+                super::follow::follow(shared, &request).await
+            } else {
+                super::attach::attach_request(shared, &request).await
+            };
+            match result {
+                Ok(r) if r.already_attached && action == "attach" => {
+                    (true, "already attached".to_owned())
+                }
+                Ok(r) => (
+                    true,
+                    match (action, r.injector) {
+                        ("follow", _) => "followed again".to_owned(),
+                        (_, Some(i)) => format!("attached again ({i})"),
+                        _ => "attached again".to_owned(),
+                    },
+                ),
+                Err(e) => (false, e.message),
+            }
+        };
+        shared.system_event(
+            if ok {
+                scry_store::Level::Info
+            } else {
+                scry_store::Level::Warn
+            },
+            "restored",
+            format!("restore: {action} pid {pid}: {message}"),
+            serde_json::json!({"pid": pid, "action": action, "ok": ok}),
+        );
+        outcomes.push(RestoreOutcome {
+            pid,
+            action: action.to_owned(),
+            ok,
+            message,
+        });
+    }
+    Ok(Restored {
+        file,
+        found: true,
+        outcomes,
+    })
 }
 
 /// The daemon answers: its version.

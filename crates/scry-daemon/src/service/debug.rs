@@ -192,19 +192,14 @@ pub async fn start(req: &DebugRequest) -> Result<DebugReport> {
 }
 
 /// The worker to debug under a reload supervisor: its first live Python child that is not a
-/// multiprocessing helper.
+/// tool's helper (multiprocessing's, debugpy's).
 fn worker_of(supervisor: u32) -> Option<u32> {
-    use scry_proc::python::{role_of, Detector, Role};
+    use scry_proc::python::{role_of, Detector};
     let mut detector = Detector::new();
     scry_proc::tree(supervisor)
         .into_iter()
         .filter(|(p, depth)| *depth == 1 && p.state != 'Z')
-        .filter(|(p, _)| {
-            !matches!(
-                role_of(&p.cmdline, None),
-                Some(Role::ResourceTracker | Role::Forkserver)
-            )
-        })
+        .filter(|(p, _)| !role_of(&p.cmdline, None).is_some_and(|r| r.is_helper()))
         .find(|(p, _)| detector.detect(p.pid).is_some_and(|i| i.short != "?"))
         .map(|(p, _)| p.pid)
 }

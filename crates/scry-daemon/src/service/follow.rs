@@ -4,8 +4,8 @@
 //!
 //! One task per followed root, in the daemon (so it outlives the CLI): every [`POLL`] it walks
 //! the tree under the root from `/proc`, recognises Python processes from their memory image
-//! (`scry_proc::python`, cached per pid and start time; multiprocessing's resource tracker and
-//! fork server are left out) and attaches to those without an awake
+//! (`scry_proc::python`, cached per pid and start time; tools' own processes are left out: scry's,
+//! multiprocessing's resource tracker and fork server, debugpy's adapter and launcher) and attaches to those without an awake
 //! agent ([`crate::service::attach::attach`], each on its own task so that a slow gdb attach does not
 //! hold the others back). A process whose attach failed is retried a few times, then left
 //! alone (its error is kept and shown). Probes need nothing here: the daemon syncs the probes
@@ -23,11 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use scry_api::{AttachReport, AttachRequest};
-use scry_proc::python::Role;
 use serde_json::{json, Value};
 
 use super::{attach, Result};
-use crate::state::follows::Follow;
+use crate::state::follows::{Attaching, Follow};
 use crate::Shared;
 use scry_api::{FollowList, FollowState, Restart, Unfollowed};
 
@@ -55,6 +54,18 @@ struct Seen {
     orphaned_slots: HashMap<u32, Vec<u32>>,
 }
 
+/// Whether `pid` runs scry's own binary (the daemon, a CLI, `scry run`'s wrapper): never a
+/// target, whatever it looks like.
+fn is_scry(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let Ok(own) = std::fs::read_link("/proc/self/exe") else {
+        return false;
+    };
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == own)
+}
+
 /// Whether `pid` has an awake agent connected.
 fn is_attached(shared: &Shared, pid: u32) -> bool {
     shared
@@ -64,12 +75,15 @@ fn is_attached(shared: &Shared, pid: u32) -> bool {
         .any(|e| e.view.state == crate::state::registry::ProcState::Awake && e.agent.is_some())
 }
 
-async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
+async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>, attaching: Attaching) {
     let mut seen = Seen::default();
     let mut detector = scry_proc::python::Detector::new();
     let (done_tx, mut done_rx) =
         tokio::sync::mpsc::unbounded_channel::<(u32, u64, Result<(), String>)>();
     loop {
+        if let Some(set) = attaching.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            while set.try_join_next().is_some() {}
+        }
         while let Ok((pid, start, result)) = done_rx.try_recv() {
             seen.in_flight.remove(&pid);
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,17 +115,16 @@ async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
                 continue;
             }
             let key = (p.pid, p.start_ticks);
+            // Tools' own processes are never targets: the helpers that run no user code
+            // (multiprocessing's resource tracker and fork server, debugpy's adapter and
+            // launcher, which `scry debug` starts under a followed worker), asked every time
+            // since a fresh child still shows its parent's command line until it `exec`s one;
+            // and scry's.
+            if scry_proc::python::role_of(&p.cmdline, None).is_some_and(|r| r.is_helper()) {
+                continue;
+            }
             if !seen.python.contains(&key) {
-                if detector.detect(p.pid).is_none_or(|i| i.short == "?") {
-                    continue;
-                }
-                // multiprocessing's resource tracker and fork server run no user code and
-                // block in a read: not worth an agent.
-                let helper = matches!(
-                    scry_proc::python::role_of(&p.cmdline, None),
-                    Some(Role::ResourceTracker | Role::Forkserver)
-                );
-                if helper {
+                if is_scry(p.pid) || detector.detect(p.pid).is_none_or(|i| i.short == "?") {
                     continue;
                 }
                 seen.python.insert(key);
@@ -129,12 +142,20 @@ async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
             *last = now;
             seen.in_flight.insert(p.pid);
             let (shared2, tx, pid, start) = (shared.clone(), done_tx.clone(), p.pid, p.start_ticks);
-            tokio::spawn(async move {
+            let mut guard = attaching.lock().unwrap_or_else(|e| e.into_inner());
+            // Stopped (`scry detach ROOT` waits for the attaches in progress, then detaches
+            // them too): start nothing more.
+            let Some(set) = guard.as_mut() else {
+                return;
+            };
+            set.spawn(async move {
                 let result = attach::attach(&shared2, pid, ATTACH_TIMEOUT, None)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
+                let ok = result.is_ok();
                 let _ = tx.send((pid, start, result));
+                (pid, ok)
             });
         }
         // Restarts: a followed pid gone, a new one under the same parent.
@@ -189,6 +210,7 @@ async fn run(shared: Arc<Shared>, root: u32, state: Arc<Mutex<FollowState>>) {
             .retain(|(pid, _)| tree.iter().any(|(p, _)| p.pid == *pid));
         seen.attempts
             .retain(|(pid, _), _| tree.iter().any(|(p, _)| p.pid == *pid));
+
         tokio::time::sleep(POLL).await;
     }
 }
@@ -205,8 +227,16 @@ pub async fn follow(shared: &Arc<Shared>, req: &AttachRequest) -> Result<AttachR
             since: crate::now(),
             ..FollowState::default()
         }));
-        let task = tokio::spawn(run(shared.clone(), root, state.clone()));
-        shared.follows.start(root, Follow { state, task });
+        let attaching: Attaching = Arc::new(Mutex::new(Some(tokio::task::JoinSet::new())));
+        let task = tokio::spawn(run(shared.clone(), root, state.clone(), attaching.clone()));
+        shared.follows.start(
+            root,
+            Follow {
+                state,
+                task,
+                attaching,
+            },
+        );
     }
     report.following = Some(true);
     report.already_following = Some(already_following);
@@ -220,11 +250,16 @@ pub fn list(shared: &Shared) -> FollowList {
     }
 }
 
-/// Stops following `pid` (a root, or a process of a followed tree); the agents stay.
+/// Stops following `pid` (a root, or a process of a followed tree); the agents stay (`scry
+/// detach ROOT` detaches them: [`attach::detach`]).
 pub fn unfollow(shared: &Shared, pid: u32) -> Result<Unfollowed> {
     let pid = attach::positive_pid(pid)?;
-    Ok(Unfollowed {
-        pid,
-        stopped: shared.follows.stop(pid),
-    })
+    let stopped = shared.follows.stop(pid);
+    let any = !stopped.is_empty();
+    // The agents stay: so do the attaches in progress.
+    for f in stopped {
+        let mut attaching = f.attaching;
+        attaching.detach_all();
+    }
+    Ok(Unfollowed { pid, stopped: any })
 }

@@ -4,14 +4,30 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::task::JoinSet;
+
 pub use scry_api::{FollowState, Restart};
 
-/// One follow: what it knows, and its task.
+/// The attaches a follow has in progress, each answering its pid and whether it attached.
+/// `None` once the follow is stopped: nothing new may start then.
+pub type Attaching = Arc<Mutex<Option<JoinSet<(u32, bool)>>>>;
+
+/// One follow: what it knows, its task, and its attaches in progress.
 pub struct Follow {
     /// What it knows.
     pub state: Arc<Mutex<FollowState>>,
     /// The task walking the tree.
     pub task: tokio::task::JoinHandle<()>,
+    /// Its attaches in progress (on tasks of their own, so that a slow one holds no other back).
+    pub attaching: Attaching,
+}
+
+/// A follow that was stopped: what it knew, and the attaches it had in progress.
+pub struct Stopped {
+    /// Its last state.
+    pub state: FollowState,
+    /// Its attaches still in progress (they run on unless this is dropped, which aborts them).
+    pub attaching: JoinSet<(u32, bool)>,
 }
 
 /// The follows in progress, by root pid.
@@ -32,8 +48,9 @@ impl Follows {
         }
     }
 
-    /// Stops following `root` (and a follow whose tree holds `root`); true when one was.
-    pub fn stop(&self, pid: u32) -> bool {
+    /// Stops following `root` (and a follow whose tree holds `root`); returns the follows
+    /// stopped.
+    pub fn stop(&self, pid: u32) -> Vec<Stopped> {
         let mut map = self.lock();
         let roots: Vec<u32> = map
             .iter()
@@ -46,12 +63,22 @@ impl Follows {
             })
             .map(|(root, _)| *root)
             .collect();
-        for root in &roots {
-            if let Some(f) = map.remove(root) {
+        roots
+            .iter()
+            .filter_map(|root| map.remove(root))
+            .map(|f| {
                 f.task.abort();
-            }
-        }
-        !roots.is_empty()
+                // Taken under the lock the task spawns under: it starts nothing after this.
+                let attaching = f
+                    .attaching
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_default();
+                let state = f.state.lock().map(|s| s.clone()).unwrap_or_default();
+                Stopped { state, attaching }
+            })
+            .collect()
     }
 
     /// The state of every follow.
