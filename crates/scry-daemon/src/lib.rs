@@ -252,6 +252,7 @@ pub async fn serve(
         not_stored: Arc::default(),
         backpressure_waits: AtomicU64::new(0),
         links_accepted: AtomicU64::new(0),
+        attach_times: Default::default(),
         attaches: state::attaches::Pending::default(),
         follows: state::follows::Follows::default(),
         repl: state::repl::ReplHub::default(),

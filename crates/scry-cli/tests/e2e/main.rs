@@ -17,6 +17,7 @@ mod garbage;
 mod lines;
 mod logs;
 mod mcp;
+mod metrics;
 mod names;
 pub mod probes;
 mod ps_tree;

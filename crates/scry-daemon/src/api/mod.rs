@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod lines;
 pub mod listen;
+pub mod metrics;
 pub mod probes;
 pub mod processes;
 pub mod repl;
@@ -80,6 +81,7 @@ pub fn routes() -> Vec<Route> {
         debug::routes(),
         traces::routes(),
         dumps::routes(),
+        metrics::routes(),
         repl::routes(),
         web::routes(),
     ]

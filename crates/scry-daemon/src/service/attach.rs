@@ -277,6 +277,23 @@ pub async fn attach(
     only: Option<String>,
 ) -> Result<AttachReport> {
     let started = Instant::now();
+    let result = attach_once(shared, pid, timeout, only).await;
+    let seconds = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(r) if r.already_attached => {}
+        Ok(_) => shared.attach_times.ok.observe(seconds),
+        Err(_) => shared.attach_times.failed.observe(seconds),
+    }
+    result
+}
+
+async fn attach_once(
+    shared: &Arc<Shared>,
+    pid: u32,
+    timeout: Duration,
+    only: Option<String>,
+) -> Result<AttachReport> {
+    let started = Instant::now();
     if pid == std::process::id() {
         return Err(Error::bad_request("that is the scry daemon itself"));
     }

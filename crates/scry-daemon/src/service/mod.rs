@@ -18,6 +18,7 @@ pub mod dumps;
 pub mod events;
 pub mod follow;
 pub mod lines;
+pub mod metrics;
 pub mod probes;
 pub mod processes;
 pub mod repl;

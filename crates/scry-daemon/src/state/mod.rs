@@ -13,6 +13,7 @@
 
 pub mod attaches;
 pub mod follows;
+pub mod metrics;
 pub mod probes;
 pub mod registry;
 pub mod repl;
@@ -77,6 +78,8 @@ pub struct Shared {
     pub follows: follows::Follows,
     /// The REPL relay's sessions.
     pub repl: repl::ReplHub,
+    /// How long attaches took (`GET /metrics`).
+    pub attach_times: metrics::AttachTimes,
 }
 
 impl Shared {
