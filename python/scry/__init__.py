@@ -30,6 +30,7 @@ from . import _attach  # noqa: F401  (registers agent.detach and agent.state)
 # What a link ships is registered with ``_producers`` by the module that fills it, when imported:
 # the probe hits (``_engine``, through ``_state``), trace events (``_trace``) and log records.
 from . import _logfwd  # noqa: F401  (registers the link's log records)
+from . import _metrics  # noqa: F401  (registers the link's metric aggregates)
 
 _calls_module.lazy("scry._lines", methods=("find_lines",))
 _calls_module.lazy("scry._inspect", methods=("inspect",))

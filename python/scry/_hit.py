@@ -139,7 +139,7 @@ def hit(site, frame):
 
 
 def _record(p, site, frame, buf):
-    """The general case: TTL, condition, rate mode, stack and locals."""
+    """The general case: TTL, condition, rate mode, metric probes, stack and locals."""
     if p.deadline_ns is not None and _mono() >= p.deadline_ns:
         retire(p, _EXPIRED, None, "its time to live is over")
         return
@@ -160,6 +160,27 @@ def _record(p, site, frame, buf):
             return
     if p.mode and not _admit(p):
         p.dropped += 1
+        return
+    metric = p.metric
+    if metric is not None:
+        # Aggregated here: nothing goes to the link but the aggregate, once a second.
+        try:
+            if not p.texts:
+                values = ()
+            else:
+                values = _value(p, p.fast, p.code, g, loc)
+                if p.single:
+                    values = (values,)
+            p.fails = 0
+        except KeyboardInterrupt:
+            raise
+        except _Refused:
+            raise
+        except BaseException as exc:
+            _failed(p, exc)
+            return
+        metric.observe(values)
+        p.recorded += 1
         return
     try:
         value = _value(p, p.fast, p.code, g, loc)

@@ -33,6 +33,8 @@ import re
 import sys
 from math import log2 as _log2
 
+from . import _metrics
+
 #: The builtins an expression may call (without ``unsafe``). Same list as the daemon's checker
 #: (``crates/scry-daemon/src/expr.rs``); the shared vectors hold both to it.
 SAFE_CALLS = (
@@ -836,6 +838,7 @@ def normalize(spec):
         "expires_at": spec.get("expires_at"),
         "unsafe": bool(spec.get("unsafe", False)),
         "limits": _with_defaults(spec.get("limits"), DEFAULT_LIMITS),
+        "metric": spec.get("metric"),
     }
 
 
@@ -859,6 +862,7 @@ class Probe(object):
         "unsafe",
         "limits",
         "expires_at",
+        "metric",
         # compiled
         "code",
         "codes",
@@ -918,6 +922,8 @@ class Probe(object):
         limits = spec["limits"]
         self.limits = (int(limits["depth"]), max(1, int(limits["items"])), max(1, int(limits["string"])))
         self.expires_at = spec["expires_at"]
+        # A metric probe aggregates here instead of shipping its hits (see _metrics).
+        self.metric = _metrics.Metric(self.id, spec["metric"]) if spec["metric"] else None
         self.code = self.codes = self.cond = None
         self.scoped = False
         self.helpers = None
@@ -959,8 +965,10 @@ class Probe(object):
     def compile(self):
         """Check and compile the expressions and condition. Raises InvalidExpression."""
         trees = []
-        if not self.texts:
+        if not self.texts and (self.metric is None or self.metric.kind != "count"):
             raise InvalidExpression("a probe needs at least one expression")
+        if self.metric is not None and len(self.texts) != self.metric.value_count() + len(self.metric.labels):
+            raise InvalidExpression("a metric probe's expressions are its value and one per label")
         for text in self.texts:
             try:
                 trees.append(check_expression(text, self.unsafe))
@@ -999,9 +1007,8 @@ class Probe(object):
                 self.cond = compile(ast.fix_missing_locations(cond_tree), label, "eval")
         except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as exc:
             raise InvalidExpression("cannot compile: {}".format(exc))
-        body = trees[0].body
-        if self.single and isinstance(body, ast.Name):
-            self.name = body.id
+        if self.single and isinstance(trees[0].body, ast.Name):
+            self.name = trees[0].body.id
         self._set_plain()
 
     def _set_plain(self):
@@ -1012,6 +1019,7 @@ class Probe(object):
             and (not self.scoped or self.fast is not None)
             and not self.stack
             and not self.locals
+            and self.metric is None
         )
 
     def bind(self, codes):

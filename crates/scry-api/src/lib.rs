@@ -49,7 +49,9 @@ pub use repl::{
     BreakIn, BrokenIn, CompleteRequest, Completions, NewReplSession, ReplInput, ReplSent,
     ReplSessionCreated, ReplSessionDeleted, ReplSessionState, ReplSwitch, ReplView, TerminalEvent,
 };
-pub use scry_proto::{CaptureLimits, ProbeSpec, ProbeState, ProbeStatus, RateMode};
+pub use scry_proto::{
+    CaptureLimits, MetricKind, MetricSpec, ProbeSpec, ProbeState, ProbeStatus, RateMode,
+};
 pub use traces::{
     NewTrace, StopTraces, TraceEvents, TraceFailure, TraceList, TraceProcess, TraceSpec,
     TraceState, TraceStatus, TraceView,

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use scry_proto::{CaptureLimits, ProbeSpec, ProbeStatus, RateMode};
+use scry_proto::{CaptureLimits, MetricKind, ProbeSpec, ProbeStatus, RateMode};
 
 /// A request to add a probe (`POST /api/v1/probes`, the MCP tool `add_probe`, `scry probe add`).
 ///
@@ -56,6 +56,19 @@ pub struct NewProbe {
     /// A group, to enable, disable or remove several probes at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// A metric probe instead of events: `count` (hits), `gauge` (the last value of its one
+    /// expression) or `histogram` (its values in buckets). Aggregated in the agent, exposed on
+    /// `GET /metrics` as `scry_metric_NAME` (the probe's name, else its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<MetricKind>,
+    /// A metric probe's labels, `name=expression` (e.g. `region=order.region`): a label value
+    /// is the expression's value when it is a string, number, bool or None, else its type; at
+    /// most 100 label sets per process, more are counted under `__overflow__`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// A histogram's upper bounds, increasing (default 0.005 to 10, as Prometheus's clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<f64>>,
     /// How much of each value is captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<CaptureLimits>,

@@ -508,9 +508,9 @@ pub struct DemoArgs {
 pub enum ProbeCmd {
     /// Add a probe: evaluate expressions each time a line runs, without pausing the process.
     #[command(
-        after_help = "Locations: path.py:LINE, @path.py#LINE, module.sub:function (entry), path.py:function.\nPaths match by suffix against the code loaded in the target.\n\nExamples:\n  scry probe add app/orders.py:127 'order.total' --pid 4242\n  scry probe add orders:price 'order.id' 'len(order.items)' --name prices --sample 10\n  scry probe add app/orders.py:127 'order.total' --if 'order.total > 100' --ttl 10m"
+        after_help = "Locations: path.py:LINE, @path.py#LINE, module.sub:function (entry), path.py:function.\nPaths match by suffix against the code loaded in the target.\n\nExamples:\n  scry probe add app/orders.py:127 'order.total' --pid 4242\n  scry probe add orders:price 'order.id' 'len(order.items)' --name prices --sample 10\n  scry probe add app/orders.py:127 'order.total' --if 'order.total > 100' --ttl 10m\n  scry probe add app/orders.py:127 'order.total' --metric histogram --label 'region=order.region' --name order_total\n    (a metric: scry_metric_order_total on the daemon's /metrics, no event a hit)"
     )]
-    Add(ProbeAddArgs),
+    Add(Box<ProbeAddArgs>),
     /// List probes with their status and counters in every process.
     #[command(after_help = "Example:\n  scry probe list --json")]
     List(Output),
@@ -534,9 +534,27 @@ pub enum ProbeCmd {
 pub struct ProbeAddArgs {
     /// Where: path.py:LINE, @path.py#LINE, module.sub:function or path.py:function.
     pub location: String,
-    /// Expressions to capture at each hit, e.g. `order.total` `len(items)`.
-    #[arg(required = true)]
+    /// Expressions to capture at each hit, e.g. `order.total` `len(items)` (a `--metric gauge`
+    /// or `histogram`: its one value; `--metric count`: none).
+    #[arg(required_unless_present = "metric")]
     pub expressions: Vec<String>,
+    /// A metric instead of events, aggregated in the process and exposed on the daemon's
+    /// `GET /metrics` (Prometheus) as `scry_metric_NAME`: `count` (hits), `gauge` (the last
+    /// value), `histogram` (values in buckets).
+    #[arg(long, value_name = "KIND", value_parser = ["count", "gauge", "histogram"])]
+    pub metric: Option<String>,
+    /// A metric's label, NAME=EXPRESSION (repeatable), e.g. `--label region=order.region`; at
+    /// most 100 label sets per process, the rest counted under `__overflow__`.
+    #[arg(long = "label", value_name = "NAME=EXPR", requires = "metric")]
+    pub labels: Vec<String>,
+    /// A histogram's bucket upper bounds, increasing, e.g. `--buckets 0.1,0.5,1,5`.
+    #[arg(
+        long,
+        value_name = "BOUNDS",
+        value_delimiter = ',',
+        requires = "metric"
+    )]
+    pub buckets: Option<Vec<f64>>,
     /// A unique name to refer to the probe by.
     #[arg(long)]
     pub name: Option<String>,

@@ -253,6 +253,7 @@ pub async fn serve(
         backpressure_waits: AtomicU64::new(0),
         links_accepted: AtomicU64::new(0),
         attach_times: Default::default(),
+        metric_probes: Default::default(),
         attaches: state::attaches::Pending::default(),
         follows: state::follows::Follows::default(),
         repl: state::repl::ReplHub::default(),

@@ -348,7 +348,44 @@ pub struct ProbeSpec {
     /// Capture bounds.
     #[serde(default)]
     pub limits: CaptureLimits,
+    /// A metric probe: aggregated in the agent, shipped as `metric` events (one a second per
+    /// probe at most, cumulative), never as one event a hit. Its `expressions` are the value
+    /// (one, for `gauge` and `histogram`; none for `count`) followed by one per label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<MetricSpec>,
 }
+
+/// What a metric probe aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// Hits (a counter).
+    Count,
+    /// The last value.
+    Gauge,
+    /// Values in buckets, with their count and sum.
+    Histogram,
+}
+
+/// A metric probe's shape: its kind, the names of its labels (their expressions end the
+/// probe's `expressions`), and a histogram's bucket bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSpec {
+    /// What is aggregated.
+    pub kind: MetricKind,
+    /// Label names, one per trailing expression.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// A histogram's upper bounds, increasing (default: Prometheus's, 5 ms to 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<f64>>,
+}
+
+/// At most this many label sets per metric probe and process; more are counted in one set
+/// whose labels are all [`METRIC_OVERFLOW`].
+pub const MAX_METRIC_SERIES: usize = 100;
+/// The label value of the set that counts what did not fit in [`MAX_METRIC_SERIES`].
+pub const METRIC_OVERFLOW: &str = "__overflow__";
 
 /// A probe's state in one process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! `scry probe add|list|rm|enable|disable`.
 
-use scry_api::{NewProbe, ProbeInProcess, ProbeState, ProbeView, RateMode, Ttl};
+use scry_api::{MetricKind, NewProbe, ProbeInProcess, ProbeState, ProbeView, RateMode, Ttl};
 use scry_daemon::Home;
 
 use super::CmdResult;
@@ -51,6 +51,13 @@ async fn add(client: &DaemonClient, a: &ProbeAddArgs, printer: &mut Printer) -> 
         repr: a.repr,
         unsafe_calls: a.unsafe_calls,
         group: a.group.clone(),
+        metric: a.metric.as_deref().map(|m| match m {
+            "count" => MetricKind::Count,
+            "gauge" => MetricKind::Gauge,
+            _ => MetricKind::Histogram,
+        }),
+        labels: a.labels.clone(),
+        buckets: a.buckets.clone(),
         ..NewProbe::default()
     };
     let probe = client.add_probe(&request).await?;

@@ -42,13 +42,33 @@ fn prometheus_scrapes_the_daemon_with_its_token_and_answers_promql() {
     let loc = format!("orders_loop.py:{}", marked_line("orders_loop.py", "total"));
     let out = ctx.scry(&["probe", "add", &loc, "subtotal", "--name", "totals"]);
     assert!(out.status.success(), "{}", text(&out));
+    // A metric probe on the same line: subtotals in buckets, by customer, aggregated in the
+    // process (no event a hit).
+    let out = ctx.scry(&[
+        "probe",
+        "add",
+        &loc,
+        "subtotal",
+        "--metric",
+        "histogram",
+        "--label",
+        "customer=order['customer']",
+        "--buckets",
+        "3,6,9",
+        "--name",
+        "subtotals",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let metric_probe: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let metric_id = metric_probe["id"].as_str().expect("id").to_owned();
 
     // Over TCP the token is needed, as for every request; with it, the exposition.
     let tcp = ctx.tcp();
     let (status, _) = http_request(&tcp, "GET", "/metrics", None, "").expect("GET");
     assert_eq!(status, 401, "/metrics without the token");
     let bearer = format!("Authorization: Bearer {}\r\n", ctx.token());
-    let body = wait_for(
+    wait_for(
         "the probe's hits in /metrics",
         Duration::from_secs(30),
         || {
@@ -60,10 +80,22 @@ fn prometheus_scrapes_the_daemon_with_its_token_and_answers_promql() {
                         && l.contains("name=\"totals\"")
                         && !l.ends_with(" 0")
                 })
+                .then_some(())
+        },
+    );
+    let body = wait_for(
+        "the metric probe's histogram in /metrics",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http_request(&tcp, "GET", "/metrics", None, &bearer).ok()?;
+            body.contains("scry_metric_subtotals_bucket{customer=\"c1\"")
                 .then_some(body)
         },
     );
     for family in [
+        "# TYPE scry_metric_subtotals histogram",
+        "scry_metric_subtotals_count{customer=\"c0\"",
+        "le=\"+Inf\"",
         "scry_agents_connected 1",
         "scry_processes{state=\"awake\"} 1",
         "# TYPE scry_events_ingested_total counter",
@@ -74,6 +106,22 @@ fn prometheus_scrapes_the_daemon_with_its_token_and_answers_promql() {
     ] {
         assert!(body.contains(family), "no `{family}` in:\n{body}");
     }
+
+    // The metric probe shipped aggregates, never an event a hit.
+    let (_, events) = http_request(
+        &ctx.http(),
+        "GET",
+        &format!("/api/v1/events?source={metric_id}&limit=5"),
+        None,
+        "",
+    )
+    .expect("events");
+    let events: Value = serde_json::from_str(&events).expect("json");
+    assert_eq!(
+        events["events"].as_array().map(Vec::len),
+        Some(0),
+        "{events}"
+    );
 
     // promtool finds nothing wrong in the exposition.
     let mut check = Command::new("promtool")
@@ -152,6 +200,23 @@ fn prometheus_scrapes_the_daemon_with_its_token_and_answers_promql() {
         },
     );
     assert!(hits > 0.0, "{}", prom_log());
+    // The metric probe's histogram answers PromQL: subtotals are 2.5, 5 or 7.5, so the
+    // median over every customer and pid is under the 6 bound.
+    let median = wait_for(
+        "Prometheus to answer a quantile of the metric probe",
+        Duration::from_secs(60),
+        || {
+            query("histogram_quantile(0.5, sum by (le) (scry_metric_subtotals_bucket))")
+                .as_ref()
+                .and_then(first_value)
+                .filter(|v| v.is_finite())
+        },
+    );
+    assert!(
+        (3.0..=9.0).contains(&median),
+        "median {median}: {}",
+        prom_log()
+    );
     // The attach histogram's buckets are queryable as a histogram (no attach here: zero).
     let buckets = query("sum by (le) (scry_attach_duration_seconds_bucket{outcome=\"ok\"})")
         .expect("a PromQL answer");

@@ -39,10 +39,30 @@ pub async fn accept_report(
 ) {
     let scry_proto::Report {
         seq,
-        events,
+        mut events,
         dropped,
         stream,
     } = report;
+    // Metric probes' aggregates are kept in memory, latest only, never stored.
+    if events.iter().any(|e| e.kind == "metric") {
+        let pid = shared
+            .registry()
+            .get_mut(process_id)
+            .map(|e| e.view.pid)
+            .unwrap_or_default();
+        events.retain(|e| {
+            if e.kind != "metric" {
+                return true;
+            }
+            if let (Some(probe), Ok(data)) = (
+                e.source.as_deref(),
+                serde_json::from_str::<Value>(e.data.get()),
+            ) {
+                shared.metric_probes.update(probe, process_id, pid, data);
+            }
+            false
+        });
+    }
     // A stream id over the limit is not ours to keep: store the report without dedup.
     let stream = stream.filter(|s| s.len() <= scry_proto::MAX_STREAM_LEN);
     // Live followers get each event; with none listening this costs nothing per event.

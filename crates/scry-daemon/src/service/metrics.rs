@@ -230,7 +230,85 @@ pub async fn exposition(shared: &Shared) -> Result<String> {
             );
         }
     }
+    for p in &probes {
+        if let Some(metric) = &p.def.spec.metric {
+            let aggregates = shared.metric_probes.of(&p.def.spec.id);
+            metric_probe(&mut out, &p.def.spec, metric, &aggregates);
+        }
+    }
     Ok(out.0)
+}
+
+/// A metric name part from a probe's name (or id): letters, digits and `_`.
+fn metric_name(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// One metric probe's family: each process's series, labelled with the probe's labels, the
+/// probe's id and the pid (Prometheus sums over pids: `sum by (le) (...)`).
+fn metric_probe(
+    out: &mut Exposition,
+    spec: &scry_api::ProbeSpec,
+    metric: &scry_api::MetricSpec,
+    aggregates: &[crate::state::metrics::ProcessAggregate],
+) {
+    use scry_api::MetricKind;
+    let base = format!(
+        "scry_metric_{}",
+        metric_name(spec.name.as_deref().unwrap_or(&spec.id))
+    );
+    let help = format!("Metric probe {} at {}.", spec.id, spec.location);
+    let (name, kind) = match metric.kind {
+        MetricKind::Count => (format!("{base}_total"), "counter"),
+        MetricKind::Gauge => (base.clone(), "gauge"),
+        MetricKind::Histogram => (base.clone(), "histogram"),
+    };
+    out.family(&name, kind, &help);
+    for a in aggregates {
+        let pid = a.pid.to_string();
+        for series in a.data["series"].as_array().into_iter().flatten() {
+            let values: Vec<&str> = series["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_str().unwrap_or(""))
+                .collect();
+            let mut labels: Vec<(&str, &str)> = metric
+                .labels
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().copied())
+                .collect();
+            labels.push(("probe", &spec.id));
+            labels.push(("pid", &pid));
+            match metric.kind {
+                MetricKind::Count => {
+                    out.sample(&name, &labels, series["count"].as_f64().unwrap_or(0.0))
+                }
+                MetricKind::Gauge => {
+                    if let Some(v) = series["value"].as_f64() {
+                        out.sample(&name, &labels, v);
+                    }
+                }
+                MetricKind::Histogram => {
+                    let bounds = a.data["buckets"].as_array().cloned().unwrap_or_default();
+                    let counts = series["buckets"].as_array().cloned().unwrap_or_default();
+                    let snap = HistogramSnapshot {
+                        buckets: bounds
+                            .iter()
+                            .zip(&counts)
+                            .filter_map(|(b, n)| Some((b.as_f64()?, n.as_u64()?)))
+                            .collect(),
+                        count: series["count"].as_u64().unwrap_or(0),
+                        sum: series["sum"].as_f64().unwrap_or(0.0),
+                    };
+                    out.histogram(&name, &labels, &snap);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -215,6 +215,7 @@ async fn remove_defs(shared: &Shared, defs: Vec<ProbeDef>) -> Result<Removed> {
     let mut removed = Vec::new();
     for def in &defs {
         shared.probes().remove(&def.spec.id);
+        shared.metric_probes.forget(&def.spec.id);
         unpersist(shared, &def.spec.id).await?;
         removed.push(def.spec.id.clone());
     }

@@ -85,3 +85,51 @@ mod tests {
         assert_eq!(snap.buckets.last(), Some(&(30.0, 4)));
     }
 }
+
+/// The latest aggregate of each metric probe in each process (`metric` events are cumulative:
+/// the last one says it all), for `GET /metrics`. Never stored: a metric probe ships no event a
+/// hit, and the store keeps what its events were for.
+#[derive(Default)]
+pub struct MetricProbes {
+    latest: std::sync::Mutex<std::collections::BTreeMap<(String, i64), ProcessAggregate>>,
+}
+
+/// One process's aggregate of one metric probe.
+#[derive(Debug, Clone)]
+pub struct ProcessAggregate {
+    /// The process's pid.
+    pub pid: u32,
+    /// The `data` of its last `metric` event (docs/protocol.md "Metric probes").
+    pub data: serde_json::Value,
+}
+
+impl MetricProbes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, i64), ProcessAggregate>>
+    {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a process's latest aggregate of a probe.
+    pub fn update(&self, probe: &str, process_id: i64, pid: u32, data: serde_json::Value) {
+        self.lock().insert(
+            (probe.to_owned(), process_id),
+            ProcessAggregate { pid, data },
+        );
+    }
+
+    /// Forgets a removed probe.
+    pub fn forget(&self, probe: &str) {
+        self.lock().retain(|(p, _), _| p != probe);
+    }
+
+    /// Every process's aggregate of `probe`, by process.
+    pub fn of(&self, probe: &str) -> Vec<ProcessAggregate> {
+        self.lock()
+            .iter()
+            .filter(|((p, _), _)| p == probe)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+}

@@ -80,6 +80,8 @@ pub struct Shared {
     pub repl: repl::ReplHub,
     /// How long attaches took (`GET /metrics`).
     pub attach_times: metrics::AttachTimes,
+    /// Metric probes' latest aggregates (`GET /metrics`).
+    pub metric_probes: metrics::MetricProbes,
 }
 
 impl Shared {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use scry_proto::{CaptureOptions, ProbeSpec, ProbeStatus, RateMode};
+use scry_proto::{CaptureOptions, MetricKind, MetricSpec, ProbeSpec, ProbeStatus, RateMode};
 
 use super::registry::ProcessView;
 use crate::now;
@@ -207,12 +207,16 @@ impl From<&str> for BuildError {
 pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, BuildError> {
     let location = req.location.trim().to_owned();
     validate_location(&location)?;
-    let expressions: Vec<String> = req
+    let mut expressions: Vec<String> = req
         .expressions
         .iter()
         .map(|e| e.trim().to_owned())
         .collect();
-    if expressions.is_empty() || expressions.iter().any(String::is_empty) {
+    if expressions.iter().any(String::is_empty) {
+        return Err("an expression is empty".into());
+    }
+    let metric = metric_of(&req, &mut expressions)?;
+    if expressions.is_empty() && metric.is_none() {
         return Err("give at least one expression, e.g. `order.total`".into());
     }
     let condition = req
@@ -295,6 +299,7 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, BuildError> 
             expires_at: ttl_s.map(|t| created_at + t),
             unsafe_calls: req.unsafe_calls,
             limits,
+            metric,
         },
         target,
         group: req.group,
@@ -302,6 +307,82 @@ pub fn build(req: NewProbe, table: &ProbeTable) -> Result<ProbeDef, BuildError> 
         ttl_s,
         created_at,
     })
+}
+
+/// A metric probe's shape (`None` for an event probe): checks its kind against the number of
+/// value expressions, its labels' names, and its buckets, and appends the labels' expressions to
+/// `expressions` (the agent reads them as the trailing ones).
+fn metric_of(req: &NewProbe, expressions: &mut Vec<String>) -> Result<Option<MetricSpec>, String> {
+    let Some(kind) = req.metric else {
+        if !req.labels.is_empty() || req.buckets.is_some() {
+            return Err("labels and buckets are for metric probes: add `metric`".into());
+        }
+        return Ok(None);
+    };
+    match (kind, expressions.len()) {
+        (MetricKind::Count, 0) | (MetricKind::Gauge | MetricKind::Histogram, 1) => {}
+        (MetricKind::Count, _) => {
+            return Err(
+                "a `count` metric counts hits: give no expression (labels with `labels`)".into(),
+            )
+        }
+        (_, _) => {
+            return Err(format!(
+                "a `{}` metric takes exactly one expression, its value (labels with `labels`)",
+                if kind == MetricKind::Gauge {
+                    "gauge"
+                } else {
+                    "histogram"
+                }
+            ))
+        }
+    }
+    if req.stack || req.locals {
+        return Err("a metric probe captures no stack or locals".into());
+    }
+    let mut names = Vec::new();
+    for label in &req.labels {
+        let (name, expr) = label
+            .split_once('=')
+            .map(|(n, e)| (n.trim(), e.trim()))
+            .filter(|(n, e)| !n.is_empty() && !e.is_empty())
+            .ok_or_else(|| {
+                format!("label `{label}`: write NAME=EXPRESSION, e.g. `region=order.region`")
+            })?;
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with("__");
+        if !valid {
+            return Err(format!(
+                "label name `{name}`: letters, digits and `_`, not starting with a digit or `__`"
+            ));
+        }
+        if ["le", "pid", "probe"].contains(&name) || names.iter().any(|n| n == name) {
+            return Err(format!(
+                "label name `{name}` is taken (by scry's own labels le, pid, probe, or twice)"
+            ));
+        }
+        names.push(name.to_owned());
+        expressions.push(expr.to_owned());
+    }
+    let buckets = match &req.buckets {
+        Some(_) if kind != MetricKind::Histogram => {
+            return Err("buckets are for `histogram` metrics".into())
+        }
+        Some(b) if b.is_empty() || b.len() > 50 => return Err("give 1 to 50 bucket bounds".into()),
+        Some(b) if !b.iter().all(|x| x.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) => {
+            return Err("bucket bounds must be finite and increasing".into())
+        }
+        other => other.clone(),
+    };
+    Ok(Some(MetricSpec {
+        kind,
+        labels: names,
+        buckets,
+    }))
 }
 
 /// Checks the shape of a location: `path.py:LINE`, `@path.py#LINE`, `module.sub:function`,
@@ -350,6 +431,42 @@ mod tests {
 
     fn req(location: &str) -> NewProbe {
         serde_json::from_value(json!({"location": location, "expressions": ["x"]})).expect("req")
+    }
+
+    #[test]
+    fn a_metric_probe_takes_its_value_then_one_expression_per_label() {
+        let table = ProbeTable::default();
+        let metric = |v: serde_json::Value| {
+            let r: NewProbe = serde_json::from_value(v).expect("req");
+            build(r, &table)
+        };
+        let def = metric(
+            json!({"location": "a.py:3", "expressions": ["o.total"], "metric": "histogram",
+                                "labels": ["region=o.region"], "buckets": [1.0, 5.0]}),
+        )
+        .expect("a histogram");
+        assert_eq!(def.spec.expressions, ["o.total", "o.region"]);
+        let m = def.spec.metric.expect("metric");
+        assert_eq!(
+            (m.kind, m.labels),
+            (MetricKind::Histogram, vec!["region".to_owned()])
+        );
+        assert!(
+            metric(json!({"location": "a.py:3", "expressions": [], "metric": "count"})).is_ok()
+        );
+        for bad in [
+            json!({"location": "a.py:3", "expressions": ["x"], "metric": "count"}),
+            json!({"location": "a.py:3", "expressions": [], "metric": "gauge"}),
+            json!({"location": "a.py:3", "expressions": ["x"], "metric": "gauge", "labels": ["pid=x"]}),
+            json!({"location": "a.py:3", "expressions": ["x"], "metric": "gauge", "labels": ["1a=x"]}),
+            json!({"location": "a.py:3", "expressions": ["x"], "metric": "gauge", "labels": ["a"]}),
+            json!({"location": "a.py:3", "expressions": ["x"], "metric": "histogram", "buckets": [5.0, 1.0]}),
+            json!({"location": "a.py:3", "expressions": ["x"], "metric": "gauge", "buckets": [1.0]}),
+            json!({"location": "a.py:3", "expressions": ["x"], "labels": ["a=x"]}),
+            json!({"location": "a.py:3", "expressions": ["x"], "metric": "gauge", "labels": ["a=__import__('os')"]}),
+        ] {
+            assert!(metric(bad.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]
