@@ -81,16 +81,25 @@ async fn query(client: &DaemonClient, a: &EventsArgs, printer: &mut Printer) -> 
         show(printer, e)?;
     }
     if page.truncated && !printer.json {
+        // `matched` counts what the daemon read: more than shown only when it filtered after
+        // reading (values, several processes); else the store stopped at the limit.
+        let of = if page.counts.matched > events.len() {
+            format!(
+                " of {} matching{}",
+                page.counts.matched,
+                if page.counts.scan_truncated {
+                    " in the 10000 events scanned"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            "; more match".to_owned()
+        };
         printer.note(format!(
-            "(showing the {} {} of {} matching{}; --limit shows more)",
+            "(showing the {} {}{of}; --limit shows more)",
             a.order,
             events.len(),
-            page.counts.matched,
-            if page.counts.scan_truncated {
-                " in the 10000 events scanned"
-            } else {
-                ""
-            }
         ));
     }
     if !a.follow {
