@@ -9,6 +9,10 @@ Embed a sleeping client that costs nothing until someone looks::
     scry.sleep()                    # disconnect; nothing of the link remains
     scry.shutdown()                 # also stop the control plane
 
+The daemon and the CLI are the ``scry`` command, which this package alone (``pip install
+./python``) does not include: ``pip install .`` at the root of a scry checkout (or ``pipx install``
+/ ``uv tool install`` of it) installs the command with this agent.
+
 The agent uses the standard library only, never writes to stdout, and logs to the ``scry``
 logger (to stderr as well with ``SCRY_DEBUG=1``). Environment variables are documented in
 ``scry._config``.

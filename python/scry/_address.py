@@ -14,7 +14,7 @@ import json
 import os
 import stat
 
-from ._errors import ConfigError, DaemonError, describe
+from ._errors import ConfigError, DaemonError, describe, how_to_get_scry
 
 URL_FORMS = "unix:///abs/path/agent.sock, unix:/abs/path, tcp://HOST:PORT or http://HOST:PORT"
 
@@ -139,7 +139,7 @@ def resolve_endpoint(address, token, token_hint, timeout):
     except (OSError, http.client.HTTPException) as exc:
         raise DaemonError(
             "no scry daemon answers at {} ({}): start one with `scry serve --daemon`, or check "
-            "the address".format(address.display, describe(exc))
+            "the address{}".format(address.display, describe(exc), how_to_get_scry())
         )
     finally:
         conn.close()

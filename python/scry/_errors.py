@@ -1,8 +1,10 @@
 """The exceptions the agent raises; every message says what to do about it.
 
-:func:`describe` words the cause of a failed connection for such a message.
+:func:`describe` words the cause of a failed connection for such a message, and
+:func:`how_to_get_scry` tells a process without the ``scry`` command where to get it.
 """
 
+import os
 import socket
 
 
@@ -44,3 +46,18 @@ def describe(exc):
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def how_to_get_scry():
+    """``"; ..."``: how to install the ``scry`` command (the daemon), for a message saying that no
+    daemon runs; ``""`` when ``scry`` is on ``PATH``. This package may have come alone
+    (``pip install ./python``), without the binary."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", "scry")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return ""
+    return (
+        "; the `scry` command is not on PATH: `pip install .` at the root of a scry checkout (in "
+        "a virtual environment), or `pipx install` / `uv tool install` of the checkout, installs "
+        "it with this agent"
+    )

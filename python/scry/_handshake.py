@@ -29,7 +29,7 @@ import struct
 import time
 
 from . import _proto
-from ._errors import DaemonError, describe
+from ._errors import DaemonError, describe, how_to_get_scry
 
 log = logging.getLogger("scry")
 
@@ -105,7 +105,7 @@ def connect(endpoint, deadline, wake_fd, hint_home):
             extra = " (using the same SCRY_HOME, {})".format(hint_home) if hint_home else ""
         raise DaemonError(
             "no scry daemon at {}: start one with `scry serve --daemon`{}, or point SCRY_DAEMON "
-            "/ daemon_url= at a running one".format(endpoint.display, extra)
+            "/ daemon_url= at a running one{}".format(endpoint.display, extra, how_to_get_scry())
         )
     if code in (errno.EACCES, errno.EPERM):
         raise DaemonError(

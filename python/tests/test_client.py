@@ -280,6 +280,29 @@ def test_wake_without_daemon_is_a_daemon_error(home):
     assert [t.name for t in scry_threads()] == ["scry-control"]
 
 
+def test_no_daemon_and_no_scry_command_says_how_to_install_it(home, tmp_path, monkeypatch):
+    # The agent alone (`pip install ./python`): no `scry` on PATH.
+    empty = tmp_path / "bin-without-scry"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    scry.init()
+    with pytest.raises(scry.DaemonError) as info:
+        scry.wake()
+    message = str(info.value)
+    assert "scry serve --daemon" in message
+    assert "`scry` command is not on PATH" in message
+    assert "pip install ." in message and "pipx install" in message and "uv tool install" in message
+
+    # With an executable `scry` on PATH the message only says to start the daemon.
+    scry_command = empty / "scry"
+    scry_command.write_text("#!/bin/sh\n")
+    scry_command.chmod(0o755)
+    with pytest.raises(scry.DaemonError) as info:
+        scry.wake()
+    assert "scry serve --daemon" in str(info.value)
+    assert "not on PATH" not in str(info.value)
+
+
 def test_start_awake_without_daemon_raises_and_leaves_nothing(home):
     with pytest.raises(scry.DaemonError) as info:
         scry.init(start_state="awake")

@@ -74,4 +74,25 @@ mod tests {
         // Idempotent.
         unpack_to(dir.path()).expect("unpack again");
     }
+
+    /// The wheel takes its version from Cargo (`pyproject.toml`: `dynamic = ["version"]`), the
+    /// agent's `pip install ./python` from `scry/_version.py`: `scry --version` and
+    /// `scry.__version__` must say the same.
+    #[test]
+    fn agent_version_is_the_binary_version() {
+        let source = file("scry/_version.py").expect("scry/_version.py is bundled");
+        let version = source
+            .lines()
+            .find_map(|line| {
+                let value = line.strip_prefix("__version__")?.trim_start();
+                let value = value.strip_prefix('=')?.trim();
+                value.strip_prefix('"')?.strip_suffix('"')
+            })
+            .expect("a line `__version__ = \"X.Y.Z\"` in python/scry/_version.py");
+        assert_eq!(
+            version,
+            env!("CARGO_PKG_VERSION"),
+            "python/scry/_version.py and the workspace version in Cargo.toml differ: change both"
+        );
+    }
 }

@@ -25,8 +25,9 @@ pub async fn dump(home: &Home, args: &DumpArgs, printer: &mut Printer) -> CmdRes
             "this scry was built without native unwinding, so `--native` cannot show C frames",
         )
         .hint(
-            "install libunwind-dev and liblzma-dev, then rebuild: \
-             cargo install --locked --path crates/scry-cli --features native",
+            "install libunwind-dev and liblzma-dev, then reinstall from a scry checkout: \
+             `pip install .` (the wheel builds with it), or \
+             `cargo install --locked --path crates/scry-cli --features native`",
         ));
     }
     let options = DumpOptions {
