@@ -162,45 +162,35 @@ def _record(p, site, frame, buf):
         p.dropped += 1
         return
     metric = p.metric
-    if metric is not None:
-        # Aggregated here: nothing goes to the link but the aggregate, once a second.
-        try:
-            if not p.texts:
-                values = ()
-            else:
-                values = _value(p, p.fast, p.code, g, loc)
-                if p.single:
-                    values = (values,)
-            p.fails = 0
-        except KeyboardInterrupt:
-            raise
-        except _Refused:
-            raise
-        except BaseException as exc:
-            _failed(p, exc)
-            return
-        metric.observe(values)
-        p.recorded += 1
-        return
     try:
         value = _value(p, p.fast, p.code, g, loc)
         p.fails = 0
-        if p.single:
-            if type(value) not in _PRIMS:
-                value = _snapshot(value, p.limits, p.repr)
-        else:
-            for v in value:
-                if type(v) not in _PRIMS:
-                    value = _snapshot_all(p, value)
-                    break
+        if metric is None:  # a metric probe's values are aggregated below, never snapshotted
+            if p.single:
+                if type(value) not in _PRIMS:
+                    value = _snapshot(value, p.limits, p.repr)
+            else:
+                for v in value:
+                    if type(v) not in _PRIMS:
+                        value = _snapshot_all(p, value)
+                        break
     except KeyboardInterrupt:
         raise
     except _Refused:
         raise
     except BaseException as exc:
+        if metric is not None:
+            _failed(p, exc)
+            return
         value = _after_error(p, exc, g, loc)
         if value is _SKIP:
             return
+    if metric is not None:
+        # A metric probe ships no hit: only its aggregate goes to the link, once a second. (A
+        # `count` without labels has no expression: its code makes the empty tuple.)
+        metric.observe((value,) if p.single else value)
+        p.recorded += 1
+        return
     stack = _stack(frame) if p.stack else None
     local_values = _capture_locals(frame.f_locals, p.limits, p.repr) if p.locals else None
     if len(buf) >= MAX_HITS:

@@ -317,13 +317,18 @@ fn not_found(id: &str) -> Error {
 
 /// The holder of a session: (process id, pid, repl id).
 fn holder(shared: &Shared, id: &str) -> Result<(i64, u32, String)> {
-    let sessions = shared.repl.sessions();
-    let s = sessions.get(id).ok_or_else(|| not_found(id))?;
+    with_holder(shared, id, |h| (h.process_id, h.pid, h.id.clone()))
+}
+
+/// Runs `f` on the holder of a session, under the sessions' lock.
+fn with_holder<T>(shared: &Shared, id: &str, f: impl FnOnce(&mut Repl) -> T) -> Result<T> {
+    let mut sessions = shared.repl.sessions();
+    let s = sessions.get_mut(id).ok_or_else(|| not_found(id))?;
     let h = s
         .holder
-        .as_ref()
+        .as_mut()
         .ok_or_else(|| Error::new(ErrorKind::NoRepl, "no REPL holds this terminal now"))?;
-    Ok((h.process_id, h.pid, h.id.clone()))
+    Ok(f(h))
 }
 
 /// A session's state: its holder and the REPLs waiting.
@@ -363,16 +368,12 @@ pub fn terminal(shared: &Shared, id: &str) -> Result<mpsc::UnboundedReceiver<Ter
 
 /// A line typed in the terminal, for the REPL that holds it.
 pub fn input(shared: &Shared, id: &str, line: String) -> Result<ReplSent> {
-    let (process_id, _, repl) = holder(shared, id)?;
-    // It runs the line now: no prompt to come back to until it prompts again.
-    if let Some(h) = shared
-        .repl
-        .sessions()
-        .get_mut(id)
-        .and_then(|s| s.holder.as_mut())
-    {
+    // It runs the line now: no prompt to come back to until it prompts again. (Under the same
+    // lock as the lookup: a switch in between must not mark the other REPL busy.)
+    let (process_id, repl) = with_holder(shared, id, |h| {
         h.at_prompt = false;
-    }
+        (h.process_id, h.id.clone())
+    })?;
     let sent = super::calls::notify(
         shared,
         process_id,
